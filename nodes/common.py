@@ -1,0 +1,50 @@
+"""Inputs shared by several nodes, so every node says the same thing the same way."""
+from __future__ import annotations
+
+from comfy_api.v0_0_2 import io
+
+from ..steering.fair import ASSIGNMENT_MODES
+
+CATEGORY = "steering"
+
+
+def strength_input(default: float = 1.0, name: str = "strength", tooltip: str | None = None) -> io.Float.Input:
+    return io.Float.Input(
+        name, default=default, min=-20.0, max=20.0, step=0.01,
+        tooltip=tooltip or "Multiplier of the vector (beta). 0 leaves the generation unchanged; "
+                           "negative values push the other way.")
+
+
+def window_inputs(start: float, end: float) -> list[io.Float.Input]:
+    return [
+        io.Float.Input(
+            "start_percent", default=start, min=0.0, max=1.0, step=0.001,
+            tooltip="Where in the denoising schedule the steering starts: 0 = first step (pure noise), "
+                    "1 = the end. Converted to the model's sigma, so it means the same noise level for "
+                    "every sampler and scheduler."),
+        io.Float.Input(
+            "end_percent", default=end, min=0.0, max=1.0, step=0.001,
+            tooltip="Where the steering stops (fraction of the schedule; 1 = to the last step)."),
+    ]
+
+
+def check_window_inputs(start_percent: float, end_percent: float) -> bool | str:
+    if start_percent > end_percent:
+        return f"start_percent ({start_percent}) must not be after end_percent ({end_percent})"
+    return True
+
+
+def fair_inputs() -> list:
+    return [
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                     tooltip="Seed of the per-image choice of vector. Image i always gets the same vector "
+                             "for the same seed, whatever the batch size."),
+        io.Combo.Input("assignment", options=list(ASSIGNMENT_MODES), default="uniform",
+                       tooltip="uniform: each image draws a vector independently and uniformly (the papers). "
+                               "balanced: every run of K images uses each of the K vectors once, so small "
+                               "batches are as even as possible."),
+    ]
+
+
+def describe_assignment(names: list[str], assignment: list[int]) -> str:
+    return "\n".join(f"image {i}: {names[k]}" for i, k in enumerate(assignment))

@@ -1,0 +1,109 @@
+"""Nodes for methods 4 and 5: add learned vectors to the UNet bottleneck (h-space)."""
+from __future__ import annotations
+
+import torch
+from comfy_api.v0_0_2 import io
+
+from ..steering.architectures import ArchitectureError, architecture_of_model, unet_bottleneck_channels
+from ..steering.hspace import BRANCHES, RESIZE_MODES, patch_model_with_offsets
+from ..steering.vector_file import VectorFileError, resize_spatial
+from .common import CATEGORY, check_window_inputs, fair_inputs, strength_input, window_inputs
+from .types import SteeringVectorSetType, SteeringVectorType
+
+
+def hspace_options() -> list:
+    return [
+        io.Combo.Input("branches", options=list(BRANCHES), default="cond_only",
+                       tooltip="cond_only: shift only the conditional (prompt) half of the batch, as the "
+                               "reference code does; cond_and_uncond: shift both."),
+        io.Combo.Input("resize_mode", options=list(RESIZE_MODES), default="bilinear",
+                       tooltip="How a vector learned at another resolution (e.g. 8x8 at 512 px for SD1.5) "
+                               "is resized to this image's bottleneck size."),
+    ]
+
+
+def checked_offsets(model, vectors) -> torch.Tensor:
+    """[K, C, H, W] offsets of h-space vectors that fit the model (or a clear error)."""
+    model_arch = architecture_of_model(model)
+    channels = unet_bottleneck_channels(model)
+    offsets = []
+    for v in vectors:
+        if v.kind != "hspace":
+            raise VectorFileError(f"{v.describe()} is not an h-space vector; use Apply Embedding Direction")
+        if v.arch != model_arch:
+            raise ArchitectureError(f"{v.describe()} was learned for {v.arch}, but the model is {model_arch}")
+        offset = v.hspace_offset()
+        if offset.shape[0] != channels:
+            raise ArchitectureError(
+                f"{v.describe()} has {offset.shape[0]} channels; this model's bottleneck has {channels}")
+        offsets.append(offset)
+    size = (max(o.shape[-2] for o in offsets), max(o.shape[-1] for o in offsets))
+    return torch.stack([resize_spatial(o, size) for o in offsets])
+
+
+class ApplyHSpaceVector(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="RSApplyHSpaceVector",
+            display_name="Apply h-space Vector",
+            category=f"{CATEGORY}/h-space",
+            description="Add a learned vector to the UNet bottleneck (middle-block output) at every step in "
+                        "the window: CoDSMa c-vectors, RespoDiff RAM+SAM (applied together), SDisc "
+                        "vectors. Works on a copy of the model; SD1.x, SD2.x and SDXL, any resolution.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model (UNet) to steer."),
+                SteeringVectorType.Input("vector", tooltip="An h-space vector for this model's architecture."),
+                strength_input(),
+                *window_inputs(0.0, 1.0),
+                *hspace_options(),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def validate_inputs(cls, start_percent, end_percent):
+        return check_window_inputs(start_percent, end_percent)
+
+    @classmethod
+    def execute(cls, model, vector, strength, start_percent, end_percent, branches, resize_mode) -> io.NodeOutput:
+        offsets = checked_offsets(model, [vector])
+        return io.NodeOutput(patch_model_with_offsets(model, offsets, strength, start_percent, end_percent,
+                                                      branches=branches, resize_mode=resize_mode))
+
+
+class ApplyHSpaceVectorFair(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="RSApplyHSpaceVectorFair",
+            display_name="Apply h-space Vector (Fair Sampling)",
+            category=f"{CATEGORY}/h-space",
+            description="Fair sampling in h-space: each image of the batch gets one of the attribute vectors "
+                        "(e.g. SDisc male / female), drawn with a seed; image i gets the same vector for "
+                        "the same seed whatever the batch size.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model (UNet) to steer."),
+                SteeringVectorSetType.Input("vectors", tooltip="Attribute vectors (Steering Vector Set)."),
+                *fair_inputs(),
+                strength_input(),
+                *window_inputs(0.0, 1.0),
+                *hspace_options(),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def validate_inputs(cls, start_percent, end_percent):
+        return check_window_inputs(start_percent, end_percent)
+
+    @classmethod
+    def execute(cls, model, vectors, seed, assignment, strength, start_percent, end_percent, branches,
+                resize_mode) -> io.NodeOutput:
+        offsets = checked_offsets(model, vectors)
+        return io.NodeOutput(patch_model_with_offsets(model, offsets, strength, start_percent, end_percent,
+                                                      branches=branches, resize_mode=resize_mode, seed=seed,
+                                                      assignment_mode=assignment))
+
+
+NODES = [ApplyHSpaceVector, ApplyHSpaceVectorFair]

@@ -1,0 +1,8 @@
+"""Custom socket types of the pack (wire names are API: shared workflows refer to them)."""
+from comfy_api.v0_0_2 import io
+
+SteeringVectorType = io.Custom("STEERING_VECTOR")
+"""One steering vector (steering.vector_file.SteeringVector)."""
+
+SteeringVectorSetType = io.Custom("STEERING_VECTOR_SET")
+"""Several vectors of one method and architecture, for fair sampling (a tuple of SteeringVector)."""

@@ -1,0 +1,199 @@
+"""Nodes to load, save, combine, group and import steering vector files."""
+from __future__ import annotations
+
+import json
+import os
+
+from comfy_api.v0_0_2 import io, ui
+
+from ..steering.reference_import import FORMATS, import_reference_file
+from ..steering.vector_file import SteeringVector, VectorFileError, combine_vectors, load_vector, save_vector
+from . import paths
+from .common import CATEGORY
+from .types import SteeringVectorSetType, SteeringVectorType
+
+MAX_SET_SIZE = 8
+
+
+def describe_vector(vector: SteeringVector) -> str:
+    lines = [vector.describe()]
+    for key in ("concept", "neutral_prompt", "target_prompt", "negative_prompt", "origin", "resolution"):
+        if vector.info.get(key):
+            lines.append(f"{key}: {vector.info[key]}")
+    if vector.info.get("training"):
+        lines.append("training: " + json.dumps(vector.info["training"], sort_keys=True))
+    return "\n".join(lines)
+
+
+class LoadSteeringVector(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="RSLoadVector",
+            display_name="Load Steering Vector",
+            category=f"{CATEGORY}/vectors",
+            description="Load a steering vector (.safetensors) from models/steering_vectors. The file is "
+                        "validated: method, architecture, shapes and values.",
+            inputs=[
+                io.Combo.Input("vector_name", options=paths.list_vector_files(),
+                               tooltip="A vector file in models/steering_vectors."),
+            ],
+            outputs=[
+                SteeringVectorType.Output(display_name="vector"),
+                io.String.Output(display_name="info", tooltip="What the file says about itself."),
+            ],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, vector_name):
+        path = paths.vector_file_path(vector_name)
+        stat = os.stat(path)
+        return f"{path}:{stat.st_mtime_ns}:{stat.st_size}"
+
+    @classmethod
+    def execute(cls, vector_name) -> io.NodeOutput:
+        vector = load_vector(paths.vector_file_path(vector_name))
+        return io.NodeOutput(vector, describe_vector(vector))
+
+
+class SaveSteeringVector(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="RSSaveVector",
+            display_name="Save Steering Vector",
+            category=f"{CATEGORY}/vectors",
+            description="Save a steering vector into models/steering_vectors (atomically; the name is "
+                        "sanitised and can never point outside that folder).",
+            is_output_node=True,
+            inputs=[
+                SteeringVectorType.Input("vector", tooltip="The vector to save."),
+                io.String.Input("filename", default="steering_vector",
+                                tooltip="File name (no folders); .safetensors is added."),
+                io.Boolean.Input("overwrite", default=False,
+                                 tooltip="Replace a file of the same name. Off: a numeric suffix is added."),
+            ],
+            outputs=[io.String.Output(display_name="filename", tooltip="Name of the file written.")],
+        )
+
+    @classmethod
+    def execute(cls, vector, filename, overwrite) -> io.NodeOutput:
+        path = save_vector(vector, paths.save_folder(), filename, overwrite=overwrite)
+        name = os.path.basename(path)
+        return io.NodeOutput(name, ui=ui.PreviewText(f"saved {name}"))
+
+
+class CombineSteeringVectors(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        vector_inputs = []
+        for i in range(1, 5):
+            vector_inputs += [
+                SteeringVectorType.Input(f"vector_{i}", optional=i > 2,
+                                         tooltip=f"Vector {i}" + (" (optional)." if i > 2 else ".")),
+                io.Float.Input(f"weight_{i}", default=1.0, min=-20.0, max=20.0, step=0.01,
+                               tooltip=f"Weight of vector {i} in the sum."),
+            ]
+        return io.Schema(
+            node_id="RSCombineVectors",
+            display_name="Combine Steering Vectors",
+            category=f"{CATEGORY}/vectors",
+            description="Weighted sum of vectors of the same method and architecture (e.g. anti-violence "
+                        "+ anti-sexual c-vectors into one safety vector). Low-rank embedding directions "
+                        "stay exactly low-rank; h-space vectors of different sizes are resized to the "
+                        "largest.",
+            inputs=vector_inputs + [
+                io.String.Input("name", default="combined", tooltip="Name recorded in the combined vector."),
+            ],
+            outputs=[SteeringVectorType.Output(display_name="vector")],
+        )
+
+    @classmethod
+    def execute(cls, name, **kwargs) -> io.NodeOutput:
+        weighted = [(kwargs[f"vector_{i}"], kwargs[f"weight_{i}"])
+                    for i in range(1, 5) if kwargs.get(f"vector_{i}") is not None]
+        return io.NodeOutput(combine_vectors(weighted, name=name))
+
+
+def make_vector_set(vectors: list[SteeringVector]) -> tuple[SteeringVector, ...]:
+    if not vectors:
+        raise VectorFileError("a vector set needs at least one vector")
+    first = vectors[0]
+    for v in vectors[1:]:
+        if (v.method, v.arch) != (first.method, first.arch):
+            raise VectorFileError(
+                f"all vectors of a set must share method and architecture: {first.describe()} vs {v.describe()}")
+    return tuple(vectors)
+
+
+class SteeringVectorSet(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="RSVectorSet",
+            display_name="Steering Vector Set",
+            category=f"{CATEGORY}/vectors",
+            description="Group attribute vectors (e.g. male and female) for fair sampling: each image of "
+                        "a batch gets one of them.",
+            inputs=[SteeringVectorType.Input(f"vector_{i}", optional=i > 1,
+                                             tooltip=f"Attribute vector {i}" + (" (optional)." if i > 1 else "."))
+                    for i in range(1, MAX_SET_SIZE + 1)],
+            outputs=[SteeringVectorSetType.Output(display_name="vectors")],
+        )
+
+    @classmethod
+    def execute(cls, **kwargs) -> io.NodeOutput:
+        vectors = [kwargs[f"vector_{i}"] for i in range(1, MAX_SET_SIZE + 1) if kwargs.get(f"vector_{i}") is not None]
+        return io.NodeOutput(make_vector_set(vectors))
+
+
+class ImportReferenceVectors(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="RSImportReferenceVectors",
+            display_name="Import Reference Vectors",
+            category=f"{CATEGORY}/vectors",
+            description="Convert the authors' published vectors (.pth placed in models/steering_vectors: "
+                        "the embedding-direction safe-direction.pth, SDisc's unet.pth) into this pack's "
+                        "format. Loaded weights-only: no code in the file can run.",
+            is_output_node=True,
+            inputs=[
+                io.Combo.Input("reference_file", options=paths.list_reference_files(),
+                               tooltip="A .pth/.pt file in models/steering_vectors."),
+                io.Combo.Input("format", options=list(FORMATS), default="auto",
+                               tooltip="What the file is; auto recognises both known layouts."),
+                io.String.Input("concept", default="",
+                                tooltip="SDisc: only output this concept (e.g. 'female'); empty = all. "
+                                        "Names come from the concept_dict.json beside the file."),
+                io.Boolean.Input("save", default=True,
+                                 tooltip="Also write each vector as .safetensors next to the original."),
+            ],
+            outputs=[
+                SteeringVectorSetType.Output(display_name="vectors"),
+                io.String.Output(display_name="report"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, reference_file, format, concept, save) -> io.NodeOutput:
+        path = paths.reference_file_path(reference_file)
+        vectors = import_reference_file(path, format)
+        if concept.strip():
+            wanted = concept.strip()
+            vectors = [v for v in vectors if v.info.get("concept") == wanted]
+            if not vectors:
+                available = [v.info.get("concept") for v in import_reference_file(path, format)]
+                raise VectorFileError(f"concept {wanted!r} is not in {reference_file}; it has {available}")
+        lines = []
+        for v in vectors:
+            line = v.describe()
+            if save:
+                written = save_vector(v, os.path.dirname(path), v.name, overwrite=True)
+                line += f" -> {os.path.basename(written)}"
+            lines.append(line)
+        report = "\n".join(lines)
+        return io.NodeOutput(tuple(vectors), report, ui=ui.PreviewText(report))
+
+
+NODES = [LoadSteeringVector, SaveSteeringVector, CombineSteeringVectors, SteeringVectorSet, ImportReferenceVectors]

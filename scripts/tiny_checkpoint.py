@@ -1,0 +1,194 @@
+"""Generate tiny but real Stable Diffusion checkpoints with seeded random weights.
+
+No model weights exist on our machines, so tests and the demo run on checkpoints
+generated here. They use ComfyUI's own model classes to get the exact key layout,
+so `CheckpointLoaderSimple` detects them like any downloaded file:
+
+* ``sd1``: detected as SD15. UNet with ``model_channels=320``, ``context_dim=768`` and
+  ``channel_mult=[1, 4]``, so the bottleneck (h-space) has SD1.5's real width of
+  1280 channels, at 1/16 of the image size (8x8 at 128 px). Full-size CLIP-L text
+  encoder (its layout is fixed), TAESD-layout VAE.
+* ``sdxl_unet``: an SDXL-architecture UNet (ADM ``y`` input of 2816, cross-attention
+  width 2048, 1280-channel bottleneck) returned as an in-memory ComfyUI model,
+  for tests of SDXL-shaped tensors (SDXL text encoders are too large to generate).
+
+Weights are drawn per tensor from a generator seeded with (seed, tensor name), so a
+file is byte-identical across runs and machines. Run as a module to write a file::
+
+    python scripts/tiny_checkpoint.py OUT.safetensors [--seed 0]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import zlib
+
+import torch
+
+SD1_UNET_CONFIG = {
+    "in_channels": 4,
+    "out_channels": 4,
+    "model_channels": 320,
+    "num_res_blocks": [1, 1],
+    "channel_mult": [1, 4],
+    "transformer_depth": [1, 0],
+    "transformer_depth_output": [1, 1, 0, 0],
+    "transformer_depth_middle": -1,
+    "context_dim": 768,
+    "num_heads": 8,
+    "num_head_channels": -1,
+    "use_linear_in_transformer": False,
+    "adm_in_channels": None,
+    "use_temporal_attention": False,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "dims": 2,
+    "image_size": 32,
+}
+
+SDXL_UNET_CONFIG = {
+    "in_channels": 4,
+    "out_channels": 4,
+    "model_channels": 320,
+    "num_res_blocks": [1, 1],
+    "channel_mult": [1, 4],
+    "transformer_depth": [1, 0],
+    "transformer_depth_output": [1, 1, 0, 0],
+    "transformer_depth_middle": -1,
+    "context_dim": 2048,
+    "num_head_channels": 64,
+    "use_linear_in_transformer": True,
+    "adm_in_channels": 2816,
+    "num_classes": "sequential",
+    "use_temporal_attention": False,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "dims": 2,
+    "image_size": 32,
+}
+
+CHECKPOINT_FORMAT_VERSION = "2"
+
+
+def _seeded_tensor(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """A deterministic random tensor for one parameter, independent of creation order."""
+    generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf == "bias" or leaf == "vae_shift":
+        return torch.zeros(shape)
+    if leaf == "vae_scale":
+        return torch.ones(shape)
+    if len(shape) == 1:  # norm weights
+        return torch.ones(shape)
+    if "embedding" in name:
+        return torch.randn(shape, generator=generator) * 0.02
+    fan_in = math.prod(shape[1:])
+    return torch.randn(shape, generator=generator) / math.sqrt(fan_in)
+
+
+def _meta_state_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def _unet_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    unet = UNetModel(**config, device="meta", operations=comfy.ops.disable_weight_init)
+    return _meta_state_shapes(unet)
+
+
+def _clip_l_shapes() -> dict[str, tuple[int, ...]]:
+    import comfy.clip_model
+    import comfy.ops
+    import comfy.sd1_clip
+
+    config_path = os.path.join(os.path.dirname(comfy.sd1_clip.__file__), "sd1_clip_config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    model = comfy.clip_model.CLIPTextModel(config, torch.float32, "meta", comfy.ops.disable_weight_init)
+    return {k: v for k, v in _meta_state_shapes(model).items() if not k.endswith("position_ids")}
+
+
+def _taesd_shapes() -> dict[str, tuple[int, ...]]:
+    import comfy.taesd.taesd
+
+    with torch.device("meta"):
+        model = comfy.taesd.taesd.TAESD(latent_channels=4)
+    return _meta_state_shapes(model)
+
+
+def sd1_state_dict(seed: int = 0, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """The full checkpoint state dict in the original SD key layout."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for prefix, part in (
+        ("model.diffusion_model.", _unet_shapes(SD1_UNET_CONFIG)),
+        ("cond_stage_model.transformer.", _clip_l_shapes()),
+        ("first_stage_model.", _taesd_shapes()),
+    ):
+        shapes.update({prefix + k: v for k, v in part.items()})
+    return {name: _seeded_tensor(name, shape, seed).to(dtype) for name, shape in sorted(shapes.items())}
+
+
+def write_sd1_checkpoint(path: str, seed: int = 0) -> str:
+    """Write the tiny SD1 checkpoint atomically; returns the path."""
+    from safetensors.torch import save_file
+
+    state = sd1_state_dict(seed)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={"generator": "responsible-steering tiny_checkpoint",
+                                         "format": CHECKPOINT_FORMAT_VERSION, "seed": str(seed)})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def ensure_sd1_checkpoint(directory: str, seed: int = 0) -> str:
+    """Return the path of the cached tiny SD1 checkpoint, generating it if missing."""
+    name = f"tiny-sd1-v{CHECKPOINT_FORMAT_VERSION}-seed{seed}.safetensors"
+    path = os.path.join(directory, name)
+    if not os.path.exists(path):
+        write_sd1_checkpoint(path, seed)
+    return path
+
+
+def build_sdxl_unet_model(seed: int = 0):
+    """An in-memory SDXL-architecture ComfyUI model (ModelPatcher) with seeded random weights."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = dict(SDXL_UNET_CONFIG)
+    model_config = comfy.supported_models.SDXL(config)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({}, device="cpu")
+    shapes = _meta_state_shapes(model.diffusion_model)
+    state = {k: _seeded_tensor("model.diffusion_model." + k, s, seed) for k, s in shapes.items()}
+    model.diffusion_model.load_state_dict(state, strict=True)
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=comfy.model_management.get_torch_device(), offload_device=torch.device("cpu"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", help="path of the .safetensors file to write")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    write_sd1_checkpoint(args.out, args.seed)
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Model architectures the pack knows, and how to recognise them.
+
+Kept free of ComfyUI imports at module level so the vector-file code and the
+``python -m steering.reference_import`` command work with torch alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ArchitectureError(ValueError):
+    """A model, conditioning or vector does not have the architecture expected."""
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    label: str
+    text_width: int | None         # width of the cross-attention conditioning
+    text_tokens: int | None        # tokens per CLIP chunk (77), None for T5-style prompts
+    pooled_width: int | None       # width of pooled_output, if the model uses it
+    bottleneck_channels: int | None  # UNet middle-block channels; None: no UNet h-space
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    a.name: a
+    for a in (
+        Architecture("sd1", "Stable Diffusion 1.x", 768, 77, None, 1280),
+        Architecture("sd2", "Stable Diffusion 2.x", 1024, 77, None, 1280),
+        Architecture("sdxl", "Stable Diffusion XL", 2048, 77, 1280, 1280),
+        Architecture("sd3", "Stable Diffusion 3", 4096, None, 2048, None),
+        Architecture("flux", "FLUX.1", 4096, None, 768, None),
+    )
+}
+
+
+def get_architecture(name: str) -> Architecture:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise ArchitectureError(
+            f"unknown architecture {name!r}; expected one of {sorted(ARCHITECTURES)}") from None
+
+
+def architecture_of_conditioning(cond, pooled=None) -> str:
+    """Name the architecture a conditioning tensor [B, N, D] (and its pooled output) came from."""
+    width = int(cond.shape[-1])
+    pooled_width = None if pooled is None else int(pooled.shape[-1])
+    if width == 4096:
+        if pooled_width == 2048:
+            return "sd3"
+        if pooled_width == 768:
+            return "flux"
+        raise ArchitectureError(
+            f"conditioning of width 4096 with pooled output of width {pooled_width}: "
+            "expected SD3 (pooled 2048) or FLUX (pooled 768)")
+    for arch in ARCHITECTURES.values():
+        if arch.text_width == width:
+            return arch.name
+    known = ", ".join(f"{a.name}: {a.text_width}" for a in ARCHITECTURES.values())
+    raise ArchitectureError(f"conditioning width {width} matches no known architecture ({known})")
+
+
+def architecture_of_model(model) -> str:
+    """Name the architecture of a ComfyUI ModelPatcher (or BaseModel)."""
+    import comfy.supported_models as sm
+
+    base = getattr(model, "model", model)
+    config = getattr(base, "model_config", None)
+    # Most specific classes first: distilled SDXL variants subclass SDXL.
+    table = [
+        ("sdxl", ("SDXL", "SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B", "SDXL_instructpix2pix")),
+        ("sd2", ("SD20", "SD21UnclipL", "SD21UnclipH", "SD_X4Upscaler")),
+        ("sd1", ("SD15", "SD15_instructpix2pix")),
+        ("sd3", ("SD3",)),
+        ("flux", ("Flux", "FluxSchnell", "FluxInpaint")),
+    ]
+    for name, class_names in table:
+        classes = tuple(getattr(sm, c) for c in class_names if hasattr(sm, c))
+        if classes and isinstance(config, classes):
+            return name
+    raise ArchitectureError(
+        f"model architecture {type(config).__name__} is not supported; "
+        f"expected one of {[a.label for a in ARCHITECTURES.values()]}")
+
+
+def unet_bottleneck_channels(model) -> int:
+    """Channels of the UNet middle-block output (h-space) of a ComfyUI model."""
+    base = getattr(model, "model", model)
+    config = getattr(getattr(base, "model_config", None), "unet_config", None) or {}
+    if "model_channels" not in config or "channel_mult" not in config:
+        raise ArchitectureError(
+            f"{type(getattr(base, 'model_config', base)).__name__} has no UNet bottleneck (h-space); "
+            "h-space vectors need a UNet model (SD1.x, SD2.x, SDXL)")
+    return int(config["model_channels"]) * int(config["channel_mult"][-1])

@@ -1,0 +1,110 @@
+"""Embedding direction (arXiv 2505.15427): add beta * d to the prompt embedding.
+
+The shift is applied from a warm-up point of the denoising schedule on. The window is
+given as fractions of the schedule (0 = pure noise, 1 = clean), which ComfyUI turns
+into sigmas with the model's own ``percent_to_sigma`` when sampling: the same window
+means the same noise levels for every sampler and scheduler.
+
+It is implemented with ComfyUI's native conditioning timestep ranges (what
+``ConditioningSetTimestepRange`` sets): each conditioning entry becomes up to three
+entries, the shifted one inside the window and the untouched one outside it. Outside
+the window the sampler therefore runs exactly the original conditioning; inside it,
+exactly the shifted one. As everywhere in ComfyUI, ranges are inclusive: a schedule
+step that falls exactly on a boundary sigma averages the two predictions.
+
+Only the conditioning passed in is shifted: connect the node to the positive input
+and the unconditional (negative) branch stays untouched, as in the paper.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .architectures import ArchitectureError, architecture_of_conditioning
+
+CHUNK_MODES = ("every_chunk", "first_chunk")
+
+
+def check_window(start_percent: float, end_percent: float) -> None:
+    if not (0.0 <= start_percent <= 1.0 and 0.0 <= end_percent <= 1.0):
+        raise ValueError(f"start/end must lie in [0, 1]; got start={start_percent}, end={end_percent}")
+    if start_percent > end_percent:
+        raise ValueError(f"start ({start_percent}) must not be after end ({end_percent})")
+
+
+def expand_to_tokens(direction: torch.Tensor, tokens: int, chunk_mode: str = "every_chunk") -> torch.Tensor:
+    """Fit a [T, D] direction to a prompt of `tokens` tokens.
+
+    Prompts longer than 77 tokens reach the UNet as several 77-token CLIP chunks, each
+    encoded on its own (with its own start/end tokens) and concatenated. The direction
+    is defined per chunk position, so ``every_chunk`` adds it to each chunk and
+    ``first_chunk`` only to the first."""
+    length = direction.shape[0]
+    if tokens == length:
+        return direction
+    if tokens % length != 0:
+        raise ArchitectureError(
+            f"conditioning has {tokens} tokens, not a whole number of {length}-token chunks the "
+            f"direction [{length}, {direction.shape[1]}] applies to")
+    if chunk_mode == "every_chunk":
+        return direction.repeat(tokens // length, 1)
+    if chunk_mode == "first_chunk":
+        return torch.cat([direction, direction.new_zeros(tokens - length, direction.shape[1])])
+    raise ValueError(f"chunk_mode {chunk_mode!r}; expected one of {CHUNK_MODES}")
+
+
+def _window_pieces(own_start: float, own_end: float, start: float, end: float):
+    """Split an entry's own window into (start, end, shifted) pieces around [start, end]."""
+    pieces = []
+    if own_start < start:
+        pieces.append((own_start, min(own_end, start), False))
+    lo, hi = max(own_start, start), min(own_end, end)
+    if lo < hi:
+        pieces.append((lo, hi, True))
+    if end < own_end:
+        pieces.append((max(own_start, end), own_end, False))
+    return [p for p in pieces if p[0] < p[1]]
+
+
+def apply_embedding_direction(
+    conditioning: list,
+    directions: Sequence[torch.Tensor],
+    arch: str,
+    strength: float = 1.0,
+    start_percent: float = 0.3,
+    end_percent: float = 1.0,
+    chunk_mode: str = "every_chunk",
+) -> list:
+    """Return new conditioning with `strength * d` added inside the window.
+
+    `directions` holds one [T, D] direction for every image (fair sampling: image i of
+    the batch gets directions[i]) or a single one for all images. The input list, its
+    dicts and tensors are not modified."""
+    check_window(start_percent, end_percent)
+    if not directions:
+        raise ValueError("no embedding direction given")
+    if strength == 0.0 or start_percent == end_percent:
+        return [[t, d.copy()] for t, d in conditioning]
+    out = []
+    for cond, options in conditioning:
+        cond_arch = architecture_of_conditioning(cond, options.get("pooled_output"))
+        if cond_arch != arch:
+            raise ArchitectureError(
+                f"the direction is for {arch} but the conditioning is {list(cond.shape)} ({cond_arch}); "
+                "use a direction learned for this model's text encoder")
+        per_image = torch.stack([expand_to_tokens(d, cond.shape[1], chunk_mode) for d in directions])
+        shift = (strength * per_image).to(device=cond.device, dtype=cond.dtype)
+        if cond.shape[0] > 1 and shift.shape[0] > 1 and cond.shape[0] != shift.shape[0]:
+            raise ValueError(
+                f"conditioning holds a batch of {cond.shape[0]} prompts but {shift.shape[0]} per-image "
+                "directions were given; they must match (or one of them be 1)")
+        shifted = cond + shift
+        own_start = float(options.get("start_percent", 0.0))
+        own_end = float(options.get("end_percent", 1.0))
+        for lo, hi, is_shifted in _window_pieces(own_start, own_end, start_percent, end_percent):
+            entry = options.copy()
+            if (lo, hi) != (own_start, own_end) or "start_percent" in options:
+                entry["start_percent"], entry["end_percent"] = lo, hi
+            out.append([shifted if is_shifted else cond, entry])
+    return out

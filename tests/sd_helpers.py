@@ -1,0 +1,96 @@
+"""Helpers to run the tiny SD1 checkpoint through real ComfyUI graphs and to look
+inside sampling (per-step predictions of the conditional and unconditional branch)."""
+from __future__ import annotations
+
+import torch
+
+from rs_harness import ComfySession, Graph
+
+
+def sd_graph(comfy: ComfySession, positive: str = "a photo of a person", negative: str = ""):
+    """A graph with the checkpoint loader and both prompts; returns (graph, ckpt, pos, neg) refs."""
+    g = Graph()
+    ckpt = g.add("CheckpointLoaderSimple", node_id="ckpt", ckpt_name=comfy.checkpoint_name)
+    pos = g.add("CLIPTextEncode", node_id="pos", text=positive, clip=ckpt[1])
+    neg = g.add("CLIPTextEncode", node_id="neg", text=negative, clip=ckpt[1])
+    return g, ckpt, pos, neg
+
+
+def add_txt2img(g: Graph, model, vae, positive, negative, seed: int = 7, steps: int = 4, size: int = 64,
+                batch: int = 1, cfg: float = 5.0, sampler: str = "euler", scheduler: str = "normal"):
+    """KSampler + decode + preview; returns the VAEDecode ref (its output 0 is the IMAGE batch)."""
+    latent = g.add("EmptyLatentImage", width=size, height=size, batch_size=batch)
+    sampled = g.add("KSampler", model=model, positive=positive, negative=negative, latent_image=latent[0],
+                    seed=seed, steps=steps, cfg=cfg, sampler_name=sampler, scheduler=scheduler, denoise=1.0)
+    image = g.add("VAEDecode", samples=sampled[0], vae=vae)
+    g.add("PreviewImage", images=image[0])
+    return image
+
+
+def keep(g: Graph, ref) -> None:
+    """Make a node's output reachable from an output node so the executor runs and caches it."""
+    g.add("PreviewAny", source=ref)
+
+
+def render(comfy: ComfySession, g: Graph, image_ref) -> torch.Tensor:
+    return comfy.run(g.prompt()).output(image_ref.id).clone()
+
+
+def load_tiny_objects(comfy: ComfySession):
+    """(model, clip, vae) exactly as CheckpointLoaderSimple produces them inside the executor."""
+    g, ckpt, pos, neg = sd_graph(comfy)
+    keep(g, ckpt[0])
+    result = comfy.run(g.prompt())
+    return result.output("ckpt", 0), result.output("ckpt", 1), result.output("ckpt", 2)
+
+
+def encode(comfy: ComfySession, text: str):
+    g, ckpt, pos, neg = sd_graph(comfy, positive=text)
+    keep(g, pos[0])
+    return comfy.run(g.prompt()).output("pos", 0)
+
+
+def probe_predictions(model, positive, negative, x: torch.Tensor, sigmas: list[float], cfg: float = 5.0):
+    """Denoised predictions (cond, uncond) of the model at fixed `x` for each sigma, computed by
+    ComfyUI's own conditioning processing and cond/uncond batching (calc_cond_batch)."""
+    import comfy.samplers
+
+    records = []
+
+    class ProbeGuider(comfy.samplers.CFGGuider):
+        def predict_noise(self, x, timestep, model_options={}, seed=None):
+            cond, uncond = comfy.samplers.calc_cond_batch(
+                self.inner_model, [self.conds.get("positive"), self.conds.get("negative")], x, timestep,
+                model_options)
+            records.append((float(timestep.reshape(-1)[0]), cond.clone(), uncond.clone()))
+            return uncond + self.cfg * (cond - uncond)
+
+    def visit_sigmas(model_k, noisy, sigma_list, extra_args=None, callback=None, disable=None):
+        for s in sigma_list[:-1]:
+            model_k(x.to(noisy), s * noisy.new_ones([noisy.shape[0]]), **extra_args)
+        return noisy
+
+    guider = ProbeGuider(model)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    with torch.inference_mode():
+        guider.sample(torch.zeros_like(x), torch.zeros_like(x), comfy.samplers.KSAMPLER(visit_sigmas),
+                      torch.tensor(list(sigmas) + [0.0]), seed=0)
+    return records
+
+
+def trajectory(model, positive, negative, seed: int = 7, steps: int = 6, size: int = 64, cfg: float = 5.0,
+               sampler: str = "euler", scheduler: str = "normal"):
+    """Per-step denoised (x0) predictions and the final latent, through comfy.sample.sample."""
+    import comfy.sample
+    import comfy.samplers
+
+    steps_x0 = []
+    latent = torch.zeros(1, 4, size // 8, size // 8)
+    with torch.inference_mode():
+        noise = comfy.sample.prepare_noise(latent, seed)
+        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps)
+        final = comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative, latent,
+                                    callback=lambda step, x0, x, total: steps_x0.append(x0.clone()),
+                                    disable_pbar=True, seed=seed)
+    return [float(s) for s in sigmas], steps_x0, final

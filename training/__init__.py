@@ -1,0 +1,1 @@
+"""Training objectives and the shared training loop (see the training issue)."""
