@@ -1,16 +1,25 @@
-"""ComfyUI glue: the V3 extension that lists every node of the pack."""
+"""ComfyUI glue: the V3 extension that lists every node of the pack.
+
+Every ``nodes/*_nodes.py`` module exposes ``NODES``, a list of its io.ComfyNode
+classes; they are collected here in file-name order.
+"""
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 from comfy_api.v0_0_2 import ComfyExtension, io
 
-from . import embedding_direction_nodes, hspace_nodes, vector_nodes
 from .paths import register_vector_folder
 
-NODE_MODULES = (vector_nodes, embedding_direction_nodes, hspace_nodes)
+
+def node_modules() -> list:
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name.endswith("_nodes"))
+    return [importlib.import_module(f"{__name__}.{name}") for name in names]
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:
-    return [node for module in NODE_MODULES for node in module.NODES]
+    return [node for module in node_modules() for node in module.NODES]
 
 
 class ResponsibleSteeringExtension(ComfyExtension):

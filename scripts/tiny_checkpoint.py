@@ -163,21 +163,55 @@ def ensure_sd1_checkpoint(directory: str, seed: int = 0) -> str:
     return path
 
 
-def build_sdxl_unet_model(seed: int = 0):
-    """An in-memory SDXL-architecture ComfyUI model (ModelPatcher) with seeded random weights."""
+SD15_FULL_UNET_CONFIG = {
+    **SD1_UNET_CONFIG,
+    "num_res_blocks": [2, 2, 2, 2],
+    "channel_mult": [1, 2, 4, 4],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    "transformer_depth_middle": 1,
+}
+
+SDXL_FULL_UNET_CONFIG = {
+    **SDXL_UNET_CONFIG,
+    "num_res_blocks": [2, 2, 2],
+    "channel_mult": [1, 2, 4],
+    "transformer_depth": [0, 0, 2, 2, 10, 10],
+    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+    "transformer_depth_middle": 10,
+}
+
+UNET_CONFIGS = {
+    "sd1_tiny": ("SD15", SD1_UNET_CONFIG),
+    "sdxl_tiny": ("SDXL", SDXL_UNET_CONFIG),
+    "sd15_full": ("SD15", SD15_FULL_UNET_CONFIG),  # real SD1.5 size (860M parameters)
+    "sdxl_full": ("SDXL", SDXL_FULL_UNET_CONFIG),  # real SDXL size (2.6B parameters)
+}
+
+
+def build_unet_model(name: str = "sdxl_tiny", seed: int = 0, device=None, dtype: torch.dtype = torch.float32):
+    """An in-memory ComfyUI model (ModelPatcher) of one of UNET_CONFIGS with seeded random weights.
+
+    Weights are generated on `device` (default: ComfyUI's torch device) and stored in `dtype`."""
     import comfy.model_management
     import comfy.model_patcher
     import comfy.supported_models
 
-    config = dict(SDXL_UNET_CONFIG)
-    model_config = comfy.supported_models.SDXL(config)
-    model_config.set_inference_dtype(torch.float32, None)
-    model = model_config.get_model({}, device="cpu")
-    shapes = _meta_state_shapes(model.diffusion_model)
-    state = {k: _seeded_tensor("model.diffusion_model." + k, s, seed) for k, s in shapes.items()}
-    model.diffusion_model.load_state_dict(state, strict=True)
-    return comfy.model_patcher.ModelPatcher(
-        model, load_device=comfy.model_management.get_torch_device(), offload_device=torch.device("cpu"))
+    class_name, config = UNET_CONFIGS[name]
+    model_config = getattr(comfy.supported_models, class_name)(dict(config))
+    model_config.set_inference_dtype(dtype, None)
+    load_device = comfy.model_management.get_torch_device() if device is None else torch.device(device)
+    model = model_config.get_model({}, device="meta")  # only the UNet is built on meta
+    state = {}
+    for key, shape in _meta_state_shapes(model.diffusion_model).items():
+        state[key] = _seeded_tensor("model.diffusion_model." + key, shape, seed).to(load_device, dtype)
+    model.diffusion_model.load_state_dict(state, strict=True, assign=True)
+    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=torch.device("cpu"))
+
+
+def build_sdxl_unet_model(seed: int = 0):
+    """The tiny SDXL-architecture model used by tests of SDXL-shaped tensors."""
+    return build_unet_model("sdxl_tiny", seed=seed, device="cpu")
 
 
 def main(argv: list[str] | None = None) -> int:

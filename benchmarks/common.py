@@ -1,0 +1,101 @@
+"""Shared benchmark plumbing: ComfyUI set-up, model builders, interleaved timing, reporting.
+
+Timings are ratios measured side by side in one process: every round runs each
+variant once, in rotating order, and ratios are medians of per-round ratios (robust
+to drift and to load from other processes).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+
+
+@dataclass
+class BenchContext:
+    device: str            # "cpu" or "cuda"
+    full_size: bool        # SD1.5-size random-weight models instead of the tiny checkpoint
+    rounds: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def device_name(self) -> str:
+        import torch
+
+        if self.device == "cuda":
+            return torch.cuda.get_device_name(0)
+        cpu = platform.processor() or "CPU"
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        return f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+    def synchronize(self) -> None:
+        import torch
+
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+
+def setup_comfy(device: str) -> None:
+    """Import ComfyUI (from `make setup`'s cache) for in-process benchmarks."""
+    import rs_harness
+
+    if not os.path.isfile(os.path.join(rs_harness.COMFY_DIR, "main.py")):
+        raise SystemExit(f"ComfyUI not found at {rs_harness.COMFY_DIR}; run `make setup`")
+    sys.path.insert(0, rs_harness.COMFY_DIR)
+    from comfy.cli_args import args
+
+    args.cpu = device == "cpu"
+
+
+def load_pack():
+    """The pack's steering/ and training/ packages (imported as top-level packages)."""
+    if REPO not in sys.path:
+        sys.path.append(REPO)
+    import steering  # noqa: F401
+    return steering
+
+
+def interleaved(variants: dict[str, Callable[[], object]], rounds: int, ctx: BenchContext,
+                warmup: int = 1) -> dict[str, list[float]]:
+    """Wall times (s) of each variant, run side by side in rotating order."""
+    names = list(variants)
+    for _ in range(warmup):
+        for name in names:
+            variants[name]()
+            ctx.synchronize()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            ctx.synchronize()
+            start = time.perf_counter()
+            variants[name]()
+            ctx.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def ratio(times: dict[str, list[float]], name: str, base: str) -> float:
+    return statistics.median(t / b for t, b in zip(times[name], times[base]))
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    def fmt(v):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,72 @@
+"""`make bench`: run benchmarks/bench_*.py and record their sections in RESULTS.md.
+
+    .venv/bin/python benchmarks/run.py [NAME ...] [--device cpu|cuda] [--full-size] [--rounds N]
+
+Each bench module defines TITLE and ``run(ctx) -> str`` (a markdown section). Results
+are written between markers keyed by bench name and device, so CPU and GPU figures
+of every bench live side by side and a re-run replaces only its own section.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import os
+import pkgutil
+import re
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from common import BenchContext, setup_comfy  # noqa: E402
+
+RESULTS = os.path.join(HERE, "RESULTS.md")
+HEADER = ("# Benchmark results\n\nWritten by `make bench` (benchmarks/run.py). Ratios are medians of per-round "
+          "ratios of variants run side by side in one process. CPU figures come from the tiny generated "
+          "checkpoint; GPU figures (when a GPU was lent) from random-weight models of real SD1.5 size.\n")
+
+
+def bench_names() -> list[str]:
+    return sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules([HERE]) if m.name.startswith("bench_"))
+
+
+def write_section(key: str, text: str, path: str = RESULTS) -> None:
+    current = open(path).read() if os.path.exists(path) else HEADER
+    begin, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
+    block = f"{begin}\n{text.strip()}\n{end}"
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    updated = pattern.sub(lambda _: block, current) if pattern.search(current) else current.rstrip() + "\n\n" + block + "\n"
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(updated)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help=f"benches to run (default all: {bench_names()})")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--full-size", action="store_true", help="SD1.5-size random-weight models")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args(argv)
+    setup_comfy(args.device)
+    ctx = BenchContext(args.device, args.full_size, args.rounds or (10 if args.device == "cuda" else 5))
+    for name in args.names or bench_names():
+        module = importlib.import_module(f"bench_{name}")
+        ctx.notes = []
+        body = module.run(ctx)
+        stamp = datetime.date.today().isoformat()
+        size = "SD1.5-size random weights" if args.full_size else "tiny checkpoint"
+        text = f"## {module.TITLE} [{args.device}]\n\n{ctx.device_name}; {size}; {ctx.rounds} rounds; {stamp}.\n\n{body}"
+        if ctx.notes:
+            text += "\n\n" + "\n".join(f"- {n}" for n in ctx.notes)
+        print(text + "\n")
+        if not args.no_write:
+            write_section(f"{name}:{args.device}{':full' if args.full_size else ''}", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

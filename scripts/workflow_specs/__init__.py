@@ -1,0 +1,1 @@
+"""Example-workflow specs: each module defines WORKFLOWS, a list of workflow_builder.Spec."""
