@@ -89,7 +89,14 @@ def interleaved(variants: dict[str, Callable[[], object]], rounds: int, ctx: Ben
 
 
 def ratio(times: dict[str, list[float]], name: str, base: str) -> float:
+    """Median of per-round ratios (each round runs both variants back to back)."""
     return statistics.median(t / b for t, b in zip(times[name], times[base]))
+
+
+def best_ratio(times: dict[str, list[float]], name: str, base: str) -> float:
+    """Ratio of the fastest runs: load from other processes only ever adds time, so on a
+    shared machine the minimum is the least disturbed estimate of each variant's cost."""
+    return min(times[name]) / min(times[base])
 
 
 def table(headers: list[str], rows: list[list]) -> str:

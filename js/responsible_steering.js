@@ -20,10 +20,16 @@ function applyLinkColours() {
 
 app.registerExtension({
   name: "responsible-steering.core",
+  // The colour palette resets every known type's link colour when it loads, so apply ours
+  // again whenever a graph is configured or one of our nodes is created.
   async setup() {
     applyLinkColours();
   },
+  async afterConfigureGraph() {
+    applyLinkColours();
+  },
   async nodeCreated(node) {
+    applyLinkColours();
     // Colour the output/input slots of our types the same as their links.
     for (const slot of [...(node.inputs ?? []), ...(node.outputs ?? [])]) {
       const colour = LINK_COLOURS[slot.type];

@@ -36,7 +36,7 @@ def check_window_inputs(start_percent: float, end_percent: float) -> bool | str:
 
 def fair_inputs() -> list:
     return [
-        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                      tooltip="Seed of the per-image choice of vector. Image i always gets the same vector "
                              "for the same seed, whatever the batch size."),
         io.Combo.Input("assignment", options=list(ASSIGNMENT_MODES), default="uniform",

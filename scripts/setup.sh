@@ -75,5 +75,17 @@ print(f"setup: ComfyUI {comfyui_version.__version__} imports")
 PY
 ) 2>&1 | grep -v "torchaudio missing"
 
+# 4. A browser for the frontend tests (best effort: system Chromium via apt when we are root;
+#    the frontend tests skip with a clear reason when no Chromium is found)
+if ! command -v chromium >/dev/null 2>&1 && [[ "${RS_SKIP_BROWSER:-0}" != 1 ]]; then
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing chromium (apt) for the frontend tests"
+    (apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }) \
+      || echo "setup: could not install chromium; frontend tests will be skipped" >&2
+  else
+    echo "setup: no chromium on PATH; frontend tests will be skipped (install it to run them)" >&2
+  fi
+fi
+
 echo "$want" > "$STAMP"
 echo "setup: done"

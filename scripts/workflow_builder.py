@@ -146,7 +146,7 @@ class WorkflowBuilder:
                 if name not in node.values:
                     continue
                 widget_values.append(node.values[name])
-                if options.get("control_after_generate"):
+                if options.get("control_after_generate") or name in ("seed", "noise_seed"):  # as the frontend does
                     widget_values.append(CONTROL_AFTER_GENERATE_DEFAULT)
             outputs = [{"name": node.return_names[i], "type": t, "links": outgoing.get((node.id, i), []),
                         "slot_index": i} for i, t in enumerate(node.return_types)]
