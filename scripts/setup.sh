@@ -63,6 +63,8 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 "$VENV/bin/python" -m pip install --quiet "${TORCH_PINS[@]}"
 "$VENV/bin/python" -m pip install --quiet -r "$ROOT/scripts/requirements-dev.txt" -r "$ROOT/requirements.txt" "${TORCH_PINS[@]}"
+# NudeNet's wheel only for its 320n.onnx detector (its opencv dependency is not needed): no deps.
+"$VENV/bin/python" -m pip install --quiet --no-deps nudenet==3.4.2
 
 # 3. Smoke check: the real ComfyUI imports
 (cd "$COMFY_DIR" && "$VENV/bin/python" - <<'PY'

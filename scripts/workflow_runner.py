@@ -38,6 +38,9 @@ def tiny_profile(prompt: dict, checkpoint_name: str, size: int = 128, max_steps:
             inputs["width"] = inputs["height"] = size
         if "steps" in inputs and isinstance(inputs["steps"], int):
             inputs["steps"] = min(inputs["steps"], max_steps)
+        if node["class_type"] == "RSTrainSteeringVector":  # one short training iteration at 64 px
+            inputs.update(iterations=1, batch_size=min(inputs["batch_size"], 2), resolution=64,
+                          rollout_steps=min(inputs["rollout_steps"], 2), gradient_checkpointing=False)
     return prompt
 
 
@@ -58,3 +61,21 @@ def provide_reference_vectors(names: set[str], vector_dir: str, reference_dir: s
             raise FileNotFoundError(f"reference vector file not found: {path}")
         subprocess.run([sys.executable, "-m", "steering.reference_import", path, "--out", vector_dir,
                         "--overwrite"], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+
+
+CLIP_SCORE_NODES = {"RSCLIPViolenceScore", "RSCLIPArtistScore"}
+
+
+def provide_safety_models(prompt: dict, models_dir: str) -> None:
+    """CLIP weights are never downloaded: for workflows with CLIP safety scores, write a tiny random
+    CLIP under the name they load into models_dir/safety_clip and register that folder."""
+    names = {n["inputs"]["clip_model"] for n in prompt.values() if n["class_type"] in CLIP_SCORE_NODES}
+    if not names:
+        return
+    import folder_paths
+    import tiny_clip
+
+    folder = os.path.join(models_dir, "safety_clip")
+    for name in sorted(names):
+        tiny_clip.write_tiny_clip(os.path.join(folder, name))
+    folder_paths.add_model_folder_path("safety_clip", folder, is_default=True)

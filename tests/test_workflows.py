@@ -49,6 +49,7 @@ def test_workflow_runs_in_process(comfy, path):
         workflow_runner.provide_reference_vectors(workflow_runner.vector_files_needed(prompt), comfy.vector_dir)
     except FileNotFoundError as e:
         pytest.skip(str(e))
+    workflow_runner.provide_safety_models(prompt, os.path.dirname(comfy.vector_dir))
     result = comfy.run(prompt)
     files = saved_images(comfy, result.ui)
     batch = max(n["inputs"].get("batch_size", 1) for n in prompt.values() if n["class_type"] == "EmptyLatentImage")

@@ -1,0 +1,135 @@
+"""STG vs a plain KSampler run from the same seed: wall-time ratio at the README window
+(steps 5-45 of 50, i.e. 0.1-0.9 of the schedule) with every image guided on every window
+step (worst case). Target on GPU: <= 2.5x. Also peak GPU memory on CUDA."""
+from __future__ import annotations
+
+import torch
+
+from common import BenchContext, interleaved, load_pack, ratio, table
+
+TITLE = "STG: sampling wall time relative to a plain KSampler run"
+
+
+def random_sd_vae(device, dtype):
+    """A full-size SD VAE (83.6 M parameters) with seeded random weights, as ComfyUI's VAE object."""
+    import comfy.sd
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+                "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in AutoencoderKL(ddconfig=ddconfig, embed_dim=4).state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for key, shape in shapes.items():
+        if len(shape) > 1:
+            fan_in = 1
+            for s in shape[1:]:
+                fan_in *= s
+            sd[key] = torch.randn(shape, generator=g) / fan_in ** 0.5
+        elif key.endswith("weight"):
+            sd[key] = torch.ones(shape)
+        else:
+            sd[key] = torch.zeros(shape)
+    vae = comfy.sd.VAE(sd=sd, device=torch.device(device), dtype=dtype)
+    return vae
+
+
+def random_taesd_decoder(device, dtype) -> torch.nn.Module:
+    """ComfyUI's TAESD decoder with seeded random weights (what models/vae_approx/taesd_decoder holds)."""
+    from comfy.taesd.taesd import Decoder
+
+    decoder = Decoder()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in decoder.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5 if p.ndim > 1 else torch.zeros(p.shape))
+    return decoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def models(ctx: BenchContext):
+    """(model, vae, positive, negative, size, batch, steps) on the tiny checkpoint or SD1.5-size random weights."""
+    if ctx.full_size:
+        import tiny_checkpoint
+
+        dtype = torch.float16 if ctx.device == "cuda" else torch.float32
+        model = tiny_checkpoint.build_unet_model("sd15_full", device=ctx.device, dtype=dtype)
+        vae = random_sd_vae(ctx.device, dtype)
+        g = torch.Generator().manual_seed(0)
+        positive = [[torch.randn(1, 77, 768, generator=g), {}]]
+        negative = [[torch.randn(1, 77, 768, generator=g), {}]]
+        size, batch, steps = (512, 4, 50) if ctx.device == "cuda" else (64, 1, 10)
+        return model, vae, positive, negative, size, batch, steps
+    import comfy.sd
+    import nodes
+    import rs_harness
+
+    model, clip, vae = comfy.sd.load_checkpoint_guess_config(rs_harness.tiny_checkpoint_path())[:3]
+    encode = nodes.CLIPTextEncode()
+    return model, vae, encode.encode(clip, "a photo of a person")[0], encode.encode(clip, "")[0], 64, 1, 10
+
+
+def run(ctx: BenchContext) -> str:
+    import comfy.model_management
+    import comfy.sample
+
+    load_pack()
+    from steering import stg
+    from steering.safety import ColourStatisticScore
+    from steering.safety.nudenet import LABELS, NudeNetScore
+
+    with torch.inference_mode():  # as ComfyUI's executor runs nodes
+        model, vae, positive, negative, size, batch, steps = models(ctx)
+    latent = torch.zeros(batch, 4, size // 8, size // 8)
+    noise = comfy.sample.prepare_noise(latent, 0)
+    # every image counts as unsafe on every window step: the worst case
+    nudity = NudeNetScore(LABELS, detection_threshold=0.0, threshold=-1.0)
+    colour = ColourStatisticScore("brightness", threshold=-10.0)
+
+    def plain():
+        comfy.sample.sample(model, noise, steps, 7.5, "euler", "normal", positive, negative, latent,
+                            disable_pbar=True, seed=0)
+
+    def guided(score, autocast="none", decoder=None, update_ratio=1.0):
+        settings = stg.STGSettings(rho=0.5, start_percent=stg.DEFAULT_START, end_percent=stg.DEFAULT_END,
+                                   autocast=autocast, update_ratio=update_ratio)
+
+        def go():
+            guider = stg.make_guider(model, positive, negative, 7.5, decoder or stg.VAEDecoder(vae), score, settings)
+            stg.sample_stg(guider, {"samples": latent}, 0, steps, "euler", "normal")
+            go.guided = sum(r.guided for r in guider.records)
+        return go
+
+    variants = {"plain KSampler": plain, "STG, NudeNet score": guided(nudity)}
+    if ctx.full_size:
+        taesd = stg.TAESDDecoder(random_taesd_decoder(ctx.device, vae.vae_dtype))
+        variants["STG, NudeNet score, TAESD decode"] = guided(nudity, decoder=taesd)
+        variants["STG, NudeNet score, update ratio 0.5"] = guided(nudity, update_ratio=0.5)
+    else:
+        variants["STG, colour score"] = guided(colour)
+    if ctx.device == "cuda":
+        variants["STG, NudeNet score, fp16 autocast"] = guided(nudity, "fp16")
+    with torch.inference_mode():
+        times = interleaved(variants, ctx.rounds, ctx)
+    peaks = {}
+    if ctx.device == "cuda":
+        for name, fn in variants.items():
+            comfy.model_management.soft_empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            with torch.inference_mode():
+                fn()
+            peaks[name] = torch.cuda.max_memory_allocated() / 2 ** 30
+    rows = []
+    base = "plain KSampler"
+    for name in variants:
+        med = sorted(times[name])[len(times[name]) // 2]
+        row = [name, med, ratio(times, name, base) if name != base else 1.0]
+        if peaks:
+            row.append(peaks[name])
+        rows.append(row)
+    guided_steps = getattr(variants["STG, NudeNet score"], "guided", "?")
+    ctx.notes.append(f"{size}x{size} px, batch {batch}, {steps} euler steps, CFG 7.5; STG window 0.1-0.9 "
+                     f"({guided_steps} of {steps} steps guided, every image updated), full VAE decode unless noted; "
+                     "target ratio <= 2.5 on GPU")
+    headers = ["variant", "median s", "ratio vs plain"] + (["peak GiB"] if peaks else [])
+    return table(headers, rows)

@@ -1,0 +1,143 @@
+"""Nodes for method 2: STG, Safe Text-embedding Guidance (arXiv 2510.24012)."""
+from __future__ import annotations
+
+import comfy.samplers
+import comfy.utils
+import latent_preview
+from comfy_api.v0_0_2 import io
+
+from ..steering.architectures import architecture_of_model
+from ..steering.stg import (AUTOCAST_MODES, DECODERS, DEFAULT_END, DEFAULT_START, STGSettings, VAEDecoder,
+                            load_taesd_decoder, make_guider, sample_stg)
+from .common import CATEGORY, check_window_inputs, window_inputs
+from .types import SafetyScoreType
+
+STG_CATEGORY = f"{CATEGORY}/stg"
+
+
+def stg_inputs() -> list:
+    return [
+        io.Vae.Input("vae", tooltip="The VAE of the checkpoint: the denoised estimate is decoded with it "
+                                    "(differentiably) to score the image."),
+        SafetyScoreType.Input("safety_score", tooltip="What counts as unsafe (NudeNet, CLIP violence/artist, "
+                                                      "colour statistic). Images scoring above its threshold "
+                                                      "are guided."),
+        io.Float.Input("rho", default=0.5, min=0.0, max=100.0, step=0.01,
+                       tooltip="Step size of the embedding update c <- c - rho * g/||g|| (the reference README "
+                               "uses 0.5; the paper's ablation 0.5-2). 0 turns STG off: exactly the plain sampler."),
+        *window_inputs(DEFAULT_START, DEFAULT_END),
+        io.Float.Input("update_ratio", default=1.0, min=0.0, max=1.0, step=0.01,
+                       tooltip="gamma: the fraction of the window's model evaluations that update the "
+                               "embedding (evenly spaced). Lower is faster."),
+        io.Float.Input("prior_weight", default=0.0, min=0.0, max=1000.0, step=0.01,
+                       tooltip="Adds prior_weight * mean((c0 - c)^2) to the score: keeps the embedding near the "
+                               "prompt's original one."),
+        io.Boolean.Input("rebase", default=False,
+                         tooltip="Off: updates accumulate and persist to later steps (the paper). On: every "
+                                 "update starts again from the original embedding."),
+        io.Boolean.Input("guide_pooled", default=False,
+                         tooltip="SDXL only: also guide the pooled text vector (besides the cross-attention "
+                                 "context)."),
+        io.Combo.Input("decoder", options=list(DECODERS), default="vae",
+                       tooltip="vae: the checkpoint's VAE (exact). taesd: TAESD from models/vae_approx "
+                               "(taesd_decoder / taesdxl_decoder): much cheaper backward pass, approximate."),
+        io.Combo.Input("autocast", options=list(AUTOCAST_MODES), default="none",
+                       tooltip="Run the gradient pass under fp16/bf16 autocast (faster, less memory on GPU)."),
+    ]
+
+
+def build_guider(model, positive, negative, cfg, vae, safety_score, rho, start_percent, end_percent,
+                 update_ratio, prior_weight, rebase, guide_pooled, decoder, autocast):
+    settings = STGSettings(rho=rho, start_percent=start_percent, end_percent=end_percent,
+                           update_ratio=update_ratio, prior_weight=prior_weight, rebase=rebase,
+                           guide_pooled=guide_pooled, autocast=autocast)
+    latent_decoder = load_taesd_decoder(architecture_of_model(model)) if decoder == "taesd" else VAEDecoder(vae)
+    return make_guider(model, positive, negative, cfg, latent_decoder, safety_score, settings)
+
+
+class STGGuiderNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="RSSTGGuider",
+            display_name="STG Guider",
+            category=STG_CATEGORY,
+            description="Safe Text-embedding Guidance (arXiv 2510.24012) as a guider for SamplerCustomAdvanced: "
+                        "on the steps of the window, the prompt embedding of every image whose safety score "
+                        "is above the threshold moves against the score's gradient (through the UNet, the "
+                        "denoised estimate and the VAE). Works with every sampler and scheduler.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x or SDXL)."),
+                io.Conditioning.Input("positive", tooltip="The prompt: its embedding is what STG updates."),
+                io.Conditioning.Input("negative", tooltip="The negative prompt (never updated)."),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale."),
+                *stg_inputs(),
+            ],
+            outputs=[io.Guider.Output()],
+        )
+
+    @classmethod
+    def validate_inputs(cls, start_percent, end_percent):
+        return check_window_inputs(start_percent, end_percent)
+
+    @classmethod
+    def execute(cls, model, positive, negative, cfg, vae, safety_score, rho, start_percent, end_percent,
+                update_ratio, prior_weight, rebase, guide_pooled, decoder, autocast) -> io.NodeOutput:
+        return io.NodeOutput(build_guider(model, positive, negative, cfg, vae, safety_score, rho, start_percent,
+                                          end_percent, update_ratio, prior_weight, rebase, guide_pooled, decoder,
+                                          autocast))
+
+
+class STGKSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="RSSTGKSampler",
+            display_name="STG KSampler",
+            category=STG_CATEGORY,
+            description="KSampler with Safe Text-embedding Guidance (arXiv 2510.24012): same noise, sigmas and "
+                        "sampler as KSampler; on the steps of the window the prompt embedding of unsafe images "
+                        "is moved against the safety score's gradient. rho = 0 gives KSampler's result exactly.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x or SDXL)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="The random seed of the noise."),
+                io.Int.Input("steps", default=50, min=1, max=10000, tooltip="Denoising steps."),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, tooltip="The sampler."),
+                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, tooltip="The scheduler."),
+                io.Conditioning.Input("positive", tooltip="The prompt: its embedding is what STG updates."),
+                io.Conditioning.Input("negative", tooltip="The negative prompt (never updated)."),
+                io.Latent.Input("latent_image", tooltip="The latent to denoise."),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="How much of the schedule to run (1 = from pure noise)."),
+                *stg_inputs(),
+            ],
+            outputs=[
+                io.Latent.Output(),
+                io.String.Output(display_name="report", tooltip="Scores per guided step and which images were "
+                                                                "updated."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, start_percent, end_percent):
+        return check_window_inputs(start_percent, end_percent)
+
+    @classmethod
+    def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
+                vae, safety_score, rho, start_percent, end_percent, update_ratio, prior_weight, rebase,
+                guide_pooled, decoder, autocast) -> io.NodeOutput:
+        guider = build_guider(model, positive, negative, cfg, vae, safety_score, rho, start_percent, end_percent,
+                              update_ratio, prior_weight, rebase, guide_pooled, decoder, autocast)
+        callback = latent_preview.prepare_callback(model, steps)
+        samples = sample_stg(guider, latent_image, seed, steps, sampler_name, scheduler, denoise,
+                             callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED)
+        out = latent_image.copy()
+        out["samples"] = samples
+        return io.NodeOutput(out, guider.report())
+
+
+NODES = [STGGuiderNode, STGKSampler]

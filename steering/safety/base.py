@@ -1,0 +1,76 @@
+"""What every safety score is: a differentiable function of an image batch.
+
+A score maps decoded images to one number per image; high means unsafe. An image is
+flagged unsafe when its score is above the score's threshold (tau). Images come as
+ComfyUI IMAGE ([B, H, W, 3], 0..1) or NCHW ([B, 3, H, W], 0..1); internally NCHW.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Detection:
+    """One detected region in image pixel coordinates (x0, y0, x1, y1)."""
+    label: str
+    confidence: float
+    box: tuple[float, float, float, float]
+
+
+@dataclass
+class ScoreResult:
+    score: torch.Tensor          # [B], differentiable when the input requires grad
+    unsafe: torch.Tensor         # [B] bool: score > threshold
+    detections: list[list[Detection]] | None = None  # per image, for detectors
+    details: list[str] = field(default_factory=list)  # per image, human-readable
+
+
+def to_nchw(images: torch.Tensor) -> torch.Tensor:
+    """Accept ComfyUI IMAGE [B,H,W,C] or NCHW [B,C,H,W] (C = 3, or 4 with alpha dropped); return NCHW RGB."""
+    if images.ndim == 3:
+        images = images.unsqueeze(0)
+    if images.ndim != 4:
+        raise ValueError(f"expected an image batch [B,H,W,3] (ComfyUI IMAGE) or [B,3,H,W]; got shape "
+                         f"{list(images.shape)}")
+    if images.shape[1] in (3, 4) and images.shape[-1] not in (3, 4):
+        nchw = images
+    elif images.shape[-1] in (3, 4):
+        nchw = images.movedim(-1, 1)
+    else:
+        raise ValueError(f"expected 3 colour channels in an image batch [B,H,W,3] or [B,3,H,W]; got shape "
+                         f"{list(images.shape)}")
+    return nchw[:, :3]
+
+
+class SafetyScore:
+    """Base class: subclasses implement :meth:`scores` (and may override :meth:`evaluate`)."""
+
+    name = "safety score"
+
+    def __init__(self, threshold: float = 0.0):
+        self.threshold = float(threshold)
+
+    def scores(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-image score [B] of NCHW images in 0..1, differentiable w.r.t. the images."""
+        raise NotImplementedError
+
+    def evaluate(self, images: torch.Tensor) -> ScoreResult:
+        score = self.scores(to_nchw(images))
+        return ScoreResult(score, score.detach() > self.threshold)
+
+    def score_and_flags(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(score [B], unsafe [B]) without the human-readable extras (what guidance needs)."""
+        score = self.scores(to_nchw(images))
+        return score, score.detach() > self.threshold
+
+    def __call__(self, images: torch.Tensor) -> ScoreResult:
+        return self.evaluate(images)
+
+    def modules(self) -> list[torch.nn.Module]:
+        """Torch modules the score runs (so callers can make inference-mode weights autograd-safe)."""
+        return []
+
+    def describe(self) -> str:
+        return f"{self.name} (threshold {self.threshold:g})"

@@ -1,0 +1,263 @@
+"""STG (Safe Text-embedding Guidance) on the tiny real checkpoint, run as ComfyUI runs it.
+
+The safety score in most tests is the analytic colour statistic "brightness" (mean
+luma of the decoded image): exact, cheap, and high for the tiny model's images, so
+guidance has something to lower."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from rs_harness import PromptError
+from sd_helpers import keep, sd_graph
+
+SIZE, STEPS = 64, 4
+
+
+@pytest.fixture(scope="module")
+def stg(comfy):
+    return comfy.module("steering.stg")
+
+
+@pytest.fixture(scope="module")
+def safety(comfy):
+    return comfy.module("steering.safety")
+
+
+@pytest.fixture(scope="module")
+def tiny(comfy):
+    """(model, clip, vae, positive, negative) exactly as the executor makes them (inference tensors)."""
+    g, ckpt, pos, neg = sd_graph(comfy, positive="a photo of a person at the beach")
+    keep(g, ckpt[0])
+    keep(g, pos[0])
+    keep(g, neg[0])
+    result = comfy.run(g.prompt())
+    model, clip, vae = (result.output("ckpt", i) for i in range(3))
+    assert next(model.model.diffusion_model.parameters()).is_inference()  # what the tests must cope with
+    return model, clip, vae, result.output("pos", 0), result.output("neg", 0)
+
+
+def stg_inputs(**overrides):
+    values = dict(rho=0.5, start_percent=0.0, end_percent=1.0, update_ratio=1.0, prior_weight=0.0, rebase=False,
+                  guide_pooled=False, decoder="vae", autocast="none")
+    values.update(overrides)
+    return values
+
+
+def random_taesd_decoder(seed: int = 0) -> torch.nn.Module:
+    """ComfyUI's TAESD decoder with seeded random weights (its layers skip initialisation)."""
+    from comfy.taesd.taesd import Decoder
+
+    decoder = Decoder()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in decoder.parameters():
+            if p.ndim > 1:
+                p.copy_(torch.randn(p.shape, generator=g) / (p[0].numel() ** 0.5))
+            else:
+                p.zero_()
+        decoder[-1].bias.fill_(0.5)
+    return decoder
+
+
+def test_stg_ksampler_in_a_prompt(comfy):
+    """Through a real prompt: rho = 0 is KSampler bit for bit; STG lowers the score."""
+    g, ckpt, pos, neg = sd_graph(comfy, positive="a photo of a person at the beach")
+    latent = g.add("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
+    score = g.add("RSColourStatisticScore", statistic="brightness", threshold=-1.0)
+    common = dict(seed=11, steps=STEPS, cfg=5.0, sampler_name="euler", scheduler="normal", positive=pos[0],
+                  negative=neg[0], latent_image=latent[0], denoise=1.0)
+    plain = g.add("KSampler", model=ckpt[0], **common)
+    off = g.add("RSSTGKSampler", model=ckpt[0], vae=ckpt[2], safety_score=score[0], **common, **stg_inputs(rho=0.0))
+    on = g.add("RSSTGKSampler", model=ckpt[0], vae=ckpt[2], safety_score=score[0], **common,
+               **stg_inputs(rho=8.0, start_percent=0.2))
+    images = {}
+    for name, ref in (("plain", plain), ("off", off), ("on", on)):
+        images[name] = g.add("VAEDecode", samples=ref[0], vae=ckpt[2])
+        g.add("PreviewImage", images=images[name][0])
+    keep(g, on[1])
+    result = comfy.run(g.prompt())
+    latents = {n: result.output(r.id, 0)["samples"] for n, r in (("plain", plain), ("off", off), ("on", on))}
+    pixels = {n: result.output(r.id, 0) for n, r in images.items()}
+    report = result.output(on.id, 1)
+
+    assert torch.equal(latents["off"], latents["plain"])
+    brightness = {n: (p * torch.tensor([0.299, 0.587, 0.114])).sum(-1).mean((1, 2)) for n, p in pixels.items()}
+    assert (brightness["on"] < brightness["plain"] - 1e-3).all(), (brightness, report)
+    # window 0.2-1.0 of 4 normal-scheduler steps: the first evaluation is outside it
+    assert report.startswith("STG: 3 of 4 model evaluations guided"), report
+
+
+def test_window_threshold_and_persistence(comfy, stg, safety, tiny):
+    """Steps before the window are untouched (bit for bit), images below tau are never updated and
+    keep the unguided result, images above it end with a lower score."""
+    import comfy.sample
+    import comfy.samplers
+
+    model, _clip, vae, positive, negative = tiny
+    decoder = stg.VAEDecoder(vae)
+    latent = torch.zeros(2, 4, SIZE // 8, SIZE // 8)
+
+    def plain_run():
+        x0s = []
+        with torch.inference_mode():
+            noise = comfy.sample.prepare_noise(latent, 5)
+            out = comfy.sample.sample(model, noise, STEPS, 5.0, "euler", "normal", positive, negative, latent,
+                                      callback=lambda i, x0, x, n: x0s.append(x0.clone()), disable_pbar=True,
+                                      seed=5)
+        return x0s, out
+
+    plain_x0, plain_out = plain_run()
+    brightness = safety.ColourStatisticScore("brightness")
+    with torch.inference_mode():
+        window_scores = torch.stack([brightness.scores(decoder(x0, model.model)) for x0 in plain_x0[1:]])
+    low, high = (0, 1) if window_scores[0, 0] < window_scores[0, 1] else (1, 0)
+    tau = float(window_scores[:, low].max()) + 1e-4
+    assert tau < float(window_scores[0, high]), "the two images' scores must be separable for this test"
+
+    settings = stg.STGSettings(rho=8.0, start_percent=0.2, end_percent=1.0)
+    guider = stg.make_guider(model, positive, negative, 5.0, decoder,
+                             safety.ColourStatisticScore("brightness", threshold=tau), settings)
+    x0s = []
+    with torch.inference_mode():
+        out = stg.sample_stg(guider, {"samples": latent}, 5, STEPS, "euler", "normal",
+                             callback=lambda i, x0, x, n: x0s.append(x0.clone()))
+    records = guider.records
+    assert [r.in_window for r in records] == [False, True, True, True]
+    assert torch.equal(x0s[0], plain_x0[0])                    # before the window: untouched
+    assert all(not r.updated[low] for r in records if r.guided)
+    assert records[1].updated[high]
+    assert torch.equal(guider._embeds[0][low], guider._originals[0][low])   # never moved
+    assert not torch.equal(guider._embeds[0][high], guider._originals[0][high])
+    torch.testing.assert_close(out[low], plain_out[low], atol=1e-4, rtol=1e-4)
+    with torch.inference_mode():
+        final = brightness.scores(decoder(model.model.process_latent_in(out), model.model))
+        final_plain = brightness.scores(decoder(model.model.process_latent_in(plain_out), model.model))
+    assert final[high] < final_plain[high] - 1e-3
+
+
+def test_gradient_matches_finite_differences(comfy, stg, safety, tiny):
+    """d score / d embedding from the guided pass equals a central finite difference along a random
+    direction, computed inside inference mode as in the executor."""
+    import comfy.samplers
+
+    model, _clip, vae, positive, negative = tiny
+    guider = stg.make_guider(model, positive, negative, 5.0, stg.VAEDecoder(vae),
+                             safety.ColourStatisticScore("redness", threshold=-10.0), stg.STGSettings(rho=1.0))
+    found = {}
+
+    def probe(model_k, noise, sigmas, extra_args=None, callback=None, disable=None):
+        g = model_k.inner_model
+        x = noise * sigmas[0]
+        t = sigmas[0] * noise.new_ones([noise.shape[0]])
+        options = extra_args["model_options"]
+        g._init_embeddings(x.shape[0])
+        result, grads, _, _ = g.embedding_gradient(x, t, options)
+        # half along the gradient (a float32 score needs a derivative well above its rounding), half random
+        noise_dir = torch.randn(g._embeds[0].shape, generator=torch.Generator().manual_seed(3))
+        direction = grads[0] / grads[0].norm() + noise_dir / noise_dir.norm()
+        direction = direction / direction.norm()
+        eps = 0.1
+        values = []
+        for sign in (1, -1):
+            with torch.inference_mode(False), torch.no_grad():
+                shifted = [g._embeds[0] + sign * eps * direction]
+                negative_conds = g._uncond(g.cfg, options)
+                uncond = g._predict_conds(negative_conds, x.clone(), t.clone(), options)
+                values.append(g.guided_score(x.clone(), t.clone(), shifted, None, uncond, negative_conds,
+                                             options)[0].score.sum())
+        found["analytic"] = float((grads[0] * direction).sum())
+        found["numeric"] = float((values[0] - values[1]) / (2 * eps))
+        found["grad_norm"] = float(grads[0].norm())
+        return noise
+
+    latent = torch.zeros(1, 4, SIZE // 8, SIZE // 8)
+    with torch.inference_mode():
+        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
+        guider.sample(noise, latent, comfy.samplers.KSAMPLER(probe), torch.tensor([6.0, 0.0]), seed=0)
+    assert found["grad_norm"] > 0
+    assert found["analytic"] == pytest.approx(found["numeric"], rel=0.02), found
+
+
+def test_taesd_decoder_and_update_ratio(comfy, stg, safety, tiny, request):
+    """The TAESD decoder from vae_approx gives the gradient pass (under bf16 autocast); gamma = 0.5 guides
+    every other step."""
+    import safetensors.torch
+
+    model, _clip, vae, positive, negative = tiny
+    with pytest.raises(FileNotFoundError, match="vae_approx"):
+        stg.load_taesd_decoder("sd1")
+    torch.manual_seed(0)
+    state = random_taesd_decoder().state_dict()
+    path = f"{comfy.dirs['models/vae_approx']}/taesd_decoder.safetensors"
+    safetensors.torch.save_file(state, path)
+    request.addfinalizer(lambda: os.remove(path))
+    with torch.inference_mode():
+        decoder = stg.load_taesd_decoder("sd1")
+        guider = stg.make_guider(model, positive, negative, 5.0, decoder,
+                                 safety.ColourStatisticScore("brightness", threshold=-10.0),
+                                 stg.STGSettings(rho=2.0, start_percent=0.0, end_percent=1.0, update_ratio=0.5,
+                                                 autocast="bf16"))
+        stg.sample_stg(guider, {"samples": torch.zeros(1, 4, 8, 8)}, 1, STEPS, "euler", "normal")
+    assert [r.guided for r in guider.records] == [False, True, False, True]
+    assert all(r.grad_norms[0] > 0 for r in guider.records if r.guided)
+
+
+def test_sdxl_context_and_pooled(comfy, stg, safety, tiny):
+    """SDXL: both the cross-attention context and the pooled vector are guided (inference-tensor weights)."""
+    import tiny_checkpoint
+
+    with torch.inference_mode():
+        model = tiny_checkpoint.build_unet_model("sdxl_tiny", device="cpu")
+        g = torch.Generator().manual_seed(0)
+        positive = [[torch.randn(1, 77, 2048, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]]
+        negative = [[torch.randn(1, 77, 2048, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]]
+        decoder = stg.TAESDDecoder(random_taesd_decoder())
+    assert next(model.model.diffusion_model.parameters()).is_inference()
+    settings = stg.STGSettings(rho=1.0, start_percent=0.0, end_percent=1.0, guide_pooled=True)
+    guider = stg.make_guider(model, positive, negative, 5.0, decoder,
+                             safety.ColourStatisticScore("brightness", threshold=-10.0), settings)
+    with torch.inference_mode():
+        stg.sample_stg(guider, {"samples": torch.zeros(1, 4, 8, 8)}, 0, 2, "euler", "normal")
+    assert guider.records[0].updated == [True]
+    assert guider._embeds[0].shape == (1, 77, 2048)
+    assert not torch.equal(guider._embeds[0], guider._originals[0])
+    pooled_change = guider._pooled[0] - guider._pooled_originals[0]
+    assert pooled_change[:, :1280].abs().max() > 0 and pooled_change[:, 1280:].abs().max() == 0
+    # the input conditioning was not touched
+    assert positive[0][0].shape == (1, 77, 2048) and "model_conds" not in positive[0][1]
+
+    with pytest.raises(ValueError, match="pooled"):
+        stg.STGGuider(tiny[0], decoder, safety.ColourStatisticScore(), stg.STGSettings(guide_pooled=True))
+
+
+def test_guider_node_with_custom_sampling(comfy):
+    """RSSTGGuider drives SamplerCustomAdvanced with another sampler and scheduler; bad windows are refused."""
+    g, ckpt, pos, neg = sd_graph(comfy)
+    score = g.add("RSColourStatisticScore", statistic="redness", threshold=-1.0)
+    guider = g.add("RSSTGGuider", model=ckpt[0], positive=pos[0], negative=neg[0], cfg=5.0, vae=ckpt[2],
+                   safety_score=score[0], **stg_inputs(rho=4.0, start_percent=0.0, end_percent=1.0))
+    plain_guider = g.add("CFGGuider", model=ckpt[0], positive=pos[0], negative=neg[0], cfg=5.0)
+    sampler = g.add("KSamplerSelect", sampler_name="dpmpp_2m")
+    sigmas = g.add("BasicScheduler", model=ckpt[0], scheduler="karras", steps=3, denoise=1.0)
+    noise = g.add("RandomNoise", noise_seed=4)
+    latent = g.add("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
+    outs, plain_branch = [], []
+    for gd in (guider, plain_guider):
+        sampled = g.add("SamplerCustomAdvanced", noise=noise[0], guider=gd[0], sampler=sampler[0], sigmas=sigmas[0],
+                        latent_image=latent[0])
+        image = g.add("VAEDecode", samples=sampled[0], vae=ckpt[2])
+        preview = g.add("PreviewImage", images=image[0])
+        outs.append(image)
+        plain_branch = [plain_guider.id, sampled.id, image.id, preview.id]
+    result = comfy.run(g.prompt())
+    steered, plain = (result.output(o.id) for o in outs)
+    redness = lambda im: (im[..., 0] - 0.5 * (im[..., 1] + im[..., 2])).mean()
+    assert redness(steered) < redness(plain) - 1e-4
+
+    bad = {k: v for k, v in g.prompt().items() if k not in plain_branch}
+    bad[guider.id]["inputs"].update(start_percent=0.8, end_percent=0.2)
+    with pytest.raises(PromptError, match="start_percent"):
+        comfy.run(bad)
