@@ -1,0 +1,262 @@
+"""Train steering vectors in the graph (embedding direction, CoDSMa c-vector, RespoDiff RAM+SAM),
+and plot their loss history."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+from comfy_api.v0_0_2 import io
+
+from ..steering.architectures import (ARCHITECTURES, ArchitectureError, architecture_of_conditioning,
+                                      architecture_of_model, unet_bottleneck_channels)
+from ..steering.vector_file import SteeringVector, sanitize_filename, save_vector
+from ..training.checkpoint import CHECKPOINT_SUFFIX
+from ..training.loop import TrainConfig, train
+from ..training.objectives import DEFAULTS, DIRECTIONS, METHODS, VECTOR_METHOD
+from ..training.plot import plot_loss
+from ..training.rollout import SCHEDULERS
+from . import paths
+from .common import CATEGORY
+from .types import SteeringLossType, SteeringVectorType
+
+NATIVE_RESOLUTION = {"sd1": 512, "sd2": 768, "sdxl": 1024}
+CHECKPOINT_FOLDER = "steering_training"
+LIVE_EVENT = "responsible-steering.training-loss"
+
+
+def checkpoint_path_for(save_name: str) -> str:
+    """Where the run saving `save_name` keeps its checkpoint (ComfyUI output folder)."""
+    import folder_paths
+
+    stem = sanitize_filename(save_name)[: -len(".safetensors")]
+    return os.path.join(folder_paths.get_output_directory(), CHECKPOINT_FOLDER, stem + CHECKPOINT_SUFFIX)
+
+
+def encode_text(clip, text: str) -> list:
+    """CONDITIONING of `text`, exactly as CLIPTextEncode makes it."""
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+def _method_defaults_text() -> str:
+    return "; ".join(f"{m}: {DEFAULTS[m].learning_rate}" for m in METHODS)
+
+
+class _LiveLoss:
+    """Progress bar + (when a server is running) live loss points for the node's graph."""
+
+    def __init__(self, total: int, node_id, method: str):
+        import comfy.utils
+
+        self.bar = comfy.utils.ProgressBar(total, node_id=node_id)
+        self.node_id = node_id
+        self.method = method
+        self.last_sent = 0.0
+        self.pending: dict[str, list[float]] = {}
+        try:
+            from server import PromptServer
+
+            self.server = getattr(PromptServer, "instance", None)
+        except Exception:  # no server (scripts, tests in-process)
+            self.server = None
+
+    def __call__(self, done: int, total: int, latest: dict[str, float]):
+        for k, v in latest.items():
+            self.pending.setdefault(k, []).append(v)
+        now = time.monotonic()
+        if self.server is not None and (now - self.last_sent > 0.5 or done == total):
+            self.server.send_sync(LIVE_EVENT, {"node": self.node_id, "iteration": done, "total": total,
+                                               "points": self.pending}, self.server.client_id)
+            self.pending = {}
+            self.last_sent = now
+        self.bar.update_absolute(done, total)
+
+
+class TrainSteeringVector(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="RSTrainSteeringVector",
+            display_name="Train Steering Vector",
+            category=f"{CATEGORY}/training",
+            description="Learn a steering vector on this model: an embedding direction (arXiv 2505.15427), a "
+                        "CoDSMa h-space c-vector or RespoDiff RAM+SAM. Each iteration rolls a batch out with "
+                        "the neutral prompt to random steps t (one batched run) and matches the model's noise "
+                        "prediction to the target's. Only the vector is trained; the model is never changed. "
+                        "Writes the vector to models/steering_vectors at the end (a checkpoint is kept in "
+                        "output/steering_training for resuming). Shows the loss curve on the node.",
+            is_output_node=True,
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x or SDXL UNet) to learn for."),
+                io.Clip.Input("clip", tooltip="The text encoder belonging to the model."),
+                io.Combo.Input("method", options=list(METHODS), default="codsma_cvector",
+                               tooltip="embedding_direction: low-rank d = B A added to the prompt embedding; "
+                                       "codsma_cvector: one vector added to the UNet bottleneck; "
+                                       "respodiff_ram_sam: responsibility (RAM) + semantic (SAM) bottleneck "
+                                       "vectors trained alternately."),
+                io.Combo.Input("direction", options=list(DIRECTIONS), default="toward_target",
+                               tooltip="toward_target: steer the neutral prompt toward the target prompt "
+                                       "(fairness, e.g. 'a person' -> 'a woman'); away_from_concept: steer away "
+                                       "from the concept (safety, e.g. 'violence')."),
+                io.String.Input("neutral_prompt", default="a person", multiline=False,
+                                tooltip="The neutral prompt the vector is learned on ('a person' for fairness, "
+                                        "'a scene' for safety)."),
+                io.String.Input("target_prompt", default="a woman", multiline=True,
+                                tooltip="toward_target: the target prompt ('a woman'); away_from_concept: the "
+                                        "concept to move away from ('violence')."),
+                io.Int.Input("iterations", default=1000, min=1, max=100000,
+                             tooltip="Optimizer iterations (CoDSMa paper: 1000 fairness, 1500 safety)."),
+                io.Int.Input("batch_size", default=8, min=1, max=64,
+                             tooltip="Samples per iteration, rolled out together in one batched reverse run "
+                                     "(papers: 8)."),
+                io.Float.Input("learning_rate", default=0.0, min=0.0, max=10.0, step=0.0001,
+                               tooltip="Adam learning rate; 0 = the method's paper setting "
+                                       f"({_method_defaults_text()})."),
+                io.Float.Input("lambda_sem", default=0.5, min=0.0, max=100.0, step=0.01,
+                               tooltip="RespoDiff only: weight of the semantic-alignment (SAM) loss "
+                                       "(paper 0.5; reference scripts 1.0 and 0.3)."),
+                io.Int.Input("rank", default=1, min=1, max=77,
+                             tooltip="Embedding direction only: rank r of d = B A (B: 77 x r zero-initialised, "
+                                     "A: r x D random). Paper: 1."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the initial vector, the noise and the sampled timesteps: the same "
+                                     "seed and settings give the same vector."),
+                io.Int.Input("resolution", default=0, min=0, max=4096, step=64,
+                             tooltip="Training image size in pixels (square, multiple of 64); 0 = the model's "
+                                     "native size (512 SD1.x, 768 SD2.x, 1024 SDXL). h-space vectors are "
+                                     "learned at this bottleneck size and resized when applied."),
+                io.Int.Input("rollout_steps", default=50, min=1, max=1000,
+                             tooltip="Steps of the reverse-process schedule z_t is taken from (papers: 50)."),
+                io.Combo.Input("scheduler", options=list(SCHEDULERS), default="ddim_uniform",
+                               tooltip="Schedule of the rollout (the model's own sigmas; ddim_uniform = DDIM "
+                                       "as in the papers)."),
+                io.Float.Input("target_guidance", default=0.0, min=0.0, max=50.0, step=0.1,
+                               tooltip="Guidance of the target noise prediction; 0 = the method's setting "
+                                       "(embedding direction 7.5; CoDSMa 1 toward / 7.5 away; RespoDiff 4 "
+                                       "toward / 12 away)."),
+                io.Boolean.Input("gradient_checkpointing", default=True,
+                                 tooltip="Recompute UNet activations in the backward pass instead of storing "
+                                         "them: much less memory, about 30% slower."),
+                io.Int.Input("checkpoint_every", default=100, min=1, max=100000,
+                             tooltip="Save a resumable checkpoint every N iterations (and at the end)."),
+                io.Boolean.Input("resume", default=False,
+                                 tooltip="Continue from this save name's checkpoint if there is one (same "
+                                         "settings required; iterations may be raised). The result equals an "
+                                         "uninterrupted run."),
+                io.String.Input("save_name", default="trained_vector",
+                                tooltip="File name in models/steering_vectors (a numeric suffix is added if it "
+                                        "exists). The checkpoint is output/steering_training/<name>"
+                                        f"{CHECKPOINT_SUFFIX}."),
+            ],
+            outputs=[
+                SteeringVectorType.Output(display_name="vector"),
+                SteeringLossType.Output(display_name="loss"),
+                io.String.Output(display_name="filename", tooltip="Name of the vector file written."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def validate_inputs(cls, neutral_prompt=None, target_prompt=None, resolution=None, save_name=None, **_):
+        if neutral_prompt is not None and not neutral_prompt.strip():
+            return "neutral_prompt is empty; give the neutral prompt the vector is learned on, e.g. 'a person'"
+        if target_prompt is not None and not target_prompt.strip():
+            return ("target_prompt is empty; give the target prompt (e.g. 'a woman') or the concept to move "
+                    "away from (e.g. 'violence')")
+        if resolution is not None and resolution % 64:
+            return f"resolution must be 0 (native) or a multiple of 64; got {resolution}"
+        if save_name is not None:
+            try:
+                sanitize_filename(save_name)
+            except ValueError as e:
+                return f"save_name: {e}"
+        return True
+
+    @classmethod
+    def execute(cls, model, clip, method, direction, neutral_prompt, target_prompt, iterations, batch_size,
+                learning_rate, lambda_sem, rank, seed, resolution, rollout_steps, scheduler, target_guidance,
+                gradient_checkpointing, checkpoint_every, resume, save_name) -> io.NodeOutput:
+        import comfy.model_management as mm
+
+        arch = architecture_of_model(model)
+        if arch not in NATIVE_RESOLUTION:
+            raise ArchitectureError(
+                f"training needs a UNet model (SD1.x, SD2.x, SDXL); this model is {ARCHITECTURES[arch].label}")
+        if VECTOR_METHOD[method] != "embedding_direction":
+            unet_bottleneck_channels(model)  # clear error if there is no h-space
+        neutral_text, target_text = neutral_prompt.strip(), target_prompt.strip()
+        conditionings = {"neutral": encode_text(clip, neutral_text), "other": encode_text(clip, target_text),
+                         "uncond": encode_text(clip, "")}
+        cond, options = conditionings["neutral"][0]
+        clip_arch = architecture_of_conditioning(cond, options.get("pooled_output"))
+        if clip_arch != arch:
+            raise ArchitectureError(
+                f"the CLIP gives {clip_arch} conditioning ({list(cond.shape)}) but the model is {arch}; connect "
+                "the text encoder that belongs to this checkpoint")
+        cfg = TrainConfig(
+            method=method, direction=direction, iterations=iterations, batch_size=batch_size,
+            learning_rate=learning_rate, lam=lambda_sem, rank=rank, seed=seed,
+            resolution=resolution or NATIVE_RESOLUTION[arch], rollout_steps=rollout_steps, scheduler=scheduler,
+            target_guidance=target_guidance, gradient_checkpointing=gradient_checkpointing,
+            checkpoint_every=checkpoint_every, neutral_text=neutral_text, target_text=target_text, arch=arch)
+        checkpoint = checkpoint_path_for(save_name)
+        if not resume and os.path.exists(checkpoint):
+            os.remove(checkpoint)  # a fresh run must not leave an older run's checkpoint behind
+        live = _LiveLoss(iterations, cls.hidden.unique_id if cls.hidden else None, method)
+        result = train(model.clone(), conditionings, cfg, checkpoint_path=checkpoint, resume=resume,
+                       on_progress=live, check_interrupt=mm.throw_exception_if_processing_interrupted)
+
+        vector = make_vector(result, arch)
+        path = save_vector(vector, paths.save_folder(), save_name)
+        filename = os.path.basename(path)
+        loss = {"method": method, "name": filename, "iterations": result.iterations, "series": result.history}
+        return io.NodeOutput(vector, loss, filename, ui={"rs_loss": [loss], "text": [f"saved {filename}"]})
+
+
+def make_vector(result, arch: str) -> SteeringVector:
+    """The trained tensors as a SteeringVector with its training record."""
+    cfg = result.config
+    toward = cfg.direction == "toward_target"
+    info = {
+        "name": cfg.target_text if toward else f"anti-{cfg.target_text}",
+        "concept": cfg.target_text if toward else f"away from {cfg.target_text}",
+        "neutral_prompt": cfg.neutral_text,
+        "origin": f"trained with Train Steering Vector ({cfg.method})",
+        "resolution": str(cfg.resolution),
+        "training": {**{k: v for k, v in cfg.as_dict().items() if k not in ("neutral_text", "target_text")},
+                     "final_loss": {k: v[-1] for k, v in result.history.items() if v}},
+    }
+    info["target_prompt" if toward else "negative_prompt"] = cfg.target_text
+    return SteeringVector(VECTOR_METHOD[cfg.method], arch, dict(result.params), info)
+
+
+class PlotSteeringLoss(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="RSPlotSteeringLoss",
+            display_name="Plot Steering Loss",
+            category=f"{CATEGORY}/training",
+            description="Draw a training loss history (from Train Steering Vector) as an image: one line per "
+                        "loss (RespoDiff: RAM and SAM), with a moving average.",
+            inputs=[
+                SteeringLossType.Input("loss", tooltip="Loss history from Train Steering Vector."),
+                io.Int.Input("width", default=768, min=128, max=4096, tooltip="Image width in pixels."),
+                io.Int.Input("height", default=384, min=96, max=4096, tooltip="Image height in pixels."),
+                io.Boolean.Input("log_scale", default=True, tooltip="Logarithmic loss axis."),
+            ],
+            outputs=[io.Image.Output(display_name="image")],
+        )
+
+    @classmethod
+    def execute(cls, loss, width, height, log_scale) -> io.NodeOutput:
+        image = plot_loss(loss["series"], width, height, log_scale, title=f"{loss['method']} - {loss['name']}")
+        return io.NodeOutput(torch.from_numpy(image).float().div(255.0).unsqueeze(0))
+
+
+def loss_summary(loss: dict) -> str:
+    return json.dumps({k: v[-1] for k, v in loss["series"].items() if v})
+
+
+NODES = [TrainSteeringVector, PlotSteeringLoss]

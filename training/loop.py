@@ -1,0 +1,302 @@
+"""One training loop for every objective: seeds, timestep sampling, batched rollouts,
+optimizer steps, progress, cancellation, periodic checkpoints and the loss history.
+
+Runs inside a ComfyUI node, i.e. under ``torch.inference_mode()``: the model is loaded
+there (ComfyUI's model management), then training happens inside
+``torch.inference_mode(False)`` with the UNet's weights swapped for zero-copy frozen
+aliases (unet.gradient_ready). Only the vector's tensors are leaves that require grad.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import math
+import weakref
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .checkpoint import CheckpointError, TrainState, load_checkpoint, save_checkpoint
+from .objectives import DEFAULTS, DIRECTIONS, METHODS, Prompts, init_params, phases_for, rollout_shift
+from .rollout import SCHEDULERS, batched_rollout, schedule
+from .unet import UNetCaller, bottleneck_shape, gradient_checkpointing, gradient_ready
+
+# Fields a checkpoint must share with the run that resumes it (iterations may grow).
+RESUME_KEYS = ("method", "direction", "batch_size", "learning_rate", "lam", "rank", "seed", "resolution",
+               "rollout_steps", "scheduler", "rollout_guidance", "target_guidance", "t_start", "t_end",
+               "loss_scale", "init_std", "away_base", "neutral_text", "target_text", "arch")
+
+_live_runs: "weakref.WeakSet[_Run]" = weakref.WeakSet()
+
+
+class TrainingMemoryError(RuntimeError):
+    """The requested batch / resolution does not fit the device's memory."""
+
+
+@dataclass
+class TrainConfig:
+    method: str
+    direction: str = "toward_target"
+    iterations: int = 1000
+    batch_size: int = 8
+    learning_rate: float = 0.0          # 0: the method's default (DEFAULTS)
+    lam: float = 0.5                    # RespoDiff lambda (paper 0.5)
+    rank: int = 1                       # embedding direction rank (paper 1)
+    seed: int = 0
+    resolution: int = 512               # image pixels (square)
+    rollout_steps: int = 50
+    scheduler: str = "ddim_uniform"
+    rollout_guidance: float = 0.0       # 0: method default
+    target_guidance: float = 0.0        # 0: method default (toward / away)
+    t_start: float = -1.0               # <0: method default
+    t_end: float = -1.0
+    loss_scale: float = 0.0             # 0: method default
+    init_std: float = 0.01
+    away_base: str = ""                 # "": method default
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 100
+    neutral_text: str = ""
+    target_text: str = ""
+    arch: str = ""
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with every 'method default' placeholder replaced by the paper setting."""
+        if self.method not in METHODS:
+            raise ValueError(f"method {self.method!r}; expected one of {list(METHODS)}")
+        d = DEFAULTS[self.method]
+        return dataclasses.replace(
+            self,
+            learning_rate=self.learning_rate or d.learning_rate,
+            rollout_guidance=self.rollout_guidance or d.rollout_guidance,
+            target_guidance=self.target_guidance or (d.toward_guidance if self.direction == "toward_target"
+                                                     else d.away_guidance),
+            t_start=d.t_start if self.t_start < 0 else self.t_start,
+            t_end=d.t_end if self.t_end < 0 else self.t_end,
+            loss_scale=self.loss_scale or d.loss_scale,
+            away_base=self.away_base or d.away_base,
+        )
+
+    def validate(self) -> None:
+        problems = []
+        if self.direction not in DIRECTIONS:
+            problems.append(f"direction {self.direction!r}; expected one of {list(DIRECTIONS)}")
+        if self.iterations < 1:
+            problems.append(f"iterations must be >= 1; got {self.iterations}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1; got {self.batch_size}")
+        if self.learning_rate <= 0:
+            problems.append(f"learning_rate must be > 0; got {self.learning_rate}")
+        if self.rank < 1:
+            problems.append(f"rank must be >= 1; got {self.rank}")
+        if self.resolution < 64 or self.resolution % 64:
+            problems.append(f"resolution must be a multiple of 64 and >= 64; got {self.resolution}")
+        if self.rollout_steps < 1:
+            problems.append(f"rollout_steps must be >= 1; got {self.rollout_steps}")
+        if self.scheduler not in SCHEDULERS:
+            problems.append(f"scheduler {self.scheduler!r}; expected one of {list(SCHEDULERS)}")
+        if not 0.0 <= self.t_start < self.t_end <= 1.0:
+            problems.append(f"need 0 <= t_start < t_end <= 1; got {self.t_start}, {self.t_end}")
+        if self.checkpoint_every < 1:
+            problems.append(f"checkpoint_every must be >= 1; got {self.checkpoint_every}")
+        if problems:
+            raise ValueError("invalid training settings: " + "; ".join(problems))
+
+    def step_range(self, steps: int | None = None) -> tuple[int, int]:
+        """Rollout steps k (z_t = after k of the schedule's `steps` steps) are drawn uniformly from [lo, hi)."""
+        steps = steps or self.rollout_steps
+        lo = min(int(round(self.t_start * steps)), steps - 1)
+        hi = min(max(lo + 1, int(round(self.t_end * steps))), steps)
+        return lo, hi
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    params: dict[str, torch.Tensor]          # float32, CPU
+    history: dict[str, list[float]]
+    config: TrainConfig
+    iterations: int
+
+
+def phase_names(method: str) -> tuple[str, ...]:
+    return ("ram", "sam") if method == "respodiff_ram_sam" else ("loss",)
+
+
+def compute_dtype_of(base) -> torch.dtype:
+    return base.manual_cast_dtype or base.get_dtype()
+
+
+def check_memory(base, latent_shape: tuple, device: torch.device, cfg: TrainConfig) -> None:
+    """Refuse up front (with the numbers) what clearly cannot fit, instead of an OOM mid-run."""
+    import comfy.model_management as mm
+
+    b = latent_shape[0]
+    rollout = base.memory_required([2 * b, *latent_shape[1:]])
+    backward = base.memory_required([b, *latent_shape[1:]]) * (1.5 if cfg.gradient_checkpointing else 4.0)
+    need = max(rollout, backward)
+    free = mm.get_free_memory(device)
+    if need > free:
+        raise TrainingMemoryError(
+            f"training with batch_size {b} at {cfg.resolution} px needs about {need / 2**30:.1f} GiB on {device}, "
+            f"but {free / 2**30:.1f} GiB are free; lower batch_size or resolution, or turn on "
+            "gradient_checkpointing")
+
+
+class _Run:
+    """Everything one training run holds, so it can all be released at once."""
+
+    def __init__(self):
+        self.params: dict[str, torch.Tensor] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.scalers: dict[str, object] = {}
+
+    def release(self):
+        self.params.clear()
+        self.optimizers.clear()
+        self.scalers.clear()
+
+
+def _check_resume(state: TrainState, cfg: TrainConfig, params: dict[str, torch.Tensor], path: str) -> None:
+    wanted = cfg.as_dict()
+    diffs = [f"{k}: checkpoint {state.config.get(k)!r}, now {wanted[k]!r}"
+             for k in RESUME_KEYS if state.config.get(k) != wanted[k]]
+    if diffs:
+        raise CheckpointError(f"{path} belongs to a different training run ({'; '.join(diffs)}); "
+                              "turn resume off or restore those settings")
+    shapes = {k: list(v.shape) for k, v in state.params.items()}
+    if shapes != {k: list(v.shape) for k, v in params.items()}:
+        raise CheckpointError(f"{path} holds tensors {shapes}, this run needs "
+                              f"{ {k: list(v.shape) for k, v in params.items()} }")
+    if state.iteration > cfg.iterations:
+        raise CheckpointError(f"{path} is at iteration {state.iteration}, beyond the {cfg.iterations} "
+                              "iterations asked for; raise iterations to continue it")
+
+
+def train(patcher, conditionings: dict[str, list], cfg: TrainConfig, *,
+          checkpoint_path: str | None = None, resume: bool = False,
+          on_progress: Callable[[int, int, dict[str, float]], None] | None = None,
+          check_interrupt: Callable[[], None] | None = None) -> TrainResult:
+    """Train one vector. `conditionings` holds ComfyUI CONDITIONING for 'neutral', 'other' (target
+    prompt or concept) and 'uncond'. Loads the model with ComfyUI's model management first."""
+    import comfy.model_management as mm
+
+    cfg = cfg.resolved()
+    cfg.validate()
+    mm.load_models_gpu([patcher])
+    device = patcher.load_device
+    base = patcher.model
+    compute_dtype = compute_dtype_of(base)
+    latent_shape = (cfg.batch_size, base.latent_format.latent_channels, cfg.resolution // 8, cfg.resolution // 8)
+    check_memory(base, latent_shape, device, cfg)
+    run = _Run()
+    _live_runs.add(run)
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.inference_mode(False))
+            stack.enter_context(torch.enable_grad())
+            stack.enter_context(gradient_ready(base.diffusion_model))
+            stack.enter_context(gradient_checkpointing(base.diffusion_model, cfg.gradient_checkpointing))
+            return _train_loop(run, patcher, conditionings, cfg, device, compute_dtype, latent_shape,
+                               checkpoint_path, resume, on_progress, check_interrupt)
+    except mm.OOM_EXCEPTION as e:
+        run.release()
+        raise TrainingMemoryError(
+            f"out of memory while training with batch_size {cfg.batch_size} at {cfg.resolution} px on {device}; "
+            f"lower batch_size or resolution, or turn on gradient_checkpointing ({e})") from None
+    finally:
+        run.release()
+        gc.collect()
+        mm.soft_empty_cache()
+
+
+def _train_loop(run: _Run, patcher, conditionings, cfg: TrainConfig, device, compute_dtype, latent_shape,
+                checkpoint_path, resume, on_progress, check_interrupt) -> TrainResult:
+    caller = UNetCaller(patcher, device, compute_dtype, autocast=compute_dtype != torch.float32)
+    prompts = Prompts(*(caller.prepare_prompt(conditionings[k], latent_shape, k)
+                        for k in ("neutral", "other", "uncond")))
+    sigmas = schedule(caller.sampling, cfg.rollout_steps, cfg.scheduler)
+    k_lo, k_hi = cfg.step_range(sigmas.shape[0] - 1)
+    generator = torch.Generator().manual_seed(cfg.seed)
+
+    text_shape = (77, prompts.neutral.cross_attn.shape[-1])
+    hshape = bottleneck_shape(caller, latent_shape, prompts.neutral) if cfg.method != "embedding_direction" else None
+    initial = init_params(cfg.method, generator, text_shape=text_shape, bottleneck_shape=hshape, rank=cfg.rank,
+                          init_std=cfg.init_std)
+    run.params.update({k: v.to(device).requires_grad_(True) for k, v in initial.items()})
+    params = run.params
+    phase_params = {"loss": list(params), "ram": ["ram"], "sam": ["sam"]}
+    use_scaler = compute_dtype == torch.float16 and device.type == "cuda"
+    for name in phase_names(cfg.method):
+        run.optimizers[name] = torch.optim.Adam([params[p] for p in phase_params[name]], lr=cfg.learning_rate)
+        if use_scaler:
+            run.scalers[name] = torch.amp.GradScaler(device.type)
+    history: dict[str, list[float]] = {name: [] for name in phase_names(cfg.method)}
+    start = 0
+    if resume and checkpoint_path:
+        try:
+            state = load_checkpoint(checkpoint_path)
+        except CheckpointError:
+            state = None  # nothing to resume: start fresh
+        if state is not None:
+            _check_resume(state, cfg, params, checkpoint_path)
+            with torch.no_grad():
+                for k, v in state.params.items():
+                    params[k].copy_(v.to(device))
+            for name, opt in run.optimizers.items():
+                opt.load_state_dict(state.optimizers[name])
+            for name, scaler in run.scalers.items():
+                if name in state.scalers:
+                    scaler.load_state_dict(state.scalers[name])
+            generator.set_state(state.rng_state)
+            history = {k: list(v) for k, v in state.history.items()}
+            start = state.iteration
+
+    for it in range(start, cfg.iterations):
+        if check_interrupt is not None:
+            check_interrupt()
+        stop = torch.randint(k_lo, k_hi, (cfg.batch_size,), generator=generator)
+        noise = torch.randn(latent_shape, generator=generator).to(device)
+        z = batched_rollout(caller, noise, sigmas, stop, prompts.neutral, prompts.uncond, cfg.rollout_guidance,
+                            **rollout_shift(cfg.method, params))
+        sigma = sigmas[stop].to(device)
+        phases = phases_for(cfg.method, caller, z, sigma, prompts, params, direction=cfg.direction,
+                            guidance=cfg.target_guidance, loss_scale=cfg.loss_scale, away_base=cfg.away_base,
+                            lam=cfg.lam)
+        latest = {}
+        for phase in phases:
+            opt = run.optimizers[phase.name]
+            opt.zero_grad(set_to_none=True)
+            loss = phase.loss()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"{phase.name} loss became {float(loss)} at iteration {it + 1}; lower learning_rate")
+            scaler = run.scalers.get(phase.name)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+            latest[phase.name] = float(loss.detach())
+            history[phase.name].append(latest[phase.name])
+        del z, phases, loss
+        done = it + 1
+        if checkpoint_path and (done % cfg.checkpoint_every == 0 or done == cfg.iterations):
+            save_checkpoint(checkpoint_path, TrainState(
+                iteration=done, params=params, optimizers={k: o.state_dict() for k, o in run.optimizers.items()},
+                scalers={k: s.state_dict() for k, s in run.scalers.items()}, rng_state=generator.get_state(),
+                history=history, config=cfg.as_dict()))
+        if on_progress is not None:
+            on_progress(done, cfg.iterations, latest)
+
+    out = {k: v.detach().to("cpu", torch.float32).clone() for k, v in params.items()}
+    return TrainResult(out, history, cfg, cfg.iterations)
+
+
+def is_finite_history(history: dict[str, list[float]]) -> bool:
+    return all(math.isfinite(v) for series in history.values() for v in series)
