@@ -1,0 +1,302 @@
+"""Dual latent reconstruction (arXiv 2411.13982): editing-free safe generation that keeps the
+global context of the original prompt.
+
+Two denoising branches start from the same noise: the original prompt ``c_x`` and a safe
+prompt ``c_xi``. Up to the global-context threshold tau_gc (a fraction of the schedule,
+converted to a sigma with the model's ``percent_to_sigma``, so it means the same noise
+level for every scheduler) the latent is the weighted sum ``w_xi * x_safe + w_x * x_orig``;
+after tau_gc only the safe branch continues. The returned latent is the safe branch's.
+
+How the mixing is defined for every sampler (the paper only describes a DDIM-like loop):
+both branches always step from the *same* current latent ``z`` and share its noise, and the
+mixing is done on the denoised (x0) predictions inside the guider::
+
+    D(z, sigma) = a * D_safe(z, sigma) + b * D_orig(z, sigma)   while sigma >= sigma(tau_gc)
+    D(z, sigma) = D_safe(z, sigma)                               afterwards
+    a = w_xi / (w_xi + w_x),  b = w_x / (w_xi + w_x)
+
+where each ``D_*`` is that branch's own CFG result with the shared negative prompt. The
+sampler therefore integrates one well-defined ODE/SDE whose vector field switches at tau_gc
+(exactly like a prompt scheduled with ConditioningSetTimestepRange). Why this *is* the
+paper's latent sum: every first-order step (Euler, DDIM, DPM++ 1st order, LCM, and the
+ancestral/SDE variants with the noise they share) is affine in D with coefficients that do
+not depend on D, so ``a * step(z, D_safe) + b * step(z, D_orig) == step(z, a D_safe + b D_orig)``
+when a + b = 1. Multistep samplers (DPM++ 2M, LMS, UniPC, DEIS) are linear in the history of
+D's too, so with constant weights mixing the two branches' latents equals one multistep
+run on the mixed predictions; only the 1-2 steps right after tau_gc extrapolate from the
+mixed history (as after any scheduled prompt switch). Second-order samplers (Heun, DPM++ 2S)
+evaluate the mixed field at every stage. Ancestral/SDE noise is injected into the one shared
+latent, so the mix never averages independent noises (which would lower the noise level
+and blur the image).
+
+The weights are normalised to sum 1 so the latent stays at the noise level the sampler
+expects (with w_xi + w_x = 1, as in the paper, nothing changes). Cost: while mixing, the
+UNet runs one batch of three chunks (original, shared negative, safe) instead of two; the
+negative prediction is shared because both branches sit on the same latent. After tau_gc,
+with w_xi = 0 or w_x = 0, and when the safe conditioning equals the original (a prompt the
+input detector judged safe) only one branch is evaluated, through ComfyUI's own
+``sampling_function``, so those phases are bit-identical to a plain KSampler.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+import comfy.model_management
+import comfy.samplers
+
+from .architectures import ArchitectureError
+
+# METHODS.md / paper: w_xi tuned in 0.5..0.95; we default to the middle, with w_x = 1 - w_xi,
+# and mix over the first half of the schedule.
+DEFAULT_W_XI = 0.75
+DEFAULT_W_X = 0.25
+DEFAULT_TAU_GC = 0.5
+
+ORIGINAL, SAFE, BOTH = "original", "safe", "both"
+
+
+@dataclass(frozen=True)
+class DualLatentSettings:
+    """The method's three knobs; checked on construction."""
+
+    w_xi: float = DEFAULT_W_XI
+    w_x: float = DEFAULT_W_X
+    tau_gc: float = DEFAULT_TAU_GC
+
+    def __post_init__(self):
+        for name in ("w_xi", "w_x", "tau_gc"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number; got {value!r}")
+        if self.w_xi < 0 or self.w_x < 0:
+            raise ValueError(f"the latent weights must be >= 0; got w_xi={self.w_xi}, w_x={self.w_x}")
+        if self.w_xi + self.w_x <= 0:
+            raise ValueError(f"w_xi + w_x must be > 0 (they are normalised to sum 1); got w_xi={self.w_xi}, "
+                             f"w_x={self.w_x}")
+        if not 0.0 <= self.tau_gc <= 1.0:
+            raise ValueError(f"tau_gc is a fraction of the schedule and must lie in [0, 1]; got {self.tau_gc}")
+
+    @property
+    def safe_weight(self) -> float:
+        """a = w_xi / (w_xi + w_x)."""
+        return self.w_xi / (self.w_xi + self.w_x)
+
+    @property
+    def original_weight(self) -> float:
+        """b = w_x / (w_xi + w_x)."""
+        return self.w_x / (self.w_xi + self.w_x)
+
+    def sigma_gc(self, model_sampling) -> float:
+        """The sigma at tau_gc: mixing while sigma >= sigma_gc (0 -> never, 1 -> every step)."""
+        return float(model_sampling.percent_to_sigma(self.tau_gc))
+
+    def branches_at(self, sigma: float, sigma_gc: float, has_safe_branch: bool = True) -> str:
+        """Which branches one model evaluation at `sigma` needs: ORIGINAL, SAFE or BOTH."""
+        if not has_safe_branch:
+            return ORIGINAL
+        if sigma >= sigma_gc:
+            if self.w_xi == 0:
+                return ORIGINAL
+            if self.w_x == 0:
+                return SAFE
+            return BOTH
+        return SAFE
+
+
+# ---------------------------------------------------------------------------- conditioning checks
+
+def _entries(conditioning, name: str) -> list:
+    if not isinstance(conditioning, (list, tuple)) or not conditioning:
+        raise ValueError(f"{name}: expected a CONDITIONING (a non-empty list of [tensor, dict]); "
+                         f"got {type(conditioning).__name__}{' (empty)' if conditioning == [] else ''}")
+    for i, entry in enumerate(conditioning):
+        if (not isinstance(entry, (list, tuple)) or len(entry) < 2 or not torch.is_tensor(entry[0])
+                or entry[0].dim() != 3 or not isinstance(entry[1], dict)):
+            raise ValueError(f"{name}[{i}]: expected [tensor [B, tokens, width], dict]; got "
+                             f"{type(entry).__name__}")
+    return list(conditioning)
+
+
+def _describe(conditioning) -> str:
+    entry = conditioning[0]
+    pooled = entry[1].get("pooled_output")
+    text = f"[{', '.join(str(s) for s in entry[0].shape)}]"
+    return text + (f" with pooled_output [{', '.join(str(s) for s in pooled.shape)}]" if pooled is not None
+                   else " without pooled_output")
+
+
+def model_context_width(model) -> int | None:
+    """The cross-attention width the model's UNet expects (None when unknown)."""
+    base = getattr(model, "model", model)
+    config = getattr(getattr(base, "model_config", None), "unet_config", None) or {}
+    width = config.get("context_dim")
+    return int(width) if width else None
+
+
+def check_conditionings(positive, safe_positive, negative, model=None) -> None:
+    """Clear errors for conditionings that cannot be mixed: different text-encoder widths, a pooled
+    output on one side only (SDXL vs SD1.x), or a width the model does not take."""
+    named = {"positive": _entries(positive, "positive"), "safe_positive": _entries(safe_positive, "safe_positive"),
+             "negative": _entries(negative, "negative")}
+    widths = {name: {int(e[0].shape[-1]) for e in entries} for name, entries in named.items()}
+    for name, w in widths.items():
+        if len(w) != 1:
+            raise ArchitectureError(f"{name} mixes conditioning widths {sorted(w)}; one text encoder expected")
+    expected = next(iter(widths["positive"]))
+    for name in ("safe_positive", "negative"):
+        got = next(iter(widths[name]))
+        if got != expected:
+            raise ArchitectureError(
+                f"{name} conditioning {_describe(named[name])} does not match positive {_describe(named['positive'])}: "
+                f"width {got} vs {expected}. Encode both prompts with the same CLIP (model architecture).")
+    pooled_shapes = {name: {None if e[1].get("pooled_output") is None else tuple(e[1]["pooled_output"].shape[1:])
+                            for e in entries} for name, entries in named.items()}
+    if pooled_shapes["safe_positive"] != pooled_shapes["positive"]:
+        raise ArchitectureError(
+            f"safe_positive conditioning {_describe(named['safe_positive'])} does not match positive "
+            f"{_describe(named['positive'])}: pooled outputs differ. Encode both prompts with the same CLIP.")
+    if model is not None:
+        width = model_context_width(model)
+        if width is not None and width != expected:
+            raise ArchitectureError(
+                f"the model takes conditioning of width {width}, but the prompts have width {expected} "
+                f"(positive {_describe(named['positive'])}): use the CLIP of the same checkpoint")
+
+
+def conditionings_equal(a, b) -> bool:
+    """True when two conditionings are the same prompt (same tensors, pooled outputs and options):
+    the safe branch would then repeat the original one and is skipped."""
+    if a is b:
+        return True
+    if len(a) != len(b):
+        return False
+    for (ta, da), (tb, db) in ((x[:2], y[:2]) for x, y in zip(a, b)):
+        if ta.shape != tb.shape or not torch.equal(ta, tb) or set(da) != set(db):
+            return False
+        for key in da:
+            va, vb = da[key], db[key]
+            if torch.is_tensor(va) or torch.is_tensor(vb):
+                if not (torch.is_tensor(va) and torch.is_tensor(vb) and va.shape == vb.shape and torch.equal(va, vb)):
+                    return False
+            elif va is not vb and va != vb:
+                return False
+    return True
+
+
+def _as_positive(conditioning) -> list:
+    """A copy of the safe conditioning that the model treats as a positive prompt."""
+    return [[entry[0], {**entry[1], "prompt_type": entry[1].get("prompt_type", "positive")}, *entry[2:]]
+            for entry in conditioning]
+
+
+# ---------------------------------------------------------------------------- the guider
+
+@dataclass
+class BranchStats:
+    """Model evaluations by branch set (for tests and the benchmark's f)."""
+
+    evaluations: dict = field(default_factory=lambda: {ORIGINAL: 0, SAFE: 0, BOTH: 0})
+
+    @property
+    def two_branch_fraction(self) -> float:
+        total = sum(self.evaluations.values())
+        return self.evaluations[BOTH] / total if total else 0.0
+
+
+class DualLatentGuider(comfy.samplers.CFGGuider):
+    """CFG guider running the original and the safe branch on one latent (see the module doc).
+
+    Works with SamplerCustomAdvanced and any sampler/scheduler; ``sample`` returns the safe
+    branch's latent (the weighted mix while tau_gc = 1)."""
+
+    def __init__(self, model_patcher, settings: DualLatentSettings):
+        super().__init__(model_patcher)
+        self.settings = settings
+        self.sigma_gc = settings.sigma_gc(model_patcher.get_model_object("model_sampling"))
+        self.has_safe_branch = True
+        self.stats = BranchStats()
+
+    def set_conds(self, positive, safe_positive, negative):
+        check_conditionings(positive, safe_positive, negative, self.model_patcher)
+        self.has_safe_branch = not conditionings_equal(positive, safe_positive)
+        conds = {"positive": positive, "negative": negative}
+        if self.has_safe_branch:
+            conds["safe"] = _as_positive(safe_positive)
+        self.inner_set_conds(conds)
+
+    def branches_at(self, sigma: float) -> str:
+        return self.settings.branches_at(sigma, self.sigma_gc, self.has_safe_branch)
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):
+        branches = self.branches_at(float(timestep.reshape(-1)[0]))
+        self.stats.evaluations[branches] += 1
+        negative = self.conds.get("negative", None)
+        if branches != BOTH:
+            prompt = self.conds.get("positive" if branches == ORIGINAL else "safe", None)
+            return comfy.samplers.sampling_function(self.inner_model, x, timestep, negative, prompt, self.cfg,
+                                                    model_options=model_options, seed=seed)
+        return self._mixed_prediction(x, timestep, model_options)
+
+    def _mixed_prediction(self, x, timestep, model_options):
+        """a * CFG(safe) + b * CFG(original), both from one batched UNet call with a shared negative."""
+        positive, safe = self.conds.get("positive", None), self.conds.get("safe", None)
+        negative = self.conds.get("negative", None)
+        if math.isclose(self.cfg, 1.0) and not model_options.get("disable_cfg1_optimization", False):
+            negative = None
+        conds = [positive, negative, safe]  # chunk labels 0 = cond, 1 = uncond as in a plain run; 2 = safe
+        if "sampler_calc_cond_batch_function" in model_options:
+            args = {"conds": conds, "input": x, "sigma": timestep, "model": self.inner_model,
+                    "model_options": model_options}
+            out = model_options["sampler_calc_cond_batch_function"](args)
+        else:
+            out = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
+        original_pred, uncond_pred, safe_pred = out
+        denoised = []
+        for cond, cond_pred in ((positive, original_pred), (safe, safe_pred)):
+            pair = [cond_pred, uncond_pred]
+            for fn in model_options.get("sampler_pre_cfg_function", []):
+                pair = fn({"conds": [cond, negative], "conds_out": pair, "cond_scale": self.cfg,
+                           "timestep": timestep, "input": x, "sigma": timestep, "model": self.inner_model,
+                           "model_options": model_options})
+            denoised.append(comfy.samplers.cfg_function(self.inner_model, pair[0], pair[1], self.cfg, x, timestep,
+                                                        model_options=model_options, cond=cond, uncond=negative))
+        return self.settings.original_weight * denoised[0] + self.settings.safe_weight * denoised[1]
+
+
+def dual_latent_guider(model, positive, safe_positive, negative, cfg: float,
+                       settings: DualLatentSettings) -> DualLatentGuider:
+    guider = DualLatentGuider(model, settings)
+    guider.set_conds(positive, safe_positive, negative)
+    guider.set_cfg(cfg)
+    return guider
+
+
+def sample_dual_latent(model, noise: torch.Tensor, steps: int, cfg: float, sampler_name: str, scheduler: str,
+                       positive, safe_positive, negative, latent_image: torch.Tensor,
+                       settings: DualLatentSettings, denoise: float = 1.0, noise_mask=None, callback=None,
+                       disable_pbar: bool = False, seed: int | None = None,
+                       guider_out: list | None = None) -> torch.Tensor:
+    """comfy.sample.sample with the dual-latent guider: same sigmas (scheduler, denoise, samplers
+    that drop the penultimate sigma) and sampler object as the KSampler node."""
+    guider = dual_latent_guider(model, positive, safe_positive, negative, cfg, settings)
+    if guider_out is not None:
+        guider_out.append(guider)
+    ksampler = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,
+                                       scheduler=scheduler, denoise=denoise, model_options=model.model_options)
+    sampler = comfy.samplers.sampler_object(sampler_name)
+    samples = guider.sample(noise, latent_image, sampler, ksampler.sigmas, denoise_mask=noise_mask,
+                            callback=callback, disable_pbar=disable_pbar, seed=seed)
+    return samples.to(comfy.model_management.intermediate_device())
+
+
+def two_branch_fraction(model_sampling, sigmas: torch.Tensor, settings: DualLatentSettings) -> float:
+    """f: the share of a first-order sampler's steps (one model evaluation at each sigma but the
+    last) that run both branches."""
+    sigma_gc = settings.sigma_gc(model_sampling)
+    steps = [float(s) for s in sigmas[:-1]]
+    if not steps:
+        return 0.0
+    return sum(settings.branches_at(s, sigma_gc) == BOTH for s in steps) / len(steps)

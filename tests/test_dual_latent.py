@@ -1,0 +1,328 @@
+"""Dual latent reconstruction (arXiv 2411.13982): Dual-Latent KSampler / Guider and the input
+detector on the tiny real SD1 checkpoint through real prompt execution, plus an SDXL-architecture
+UNet built directly."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rs_harness import Graph, PromptError
+from sd_helpers import keep, load_tiny_objects, sd_graph
+
+UNSAFE_PROMPT = "a bloody fight with weapons"
+SAFE_PROMPT = "a calm garden with flowers"
+SIZE, STEPS = 64, 4
+
+
+@pytest.fixture(scope="module")
+def dl(comfy):
+    return comfy.module("steering.dual_latent")
+
+
+@pytest.fixture(scope="module")
+def detector_module(comfy):
+    return comfy.module("steering.input_detector")
+
+
+@pytest.fixture(scope="module")
+def tiny(comfy):
+    return load_tiny_objects(comfy)
+
+
+def two_prompt_graph(comfy, batch: int = 1, negative: str = "blurry"):
+    g, ckpt, pos, neg = sd_graph(comfy, positive=UNSAFE_PROMPT, negative=negative)
+    safe = g.add("CLIPTextEncode", node_id="safe", text=SAFE_PROMPT, clip=ckpt[1])
+    latent = g.add("EmptyLatentImage", node_id="latent", width=SIZE, height=SIZE, batch_size=batch)
+    return g, ckpt, pos, safe, neg, latent
+
+
+def add_ksampler(g, node_id, model, positive, negative, latent, sampler="euler", scheduler="normal", seed=3,
+                 cfg=5.0, steps=STEPS):
+    ref = g.add("KSampler", node_id=node_id, model=model, positive=positive, negative=negative, latent_image=latent,
+                seed=seed, steps=steps, cfg=cfg, sampler_name=sampler, scheduler=scheduler, denoise=1.0)
+    keep(g, ref[0])
+    return ref
+
+
+def add_dual(g, node_id, model, positive, safe, negative, latent, w_xi=0.75, w_x=0.25, tau_gc=0.5,
+             sampler="euler", scheduler="normal", seed=3, cfg=5.0, steps=STEPS):
+    ref = g.add("RSDualLatentKSampler", node_id=node_id, model=model, seed=seed, steps=steps, cfg=cfg,
+                sampler_name=sampler, scheduler=scheduler, positive=positive, safe_positive=safe, negative=negative,
+                latent_image=latent, denoise=1.0, w_xi=w_xi, w_x=w_x, tau_gc=tau_gc)
+    keep(g, ref[0])
+    return ref
+
+
+def latents(result, *node_ids):
+    return [result.output(n)["samples"].clone() for n in node_ids]
+
+
+SAMPLERS = [("euler", "normal", 1), ("dpmpp_2m", "karras", 2), ("euler_ancestral", "normal", 2),
+            ("heun", "simple", 1), ("dpmpp_2m_sde", "exponential", 1)]
+
+
+@pytest.mark.parametrize("sampler,scheduler,batch", SAMPLERS)
+def test_w_xi_zero_reproduces_the_plain_ksampler_bit_for_bit(comfy, sampler, scheduler, batch):
+    g, ckpt, pos, safe, neg, latent = two_prompt_graph(comfy, batch)
+    add_ksampler(g, "plain", ckpt[0], pos[0], neg[0], latent[0], sampler, scheduler)
+    add_dual(g, "dual", ckpt[0], pos[0], safe[0], neg[0], latent[0], w_xi=0.0, w_x=0.3, tau_gc=1.0,
+             sampler=sampler, scheduler=scheduler)
+    add_dual(g, "mixed", ckpt[0], pos[0], safe[0], neg[0], latent[0], w_xi=0.75, w_x=0.25, tau_gc=1.0,
+             sampler=sampler, scheduler=scheduler)
+    plain, dual, mixed = latents(comfy.run(g.prompt()), "plain", "dual", "mixed")
+    assert plain.shape == (batch, 4, SIZE // 8, SIZE // 8)
+    assert torch.equal(dual, plain)
+    assert (mixed - plain).abs().mean() > 1e-3  # the safe branch does change the result
+
+
+@pytest.mark.parametrize("sampler,scheduler,batch", SAMPLERS)
+def test_tau_zero_equals_sampling_the_safe_prompt_alone(comfy, sampler, scheduler, batch):
+    g, ckpt, pos, safe, neg, latent = two_prompt_graph(comfy, batch)
+    add_ksampler(g, "safe_only", ckpt[0], safe[0], neg[0], latent[0], sampler, scheduler)
+    add_ksampler(g, "original", ckpt[0], pos[0], neg[0], latent[0], sampler, scheduler)
+    add_dual(g, "dual", ckpt[0], pos[0], safe[0], neg[0], latent[0], w_xi=0.75, w_x=0.25, tau_gc=0.0,
+             sampler=sampler, scheduler=scheduler)
+    add_dual(g, "half", ckpt[0], pos[0], safe[0], neg[0], latent[0], tau_gc=0.5, sampler=sampler,
+             scheduler=scheduler)
+    safe_only, original, dual, half = latents(comfy.run(g.prompt()), "safe_only", "original", "dual", "half")
+    assert torch.equal(dual, safe_only)
+    # tau 0.5 lies strictly between the two prompts
+    assert (half - safe_only).abs().mean() > 1e-3 and (half - original).abs().mean() > 1e-3
+
+
+@pytest.mark.parametrize("sampler", ["euler", "euler_ancestral", "dpmpp_2m"])
+def test_batched_two_branch_step_equals_two_separate_branch_steps(comfy, sampler):
+    """One step of the guider from the shared noise = w_xi * (step of the safe prompt alone) +
+    w_x * (step of the original alone): the paper's weighted latent sum. The ancestral sampler
+    shows that both branches share the injected noise too."""
+    w_xi, w_x = 0.7, 0.3
+    g, ckpt, pos, safe, neg, latent = two_prompt_graph(comfy, batch=2)
+    noise = g.add("RandomNoise", noise_seed=11)
+    picked = g.add("KSamplerSelect", sampler_name=sampler)
+    sigmas = g.add("BasicScheduler", model=ckpt[0], scheduler="normal", steps=STEPS, denoise=1.0)
+    first = g.add("SplitSigmas", sigmas=sigmas[0], step=1)
+    guiders = {
+        "original": g.add("CFGGuider", model=ckpt[0], positive=pos[0], negative=neg[0], cfg=5.0),
+        "safe_only": g.add("CFGGuider", model=ckpt[0], positive=safe[0], negative=neg[0], cfg=5.0),
+        "dual": g.add("RSDualLatentGuider", model=ckpt[0], positive=pos[0], safe_positive=safe[0], negative=neg[0],
+                      cfg=5.0, w_xi=w_xi, w_x=w_x, tau_gc=1.0),
+    }
+    for name, guider in guiders.items():
+        keep(g, g.add("SamplerCustomAdvanced", node_id=name, noise=noise[0], guider=guider[0], sampler=picked[0],
+                      sigmas=first[0], latent_image=latent[0])[0])
+    original, safe_only, dual = latents(comfy.run(g.prompt()), "original", "safe_only", "dual")
+    expected = w_xi * safe_only + w_x * original
+    assert (safe_only - original).abs().mean() > 1e-2
+    torch.testing.assert_close(dual, expected, atol=2e-4 * float(expected.abs().max()), rtol=1e-4)
+
+
+def counting_model(model, calls: list):
+    """A clone of the model whose UNet calls record (batch size, chunk labels)."""
+    counted = model.clone()
+
+    def wrapper(apply_model, args):
+        calls.append((int(args["input"].shape[0]), list(args["cond_or_uncond"])))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    counted.set_model_unet_function_wrapper(wrapper)
+    return counted
+
+
+def detect(comfy, text: str, unsafe=None, safe=None, k=1):
+    defaults = comfy.module("steering.input_detector")
+    g, ckpt, pos, neg = sd_graph(comfy, negative="")
+    det = g.add("RSDualLatentInputDetector", node_id="det", clip=ckpt[1], text=text, k=k, threshold=0.5,
+                safe_suffix=", safe for work",
+                unsafe_concepts=unsafe or "\n".join(defaults.DEFAULT_UNSAFE_CONCEPTS),
+                safe_concepts=safe or "\n".join(defaults.DEFAULT_SAFE_CONCEPTS))
+    keep(g, det[0])
+    keep(g, det[1])
+    keep(g, pos[0])
+    keep(g, neg[0])
+    g.add("CLIPTextEncode", node_id="ref", text=text, clip=ckpt[1])
+    keep(g, ["ref", 0])
+    result = comfy.run(g.prompt())
+    return {"positive": result.output("det", 0), "safe_positive": result.output("det", 1),
+            "is_unsafe": result.output("det", 2), "safe_text": result.output("det", 3),
+            "report": result.output("det", 4), "reference": result.output("ref", 0),
+            "negative": result.output("neg", 0)}
+
+
+def test_input_detector_flags_unsafe_concepts_and_passes_safe_prompts_through(comfy):
+    unsafe = detect(comfy, "violence")
+    assert unsafe["is_unsafe"] is True
+    assert "violence" not in unsafe["safe_text"] and unsafe["safe_text"].endswith("safe for work")
+    assert "UNSAFE" in unsafe["report"]
+    assert torch.equal(unsafe["positive"][0][0], unsafe["reference"][0][0])  # = CLIP Text Encode of the prompt
+    assert not torch.equal(unsafe["safe_positive"][0][0], unsafe["positive"][0][0])
+
+    safe = detect(comfy, "a cat")
+    assert safe["is_unsafe"] is False and safe["safe_text"] == "a cat"
+    assert safe["safe_positive"] is safe["positive"]
+
+    custom = detect(comfy, "a red balloon", unsafe="# comment\na red balloon\n\nmud", safe="a cat\na dog")
+    assert custom["is_unsafe"] is True and "balloon" not in custom["safe_text"]
+
+
+def test_a_prompt_judged_safe_costs_one_branch_only(comfy, tiny, dl):
+    """UNet calls: 2 chunks per step (cond + uncond) for a safe prompt, exactly like a plain
+    KSampler; 3 chunks (original, uncond, safe) while mixing for an unsafe one, 2 afterwards."""
+    import comfy.sample as comfy_sample
+
+    model = tiny[0]
+    node = comfy.node_class("RSDualLatentKSampler")
+    latent = {"samples": torch.zeros(1, 4, SIZE // 8, SIZE // 8)}
+    settings = dict(seed=5, steps=STEPS, cfg=5.0, sampler_name="euler", scheduler="normal", latent_image=latent,
+                    denoise=1.0, w_xi=0.75, w_x=0.25, tau_gc=0.5)
+
+    safe = detect(comfy, "a cat")
+    calls = []
+    with torch.inference_mode():
+        out = node.execute(model=counting_model(model, calls), positive=safe["positive"],
+                           safe_positive=safe["safe_positive"], negative=safe["negative"], **settings)[0]["samples"]
+        noise = comfy_sample.prepare_noise(latent["samples"], 5)
+        plain = comfy_sample.sample(model, noise, STEPS, 5.0, "euler", "normal", safe["positive"], safe["negative"],
+                                    latent["samples"], seed=5)
+    assert len(calls) == STEPS and all(b == 2 and sorted(c) == [0, 1] for b, c in calls)
+    assert torch.equal(out, plain)
+
+    unsafe = detect(comfy, "violence")
+    calls = []
+    with torch.inference_mode():
+        node.execute(model=counting_model(model, calls), positive=unsafe["positive"],
+                     safe_positive=unsafe["safe_positive"], negative=unsafe["negative"], **settings)
+    import comfy.samplers as comfy_samplers
+
+    sigmas = comfy_samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", STEPS)
+    settings_obj = dl.DualLatentSettings(0.75, 0.25, 0.5)
+    fraction = dl.two_branch_fraction(model.get_model_object("model_sampling"), sigmas, settings_obj)
+    mixing = round(fraction * STEPS)
+    assert 0 < mixing < STEPS
+    assert len(calls) == STEPS
+    assert all(b == 3 and sorted(c) == [0, 1, 2] for b, c in calls[:mixing])
+    assert all(b == 2 and sorted(c) == [0, 1] for b, c in calls[mixing:])
+
+
+def sdxl_conditioning(width=2048, pooled=1280, seed=0, tokens=77):
+    g = torch.Generator().manual_seed(seed)
+    extra = {} if pooled is None else {"pooled_output": torch.randn(1, pooled, generator=g)}
+    return [[torch.randn(1, tokens, width, generator=g), extra]]
+
+
+@pytest.fixture(scope="module")
+def sdxl_model(comfy):
+    import tiny_checkpoint
+
+    return tiny_checkpoint.build_unet_model("sdxl_tiny", seed=0, device="cpu")
+
+
+def test_sdxl_conditioning_works_and_mismatches_raise(comfy, dl, sdxl_model):
+    import comfy.sample as comfy_sample
+
+    node = comfy.node_class("RSDualLatentKSampler")
+    positive, safe, negative = sdxl_conditioning(seed=1), sdxl_conditioning(seed=2, tokens=154), sdxl_conditioning(seed=3)
+    latent = {"samples": torch.zeros(2, 4, 8, 8)}
+    common = dict(model=sdxl_model, seed=1, steps=2, cfg=4.0, sampler_name="euler", scheduler="normal",
+                  latent_image=latent, denoise=1.0, positive=positive, negative=negative, w_xi=0.75, w_x=0.25)
+    with torch.inference_mode():
+        mixed = node.execute(safe_positive=safe, tau_gc=1.0, **common)[0]["samples"]
+        safe_first = node.execute(safe_positive=safe, tau_gc=0.0, **common)[0]["samples"]
+        noise = comfy_sample.prepare_noise(latent["samples"], 1)
+        safe_alone = comfy_sample.sample(sdxl_model, noise, 2, 4.0, "euler", "normal", safe, negative,
+                                         latent["samples"], seed=1)
+        original = comfy_sample.sample(sdxl_model, noise, 2, 4.0, "euler", "normal", positive, negative,
+                                       latent["samples"], seed=1)
+    assert mixed.shape == (2, 4, 8, 8) and torch.isfinite(mixed).all()
+    assert torch.equal(safe_first, safe_alone)
+    assert (mixed - original).abs().mean() > 1e-4 and (mixed - safe_alone).abs().mean() > 1e-4
+
+    with torch.inference_mode():
+        with pytest.raises(dl.ArchitectureError, match=r"width 768 vs 2048"):
+            node.execute(safe_positive=sdxl_conditioning(width=768, pooled=None), tau_gc=0.5, **common)
+        with pytest.raises(dl.ArchitectureError, match="pooled outputs differ"):
+            node.execute(safe_positive=sdxl_conditioning(pooled=None), tau_gc=0.5, **common)
+        sd1 = [[torch.randn(1, 77, 768), {}]]
+        with pytest.raises(dl.ArchitectureError, match="model takes conditioning of width 2048"):
+            node.execute(**{**common, "positive": sd1, "negative": sd1}, safe_positive=sd1, tau_gc=0.5)
+
+
+def test_bad_settings_raise_clear_errors(comfy, dl):
+    for kwargs, message in ((dict(w_xi=-0.1), "must be >= 0"), (dict(w_x=-1.0), "must be >= 0"),
+                            (dict(w_xi=0.0, w_x=0.0), r"w_xi \+ w_x must be > 0"),
+                            (dict(tau_gc=1.5), r"tau_gc .* \[0, 1\]; got 1.5"),
+                            (dict(tau_gc=-0.1), r"\[0, 1\]"), (dict(w_xi=float("nan")), "finite")):
+        with pytest.raises(ValueError, match=message):
+            dl.DualLatentSettings(**kwargs)
+    with pytest.raises(ValueError, match="expected a CONDITIONING"):
+        dl.check_conditionings([], [[torch.zeros(1, 77, 768), {}]], [[torch.zeros(1, 77, 768), {}]])
+
+    for bad in (dict(w_xi=-0.5), dict(tau_gc=1.5), dict(w_xi=0.0, w_x=0.0)):
+        g, ckpt, pos, safe, neg, latent = two_prompt_graph(comfy)
+        add_dual(g, "dual", ckpt[0], pos[0], safe[0], neg[0], latent[0], **{"w_xi": 0.75, "w_x": 0.25, **bad})
+        with pytest.raises(PromptError):
+            comfy.run(g.prompt())
+
+
+def test_weights_are_normalised_and_sigma_threshold(comfy, dl, tiny):
+    s = dl.DualLatentSettings(3.0, 1.0, 0.5)
+    assert s.safe_weight == 0.75 and s.original_weight == 0.25
+    sampling = tiny[0].get_model_object("model_sampling")
+    assert s.sigma_gc(sampling) == pytest.approx(float(sampling.percent_to_sigma(0.5)))
+    sigma_gc = s.sigma_gc(sampling)
+    assert s.branches_at(sigma_gc * 1.01, sigma_gc) == dl.BOTH
+    assert s.branches_at(sigma_gc * 0.99, sigma_gc) == dl.SAFE
+    assert s.branches_at(sigma_gc * 1.01, sigma_gc, has_safe_branch=False) == dl.ORIGINAL
+    assert dl.DualLatentSettings(tau_gc=0.0).sigma_gc(sampling) > float(sampling.sigma_max)
+    assert dl.DualLatentSettings(tau_gc=1.0).sigma_gc(sampling) == 0.0
+
+
+# ---------------------------------------------------------------------------- detector maths
+
+class BagOfWords:
+    """A deterministic toy text embedding: one axis per known word."""
+
+    def __init__(self, vocabulary):
+        self.vocabulary = {w: i for i, w in enumerate(vocabulary)}
+
+    def __call__(self, text):
+        v = torch.full((len(self.vocabulary) + 1,), 0.01)
+        for word in text.lower().replace(",", " ").split():
+            if word in self.vocabulary:
+                v[self.vocabulary[word]] += 1.0
+        return v
+
+
+def test_detector_votes_and_removes_the_unsafe_words(detector_module):
+    m = detector_module
+    embed = m.TextEmbedder(BagOfWords("blood gore knife cat garden sunny street people".split()))
+    det = m.InputDetector(embed, ["blood", "gore"], ["a cat in a garden", "a sunny street", "people"], k=1)
+    result = det.detect("sunny street with blood and gore", safe_suffix=", safe for work")
+    assert result.unsafe is False  # the nearest concept is the street (2 shared words)
+    result = det.detect("blood and gore, a cat", safe_suffix=", safe for work")
+    assert result.unsafe and sorted(result.flagged_words) == ["blood", "gore"]
+    assert result.safe_text == "a cat, safe for work"
+    assert "blood" in result.report() and "UNSAFE" in result.report()
+
+    voting = m.InputDetector(embed, ["blood", "gore"], ["a cat in a garden", "a sunny street", "people"], k=3)
+    assert 0.0 < voting.detect("blood cat").unsafe_share < 1.0
+    assert m.remove_words("A Blood-soaked knife, blood , and cats", ["blood"]) == "A Blood-soaked knife, cats"
+    assert m.remove_words("a man with a gun in the park", ["gun"]) == "a man in the park"
+    assert m.parse_concepts("# c\n\n a \nA\nb", "x") == ["a", "b"]
+    with pytest.raises(ValueError, match="at least one concept"):
+        m.parse_concepts("# only a comment\n", "unsafe_concepts")
+    with pytest.raises(ValueError, match="k .* >= 1"):
+        m.InputDetector(embed, ["blood"], ["cat"], k=0)
+
+
+# ---------------------------------------------------------------------------- SaDi
+
+def test_sadi_index(comfy):
+    metrics = comfy.module("steering.evaluation_metrics")
+    assert metrics.sadi_index(0.2, 0.1) == pytest.approx(1 - (0.5 * 0.2 + 0.5 * 0.1))
+    assert metrics.sadi_index(0.2, 0.1, alpha1=1.0, alpha2=0.0) == pytest.approx(0.8)
+    assert metrics.sadi_index(0.0, 0.0) == 1.0
+    assert metrics.sadi_index(1.0, 1.0) == 0.0
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        metrics.sadi_index(1.2, 0.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        metrics.sadi_index(0.2, 0.1, alpha1=-1.0)
