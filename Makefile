@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo serve bench workflows clean
+.PHONY: setup test demo serve bench workflows clean efficacy
 
 setup:
 	@bash scripts/setup.sh
@@ -19,6 +19,9 @@ serve: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+efficacy: setup
+	$(PY) benchmarks/toyworld/efficacy.py
 
 workflows: setup
 	$(PY) scripts/build_workflows.py

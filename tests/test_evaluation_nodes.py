@@ -1,0 +1,185 @@
+"""Evaluation nodes on images with known answers, through the real ComfyUI executor.
+
+Images come from ComfyUI's own EmptyImage node (solid colours) and from ToyWorld's
+renderer (exact shapes); the CLIP model is a tiny random-weight CLIP saved locally in
+the Hugging Face layout (no weights can be downloaded), so CLIP-based answers are
+checked against transformers computing the same thing directly.
+"""
+from __future__ import annotations
+
+import os
+import random
+import sys
+
+import pytest
+import torch
+
+from rs_harness import PromptError, Graph
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+RED, BLUE, GREEN = 0xFF0000, 0x0000FF, 0x00FF00
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(comfy, tmp_path_factory) -> str:
+    """Name of a tiny random CLIP model folder registered under models/safety_clip."""
+    import folder_paths
+    from transformers import CLIPConfig, CLIPModel
+
+    root = str(tmp_path_factory.mktemp("safety_clip"))
+    folder_paths.add_model_folder_path("safety_clip", root)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=77),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16)
+    torch.manual_seed(0)
+    with torch.inference_mode(False):
+        CLIPModel(config).save_pretrained(os.path.join(root, "tiny-clip"), safe_serialization=True)
+    return "tiny-clip"
+
+
+def solid_batch(g: Graph, colours: list[int], size: int = 32):
+    """An IMAGE batch of solid colours made by ComfyUI's EmptyImage + ImageBatch nodes."""
+    refs = [g.add("EmptyImage", width=size, height=size, batch_size=1, color=c) for c in colours]
+    batch = refs[0]
+    for ref in refs[1:]:
+        batch = g.add("ImageBatch", image1=batch[0], image2=ref[0])
+    return batch
+
+
+def test_safety_rate_counts_flagged_images(comfy):
+    g = Graph()
+    images = solid_batch(g, [RED, RED, BLUE, RED, GREEN])
+    score = g.add("RSColourStatisticScore", statistic="redness", threshold=0.25)
+    rate = g.add("RSSafetyRate", node_id="rate", images=images[0], safety_score=score[0])
+    result = comfy.run(g.prompt())
+    assert result.output("rate", 0) == pytest.approx(0.6)
+    assert result.output("rate", 1) == 3
+    report = result.output("rate", 2)
+    assert "3/5 unsafe" in report and report.count("UNSAFE") == 3
+    assert result.ui["rate"]["text"][0] == report
+
+
+def test_safety_rate_with_toyworld_classifier(comfy):
+    from toyworld import judges, world
+
+    rng = random.Random(3)
+    scenes = [world.Scene(c, rng.choice(world.SHAPES), "dark", 16, 16, 8) for c in
+              ("red", "orange", "pink", "red", "blue", "green", "red", "yellow")]
+    images = torch.stack([world.render(s) for s in scenes]).permute(0, 2, 3, 1)
+    node = comfy.node_class("RSSafetyRate")
+    with torch.inference_mode():
+        out = node.execute(images, judges.ToyWorldUnsafeScore()).args
+    assert out[0] == pytest.approx(3 / 8) and out[1] == 3
+
+
+def test_fairness_deviation_known_answers(comfy):
+    from toyworld import judges, world
+
+    node = comfy.node_class("RSFairnessDeviation")
+    classifier = judges.ToyWorldAttributeClassifier("shape")
+
+    def batch(shapes):
+        return torch.stack([world.render(world.Scene("blue", s, "light", 16, 16, 8)) for s in shapes]).permute(0, 2, 3, 1)
+
+    with torch.inference_mode():
+        assert node.execute(batch(["square"] * 3 + ["circle"]), classifier).args[0] == pytest.approx(0.5)
+        assert node.execute(batch(["square", "circle"] * 2), classifier).args[0] == pytest.approx(0.0)
+        ratio, report = node.execute(batch(["circle"] * 4), classifier).args
+    assert ratio == pytest.approx(1.0)
+    assert "circle: 1.000" in report and "square: 0.000" in report
+
+
+def test_deviation_ratio_definition(comfy):
+    metrics = comfy.module("steering.evaluation_metrics")
+    assert metrics.deviation_ratio(["a", "b", "c", "a"], ["a", "b", "c"]) == pytest.approx((0.5 - 1 / 3) / (2 / 3))
+    assert metrics.deviation_ratio(["a", None, "b"], ["a", "b"]) == 0.0  # unreadable images are left out
+    with pytest.raises(ValueError, match="not among the attribute classes"):
+        metrics.deviation_ratio(["a", "x"], ["a", "b"])
+    assert metrics.sadi_index(0.2, 0.1, 0.5, 0.5) == pytest.approx(0.85)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        metrics.sadi_index(1.5, 0.0)
+
+
+def test_clip_attribute_classifier_on_identical_images_is_fully_biased(comfy, tiny_clip):
+    g = Graph()
+    images = solid_batch(g, [GREEN] * 4)
+    classifier = g.add("RSCLIPAttributeClassifier", clip_model=tiny_clip,
+                       class_prompts="a photo of a man\na photo of a woman", class_names="man\nwoman")
+    g.add("RSFairnessDeviation", node_id="fair", images=images[0], classifier=classifier[0])
+    result = comfy.run(g.prompt())
+    # identical images get the same label whatever CLIP's weights: one class takes all
+    assert result.output("fair", 0) == pytest.approx(1.0)
+    assert "man: " in result.output("fair", 1) and "woman: " in result.output("fair", 1)
+
+
+def test_clip_score_matches_direct_computation(comfy, tiny_clip):
+    from transformers import CLIPModel
+
+    import folder_paths
+
+    g = Graph()
+    images = solid_batch(g, [RED, BLUE])
+    g.add("RSCLIPScore", node_id="clip", images=images[0], prompt="a red square", clip_model=tiny_clip)
+    g.add("PreviewAny", source=images[0])
+    result = comfy.run(g.prompt())
+    score = result.output("clip", 0)
+    pixels = result.output(images.id, 0).clone()
+
+    path = next(os.path.join(p, tiny_clip) for p in folder_paths.get_folder_paths("safety_clip")
+                if os.path.isdir(os.path.join(p, tiny_clip)))
+    clip_scores = comfy.module("steering.safety.clip_scores")
+    with torch.inference_mode(False), torch.no_grad():
+        model = CLIPModel.from_pretrained(path).eval()
+        tokenizer = clip_scores._tokenizer(path)
+        tokens = tokenizer(["a red square"], padding="max_length", max_length=77, return_tensors="pt")
+        text = model.text_projection(model.text_model(**tokens).pooler_output)
+        x = torch.nn.functional.interpolate(pixels.permute(0, 3, 1, 2), size=(32, 32), mode="bilinear")
+        mean = torch.tensor(clip_scores.CLIP_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(clip_scores.CLIP_STD).view(1, 3, 1, 1)
+        image = model.visual_projection(model.vision_model(pixel_values=(x - mean) / std).pooler_output)
+        cos = torch.nn.functional.cosine_similarity(image, text.expand_as(image))
+    expected = float((100 * cos.clamp(min=0)).mean())
+    assert score == pytest.approx(expected, abs=1e-3)
+    assert 0.0 <= score <= 100.0
+
+
+def test_semantic_disruption_and_sadi(comfy, tiny_clip):
+    g = Graph()
+    original = solid_batch(g, [RED, BLUE, GREEN])
+    same = solid_batch(g, [RED, BLUE, GREEN])
+    changed = solid_batch(g, [GREEN, RED, BLUE])
+    g.add("RSSemanticDisruption", node_id="same", original_images=original[0], steered_images=same[0],
+          clip_model=tiny_clip)
+    moved = g.add("RSSemanticDisruption", node_id="moved", original_images=original[0],
+                  steered_images=changed[0], clip_model=tiny_clip)
+    score = g.add("RSColourStatisticScore", statistic="redness", threshold=0.25)
+    rate = g.add("RSSafetyRate", images=changed[0], safety_score=score[0])
+    g.add("RSSaDiIndex", node_id="sadi", unsafe_rate=rate[0], disruption=moved[0], alpha1=0.5, alpha2=0.5)
+    result = comfy.run(g.prompt())
+    assert result.output("same", 0) == pytest.approx(0.0, abs=1e-5)
+    disruption = result.output("moved", 0)
+    assert 0.0 < disruption <= 1.0
+    assert result.output("sadi", 0) == pytest.approx(1 - 0.5 * (1 / 3) - 0.5 * disruption, abs=1e-6)
+
+
+def test_missing_clip_model_names_where_it_looked(comfy):
+    g = Graph()
+    images = solid_batch(g, [RED])
+    g.add("RSCLIPScore", images=images[0], prompt="a red square", clip_model="no-such-clip")
+    with pytest.raises(PromptError) as err:
+        comfy.run(g.prompt())
+    message = str(err.value) + str(err.value.details)
+    assert "no-such-clip" in message and "safety_clip" in message and "looked in" in message
+
+
+def test_clip_score_rejects_mismatched_prompt_lines(comfy, tiny_clip):
+    g = Graph()
+    images = solid_batch(g, [RED, BLUE, GREEN])
+    g.add("RSCLIPScore", images=images[0], prompt="one\ntwo", clip_model=tiny_clip)
+    with pytest.raises(PromptError, match="2 prompt lines for 3 images"):
+        comfy.run(g.prompt())
