@@ -28,6 +28,45 @@ def models(ctx: BenchContext):
     return model, encode.encode(clip, "a photo of a person")[0], encode.encode(clip, "")[0], 128, 8
 
 
+def patch_cost_note(ctx: BenchContext, model, hspace_model, positive, size: int) -> str:
+    """The h-space patch's own cost per UNet call against one UNet forward (cond+uncond batch):
+    a noise-free estimate of the overhead that the wall-time ratios measure."""
+    import time
+
+    import comfy.model_management
+
+    comfy.model_management.load_models_gpu([model])
+    unet = model.model
+    device = comfy.model_management.get_torch_device()
+    x = torch.randn(2, 4, size // 8, size // 8, device=device)
+    sigma = torch.full((2,), 5.0, device=device)
+    context = torch.cat([positive[0][0]] * 2).to(device)
+    patch = hspace_model.model_options["transformer_options"]["patches"]["output_block_patch"][0]
+    h = torch.randn(2, 1280, size // 16, size // 16, device=device, dtype=unet.get_dtype())
+    options = {"block": ("output", 0), "sigmas": sigma, "cond_or_uncond": [0, 1]}
+
+    def best_of(fn, repeats: int) -> float:
+        best = float("inf")
+        for _ in range(5):
+            ctx.synchronize()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            ctx.synchronize()
+            best = min(best, (time.perf_counter() - start) / repeats)
+        return best
+
+    with torch.inference_mode():
+        forward = best_of(lambda: unet.apply_model(x, sigma, c_crossattn=context), 2)
+        patch_time = best_of(lambda: patch(h, h, options), 200)
+        other_blocks = best_of(lambda: patch(h, h, {"block": ("output", 1)}), 200)
+    blocks = len(unet.diffusion_model.output_blocks)
+    per_call = patch_time + (blocks - 1) * other_blocks
+    return (f"h-space patch cost per UNet call (batch 2): {per_call * 1e6:.1f} us (bottleneck add "
+            f"{patch_time * 1e6:.1f} us + {blocks - 1} other output blocks x {other_blocks * 1e6:.2f} us) "
+            f"vs one UNet forward {forward * 1e3:.1f} ms: {100 * per_call / forward:.3f} % overhead")
+
+
 def run(ctx: BenchContext) -> str:
     import comfy.sample
 
@@ -66,5 +105,6 @@ def run(ctx: BenchContext) -> str:
                          ratio(times, name, base) if name != base else 1.0,
                          best_ratio(times, name, base) if name != base else 1.0])
     ctx.notes.append(f"{size}x{size} px, {steps} euler steps, CFG 7.5; target ratio <= 1.02")
+    ctx.notes.append(patch_cost_note(ctx, model, hspace_model, positive, size))
     return table(["batch", "variant", "median s", "best s", "ratio vs plain (median of rounds)",
                   "ratio vs plain (best of rounds)"], rows)

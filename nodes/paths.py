@@ -10,14 +10,19 @@ EXTENSIONS = {".safetensors"}
 REFERENCE_EXTENSIONS = (".pth", ".pt", ".bin")
 
 
-def register_vector_folder() -> None:
-    """Add models/steering_vectors, keeping paths users set in extra_model_paths.yaml."""
-    default = os.path.join(folder_paths.models_dir, FOLDER)
-    paths, extensions = folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))
+def register_model_folder(name: str, extensions: set[str]) -> None:
+    """Add models/<name> to ComfyUI's folders, keeping paths users set in extra_model_paths.yaml."""
+    default = os.path.join(folder_paths.models_dir, name)
+    paths, known = folder_paths.folder_names_and_paths.get(name, ([], set()))
     paths = list(paths)
     if default not in paths:
         paths.append(default)
-    folder_paths.folder_names_and_paths[FOLDER] = (paths, set(extensions) | EXTENSIONS)
+    folder_paths.folder_names_and_paths[name] = (paths, set(known) | extensions)
+
+
+def register_vector_folder() -> None:
+    """Add models/steering_vectors (the loader nodes' dropdowns list it)."""
+    register_model_folder(FOLDER, EXTENSIONS)
 
 
 def vector_folders() -> list[str]:

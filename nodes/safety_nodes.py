@@ -1,8 +1,6 @@
 """Safety scores as nodes (NudeNet, CLIP violence/artist, colour statistic), and Detect Unsafe / Censor."""
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from comfy_api.v0_0_2 import io
@@ -11,22 +9,11 @@ from ..steering.safety import COLOUR_STATISTICS, ColourStatisticScore, to_nchw
 from ..steering.safety import clip_scores
 from ..steering.safety import nudenet
 from .common import CATEGORY
+from .paths import register_model_folder
 from .types import SafetyScoreType
 
 SAFETY_CATEGORY = f"{CATEGORY}/safety"
 CENSOR_MODES = ("blur", "pixelate", "black")
-
-
-def register_model_folder(name: str, extensions: set[str]) -> None:
-    """Add models/<name> to ComfyUI's folders, keeping paths users set in extra_model_paths.yaml."""
-    import folder_paths
-
-    default = os.path.join(folder_paths.models_dir, name)
-    paths, exts = folder_paths.folder_names_and_paths.get(name, ([], set()))
-    paths = list(paths)
-    if default not in paths:
-        paths.append(default)
-    folder_paths.folder_names_and_paths[name] = (paths, set(exts) | extensions)
 
 
 register_model_folder(nudenet.MODEL_FOLDER, {".onnx"})

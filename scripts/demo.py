@@ -42,6 +42,7 @@ def run_all(server: ComfyServer) -> int:
                                               server.dirs["checkpoint_name"])
         try:
             workflow_runner.provide_reference_vectors(workflow_runner.vector_files_needed(prompt), vector_dir)
+            workflow_runner.provide_safety_models(prompt, os.path.dirname(vector_dir))
         except FileNotFoundError as e:
             print(f"[skip] {name}: {e}")
             continue

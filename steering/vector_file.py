@@ -327,18 +327,17 @@ def vector_metadata(vector: SteeringVector) -> dict[str, str]:
     return meta
 
 
-def write_vector_file(vector: SteeringVector, path: str) -> str:
-    """Write atomically (temp file in the same folder, then rename); nothing partial remains."""
+def write_safetensors_atomically(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> str:
+    """Write a safetensors file via a temp file in the same folder, fsync and rename: a crash or
+    an error never leaves a partial file at `path`."""
     from safetensors.torch import save_file
 
-    validate_vector(vector)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=FILE_EXTENSION, dir=directory)
     os.close(fd)
     try:
-        tensors = {r: t.detach().to("cpu", torch.float32).contiguous() for r, t in vector.tensors.items()}
-        save_file(tensors, tmp, metadata=vector_metadata(vector))
+        save_file(tensors, tmp, metadata=metadata)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
@@ -348,6 +347,13 @@ def write_vector_file(vector: SteeringVector, path: str) -> str:
             os.remove(tmp)
         raise
     return path
+
+
+def write_vector_file(vector: SteeringVector, path: str) -> str:
+    """Write atomically (temp file in the same folder, then rename); nothing partial remains."""
+    validate_vector(vector)
+    tensors = {r: t.detach().to("cpu", torch.float32).contiguous() for r, t in vector.tensors.items()}
+    return write_safetensors_atomically(tensors, path, vector_metadata(vector))
 
 
 def save_vector(vector: SteeringVector, directory: str, name: str, overwrite: bool = False) -> str:

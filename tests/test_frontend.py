@@ -82,4 +82,32 @@ def test_workflow_loads_in_the_frontend_as_we_convert_it(frontend, path):
     assert result["missing"] == []
     info = server.object_info()
     expected = ui_to_api(workflow, lambda t: info[t]["input"])
-    assert normalise(result["output"]) == normalise(expected), json.dumps(result["output"], indent=1)[:2000]
+    got = normalise(result["output"])
+    for node in got.values():   # frontend-only widgets (e.g. PreviewAny's "preview") are not inputs
+        spec = info[node["class_type"]]["input"]
+        known = {*spec.get("required", {}), *spec.get("optional", {})}
+        node["inputs"] = {k: v for k, v in node["inputs"].items() if k in known}
+    assert got == normalise(expected), json.dumps(result["output"], indent=1)[:2000]
+
+
+def test_training_node_draws_its_loss_history(frontend):
+    """The loss graph extension: the node's result (ui.rs_loss) becomes the drawn series,
+    the node grows to make room, and the polyline maps the losses into the box."""
+    page, _, errors = frontend
+    state = page.evaluate("""async () => {
+        const graph = await import('/extensions/responsible-steering/training_loss_graph.js');
+        const node = LiteGraph.createNode('RSTrainSteeringVector');
+        app.graph.add(node);
+        const before = node.size[1];
+        node.onExecuted({rs_loss: [{series: {loss: [1.0, 0.1, 0.01]}}]});
+        const ctx = document.createElement('canvas').getContext('2d');
+        node.onDrawForeground(ctx);
+        const poly = graph.lossPolylines({loss: [1.0, 0.1, 0.01]}, 100, 50, true);
+        return {series: node.rsLossSeries, grew: node.size[1] > before, points: poly.lines.loss,
+                min: poly.min, max: poly.max};
+    }""")
+    assert state["series"] == {"loss": [1.0, 0.1, 0.01]}
+    assert state["grew"]
+    assert state["points"] == [[0, 0], [50, 25], [100, 50]]
+    assert abs(state["min"] - 0.01) < 1e-9 and abs(state["max"] - 1.0) < 1e-9
+    assert not [e for e in errors if "loss graph" in e or "responsible" in e.lower()], errors

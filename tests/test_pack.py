@@ -10,6 +10,12 @@ from rs_harness import REPO
 EXPECTED_NODES = {
     "RSLoadVector", "RSSaveVector", "RSCombineVectors", "RSVectorSet", "RSImportReferenceVectors",
     "RSApplyEmbeddingDirection", "RSApplyEmbeddingDirectionFair", "RSApplyHSpaceVector", "RSApplyHSpaceVectorFair",
+    "RSTrainSteeringVector", "RSPlotSteeringLoss",
+    "RSSTGKSampler", "RSSTGGuider", "RSNudeNetScore", "RSCLIPViolenceScore", "RSCLIPArtistScore",
+    "RSColourStatisticScore", "RSDetectUnsafe", "RSCensor",
+    "RSDualLatentKSampler", "RSDualLatentGuider", "RSDualLatentInputDetector",
+    "RSSafetyRate", "RSCLIPScore", "RSCLIPAttributeClassifier", "RSFairnessDeviation", "RSSemanticDisruption",
+    "RSSaDiIndex",
 }
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from ..steering.vector_file import write_safetensors_atomically
 
 CHECKPOINT_FORMAT = "responsible-steering.training-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -64,7 +65,6 @@ def _join_optimizer(phase: str, rest: dict, tensors: dict) -> dict:
 
 def save_checkpoint(path: str, state: TrainState) -> str:
     """Write atomically (temp file + rename)."""
-    from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {f"param.{r}": t.detach().to("cpu", torch.float32).contiguous()
                                         for r, t in state.params.items()}
@@ -79,18 +79,7 @@ def save_checkpoint(path: str, state: TrainState) -> str:
         "optimizers": json.dumps(optim_meta, sort_keys=True),
         "scalers": json.dumps(state.scalers, sort_keys=True),
     }
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return write_safetensors_atomically(tensors, path, metadata)
 
 
 def load_checkpoint(path: str) -> TrainState:
