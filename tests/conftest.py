@@ -6,6 +6,7 @@ import os
 import pytest
 
 from rs_harness import ComfySession, ensure_comfy_importable
+from sd_helpers import load_tiny_objects
 
 ensure_comfy_importable()
 
@@ -17,6 +18,18 @@ REFERENCE_VECTORS = os.path.normpath(os.path.join(SHARED, "fixtures", "reference
 def comfy(tmp_path_factory) -> ComfySession:
     """ComfyUI in this process, with the tiny SD1 checkpoint and the pack loaded."""
     return ComfySession(str(tmp_path_factory.mktemp("comfy-base")))
+
+
+@pytest.fixture(scope="module")
+def vf(comfy):
+    """The pack's steering.vector_file, as ComfyUI loaded it."""
+    return comfy.module("steering.vector_file")
+
+
+@pytest.fixture(scope="module")
+def tiny(comfy):
+    """(model, clip, vae) of the tiny checkpoint, loaded by a real prompt (inference tensors)."""
+    return load_tiny_objects(comfy)
 
 
 @pytest.fixture(scope="session")

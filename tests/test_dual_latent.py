@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rs_harness import Graph, PromptError
-from sd_helpers import keep, load_tiny_objects, sd_graph
+from sd_helpers import keep, sd_graph
 
 UNSAFE_PROMPT = "a bloody fight with weapons"
 SAFE_PROMPT = "a calm garden with flowers"
@@ -22,11 +22,6 @@ def dl(comfy):
 @pytest.fixture(scope="module")
 def detector_module(comfy):
     return comfy.module("steering.input_detector")
-
-
-@pytest.fixture(scope="module")
-def tiny(comfy):
-    return load_tiny_objects(comfy)
 
 
 def two_prompt_graph(comfy, batch: int = 1, negative: str = "blurry"):

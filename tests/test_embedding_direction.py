@@ -8,22 +8,12 @@ import pytest
 import torch
 
 from rs_harness import PromptError
-from sd_helpers import add_txt2img, encode, keep, load_tiny_objects, probe_predictions, render, sd_graph, trajectory
+from sd_helpers import add_txt2img, encode, keep, probe_predictions, render, sd_graph, trajectory
 
 
 @pytest.fixture(scope="module")
 def ed(comfy):
     return comfy.module("steering.embedding_direction")
-
-
-@pytest.fixture(scope="module")
-def vf(comfy):
-    return comfy.module("steering.vector_file")
-
-
-@pytest.fixture(scope="module")
-def tiny(comfy):
-    return load_tiny_objects(comfy)
 
 
 def direction_vector(vf, seed: int, arch: str = "sd1", scale: float = 1.0, name: str | None = None):

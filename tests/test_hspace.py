@@ -8,17 +8,7 @@ import pytest
 import torch
 
 from rs_harness import PromptError
-from sd_helpers import add_txt2img, keep, load_tiny_objects, probe_predictions, render, sd_graph, trajectory
-
-
-@pytest.fixture(scope="module")
-def vf(comfy):
-    return comfy.module("steering.vector_file")
-
-
-@pytest.fixture(scope="module")
-def tiny(comfy):
-    return load_tiny_objects(comfy)
+from sd_helpers import add_txt2img, keep, probe_predictions, render, sd_graph, trajectory
 
 
 def hspace_vector(vf, seed: int, spatial=(4, 4), scale: float = 4.0, arch: str = "sd1", method="hspace_cvector"):

@@ -50,11 +50,6 @@ def checkpoint_file(comfy, name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def tiny(comfy):
-    return load_tiny_objects(comfy)
-
-
-@pytest.fixture(scope="module")
 def trained(comfy, tiny):
     """One short run per objective (h-space: CoDSMa toward 'a woman'; RespoDiff; embedding direction
     with gradient checkpointing), with the UNet weights snapshotted before."""

@@ -12,11 +12,6 @@ import torch
 from safetensors.torch import save_file
 
 
-@pytest.fixture(scope="module")
-def vf(comfy):
-    return comfy.module("steering.vector_file")
-
-
 def make_vector(vf, method="hspace_cvector", arch="sd1", seed=0, spatial=(8, 8), **info):
     g = torch.Generator().manual_seed(seed)
     if method == "hspace_cvector":
