@@ -34,6 +34,31 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
+BUILTIN_ARCHITECTURES = frozenset(ARCHITECTURES)
+
+# Model-config classes (comfy.supported_models) of each architecture, most specific first:
+# distilled SDXL variants subclass SDXL.
+MODEL_CONFIG_CLASSES: dict[str, tuple[str, ...]] = {
+    "sdxl": ("SDXL", "SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B", "SDXL_instructpix2pix"),
+    "sd2": ("SD20", "SD21UnclipL", "SD21UnclipH", "SD_X4Upscaler"),
+    "sd1": ("SD15", "SD15_instructpix2pix"),
+    "sd3": ("SD3",),
+    "flux": ("Flux", "FluxSchnell", "FluxInpaint"),
+}
+_REGISTERED_CONFIGS: dict[str, tuple[type, ...]] = {}
+
+
+def register_architecture(arch: Architecture, config_classes: tuple[type, ...]) -> None:
+    """Teach the pack one more architecture: vector files may then name it, and models whose
+    model_config is an instance of `config_classes` are recognised as it. Used for models built
+    outside comfy.supported_models (the ToyWorld benchmark model). Re-registering the same name
+    replaces the entry; the built-in architectures cannot be replaced."""
+    if arch.name in BUILTIN_ARCHITECTURES:
+        raise ArchitectureError(f"architecture {arch.name!r} is built in and cannot be re-registered")
+    ARCHITECTURES[arch.name] = arch
+    _REGISTERED_CONFIGS[arch.name] = tuple(config_classes)
+
+
 def get_architecture(name: str) -> Architecture:
     try:
         return ARCHITECTURES[name]
@@ -44,8 +69,13 @@ def get_architecture(name: str) -> Architecture:
 
 def architecture_of_conditioning(cond, pooled=None) -> str:
     """Name the architecture a conditioning tensor [B, N, D] (and its pooled output) came from."""
-    width = int(cond.shape[-1])
+    width, tokens = int(cond.shape[-1]), int(cond.shape[-2])
     pooled_width = None if pooled is None else int(pooled.shape[-1])
+    for name in _REGISTERED_CONFIGS:  # exact matches only: built-in widths keep their meaning
+        arch = ARCHITECTURES[name]
+        if (arch.text_width == width and arch.text_tokens == tokens
+                and (arch.pooled_width is None) == (pooled_width is None)):
+            return name
     if width == 4096:
         if pooled_width == 2048:
             return "sd3"
@@ -55,7 +85,7 @@ def architecture_of_conditioning(cond, pooled=None) -> str:
             f"conditioning of width 4096 with pooled output of width {pooled_width}: "
             "expected SD3 (pooled 2048) or FLUX (pooled 768)")
     for arch in ARCHITECTURES.values():
-        if arch.text_width == width:
+        if arch.text_width == width and arch.name not in _REGISTERED_CONFIGS:
             return arch.name
     known = ", ".join(f"{a.name}: {a.text_width}" for a in ARCHITECTURES.values())
     raise ArchitectureError(f"conditioning width {width} matches no known architecture ({known})")
@@ -67,15 +97,10 @@ def architecture_of_model(model) -> str:
 
     base = getattr(model, "model", model)
     config = getattr(base, "model_config", None)
-    # Most specific classes first: distilled SDXL variants subclass SDXL.
-    table = [
-        ("sdxl", ("SDXL", "SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B", "SDXL_instructpix2pix")),
-        ("sd2", ("SD20", "SD21UnclipL", "SD21UnclipH", "SD_X4Upscaler")),
-        ("sd1", ("SD15", "SD15_instructpix2pix")),
-        ("sd3", ("SD3",)),
-        ("flux", ("Flux", "FluxSchnell", "FluxInpaint")),
-    ]
-    for name, class_names in table:
+    for name, classes in _REGISTERED_CONFIGS.items():
+        if classes and isinstance(config, classes):
+            return name
+    for name, class_names in MODEL_CONFIG_CLASSES.items():
         classes = tuple(getattr(sm, c) for c in class_names if hasattr(sm, c))
         if classes and isinstance(config, classes):
             return name
