@@ -4,28 +4,13 @@ side. Target: batched >= 3x faster at batch 8. With --full-size: SD1.5-size rand
 512 px, batch 8, with peak GPU memory (target <= 12 GiB in fp16)."""
 from __future__ import annotations
 
-import importlib
-import importlib.machinery
-import importlib.util
-import sys
 import time
 
 import torch
 
-from common import REPO, BenchContext, interleaved, ratio, table
+from common import BenchContext, interleaved, pack_module, ratio, table
 
 TITLE = "Training: iterations/s per objective, batched vs one-at-a-time rollout"
-
-
-def pack_module(name: str):
-    """A pack module (e.g. 'training.loop') imported inside a synthetic package, so the pack's
-    relative imports work without running its ComfyUI entry point."""
-    if "rs_pack" not in sys.modules:
-        spec = importlib.machinery.ModuleSpec("rs_pack", None, is_package=True)
-        package = importlib.util.module_from_spec(spec)
-        package.__path__ = [REPO]
-        sys.modules["rs_pack"] = package
-    return importlib.import_module(f"rs_pack.{name}")
 
 
 def setup(ctx: BenchContext):

@@ -6,6 +6,9 @@ to drift and to load from other processes).
 """
 from __future__ import annotations
 
+import importlib
+import importlib.machinery
+import importlib.util
 import os
 import platform
 import statistics
@@ -66,6 +69,17 @@ def load_pack():
         sys.path.append(REPO)
     import steering  # noqa: F401
     return steering
+
+
+def pack_module(name: str):
+    """A pack module (e.g. 'training.loop') imported inside a synthetic package ``rs_pack``, so the
+    pack's relative imports work without running its ComfyUI entry point."""
+    if "rs_pack" not in sys.modules:
+        spec = importlib.machinery.ModuleSpec("rs_pack", None, is_package=True)
+        package = importlib.util.module_from_spec(spec)
+        package.__path__ = [REPO]
+        sys.modules["rs_pack"] = package
+    return importlib.import_module(f"rs_pack.{name}")
 
 
 def interleaved(variants: dict[str, Callable[[], object]], rounds: int, ctx: BenchContext,

@@ -11,9 +11,9 @@ from comfy_api.v0_0_2 import io
 
 from ..steering.architectures import (ARCHITECTURES, ArchitectureError, architecture_of_conditioning,
                                       architecture_of_model, unet_bottleneck_channels)
-from ..steering.vector_file import SteeringVector, sanitize_filename, save_vector
+from ..steering.vector_file import sanitize_filename, save_vector
 from ..training.checkpoint import CHECKPOINT_SUFFIX
-from ..training.loop import TrainConfig, train
+from ..training.loop import TrainConfig, prompt_lines, train, vector_of
 from ..training.objectives import DEFAULTS, DIRECTIONS, METHODS, VECTOR_METHOD
 from ..training.plot import plot_loss
 from ..training.rollout import SCHEDULERS
@@ -99,12 +99,16 @@ class TrainSteeringVector(io.ComfyNode):
                                tooltip="toward_target: steer the neutral prompt toward the target prompt "
                                        "(fairness, e.g. 'a person' -> 'a woman'); away_from_concept: steer away "
                                        "from the concept (safety, e.g. 'violence')."),
-                io.String.Input("neutral_prompt", default="a person", multiline=False,
+                io.String.Input("neutral_prompt", default="a person", multiline=True,
                                 tooltip="The neutral prompt the vector is learned on ('a person' for fairness, "
-                                        "'a scene' for safety)."),
+                                        "'a scene' for safety), or several, one per line: each sample of every "
+                                        "batch then draws one (the embedding-direction paper trains on 60 "
+                                        "prompts)."),
                 io.String.Input("target_prompt", default="a woman", multiline=True,
                                 tooltip="toward_target: the target prompt ('a woman'); away_from_concept: the "
-                                        "concept to move away from ('violence')."),
+                                        "concept to move away from ('violence'). With several neutral prompts: "
+                                        "one line for all of them, or one line per neutral prompt (paired, e.g. "
+                                        "'a doctor' -> 'a female doctor')."),
                 io.Int.Input("iterations", default=1000, min=1, max=100000,
                              tooltip="Optimizer iterations (CoDSMa paper: 1000 fairness, 1500 safety)."),
                 io.Int.Input("batch_size", default=8, min=1, max=64,
@@ -159,11 +163,16 @@ class TrainSteeringVector(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, neutral_prompt=None, target_prompt=None, resolution=None, save_name=None, **_):
-        if neutral_prompt is not None and not neutral_prompt.strip():
+        if neutral_prompt is not None and not prompt_lines(neutral_prompt):
             return "neutral_prompt is empty; give the neutral prompt the vector is learned on, e.g. 'a person'"
-        if target_prompt is not None and not target_prompt.strip():
+        if target_prompt is not None and not prompt_lines(target_prompt):
             return ("target_prompt is empty; give the target prompt (e.g. 'a woman') or the concept to move "
                     "away from (e.g. 'violence')")
+        if neutral_prompt is not None and target_prompt is not None:
+            neutral, target = prompt_lines(neutral_prompt), prompt_lines(target_prompt)
+            if len(neutral) > 1 and len(target) not in (1, len(neutral)):
+                return (f"target_prompt has {len(target)} lines for {len(neutral)} neutral prompts; give one target "
+                        "line for all of them or one per neutral prompt")
         if resolution is not None and resolution % 64:
             return f"resolution must be 0 (native) or a multiple of 64; got {resolution}"
         if save_name is not None:
@@ -185,10 +194,14 @@ class TrainSteeringVector(io.ComfyNode):
                 f"training needs a UNet model (SD1.x, SD2.x, SDXL); this model is {ARCHITECTURES[arch].label}")
         if VECTOR_METHOD[method] != "embedding_direction":
             unet_bottleneck_channels(model)  # clear error if there is no h-space
-        neutral_text, target_text = neutral_prompt.strip(), target_prompt.strip()
-        conditionings = {"neutral": encode_text(clip, neutral_text), "other": encode_text(clip, target_text),
+        neutral_lines, target_lines = prompt_lines(neutral_prompt), prompt_lines(target_prompt)
+        if len(neutral_lines) == 1:  # one prompt: the whole text (a target may span several lines)
+            target_lines = [target_prompt.strip()]
+        neutral_text, target_text = "\n".join(neutral_lines), "\n".join(target_lines)
+        conditionings = {"neutral": [encode_text(clip, t) for t in neutral_lines],
+                         "other": [encode_text(clip, t) for t in target_lines],
                          "uncond": encode_text(clip, "")}
-        cond, options = conditionings["neutral"][0]
+        cond, options = conditionings["neutral"][0][0]
         clip_arch = architecture_of_conditioning(cond, options.get("pooled_output"))
         if clip_arch != arch:
             raise ArchitectureError(
@@ -207,28 +220,11 @@ class TrainSteeringVector(io.ComfyNode):
         result = train(model.clone(), conditionings, cfg, checkpoint_path=checkpoint, resume=resume,
                        on_progress=live, check_interrupt=mm.throw_exception_if_processing_interrupted)
 
-        vector = make_vector(result, arch)
+        vector = vector_of(result, arch)
         path = save_vector(vector, paths.save_folder(), save_name)
         filename = os.path.basename(path)
         loss = {"method": method, "name": filename, "iterations": result.iterations, "series": result.history}
         return io.NodeOutput(vector, loss, filename, ui={"rs_loss": [loss], "text": [f"saved {filename}"]})
-
-
-def make_vector(result, arch: str) -> SteeringVector:
-    """The trained tensors as a SteeringVector with its training record."""
-    cfg = result.config
-    toward = cfg.direction == "toward_target"
-    info = {
-        "name": cfg.target_text if toward else f"anti-{cfg.target_text}",
-        "concept": cfg.target_text if toward else f"away from {cfg.target_text}",
-        "neutral_prompt": cfg.neutral_text,
-        "origin": f"trained with Train Steering Vector ({cfg.method})",
-        "resolution": str(cfg.resolution),
-        "training": {**{k: v for k, v in cfg.as_dict().items() if k not in ("neutral_text", "target_text")},
-                     "final_loss": {k: v[-1] for k, v in result.history.items() if v}},
-    }
-    info["target_prompt" if toward else "negative_prompt"] = cfg.target_text
-    return SteeringVector(VECTOR_METHOD[cfg.method], arch, dict(result.params), info)
 
 
 class PlotSteeringLoss(io.ComfyNode):

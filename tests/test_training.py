@@ -187,6 +187,56 @@ def test_cancel_leaves_a_named_checkpoint_and_resume_equals_an_uninterrupted_run
         run_training(comfy, save_name="resume_cut", resume=True, **{**settings, "seed": 6})
 
 
+# ----------------------------------------------------------------------------- prompt sets
+
+def test_prompt_set_of_one_prompt_repeated_equals_the_single_prompt(comfy):
+    """A prompt set draws each sample's prompt after the iteration's noise; a set of the same prompt twice is
+    therefore, for one iteration, exactly the single-prompt run."""
+    settings = dict(method="codsma_cvector", iterations=1, rollout_steps=2, seed=3, learning_rate=0.02)
+    single = run_training(comfy, save_name="set_single", **settings)
+    repeated = run_training(comfy, save_name="set_repeated", neutral_prompt="a person\na person", **settings)
+    assert torch.equal(single["vector"].tensors["c"], repeated["vector"].tensors["c"])
+    different = run_training(comfy, save_name="set_different", neutral_prompt="a person\na red car", **settings)
+    assert not torch.equal(single["vector"].tensors["c"], different["vector"].tensors["c"])
+    assert different["vector"].info["neutral_prompt"] == "a person | a red car"
+
+
+def test_paired_targets_and_their_validation(comfy):
+    run = run_training(comfy, save_name="paired", method="embedding_direction", iterations=2, rollout_steps=2,
+                       neutral_prompt="a doctor\na nurse", target_prompt="a female doctor\na male nurse")
+    assert run["vector"].info["target_prompt"] == "a female doctor | a male nurse"
+    assert run["vector"].info["neutral_prompt"] == "a doctor | a nurse"
+    assert run["vector"].embedding_direction().shape == (77, 768) and len(run["loss"]["series"]["loss"]) == 2
+    with pytest.raises(PromptError, match="target_prompt has 2 lines for 3 neutral prompts"):
+        run_training(comfy, save_name="unpaired", neutral_prompt="a\nb\nc", target_prompt="x\ny")
+
+
+def test_batched_rollout_with_one_prompt_per_sample(comfy, tiny):
+    """Per-sample prompts in one batched run == each sample rolled out alone with its own prompt."""
+    rollout = comfy.module("training.rollout")
+    unet = comfy.module("training.unet")
+    model, clip, _ = tiny
+    with torch.inference_mode():
+        conds = [clip.encode_from_tokens_scheduled(clip.tokenize(t)) for t in ("a person", "a red car", "")]
+        with torch.inference_mode(False), unet.gradient_ready(model.model.diffusion_model):
+            caller = unet.UNetCaller(model, torch.device("cpu"), torch.float32, autocast=False)
+            prompt_set = caller.prepare_prompts(conds[:2], (3, 4, 8, 8), "neutral")
+            uncond = caller.prepare_prompt(conds[2], (3, 4, 8, 8), "uncond")
+            rows = prompt_set.take(torch.tensor([1, 0, 1]))
+            sigmas = rollout.schedule(caller.sampling, 3)
+            noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+            stop = torch.tensor([3, 1, 2])
+            batched = rollout.batched_rollout(caller, noise, sigmas, stop, rows, uncond, 3.0)
+            alone = [rollout.batched_rollout(caller, noise[i:i + 1], sigmas, stop[i:i + 1],
+                                             caller.prepare_prompt(conds[j], (1, 4, 8, 8), "p"), uncond, 3.0)
+                     for i, j in enumerate((1, 0, 1))]
+            with pytest.raises(ValueError, match="2 prompt rows for a batch of 3 samples"):
+                caller.eps(noise, sigmas[:1].expand(3), [prompt_set])
+    assert prompt_set.rows == 2 and rows.rows == 3
+    assert torch.allclose(batched, torch.cat(alone), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(batched[0], batched[2])  # same prompt, other noise and stop step
+
+
 # ----------------------------------------------------------------------------- bad inputs
 
 def test_bad_inputs_give_clear_errors(comfy):

@@ -19,9 +19,12 @@ from typing import Callable
 import torch
 
 from .checkpoint import CheckpointError, TrainState, load_checkpoint, save_checkpoint
-from .objectives import DEFAULTS, DIRECTIONS, METHODS, Prompts, init_params, phases_for, rollout_shift
+from ..steering.architectures import get_architecture
+from ..steering.vector_file import SteeringVector
+from .objectives import (DEFAULTS, DIRECTIONS, METHODS, VECTOR_METHOD, Prompts, init_params, phases_for,
+                         rollout_shift)
 from .rollout import SCHEDULERS, batched_rollout, schedule
-from .unet import UNetCaller, bottleneck_shape, gradient_checkpointing, gradient_ready
+from .unet import UNetCaller, bottleneck_shape, gradient_checkpointing, gradient_ready, latent_downscale
 
 # Fields a checkpoint must share with the run that resumes it (iterations may grow).
 RESUME_KEYS = ("method", "direction", "batch_size", "learning_rate", "lam", "rank", "seed", "resolution",
@@ -78,7 +81,8 @@ class TrainConfig:
             away_base=self.away_base or d.away_base,
         )
 
-    def validate(self) -> None:
+    def validate(self, downscale: int = 8) -> None:
+        """Raise ValueError listing every bad setting; `downscale` is the model's pixels per latent pixel."""
         problems = []
         if self.direction not in DIRECTIONS:
             problems.append(f"direction {self.direction!r}; expected one of {list(DIRECTIONS)}")
@@ -90,8 +94,9 @@ class TrainConfig:
             problems.append(f"learning_rate must be > 0; got {self.learning_rate}")
         if self.rank < 1:
             problems.append(f"rank must be >= 1; got {self.rank}")
-        if self.resolution < 64 or self.resolution % 64:
-            problems.append(f"resolution must be a multiple of 64 and >= 64; got {self.resolution}")
+        step = 8 * downscale
+        if self.resolution < step or self.resolution % step:
+            problems.append(f"resolution must be a multiple of {step} and >= {step}; got {self.resolution}")
         if self.rollout_steps < 1:
             problems.append(f"rollout_steps must be >= 1; got {self.rollout_steps}")
         if self.scheduler not in SCHEDULERS:
@@ -120,6 +125,29 @@ class TrainResult:
     history: dict[str, list[float]]
     config: TrainConfig
     iterations: int
+
+
+def vector_of(result: TrainResult, arch: str) -> SteeringVector:
+    """The trained tensors as a SteeringVector with its training record."""
+    cfg = result.config
+    toward = cfg.direction == "toward_target"
+    target = " | ".join(prompt_lines(cfg.target_text)) or cfg.target_text
+    info = {
+        "name": target if toward else f"anti-{target}",
+        "concept": target if toward else f"away from {target}",
+        "neutral_prompt": " | ".join(prompt_lines(cfg.neutral_text)) or cfg.neutral_text,
+        "origin": f"trained with Train Steering Vector ({cfg.method})",
+        "resolution": str(cfg.resolution),
+        "training": {**{k: v for k, v in cfg.as_dict().items() if k not in ("neutral_text", "target_text")},
+                     "final_loss": {k: v[-1] for k, v in result.history.items() if v}},
+    }
+    info["target_prompt" if toward else "negative_prompt"] = target
+    return SteeringVector(VECTOR_METHOD[cfg.method], arch, dict(result.params), info)
+
+
+def prompt_lines(text: str) -> list[str]:
+    """The prompts of a prompt set written one per line (blank lines ignored)."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def phase_names(method: str) -> tuple[str, ...]:
@@ -176,21 +204,41 @@ def _check_resume(state: TrainState, cfg: TrainConfig, params: dict[str, torch.T
                               "iterations asked for; raise iterations to continue it")
 
 
+def as_prompt_set(value: list, what: str) -> list[list]:
+    """A CONDITIONING, or a list of them (a prompt set), as a list of CONDITIONINGs."""
+    if not value:
+        raise ValueError(f"{what}: no conditioning given")
+    first = value[0]
+    is_single = isinstance(first, (list, tuple)) and len(first) == 2 and isinstance(first[0], torch.Tensor)
+    return [value] if is_single else list(value)
+
+
 def train(patcher, conditionings: dict[str, list], cfg: TrainConfig, *,
           checkpoint_path: str | None = None, resume: bool = False,
           on_progress: Callable[[int, int, dict[str, float]], None] | None = None,
           check_interrupt: Callable[[], None] | None = None) -> TrainResult:
     """Train one vector. `conditionings` holds ComfyUI CONDITIONING for 'neutral', 'other' (target
-    prompt or concept) and 'uncond'. Loads the model with ComfyUI's model management first."""
+    prompt or concept) and 'uncond'. 'neutral' may be a list of CONDITIONINGs (a prompt set: each
+    sample of every batch draws one), and then 'other' one for all or one per neutral prompt
+    (paired). Loads the model with ComfyUI's model management first."""
     import comfy.model_management as mm
 
     cfg = cfg.resolved()
-    cfg.validate()
+    base = patcher.model
+    downscale = latent_downscale(base)
+    cfg.validate(downscale)
+    neutral_set = as_prompt_set(conditionings["neutral"], "neutral")
+    other_set = as_prompt_set(conditionings["other"], "other")
+    if len(other_set) not in (1, len(neutral_set)):
+        raise ValueError(f"{len(other_set)} target prompts for {len(neutral_set)} neutral prompts; give one target "
+                         "for all of them or one per neutral prompt")
+    conditionings = {**conditionings, "neutral": neutral_set, "other": other_set,
+                     "uncond": as_prompt_set(conditionings["uncond"], "uncond")[:1]}
     mm.load_models_gpu([patcher])
     device = patcher.load_device
-    base = patcher.model
     compute_dtype = compute_dtype_of(base)
-    latent_shape = (cfg.batch_size, base.latent_format.latent_channels, cfg.resolution // 8, cfg.resolution // 8)
+    size = cfg.resolution // downscale
+    latent_shape = (cfg.batch_size, base.latent_format.latent_channels, size, size)
     check_memory(base, latent_shape, device, cfg)
     run = _Run()
     _live_runs.add(run)
@@ -216,14 +264,16 @@ def train(patcher, conditionings: dict[str, list], cfg: TrainConfig, *,
 def _train_loop(run: _Run, patcher, conditionings, cfg: TrainConfig, device, compute_dtype, latent_shape,
                 checkpoint_path, resume, on_progress, check_interrupt) -> TrainResult:
     caller = UNetCaller(patcher, device, compute_dtype, autocast=compute_dtype != torch.float32)
-    prompts = Prompts(*(caller.prepare_prompt(conditionings[k], latent_shape, k)
-                        for k in ("neutral", "other", "uncond")))
+    prompt_set = Prompts(*(caller.prepare_prompts(conditionings[k], latent_shape, k)
+                           for k in ("neutral", "other", "uncond")))
     sigmas = schedule(caller.sampling, cfg.rollout_steps, cfg.scheduler)
     k_lo, k_hi = cfg.step_range(sigmas.shape[0] - 1)
     generator = torch.Generator().manual_seed(cfg.seed)
 
-    text_shape = (77, prompts.neutral.cross_attn.shape[-1])
-    hshape = bottleneck_shape(caller, latent_shape, prompts.neutral) if cfg.method != "embedding_direction" else None
+    chunk = (get_architecture(cfg.arch).text_tokens if cfg.arch else None) or 77
+    text_shape = (min(chunk, prompt_set.neutral.tokens), prompt_set.neutral.cross_attn.shape[-1])
+    hshape = (bottleneck_shape(caller, latent_shape, prompt_set.neutral) if cfg.method != "embedding_direction"
+              else None)
     initial = init_params(cfg.method, generator, text_shape=text_shape, bottleneck_shape=hshape, rank=cfg.rank,
                           init_std=cfg.init_std)
     run.params.update({k: v.to(device).requires_grad_(True) for k, v in initial.items()})
@@ -260,6 +310,10 @@ def _train_loop(run: _Run, patcher, conditionings, cfg: TrainConfig, device, com
             check_interrupt()
         stop = torch.randint(k_lo, k_hi, (cfg.batch_size,), generator=generator)
         noise = torch.randn(latent_shape, generator=generator).to(device)
+        prompts = prompt_set
+        if prompt_set.neutral.rows > 1:  # a prompt set: every sample draws its prompt (and paired target)
+            pick = torch.randint(0, prompt_set.neutral.rows, (cfg.batch_size,), generator=generator)
+            prompts = Prompts(prompt_set.neutral.take(pick), prompt_set.other.take(pick), prompt_set.uncond)
         z = batched_rollout(caller, noise, sigmas, stop, prompts.neutral, prompts.uncond, cfg.rollout_guidance,
                             **rollout_shift(cfg.method, params))
         sigma = sigmas[stop].to(device)

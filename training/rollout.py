@@ -59,7 +59,8 @@ def _only_first(shifts: dict, count: int) -> dict:
 def batched_rollout(caller: UNetCaller, noise: torch.Tensor, sigmas: torch.Tensor, stop: torch.Tensor,
                     cond: PromptConds, uncond: PromptConds | None, guidance: float,
                     offset: torch.Tensor | None = None, text_shift: torch.Tensor | None = None) -> torch.Tensor:
-    """z at sigmas[stop[i]] for every sample i, from one batched reverse run."""
+    """z at sigmas[stop[i]] for every sample i, from one batched reverse run (`cond`: one prompt for
+    all samples, or one row per sample)."""
     stop = stop.to("cpu", torch.long)
     if stop.shape[0] != noise.shape[0]:
         raise ValueError(f"{stop.shape[0]} stop steps for {noise.shape[0]} samples")
@@ -74,11 +75,12 @@ def batched_rollout(caller: UNetCaller, noise: torch.Tensor, sigmas: torch.Tenso
     for j in range(int(stop.max())):
         active = (stop > j).nonzero().flatten()
         idx = active.to(x.device)
-        xa = x if active.shape[0] == x.shape[0] else x.index_select(0, idx)
+        everyone = active.shape[0] == x.shape[0]
+        xa = x if everyone else x.index_select(0, idx)
         sigma = torch.full((xa.shape[0],), float(sigmas[j]), device=x.device)
-        eps = guided_eps(caller, xa, sigma, cond, uncond, guidance, **shifts)
+        eps = guided_eps(caller, xa, sigma, cond if everyone else cond.take(active), uncond, guidance, **shifts)
         stepped = xa + (float(sigmas[j + 1]) - float(sigmas[j])) * eps
-        if active.shape[0] == x.shape[0]:
+        if everyone:
             x = stepped
         else:
             x = x.index_copy(0, idx, stepped)
@@ -88,5 +90,5 @@ def batched_rollout(caller: UNetCaller, noise: torch.Tensor, sigmas: torch.Tenso
 def sequential_rollout(caller: UNetCaller, noise: torch.Tensor, sigmas: torch.Tensor, stop: torch.Tensor,
                        cond: PromptConds, uncond: PromptConds | None, guidance: float, **shifts) -> torch.Tensor:
     """The reference code's way: one reverse run per sample (for benchmarks and tests)."""
-    return torch.cat([batched_rollout(caller, noise[i:i + 1], sigmas, stop[i:i + 1], cond, uncond, guidance,
-                                      **shifts) for i in range(noise.shape[0])])
+    return torch.cat([batched_rollout(caller, noise[i:i + 1], sigmas, stop[i:i + 1], cond.take(torch.tensor([i])),
+                                      uncond, guidance, **shifts) for i in range(noise.shape[0])])

@@ -86,7 +86,10 @@ def gradient_checkpointing(diffusion_model: torch.nn.Module, enabled: bool = Tru
 
 @dataclass
 class PromptConds:
-    """One prompt's model inputs: cross-attention tensor [1, N, D] and extra tensors (e.g. SDXL 'y')."""
+    """Prompts' model inputs: cross-attention tensor [R, N, D] and extra tensors (e.g. SDXL 'y' [R, ...]).
+
+    R = 1 is one prompt for every sample; R > 1 holds one prompt per row (a prompt set, or the
+    prompts drawn for the samples of a batch, see ``take``)."""
 
     cross_attn: torch.Tensor
     extra: dict[str, torch.Tensor]
@@ -94,6 +97,29 @@ class PromptConds:
     @property
     def tokens(self) -> int:
         return int(self.cross_attn.shape[1])
+
+    @property
+    def rows(self) -> int:
+        return int(self.cross_attn.shape[0])
+
+    def take(self, index: torch.Tensor) -> "PromptConds":
+        """The rows `index` (one prompt per sample); a single prompt serves every sample as it is."""
+        if self.rows == 1:
+            return self
+        index = index.to(self.cross_attn.device)
+        return PromptConds(self.cross_attn.index_select(0, index),
+                           {k: v.index_select(0, index.to(v.device)) for k, v in self.extra.items()})
+
+
+def stack_prompts(prompts: list[PromptConds]) -> PromptConds:
+    """One PromptConds with a row per prompt (token counts brought to a common length)."""
+    if len(prompts) == 1:
+        return prompts[0]
+    crosses = _lcm_tokens([p.cross_attn for p in prompts])
+    keys = set(prompts[0].extra)
+    if any(set(p.extra) != keys for p in prompts):
+        raise ArchitectureError("the prompts of a set give different extra model inputs; encode them with one CLIP")
+    return PromptConds(torch.cat(crosses), {k: torch.cat([p.extra[k] for p in prompts]) for k in keys})
 
 
 class BottleneckShift:
@@ -131,6 +157,7 @@ class UNetCaller:
     def __init__(self, patcher, device: torch.device, compute_dtype: torch.dtype, autocast: bool):
         self.patcher = patcher
         self.base = patcher.model
+        self.downscale = latent_downscale(self.base)
         self.sampling = patcher.get_model_object("model_sampling")
         self.device = device
         self.compute_dtype = compute_dtype
@@ -144,7 +171,8 @@ class UNetCaller:
         cond, options = conditioning[0]
         params = dict(options)
         params.update(cross_attn=cond, device=self.device, noise=torch.zeros(latent_shape, device=self.device),
-                      width=latent_shape[-1] * 8, height=latent_shape[-2] * 8, prompt_type="positive", seed=0)
+                      width=latent_shape[-1] * self.downscale, height=latent_shape[-2] * self.downscale,
+                      prompt_type="positive", seed=0)
         params.pop("model_conds", None)
         out = self.base.extra_conds(**params)
         unsupported = sorted(set(out) - {"c_crossattn", "y"})
@@ -156,6 +184,13 @@ class UNetCaller:
         extra = {k: v.cond for k, v in out.items() if k != "c_crossattn"}
         return PromptConds(cross.detach().clone().to(self.device, torch.float32),
                            {k: v.detach().clone().to(self.device, torch.float32) for k, v in extra.items()})
+
+    def prepare_prompts(self, conditionings: list[list], latent_shape: tuple, what: str) -> PromptConds:
+        """Several CONDITIONINGs (a prompt set) -> one PromptConds with a row per prompt."""
+        if not conditionings:
+            raise ValueError(f"{what}: no prompt given")
+        return stack_prompts([self.prepare_prompt(c, latent_shape, f"{what} prompt {i + 1}")
+                              for i, c in enumerate(conditionings)])
 
     def _autocast(self):
         if not self.autocast:
@@ -172,6 +207,9 @@ class UNetCaller:
         [B, ...] eps per prompt (float32)."""
         b = x.shape[0]
         n = len(prompts)
+        for p in prompts:
+            if p.rows not in (1, b):
+                raise ValueError(f"{p.rows} prompt rows for a batch of {b} samples; give one prompt or one per sample")
         crosses = _lcm_tokens([p.cross_attn for p in prompts])
         parts = []
         for i, c in enumerate(crosses):
@@ -201,6 +239,12 @@ class UNetCaller:
         return list(eps.chunk(n))
 
 
+def latent_downscale(base) -> int:
+    """Image pixels per latent pixel: the latent format's ``spacial_downscale_ratio`` where it has one
+    (newer ComfyUI, and models built outside comfy.supported_models), else SD's VAE factor 8."""
+    return int(getattr(base.latent_format, "spacial_downscale_ratio", 8))
+
+
 def bottleneck_shape(caller: UNetCaller, latent_shape: tuple, prompt: PromptConds) -> tuple[int, int, int]:
     """[C, H, W] of the UNet bottleneck for latents of `latent_shape`, from one probe call."""
     seen: list[tuple] = []
@@ -218,8 +262,9 @@ def bottleneck_shape(caller: UNetCaller, latent_shape: tuple, prompt: PromptCond
     sigma = torch.full((1,), float(caller.sampling.sigma_max), device=caller.device)
     options["sigmas"] = sigma
     options["cond_or_uncond"] = [0]
+    first = prompt.take(torch.zeros(1, dtype=torch.long))
     with torch.no_grad(), caller._autocast():
-        caller.base.apply_model(x, sigma, c_crossattn=prompt.cross_attn, transformer_options=options, **prompt.extra)
+        caller.base.apply_model(x, sigma, c_crossattn=first.cross_attn, transformer_options=options, **first.extra)
     if not seen:
         raise ArchitectureError("this model has no UNet bottleneck (middle block) for an h-space vector")
     return seen[0]
