@@ -152,6 +152,10 @@ class TrainSteeringVector(io.ComfyNode):
                                 tooltip="File name in models/steering_vectors (a numeric suffix is added if it "
                                         "exists). The checkpoint is output/steering_training/<name>"
                                         f"{CHECKPOINT_SUFFIX}."),
+                io.Float.Input("sam_lr_scale", default=0.01, min=0.0001, max=1.0, step=0.0001, optional=True,
+                               tooltip="RespoDiff only: SAM's learning rate as a fraction of RAM's (reference "
+                                       "safety scripts: 1e-4 vs 1e-2). At 1 (equal rates) SAM just learns to "
+                                       "cancel RAM and the pair has no effect."),
             ],
             outputs=[
                 SteeringVectorType.Output(display_name="vector"),
@@ -185,7 +189,7 @@ class TrainSteeringVector(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, method, direction, neutral_prompt, target_prompt, iterations, batch_size,
                 learning_rate, lambda_sem, rank, seed, resolution, rollout_steps, scheduler, target_guidance,
-                gradient_checkpointing, checkpoint_every, resume, save_name) -> io.NodeOutput:
+                gradient_checkpointing, checkpoint_every, resume, save_name, sam_lr_scale=0.01) -> io.NodeOutput:
         import comfy.model_management as mm
 
         arch = architecture_of_model(model)
@@ -209,7 +213,7 @@ class TrainSteeringVector(io.ComfyNode):
                 "the text encoder that belongs to this checkpoint")
         cfg = TrainConfig(
             method=method, direction=direction, iterations=iterations, batch_size=batch_size,
-            learning_rate=learning_rate, lam=lambda_sem, rank=rank, seed=seed,
+            learning_rate=learning_rate, lam=lambda_sem, sam_lr_scale=sam_lr_scale, rank=rank, seed=seed,
             resolution=resolution or NATIVE_RESOLUTION[arch], rollout_steps=rollout_steps, scheduler=scheduler,
             target_guidance=target_guidance, gradient_checkpointing=gradient_checkpointing,
             checkpoint_every=checkpoint_every, neutral_text=neutral_text, target_text=target_text, arch=arch)

@@ -92,15 +92,16 @@ class WorkflowBuilder:
                 if not _widget(ordered[name]):
                     raise TypeError(f"{class_type}.{name} is a socket; connect an output to it")
                 node.values[name] = value
-        for name, s in ordered.items():
-            if name in spec.get("required", {}) and name not in inputs:
-                options = s[1] if len(s) > 1 and isinstance(s[1], dict) else {}
-                if _widget(s) and "default" in options:
-                    node.values[name] = options["default"]
-                elif _widget(s) and isinstance(s[0], list) and s[0]:
-                    node.values[name] = s[0][0]
-                else:
-                    raise KeyError(f"{class_type}: required input {name!r} not given")
+        for name, s in ordered.items():  # widgets not given take their defaults, as in the frontend
+            if name in inputs:
+                continue
+            options = s[1] if len(s) > 1 and isinstance(s[1], dict) else {}
+            if _widget(s) and "default" in options:
+                node.values[name] = options["default"]
+            elif _widget(s) and isinstance(s[0], list) and s[0]:
+                node.values[name] = s[0][0]
+            elif name in spec.get("required", {}):
+                raise KeyError(f"{class_type}: required input {name!r} not given")
         self.nodes.append(node)
         return node
 

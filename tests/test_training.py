@@ -237,6 +237,21 @@ def test_batched_rollout_with_one_prompt_per_sample(comfy, tiny):
     assert not torch.allclose(batched[0], batched[2])  # same prompt, other noise and stop step
 
 
+def test_respodiff_sam_learns_at_its_own_rate(comfy):
+    """SAM's learning rate is sam_lr_scale x RAM's (Adam moves each element by about lr per step); RAM never
+    sees SAM (its rollout and loss use RAM alone), so RAM is the same whatever SAM's rate."""
+    obj = comfy.module("training.objectives")
+    settings = dict(method="respodiff_ram_sam", iterations=3, rollout_steps=2, seed=4, learning_rate=0.05)
+    slow = run_training(comfy, save_name="sam_slow", sam_lr_scale=0.01, **settings)["vector"].tensors
+    fast = run_training(comfy, save_name="sam_fast", sam_lr_scale=1.0, **settings)["vector"].tensors
+    init = obj.init_params("respodiff_ram_sam", torch.Generator().manual_seed(4), bottleneck_shape=(1280, 4, 4))
+    assert torch.equal(slow["ram"], fast["ram"])
+    moved_slow = float((slow["sam"] - init["sam"]).abs().max())
+    moved_fast = float((fast["sam"] - init["sam"]).abs().max())
+    assert 0 < moved_slow <= 3 * 0.05 * 0.01 * 1.01
+    assert moved_fast > 0.05 and moved_fast > 20 * moved_slow
+
+
 # ----------------------------------------------------------------------------- bad inputs
 
 def test_bad_inputs_give_clear_errors(comfy):

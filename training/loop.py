@@ -13,7 +13,7 @@ import dataclasses
 import gc
 import math
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -27,8 +27,8 @@ from .rollout import SCHEDULERS, batched_rollout, schedule
 from .unet import UNetCaller, bottleneck_shape, gradient_checkpointing, gradient_ready, latent_downscale
 
 # Fields a checkpoint must share with the run that resumes it (iterations may grow).
-RESUME_KEYS = ("method", "direction", "batch_size", "learning_rate", "lam", "rank", "seed", "resolution",
-               "rollout_steps", "scheduler", "rollout_guidance", "target_guidance", "t_start", "t_end",
+RESUME_KEYS = ("method", "direction", "batch_size", "learning_rate", "lam", "sam_lr_scale", "rank", "seed",
+               "resolution", "rollout_steps", "scheduler", "rollout_guidance", "target_guidance", "t_start", "t_end",
                "loss_scale", "init_std", "away_base", "neutral_text", "target_text", "arch")
 
 _live_runs: "weakref.WeakSet[_Run]" = weakref.WeakSet()
@@ -46,6 +46,9 @@ class TrainConfig:
     batch_size: int = 8
     learning_rate: float = 0.0          # 0: the method's default (DEFAULTS)
     lam: float = 0.5                    # RespoDiff lambda (paper 0.5)
+    # RespoDiff: SAM's learning rate as a fraction of RAM's (reference safety scripts: 1e-4 / 1e-2).
+    # With equal rates SAM simply learns -RAM and the pair does nothing (measured on ToyWorld).
+    sam_lr_scale: float = 0.01
     rank: int = 1                       # embedding direction rank (paper 1)
     seed: int = 0
     resolution: int = 512               # image pixels (square)
@@ -92,6 +95,8 @@ class TrainConfig:
             problems.append(f"batch_size must be >= 1; got {self.batch_size}")
         if self.learning_rate <= 0:
             problems.append(f"learning_rate must be > 0; got {self.learning_rate}")
+        if self.sam_lr_scale <= 0:
+            problems.append(f"sam_lr_scale must be > 0; got {self.sam_lr_scale}")
         if self.rank < 1:
             problems.append(f"rank must be >= 1; got {self.rank}")
         step = 8 * downscale
@@ -281,7 +286,8 @@ def _train_loop(run: _Run, patcher, conditionings, cfg: TrainConfig, device, com
     phase_params = {"loss": list(params), "ram": ["ram"], "sam": ["sam"]}
     use_scaler = compute_dtype == torch.float16 and device.type == "cuda"
     for name in phase_names(cfg.method):
-        run.optimizers[name] = torch.optim.Adam([params[p] for p in phase_params[name]], lr=cfg.learning_rate)
+        lr = cfg.learning_rate * (cfg.sam_lr_scale if name == "sam" else 1.0)
+        run.optimizers[name] = torch.optim.Adam([params[p] for p in phase_params[name]], lr=lr)
         if use_scaler:
             run.scalers[name] = torch.amp.GradScaler(device.type)
     history: dict[str, list[float]] = {name: [] for name in phase_names(cfg.method)}
