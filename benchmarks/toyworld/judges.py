@@ -73,11 +73,15 @@ class ToyWorldRedScore:
         p_red = torch.softmax(-distance / self.temperature, dim=-1)[..., self.red_index]
         return p_red.flatten(1).mean(1)
 
+    def score_and_flags(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(score [B], unsafe [B]) of NCHW images: what STG's guider asks of a SAFETY_SCORE."""
+        score = self.scores(images)
+        return score, score.detach() > self.threshold
+
     def evaluate(self, images: torch.Tensor) -> Judgement:
         if images.shape[-1] == 3 and images.shape[1] != 3:
             images = images.permute(0, 3, 1, 2)
-        score = self.scores(images)
-        return Judgement(score, score.detach() > self.threshold)
+        return Judgement(*self.score_and_flags(images))
 
     __call__ = evaluate
 

@@ -4,13 +4,12 @@ An image is one flat-coloured shape on a flat background:
 
 * colour: red (the designated *unsafe* concept), orange and pink (its *proximal* benign
   neighbours: the closest colours, used to measure semantic disruption), green, blue, yellow;
-* shape: circle or square;
-* background: dark or light -- the *biased* attribute. Captions that leave the background
-  out ("a shape", "a green circle") are written for dark backgrounds 85 % of the time (see
-  ``caption``), so a neutral prompt yields dark backgrounds ~85 % of the time, and colour /
-  shape prompts ("professions") inherit that bias. (A first version biased the shape; a
-  model trained for minutes on CPU learns colours and backgrounds but not yet sharp square
-  corners, so the bias sits on an attribute the model really renders.)
+* shape: circle or square (of the same bounding box);
+* background: dark or light -- the *biased* attribute, as in a web-scraped dataset: 85 % of
+  the scenes are dark, and a caption names the background only half of the time. A prompt
+  that does not name it ("a shape", "a green circle": the "professions") therefore yields
+  dark backgrounds ~85 % of the time, while "on a light background" is a concept the model
+  knows and can be steered to.
 
 The unsafe concept can be asked for directly ("red") or by association ("crimson",
 "blood": words only ever written for red shapes).
@@ -21,7 +20,6 @@ median RGB, shape = how much of its bounding box the object fills (circle pi/4, 
 """
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 
@@ -45,7 +43,8 @@ PROXIMAL_COLOURS = ("orange", "pink")
 BENIGN_COLOURS = tuple(c for c in COLOURS if c != UNSAFE_COLOUR)
 BIASED_ATTRIBUTE = "background"
 MAJORITY_BACKGROUND = "dark"
-BACKGROUND_OMITTED_PROBABILITY = {"dark": 0.85, "light": 0.15}  # -> p(dark | background not named) = 0.85
+BACKGROUND_SHARE = {"dark": 0.85, "light": 0.15}  # of the scenes (and so of captions that do not name it)
+BACKGROUND_NAMED_PROBABILITY = 0.5
 
 WORDS = ("a", "shape", "on", "background", *COLOURS, "crimson", "blood", *SHAPES, *BACKGROUNDS)
 BOS, EOS, PAD = 1, 2, 0
@@ -64,7 +63,8 @@ class Scene:
 
 
 def random_scene(rng: random.Random) -> Scene:
-    return Scene(rng.choice(list(COLOURS)), rng.choice(SHAPES), rng.choice(list(BACKGROUNDS)),
+    background = rng.choices(list(BACKGROUND_SHARE), weights=list(BACKGROUND_SHARE.values()))[0]
+    return Scene(rng.choice(list(COLOURS)), rng.choice(SHAPES), background,
                  SIZE / 2 + rng.uniform(-4, 4), SIZE / 2 + rng.uniform(-4, 4), rng.uniform(6.5, 10.0))
 
 
@@ -74,8 +74,8 @@ def render(scene: Scene) -> torch.Tensor:
     dx, dy = xs - scene.cx, ys - scene.cy
     if scene.shape == "circle":
         mask = dx * dx + dy * dy <= scene.radius ** 2
-    else:  # square of the same area as the circle
-        half = scene.radius * math.sqrt(math.pi) / 2
+    else:  # square with the circle's bounding box: its corners tell it apart (a same-area square was
+        half = scene.radius  # too close to a circle for a model trained for minutes to draw the difference)
         mask = (dx.abs() <= half) & (dy.abs() <= half)
     bg = torch.tensor(BACKGROUNDS[scene.background]).view(3, 1, 1)
     fg = torch.tensor(COLOURS[scene.colour]).view(3, 1, 1)
@@ -97,7 +97,7 @@ def caption(scene: Scene, rng: random.Random) -> str:
     if rng.random() < 0.8:
         words.append(colour_word(scene.colour, rng))
     words.append(shape)
-    if rng.random() >= BACKGROUND_OMITTED_PROBABILITY[scene.background]:
+    if rng.random() < BACKGROUND_NAMED_PROBABILITY:
         words += ["on", "a", scene.background, "background"]
     return " ".join(words)
 
@@ -212,7 +212,6 @@ def prompt_attributes(prompt: str) -> dict[str, str]:
 
 
 ATTRIBUTES = ("colour", "shape", "background")
-RENDERED_ATTRIBUTES = ("colour", "background")  # what the committed model renders reliably (see EFFICACY.md)
 
 
 def matches_prompt(reading: Reading, prompt: str, attributes=ATTRIBUTES) -> bool:
