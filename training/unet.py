@@ -223,12 +223,9 @@ class UNetCaller:
             extra[key] = torch.cat([p.extra[key].expand(b, *p.extra[key].shape[1:]) for p in prompts])
         x_in = x.repeat(n, *([1] * (x.dim() - 1)))
         sigma_in = sigma.repeat(n)
-        options = dict(self._transformer_options)
-        patches = {k: list(v) for k, v in options.get("patches", {}).items()}
-        if offset is not None and offset_prompts > 0:
-            patches.setdefault("output_block_patch", []).append(
-                BottleneckShift(offset, None if offset_prompts >= n else offset_prompts * b))
-        options["patches"] = patches
+        shifts = ([BottleneckShift(offset, None if offset_prompts >= n else offset_prompts * b)]
+                  if offset is not None and offset_prompts > 0 else [])
+        options = with_patches(self._transformer_options, output_block_patch=shifts)
         options["sigmas"] = sigma_in
         options["cond_or_uncond"] = [0] * n
         with self._autocast():
@@ -237,6 +234,18 @@ class UNetCaller:
         s = sigma_in.reshape(-1, *([1] * (x.dim() - 1)))
         eps = (x_in - denoised.float()) / s
         return list(eps.chunk(n))
+
+
+def with_patches(transformer_options: dict, **added: list) -> dict:
+    """A copy of `transformer_options` with more patches of each kind given (e.g.
+    ``output_block_patch=[fn]``) after the ones it has; the input and its lists are not changed."""
+    options = dict(transformer_options)
+    patches = {k: list(v) for k, v in options.get("patches", {}).items()}
+    for kind, fns in added.items():
+        if fns:
+            patches.setdefault(kind, []).extend(fns)
+    options["patches"] = patches
+    return options
 
 
 def latent_downscale(base) -> int:
@@ -254,10 +263,7 @@ def bottleneck_shape(caller: UNetCaller, latent_shape: tuple, prompt: PromptCond
             seen.append(tuple(h.shape[1:]))
         return h, hsp
 
-    patches = caller._transformer_options.get("patches", {})
-    options = dict(caller._transformer_options)
-    options["patches"] = {k: list(v) for k, v in patches.items()}
-    options["patches"].setdefault("output_block_patch", []).append(capture)
+    options = with_patches(caller._transformer_options, output_block_patch=[capture])
     x = torch.zeros(1, *latent_shape[1:], device=caller.device)
     sigma = torch.full((1,), float(caller.sampling.sigma_max), device=caller.device)
     options["sigmas"] = sigma

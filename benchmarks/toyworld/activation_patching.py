@@ -29,21 +29,17 @@ PAIRS = [
 ]
 SWAPS = {"none": "nothing from B", "bottleneck": "B's bottleneck", "bottleneck_and_skips": "B's bottleneck + skips",
          "decoder_context": "B's prompt in the decoder only", "everything": "all from B (control)"}
-MIDDLE_BLOCK_OUTPUT = ("output", 0)
-
-
-def with_output_block_patch(c: dict, patch) -> dict:
-    """A copy of apply_model's keyword arguments with one more output_block_patch."""
-    options = dict(c.get("transformer_options", {}))
-    patches = {k: list(v) for k, v in options.get("patches", {}).items()}
-    patches.setdefault("output_block_patch", []).append(patch)
-    return {**c, "transformer_options": {**options, "patches": patches}}
 
 
 def swapped_model(model, other_context: torch.Tensor, swap: str):
     """A clone of `model` whose conditional rows take the `swap` activations from `other_context`."""
+    from common import pack_module
+
     if swap not in SWAPS:
         raise ValueError(f"swap {swap!r}; expected one of {SWAPS}")
+    middle_block_output = pack_module("steering.hspace").MIDDLE_BLOCK_OUTPUT
+    with_patches = pack_module("training.unet").with_patches
+    take_skips = swap in ("bottleneck_and_skips", "decoder_context")
 
     def wrapper(apply_model, args):
         x, t, c, chunks = args["input"], args["timestep"], args["c"], args["cond_or_uncond"]
@@ -54,8 +50,12 @@ def swapped_model(model, other_context: torch.Tensor, swap: str):
         for j, kind in enumerate(chunks):
             if kind == 0:  # conditional chunk
                 context[j * rows:(j + 1) * rows] = other_context.to(context)
+        other = {**c, "c_crossattn": context}
         if swap == "everything":
-            return apply_model(x, t, **{**c, "c_crossattn": context})
+            return apply_model(x, t, **other)
+        # decoder_context is bottleneck_and_skips with the prompts' roles exchanged: the encoder path
+        # comes from prompt A, and the decoder's cross-attention reads prompt B
+        source, target = (c, other) if swap == "decoder_context" else (other, c)
         seen: dict = {}
 
         def capture(h, hsp, transformer_options):
@@ -64,27 +64,23 @@ def swapped_model(model, other_context: torch.Tensor, swap: str):
 
         def replace(h, hsp, transformer_options):
             block = transformer_options["block"]
-            other_h, other_hsp = seen[block]
-            if block == MIDDLE_BLOCK_OUTPUT:
-                h = other_h
-            if swap == "bottleneck_and_skips" and hsp is not None:
-                hsp = other_hsp
+            source_h, source_hsp = seen[block]
+            if block == middle_block_output:
+                h = source_h
+            if take_skips and hsp is not None:
+                hsp = source_hsp
             return h, hsp
 
-        def replace_all(h, hsp, transformer_options):
-            block = transformer_options["block"]
-            other_h, other_hsp = seen[block]
-            return (other_h if block == MIDDLE_BLOCK_OUTPUT else h), (other_hsp if hsp is not None else hsp)
+        def patched(kwargs, patch):
+            options = with_patches(kwargs.get("transformer_options", {}), output_block_patch=[patch])
+            return {**kwargs, "transformer_options": options}
 
-        if swap == "decoder_context":  # encoder path from prompt A, decoder cross-attention reads prompt B
-            apply_model(x, t, **with_output_block_patch(c, capture))
-            return apply_model(x, t, **with_output_block_patch({**c, "c_crossattn": context}, replace_all))
-        apply_model(x, t, **with_output_block_patch({**c, "c_crossattn": context}, capture))
-        return apply_model(x, t, **with_output_block_patch(c, replace))
+        apply_model(x, t, **patched(source, capture))
+        return apply_model(x, t, **patched(target, replace))
 
-    patched = model.clone()
-    patched.set_model_unet_function_wrapper(wrapper)
-    return patched
+    patched_model = model.clone()
+    patched_model.set_model_unet_function_wrapper(wrapper)
+    return patched_model
 
 
 def main(argv=None) -> int:

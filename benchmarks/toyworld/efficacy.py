@@ -373,19 +373,13 @@ class Efficacy:
                 return self.tw.sample(p, seed=seed, batch=n, steps=STEPS, cfg=CFG, positive=cond)
             return {"custom": run}
 
-        ceiling_tune = fairness_metrics(base_tune, readings(self.fair_tune.run(FAIR_PROMPTS, **named("balanced"))),
-                                        self.metrics.deviation_ratio)["content_kept"]
-        steered = self.fair_report.run(FAIR_PROMPTS, **named("balanced"))
-        m = fairness_metrics(base, readings(steered), self.metrics.deviation_ratio)
+        ceiling_tune = self.fair_metrics(base_tune,
+                                         self.fair_tune.run(FAIR_PROMPTS, **named("balanced")))["content_kept"]
+        m = self.report_fairness(REFERENCE_FAIRNESS, "balanced assignment, seed 0", named, [], base, base_images,
+                                 "fair_reference_named_background.png",
+                                 f"{REFERENCE_FAIRNESS}: left without, right with the assigned background named in "
+                                 "the prompt")
         self.fair_ceiling = m["content_kept"]
-        uniform = fairness_metrics(base, readings(self.fair_report.run(FAIR_PROMPTS, **named("uniform"))),
-                                   self.metrics.deviation_ratio)["deviation_after"]
-        self.fairness[REFERENCE_FAIRNESS] = ("balanced assignment, seed 0", m, [], uniform)
-        grid_png(os.path.join(self.images_dir, "fair_reference_named_background.png"),
-                 [(base_images[p], steered[p]) for p in FAIR_PROMPTS])
-        self.grids.append(("fair_reference_named_background.png", f"{REFERENCE_FAIRNESS}: left without, right "
-                           "with the assigned background named in the prompt; rows: " + ", ".join(FAIR_PROMPTS)))
-        self.log(f"{REFERENCE_FAIRNESS}: report {({k: round(v, 3) for k, v in m.items()})}, uniform draw {uniform:.3f}")
 
         methods = (("Fair sampling, c-vectors (CoDSMa)", "codsma_cvector", dict(long)),
                    ("Fair sampling, RespoDiff (RAM + SAM)", "respodiff_ram_sam", {"lam": 0.5, **long}),
@@ -405,23 +399,33 @@ class Efficacy:
 
             tried = []
             for s in (0.5, 1.0, 2.0, 3.0, 4.0):
-                m = fairness_metrics(base_tune, readings(self.fair_tune.run(FAIR_PROMPTS, **make(s))),
-                                     self.metrics.deviation_ratio)
+                m = self.fair_metrics(base_tune, self.fair_tune.run(FAIR_PROMPTS, **make(s)))
                 tried.append((s, m))
                 self.log(f"{name} strength {s:g}: tune dark share {m['majority_before']:.2f}->{m['majority_after']:.2f}"
                          f", content kept {m['content_kept']:.2f}")
             best = max(tried, key=lambda c: (meets_fairness(c[1], ceiling_tune),
                                              -(c[1]["deviation_after"] + 1 - c[1]["content_kept"])))[0]
-            steered = self.fair_report.run(FAIR_PROMPTS, **make(best))
-            m = fairness_metrics(base, readings(steered), self.metrics.deviation_ratio)
-            uniform = fairness_metrics(base, readings(self.fair_report.run(FAIR_PROMPTS, **make(best, "uniform"))),
-                                       self.metrics.deviation_ratio)["deviation_after"]
-            self.fairness[name] = (f"strength {best:g}, balanced assignment, seed 0", m, tried, uniform)
-            file = slug(name.replace("Fair sampling, ", "fair ")) + ".png"
-            grid_png(os.path.join(self.images_dir, file), [(base_images[p], steered[p]) for p in FAIR_PROMPTS])
-            self.grids.append((file, f"{name} (strength {best:g}): left without, right with fair sampling; rows: "
-                               + ", ".join(FAIR_PROMPTS)))
-            self.log(f"{name}: report {({k: round(v, 3) for k, v in m.items()})}, uniform draw {uniform:.3f}")
+            self.report_fairness(name, f"strength {best:g}, balanced assignment, seed 0",
+                                 lambda mode, make=make, best=best: make(best, mode), tried, base, base_images,
+                                 slug(name.replace("Fair sampling, ", "fair ")) + ".png",
+                                 f"{name} (strength {best:g}): left without, right with fair sampling")
+
+    def fair_metrics(self, base_readings: dict, steered_images: dict) -> dict:
+        return fairness_metrics(base_readings, readings(steered_images), self.metrics.deviation_ratio)
+
+    def report_fairness(self, name: str, setting: str, run_kwargs, tried: list, base: dict, base_images: dict,
+                        file: str, caption: str) -> dict:
+        """Sample the report seeds with `run_kwargs(mode)` (Sampler.run kwargs) for the balanced assignment and the
+        papers' uniform draw, record the row and its grid; the balanced run's metrics."""
+        steered = self.fair_report.run(FAIR_PROMPTS, **run_kwargs("balanced"))
+        m = self.fair_metrics(base, steered)
+        uniform = self.fair_metrics(base,
+                                    self.fair_report.run(FAIR_PROMPTS, **run_kwargs("uniform")))["deviation_after"]
+        self.fairness[name] = (setting, m, tried, uniform)
+        grid_png(os.path.join(self.images_dir, file), [(base_images[p], steered[p]) for p in FAIR_PROMPTS])
+        self.grids.append((file, f"{caption}; rows: " + ", ".join(FAIR_PROMPTS)))
+        self.log(f"{name}: report {({k: round(v, 3) for k, v in m.items()})}, uniform draw {uniform:.3f}")
+        return m
 
     # ------------------------------------------------------------------ does the model know its world?
     def run_probe(self) -> None:

@@ -62,10 +62,14 @@ def encode_images(images: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pixel_unshuffle(images, 2)
 
 
+def decode_nchw(latent: torch.Tensor) -> torch.Tensor:
+    """Latents [B, 12, 16, 16] -> images [B, 3, 32, 32] in [0, 1] (exact, differentiable)."""
+    return (torch.nn.functional.pixel_shuffle(latent.float(), 2) / 2 + 0.5).clamp(0, 1)
+
+
 def decode(latent: torch.Tensor) -> torch.Tensor:
     """Latents [B, 12, 16, 16] -> ComfyUI IMAGE [B, 32, 32, 3] in [0, 1]."""
-    pixels = torch.nn.functional.pixel_shuffle(latent.float(), 2)
-    return (pixels / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).contiguous()
+    return decode_nchw(latent).permute(0, 2, 3, 1).contiguous()
 
 
 ARCH_NAME = "toyworld"
@@ -113,7 +117,7 @@ class PixelDecoder:
         return []
 
     def __call__(self, x0: torch.Tensor, base_model=None) -> torch.Tensor:
-        return torch.nn.functional.pixel_shuffle(x0.float(), 2).div(2).add(0.5).clamp(0, 1)
+        return decode_nchw(x0)
 
 
 class TextEncoder(torch.nn.Module):
