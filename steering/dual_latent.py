@@ -36,6 +36,19 @@ negative prediction is shared because both branches sit on the same latent. Afte
 with w_xi = 0 or w_x = 0, and when the safe conditioning equals the original (a prompt the
 input detector judged safe) only one branch is evaluated, through ComfyUI's own
 ``sampling_function``, so those phases are bit-identical to a plain KSampler.
+
+Chunk labels: in the three-chunk call the UNet (and every patch in it) sees the labels
+``[0, 1, 0]``: the safe prompt is a conditional prompt, so patches that act on the conditional
+chunk only (h-space vectors, PAG/SAG-style attention patches reading
+``transformer_options["cond_or_uncond"]``) shift the safe branch as they shift the original one,
+and as they do after tau_gc, when the safe prompt runs alone.
+
+Limits of the equivalences: ``w_xi = 0`` reproduces the original prompt only with
+``tau_gc = 1``; with ``tau_gc < 1`` the safe prompt still takes over after tau_gc. At tau_gc
+the field switches between two model evaluations: a multistep sampler's next 1-2 steps use a
+history of mixed predictions, and a two-evaluation sampler (Heun, DPM-2, DPM++ 2S, SDE 2S)
+whose step straddles sigma_gc evaluates its first stage mixed and its second safe-only (each
+evaluation is judged by its own sigma).
 """
 from __future__ import annotations
 
@@ -194,6 +207,42 @@ def _as_positive(conditioning) -> list:
 
 # ---------------------------------------------------------------------------- the guider
 
+SAFE_POSITION = 2  # index of the safe prompt in the conds list given to calc_cond_batch
+CHUNK_LABELS = {0: 0, 1: 1, SAFE_POSITION: 0}  # list position -> label the UNet's patches see
+
+
+def relabel_chunks(cond_or_uncond) -> list[int]:
+    """The chunk labels patches see for a batch of the three-chunk call: the safe prompt is a
+    conditional prompt (0), exactly as it is when it runs alone after tau_gc."""
+    return [CHUNK_LABELS.get(int(i), int(i)) for i in cond_or_uncond]
+
+
+def with_safe_chunk_as_cond(model_options: dict) -> dict:
+    """A copy of `model_options` whose UNet wrapper relabels the safe chunk as conditional.
+
+    ComfyUI's ``calc_cond_batch`` labels each chunk of the batch with its position in the conds
+    list and passes the labels to the UNet as ``transformer_options["cond_or_uncond"]``; patches
+    that act on the conditional chunk only (h-space vectors, PAG/SAG-style attention patches)
+    test ``== 0`` (cond) or ``== 1`` (uncond), so a third position would be skipped. The labels
+    that place the outputs stay the positions (calc_cond_batch keeps its own list); only what the
+    UNet and any user ``model_function_wrapper`` (called next, with the relabelled arguments) see
+    changes. ``model_options`` itself is not modified."""
+    inner = model_options.get("model_function_wrapper")
+
+    def wrapper(apply_model, args):
+        labels = relabel_chunks(args["cond_or_uncond"])
+        c = dict(args["c"])
+        transformer_options = dict(c.get("transformer_options", {}))
+        transformer_options["cond_or_uncond"] = labels[:]
+        c["transformer_options"] = transformer_options
+        args = {**args, "c": c, "cond_or_uncond": labels}
+        if inner is not None:
+            return inner(apply_model, args)
+        return apply_model(args["input"], args["timestep"], **c)
+
+    return {**model_options, "model_function_wrapper": wrapper}
+
+
 @dataclass
 class BranchStats:
     """Model evaluations by branch set (for tests and the benchmark's f)."""
@@ -246,7 +295,8 @@ class DualLatentGuider(comfy.samplers.CFGGuider):
         negative = self.conds.get("negative", None)
         if math.isclose(self.cfg, 1.0) and not model_options.get("disable_cfg1_optimization", False):
             negative = None
-        conds = [positive, negative, safe]  # chunk labels 0 = cond, 1 = uncond as in a plain run; 2 = safe
+        conds = [positive, negative, safe]  # list positions 0, 1, 2; the UNet sees the safe chunk as cond (0)
+        model_options = with_safe_chunk_as_cond(model_options)
         if "sampler_calc_cond_batch_function" in model_options:
             args = {"conds": conds, "input": x, "sigma": timestep, "model": self.inner_model,
                     "model_options": model_options}

@@ -111,12 +111,73 @@ def test_batched_two_branch_step_equals_two_separate_branch_steps(comfy, sampler
     torch.testing.assert_close(dual, expected, atol=2e-4 * float(expected.abs().max()), rtol=1e-4)
 
 
+def hspace_model_graph(comfy, vf, g, model_ref, seed=21):
+    """The model with a strong random h-space vector (cond_only, the whole schedule)."""
+    tensors = {"c": 6.0 * torch.randn(1280, 1, 1, generator=torch.Generator().manual_seed(seed))}
+    vector = vf.SteeringVector("hspace_cvector", "sd1", tensors, {"name": f"dual-h{seed}"})
+    name = vf.save_vector(vector, comfy.vector_dir, f"dual-h{seed}", overwrite=True).rsplit("/", 1)[-1]
+    vec = g.add("RSLoadVector", vector_name=name)
+    return g.add("RSApplyHSpaceVector", model=model_ref, vector=vec[0], strength=1.0, start_percent=0.0,
+                 end_percent=1.0, branches="cond_only", resize_mode="bilinear")
+
+
+@pytest.mark.parametrize("sampler", ["euler", "euler_ancestral"])
+def test_cond_only_patches_shift_the_safe_branch_while_mixing(comfy, vf, sampler):
+    """A cond-only h-space vector under the dual-latent guider: one mixing step equals
+    w_xi * (the patched model's step on the safe prompt) + w_x * (its step on the original
+    prompt), each computed by ComfyUI's own CFGGuider. Were the safe chunk left unpatched (as
+    when it was labelled 2), the result would be the mix with the *unpatched* safe step."""
+    w_xi, w_x = 0.7, 0.3
+    g, ckpt, pos, safe, neg, latent = two_prompt_graph(comfy, batch=2)
+    patched = hspace_model_graph(comfy, vf, g, ckpt[0])
+    noise = g.add("RandomNoise", noise_seed=11)
+    picked = g.add("KSamplerSelect", sampler_name=sampler)
+    sigmas = g.add("BasicScheduler", model=ckpt[0], scheduler="normal", steps=STEPS, denoise=1.0)
+    first = g.add("SplitSigmas", sigmas=sigmas[0], step=1)
+    guiders = {
+        "original": g.add("CFGGuider", model=patched[0], positive=pos[0], negative=neg[0], cfg=5.0),
+        "safe_only": g.add("CFGGuider", model=patched[0], positive=safe[0], negative=neg[0], cfg=5.0),
+        "safe_unpatched": g.add("CFGGuider", model=ckpt[0], positive=safe[0], negative=neg[0], cfg=5.0),
+        "dual": g.add("RSDualLatentGuider", model=patched[0], positive=pos[0], safe_positive=safe[0],
+                      negative=neg[0], cfg=5.0, w_xi=w_xi, w_x=w_x, tau_gc=1.0),
+    }
+    for name, guider in guiders.items():
+        keep(g, g.add("SamplerCustomAdvanced", node_id=name, noise=noise[0], guider=guider[0], sampler=picked[0],
+                      sigmas=first[0], latent_image=latent[0])[0])
+    original, safe_only, safe_unpatched, dual = latents(comfy.run(g.prompt()), "original", "safe_only",
+                                                        "safe_unpatched", "dual")
+    assert (safe_only - safe_unpatched).abs().mean() > 1e-2  # the vector does shift the safe prompt
+    expected = w_xi * safe_only + w_x * original
+    torch.testing.assert_close(dual, expected, atol=2e-4 * float(expected.abs().max()), rtol=1e-4)
+    skipped = w_xi * safe_unpatched + w_x * original
+    assert (dual - skipped).abs().mean() > 1e-3
+
+
+def test_hspace_vector_under_the_dual_ksampler_equals_the_plain_ksampler_on_the_safe_prompt(comfy, vf):
+    """tau_gc = 0 (safe prompt alone): the Dual-Latent KSampler on the patched model equals the
+    plain KSampler with the safe prompt on the same patched model, and the vector changes it."""
+    g, ckpt, pos, safe, neg, latent = two_prompt_graph(comfy)
+    patched = hspace_model_graph(comfy, vf, g, ckpt[0])
+    add_ksampler(g, "plain_safe", patched[0], safe[0], neg[0], latent[0])
+    add_dual(g, "dual", patched[0], pos[0], safe[0], neg[0], latent[0], tau_gc=0.0)
+    add_dual(g, "dual_unpatched", ckpt[0], pos[0], safe[0], neg[0], latent[0], tau_gc=0.0)
+    add_dual(g, "mixed", patched[0], pos[0], safe[0], neg[0], latent[0], tau_gc=1.0)
+    add_dual(g, "mixed_unpatched", ckpt[0], pos[0], safe[0], neg[0], latent[0], tau_gc=1.0)
+    plain_safe, dual, unpatched, mixed, mixed_unpatched = latents(
+        comfy.run(g.prompt()), "plain_safe", "dual", "dual_unpatched", "mixed", "mixed_unpatched")
+    assert torch.equal(dual, plain_safe)
+    assert (dual - unpatched).abs().mean() > 1e-2
+    assert (mixed - mixed_unpatched).abs().mean() > 1e-2
+
+
 def counting_model(model, calls: list):
     """A clone of the model whose UNet calls record (batch size, chunk labels)."""
     counted = model.clone()
 
     def wrapper(apply_model, args):
-        calls.append((int(args["input"].shape[0]), list(args["cond_or_uncond"])))
+        seen = list(args["c"]["transformer_options"]["cond_or_uncond"])
+        assert seen == list(args["cond_or_uncond"])  # what the UNet's patches see
+        calls.append((int(args["input"].shape[0]), seen))
         return apply_model(args["input"], args["timestep"], **args["c"])
 
     counted.set_model_unet_function_wrapper(wrapper)
@@ -161,7 +222,8 @@ def test_input_detector_flags_unsafe_concepts_and_passes_safe_prompts_through(co
 
 def test_a_prompt_judged_safe_costs_one_branch_only(comfy, tiny, dl):
     """UNet calls: 2 chunks per step (cond + uncond) for a safe prompt, exactly like a plain
-    KSampler; 3 chunks (original, uncond, safe) while mixing for an unsafe one, 2 afterwards."""
+    KSampler; 3 chunks (original, uncond, safe) while mixing for an unsafe one, 2 afterwards.
+    The safe chunk is labelled conditional (0), so the labels while mixing are 0, 1, 0."""
     import comfy.sample as comfy_sample
 
     model = tiny[0]
@@ -194,7 +256,7 @@ def test_a_prompt_judged_safe_costs_one_branch_only(comfy, tiny, dl):
     mixing = round(fraction * STEPS)
     assert 0 < mixing < STEPS
     assert len(calls) == STEPS
-    assert all(b == 3 and sorted(c) == [0, 1, 2] for b, c in calls[:mixing])
+    assert all(b == 3 and sorted(c) == [0, 0, 1] for b, c in calls[:mixing])
     assert all(b == 2 and sorted(c) == [0, 1] for b, c in calls[mixing:])
 
 
