@@ -6,7 +6,7 @@ import os
 
 from comfy_api.v0_0_2 import io, ui
 
-from ..steering.reference_import import FORMATS, import_reference_file
+from ..steering.reference_import import FORMATS, import_reference
 from ..steering.vector_file import SteeringVector, VectorFileError, combine_vectors, load_vector, save_vector
 from . import paths
 from .common import CATEGORY
@@ -155,37 +155,44 @@ class ImportReferenceVectors(io.ComfyNode):
             display_name="Import Reference Vectors",
             category=f"{CATEGORY}/vectors",
             description="Convert the authors' published vectors (.pth placed in models/steering_vectors: "
-                        "the embedding-direction safe-direction.pth, SDisc's unet.pth) into this pack's "
-                        "format. Loaded weights-only: no code in the file can run.",
+                        "the embedding-direction safe-direction.pth, SDisc's unet.pth, RespoDiff's unet.pth with "
+                        "RAM + SAM) into this pack's format. Loaded weights-only: no code in the file can run. "
+                        "The report says which format was detected.",
             is_output_node=True,
             inputs=[
                 io.Combo.Input("reference_file", options=paths.list_reference_files(),
                                tooltip="A .pth/.pt file in models/steering_vectors."),
                 io.Combo.Input("format", options=list(FORMATS), default="auto",
-                               tooltip="What the file is; auto recognises both known layouts."),
+                               tooltip="What the file is; auto recognises the known layouts by their exact keys "
+                                       "(a, b: embedding direction; controlnet.fc1.weight: SDisc; plus "
+                                       "controlnet_residual.fc2.weight: RespoDiff RAM + SAM)."),
                 io.String.Input("concept", default="",
-                                tooltip="SDisc: only output this concept (e.g. 'female'); empty = all. "
-                                        "Names come from the concept_dict.json beside the file."),
+                                tooltip="SDisc / RespoDiff: only output this concept (e.g. 'female', 'a woman'); "
+                                        "empty = all. Names come from the concept_dict.json beside the file. "
+                                        "A RespoDiff run trains one concept: import that one."),
                 io.Boolean.Input("save", default=True,
                                  tooltip="Also write each vector as .safetensors next to the original."),
             ],
             outputs=[
-                SteeringVectorSetType.Output(display_name="vectors"),
-                io.String.Output(display_name="report"),
+                SteeringVectorSetType.Output(display_name="vectors", tooltip="The imported vectors (at least one)."),
+                io.String.Output(display_name="report",
+                                 tooltip="The detected format, where the concept names came from, and each "
+                                         "vector with the file it was written to."),
             ],
         )
 
     @classmethod
     def execute(cls, reference_file, format, concept, save) -> io.NodeOutput:
         path = paths.reference_file_path(reference_file)
-        vectors = import_reference_file(path, format)
+        imported = import_reference(path, format)
+        vectors = imported.vectors
         if concept.strip():
             wanted = concept.strip()
             vectors = [v for v in vectors if v.info.get("concept") == wanted]
             if not vectors:
-                available = [v.info.get("concept") for v in import_reference_file(path, format)]
+                available = [v.info.get("concept") for v in imported.vectors]
                 raise VectorFileError(f"concept {wanted!r} is not in {reference_file}; it has {available}")
-        lines = []
+        lines = [imported.report_header()]
         for v in vectors:
             line = v.describe()
             if save:
