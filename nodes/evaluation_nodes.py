@@ -160,6 +160,30 @@ class CLIPAttributeClassifierNode(io.ComfyNode):
             clip_scores.load_clip(clip_model), split_lines(class_prompts), split_lines(class_names) or None))
 
 
+FAIRNESS_MODES = ("batch", "per_group")
+
+
+def parse_group_labels(text: str) -> list[str]:
+    """Group labels, one per image: separated by new lines or commas; ``name * n`` repeats a
+    label n times (e.g. ``doctor * 15, nurse * 15``)."""
+    labels = []
+    for item in (part.strip() for line in text.splitlines() for part in line.split(",")):
+        if not item:
+            continue
+        name, star, count = item.rpartition("*")
+        if star and name.strip() and count.strip().isdigit():
+            if int(count) < 1:
+                raise ValueError(f"group_labels: {item!r} repeats a label {count} times; expected n >= 1")
+            labels.extend([name.strip()] * int(count))
+        else:
+            labels.append(item)
+    return labels
+
+
+def _format_counts(counts: dict) -> str:
+    return ", ".join(f"{c}: {n}" for c, n in counts.items())
+
+
 class FairnessDeviation(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -167,29 +191,79 @@ class FairnessDeviation(io.ComfyNode):
             node_id="RSFairnessDeviation",
             display_name="Fairness Deviation Ratio",
             category=EVAL_CATEGORY,
-            description="Deviation ratio of an attribute over a batch (Fair Diffusion / SDisc / RespoDiff): "
-                        "max over the K classes of |share - 1/K| / (1 - 1/K). 0 = perfectly balanced, 1 = all "
-                        "images have the same attribute. Use a large batch of a neutral prompt.",
+            description="Deviation ratio of an attribute (Fair Diffusion / SDisc / RespoDiff): max over the K "
+                        "classes of |share - 1/K| / (1 - 1/K). 0 = perfectly balanced, 1 = all images have the "
+                        "same attribute. batch: over the whole batch (a large batch of one neutral prompt); "
+                        "per_group: per group of images (e.g. each WinoBias profession) and averaged over the "
+                        "groups, as the papers report it. An image whose classes tie counts for each of them.",
             is_output_node=True,
             inputs=[
-                io.Image.Input("images", tooltip="The generated images (a batch of one neutral prompt)."),
+                io.Image.Input("images", tooltip="The generated images."),
                 AttributeClassifierType.Input("classifier", tooltip="Attribute classifier (e.g. CLIP Attribute "
                                                                     "Classifier)."),
+                io.Combo.Input("mode", options=list(FAIRNESS_MODES), default="batch", optional=True,
+                               tooltip="batch: one ratio over all images. per_group: one ratio per group "
+                                       "(group_labels) and their unweighted mean, the papers' per-profession "
+                                       "average."),
+                io.String.Input("group_labels", multiline=True, default="", optional=True,
+                                tooltip="per_group: the group of each image in batch order, one label per image, "
+                                        "separated by new lines or commas; 'name * n' repeats a label n times "
+                                        "(e.g. 'doctor * 15, nurse * 15'). Must be empty for batch."),
             ],
             outputs=[
-                io.Float.Output(display_name="deviation_ratio", tooltip="0 (balanced) .. 1 (one class only)."),
-                io.String.Output(display_name="report", tooltip="Class shares and per-image labels."),
+                io.Float.Output(display_name="deviation_ratio",
+                                tooltip="0 (balanced) .. 1 (one class only); per_group: the mean over groups."),
+                io.String.Output(display_name="report",
+                                 tooltip="Class counts and shares (per group in per_group mode) and per-image "
+                                         "labels."),
             ],
         )
 
     @classmethod
-    def execute(cls, images, classifier) -> io.NodeOutput:
-        labels = classifier.classify(_images(images).float())
-        ratio = metrics.deviation_ratio(labels, classifier.classes)
-        freqs = metrics.attribute_frequencies(labels, classifier.classes)
-        shares = ", ".join(f"{c}: {f:.3f}" for c, f in freqs.items())
-        report = "\n".join([f"deviation ratio {ratio:.3f} over {len(labels)} images ({shares})"] +
-                           [f"image {i}: {l}" for i, l in enumerate(labels)])
+    def validate_inputs(cls, mode="batch", group_labels=""):
+        if mode not in FAIRNESS_MODES:
+            return f"mode {mode!r}; expected one of {list(FAIRNESS_MODES)}"
+        if mode == "per_group" and not (group_labels or "").strip():
+            return "mode per_group needs group_labels: one group label per image"
+        if mode == "batch" and (group_labels or "").strip():
+            return "group_labels are only used with mode per_group; clear them or choose per_group"
+        return True
+
+    @classmethod
+    def execute(cls, images, classifier, mode="batch", group_labels="") -> io.NodeOutput:
+        checked = cls.validate_inputs(mode, group_labels)
+        if checked is not True:
+            raise ValueError(checked)
+        batch = _images(images).float()
+        classify = getattr(classifier, "classify_with_ties", None) or classifier.classify
+        labels = classify(batch)
+
+        def label_text(label):
+            found = metrics.image_classes(label)
+            return "unreadable" if not found else " = ".join(str(c) for c in found) + (" (tie)" if len(found) > 1
+                                                                                         else "")
+
+        per_image = [f"image {i}: {label_text(l)}" for i, l in enumerate(labels)]
+        if mode == "batch":
+            ratio = metrics.deviation_ratio(labels, classifier.classes)
+            freqs = metrics.attribute_frequencies(labels, classifier.classes)
+            counts = metrics.class_counts(labels, classifier.classes)
+            shares = ", ".join(f"{c}: {f:.3f}" for c, f in freqs.items())
+            lines = [f"deviation ratio {ratio:.3f} over {len(labels)} images ({shares}; counts {_format_counts(counts)})"]
+        else:
+            groups = parse_group_labels(group_labels)
+            if len(groups) != len(labels):
+                raise ValueError(f"group_labels gives {len(groups)} labels for {len(labels)} images; one group "
+                                 "label per image is needed")
+            ratio, ratios = metrics.deviation_ratio_per_group(labels, groups, classifier.classes)
+            defined = [g for g, r in ratios.items() if r is not None]
+            lines = [f"mean deviation ratio {ratio:.3f} over {len(defined)} groups ({len(labels)} images)"]
+            for group, r in ratios.items():
+                members = [l for l, g in zip(labels, groups) if g == group]
+                counts = metrics.class_counts(members, classifier.classes)
+                value = "no labelled image (left out of the mean)" if r is None else f"{r:.3f}"
+                lines.append(f"group {group}: {value} over {len(members)} images ({_format_counts(counts)})")
+        report = "\n".join(lines + per_image)
         return io.NodeOutput(ratio, report, ui=ui.PreviewText(report))
 
 

@@ -183,3 +183,98 @@ def test_clip_score_rejects_mismatched_prompt_lines(comfy, tiny_clip):
     g.add("RSCLIPScore", images=images[0], prompt="one\ntwo", clip_model=tiny_clip)
     with pytest.raises(PromptError, match="2 prompt lines for 3 images"):
         comfy.run(g.prompt())
+
+
+# ---------------------------------------------------------------------------- deviation ratio per group, ties
+
+def hand_ratio(counts: list[int]) -> float:
+    """The reference's deviation_ratio on a row of class counts: r = n / sum(n)."""
+    k, total = len(counts), sum(counts)
+    return max(abs(n / total - 1 / k) for n in counts) / (1 - 1 / k)
+
+
+def test_deviation_ratio_counts_ties_for_every_tied_class_and_averages_groups(comfy):
+    metrics = comfy.module("steering.evaluation_metrics")
+    classes = ["man", "woman"]
+    # doctor: 3 men + 1 tie -> counts man 4, woman 1 (5 counts from 4 images)
+    # nurse: 2 women, 1 unreadable, 1 man -> counts man 1, woman 2; ceo: nothing readable
+    labels = ["man", "man", "man", ("man", "woman"), "woman", "woman", None, "man", None, None]
+    groups = ["doctor"] * 4 + ["nurse"] * 4 + ["ceo"] * 2
+    assert metrics.class_counts(labels[:4], classes) == {"man": 4, "woman": 1}
+    assert metrics.deviation_ratio(labels[:4], classes) == pytest.approx(0.6)
+    assert hand_ratio([4, 1]) == pytest.approx(0.6)
+    mean, ratios = metrics.deviation_ratio_per_group(labels, groups, classes)
+    assert list(ratios) == ["doctor", "nurse", "ceo"]
+    assert ratios["doctor"] == pytest.approx(hand_ratio([4, 1]))
+    assert ratios["nurse"] == pytest.approx(hand_ratio([1, 2])) == pytest.approx(1 / 3)
+    assert ratios["ceo"] is None  # no labelled image: left out of the mean, as pandas' mean skips NaN
+    assert mean == pytest.approx((0.6 + 1 / 3) / 2)
+    # a three-way tie is perfectly balanced; ties are counted in the denominator too
+    assert metrics.deviation_ratio([("a", "b", "c")], ["a", "b", "c"]) == 0.0
+    assert metrics.attribute_frequencies(["a", ("a", "b")], ["a", "b"]) == {"a": 2 / 3, "b": 1 / 3}
+    # the whole batch is not the mean of its groups
+    assert metrics.deviation_ratio(labels, classes) == pytest.approx(hand_ratio([5, 3]))
+    with pytest.raises(ValueError, match="one group label per image"):
+        metrics.deviation_ratio_per_group(labels, groups[:-1], classes)
+    with pytest.raises(ValueError, match="no group has a labelled image"):
+        metrics.deviation_ratio_per_group([None, None], ["a", "b"], classes)
+    with pytest.raises(ValueError, match="not among the attribute classes"):
+        metrics.deviation_ratio([("man", "robot")], classes)
+
+
+class ColourAttributeClassifier:
+    """A test ATTRIBUTE_CLASSIFIER reading a solid image's colour: red = man, blue = woman,
+    green = a tie of both, anything else unreadable."""
+
+    classes = ["man", "woman"]
+
+    def classify_with_ties(self, images):
+        out = []
+        for image in images:  # [3, H, W]: the node passes channels-first images
+            r, g, b = (float(v) for v in image.mean(dim=(1, 2)))
+            out.append(("man",) if r > 0.5 else ("woman",) if b > 0.5 else ("man", "woman") if g > 0.5 else ())
+        return out
+
+    def classify(self, images):
+        raise AssertionError("the node must use classify_with_ties when the classifier has it")
+
+
+def solid_images(colours: list[int]) -> torch.Tensor:
+    rgb = [((c >> 16) & 255, (c >> 8) & 255, c & 255) for c in colours]
+    return torch.tensor(rgb, dtype=torch.float32).div(255).view(-1, 1, 1, 3).expand(-1, 8, 8, 3).contiguous()
+
+
+def test_fairness_deviation_node_per_group(comfy):
+    node = comfy.node_class("RSFairnessDeviation")
+    images = solid_images([RED, RED, RED, GREEN, BLUE, BLUE, 0x000000, RED])
+    with torch.inference_mode():
+        ratio, report = node.execute(images, ColourAttributeClassifier(), mode="per_group",
+                                     group_labels="doctor * 4\nnurse, nurse,nurse\nnurse").args
+        whole, whole_report = node.execute(images, ColourAttributeClassifier(), mode="batch",
+                                           group_labels="").args
+    assert ratio == pytest.approx((hand_ratio([4, 1]) + hand_ratio([1, 2])) / 2)
+    assert "group doctor: 0.600 over 4 images (man: 4, woman: 1)" in report
+    assert "group nurse: 0.333 over 4 images (man: 1, woman: 2)" in report
+    assert "image 3: man = woman (tie)" in report and "image 6: unreadable" in report
+    assert whole == pytest.approx(hand_ratio([5, 3]))
+    with torch.inference_mode():
+        with pytest.raises(ValueError, match="3 labels for 8 images"):
+            node.execute(images, ColourAttributeClassifier(), mode="per_group", group_labels="a * 3")
+        with pytest.raises(ValueError, match="needs group_labels"):
+            node.execute(images, ColourAttributeClassifier(), mode="per_group", group_labels="")
+        with pytest.raises(ValueError, match="only used with mode per_group"):
+            node.execute(images, ColourAttributeClassifier(), mode="batch", group_labels="a * 8")
+
+
+def test_clip_classifier_counts_ties_for_every_class(comfy, tiny_clip):
+    """Two classes with the same prompt tie on every image: each image counts for both, so the
+    batch is balanced (ratio 0), where an argmax would give one class everything (ratio 1)."""
+    g = Graph()
+    images = solid_batch(g, [GREEN, RED, BLUE, GREEN])
+    classifier = g.add("RSCLIPAttributeClassifier", clip_model=tiny_clip, class_prompts="a photo\na photo",
+                       class_names="x\ny")
+    g.add("RSFairnessDeviation", node_id="fair", images=images[0], classifier=classifier[0], mode="per_group",
+          group_labels="p * 2, q * 2")
+    result = comfy.run(g.prompt())
+    assert result.output("fair", 0) == 0.0
+    assert "group p: 0.000 over 2 images (x: 2, y: 2)" in result.output("fair", 1)
