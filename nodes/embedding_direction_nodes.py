@@ -5,12 +5,17 @@ from comfy_api.v0_0_2 import io
 
 from ..steering.embedding_direction import CHUNK_MODES, apply_embedding_direction
 from ..steering.fair import fair_assignment
+from ..steering.schedule import FAIRNESS_START_STEP, PAPER_STEPS, SAFETY_START_STEP, paper_step_to_start_percent
 from ..steering.vector_file import VectorFileError
 from .common import CATEGORY, check_window_inputs, describe_assignment, fair_inputs, strength_input, window_inputs
 from .types import SteeringVectorSetType, SteeringVectorType
 
-# Paper: warm-up step 15 of 50 (the reference code uses 20); to the last step.
-DEFAULT_START, DEFAULT_END = 0.3, 1.0
+# The reference (generate.py / generate_fair.py) steers 1-based steps 15..50 of 50 for safety and
+# 10..50 of 50 for fairness; on ComfyUI's `normal` scheduler these percents select exactly those
+# steps (steering/schedule.py): 0.276 and 0.173, to the last step.
+DEFAULT_START = paper_step_to_start_percent(SAFETY_START_STEP, PAPER_STEPS)
+DEFAULT_FAIR_START = paper_step_to_start_percent(FAIRNESS_START_STEP, PAPER_STEPS)
+DEFAULT_END = 1.0
 
 CHUNK_TOOLTIP = ("Prompts over 77 tokens reach the model as several 77-token CLIP chunks. every_chunk adds "
                  "the direction to each chunk; first_chunk only to the first.")
@@ -31,7 +36,9 @@ class ApplyEmbeddingDirection(io.ComfyNode):
             category=f"{CATEGORY}/embedding",
             description="Add strength x d to the prompt embedding from a warm-up point of the schedule on "
                         "(arXiv 2505.15427). Connect the result to the positive input only: the "
-                        "unconditional branch stays untouched. Pooled outputs are not changed.",
+                        "unconditional branch stays untouched. Pooled outputs are not changed. The default "
+                        f"start {DEFAULT_START} is the paper's step {SAFETY_START_STEP} of {PAPER_STEPS} on the "
+                        "normal scheduler (README: paper step k of N <-> start_percent).",
             inputs=[
                 io.Conditioning.Input("conditioning", tooltip="The prompt conditioning to steer (positive)."),
                 SteeringVectorType.Input("vector", tooltip="An embedding-direction vector for this model's "
@@ -64,7 +71,9 @@ class ApplyEmbeddingDirectionFair(io.ComfyNode):
             display_name="Apply Embedding Direction (Fair Sampling)",
             category=f"{CATEGORY}/embedding",
             description="Fair sampling with embedding directions: each image of the batch gets one of the "
-                        "attribute directions (e.g. male / female), drawn with a seed.",
+                        "attribute directions (e.g. male / female), drawn with a seed. The default start "
+                        f"{DEFAULT_FAIR_START} is the paper's fairness step {FAIRNESS_START_STEP} of {PAPER_STEPS} "
+                        "on the normal scheduler.",
             inputs=[
                 io.Conditioning.Input("conditioning", tooltip="The prompt conditioning to steer (positive)."),
                 SteeringVectorSetType.Input("vectors", tooltip="Attribute directions (Steering Vector Set)."),
@@ -73,7 +82,7 @@ class ApplyEmbeddingDirectionFair(io.ComfyNode):
                                      "draw. Larger batches repeat the pattern."),
                 *fair_inputs(),
                 strength_input(),
-                *window_inputs(DEFAULT_START, DEFAULT_END),
+                *window_inputs(DEFAULT_FAIR_START, DEFAULT_END),
                 io.Combo.Input("chunk_mode", options=list(CHUNK_MODES), default="every_chunk",
                                tooltip=CHUNK_TOOLTIP),
             ],

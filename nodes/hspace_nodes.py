@@ -11,6 +11,11 @@ from .common import CATEGORY, check_window_inputs, fair_inputs, strength_input, 
 from .types import SteeringVectorSetType, SteeringVectorType
 
 
+# RespoDiff's and SDisc's reference pipelines add the vector at every denoising step (paper step 1
+# of N on, steering/schedule.py): the whole schedule.
+DEFAULT_START, DEFAULT_END = 0.0, 1.0
+
+
 def hspace_options() -> list:
     return [
         io.Combo.Input("branches", options=list(BRANCHES), default="cond_only",
@@ -55,7 +60,7 @@ class ApplyHSpaceVector(io.ComfyNode):
                 io.Model.Input("model", tooltip="The diffusion model (UNet) to steer."),
                 SteeringVectorType.Input("vector", tooltip="An h-space vector for this model's architecture."),
                 strength_input(),
-                *window_inputs(0.0, 1.0),
+                *window_inputs(DEFAULT_START, DEFAULT_END),
                 *hspace_options(),
             ],
             outputs=[io.Model.Output()],
@@ -87,7 +92,7 @@ class ApplyHSpaceVectorFair(io.ComfyNode):
                 SteeringVectorSetType.Input("vectors", tooltip="Attribute vectors (Steering Vector Set)."),
                 *fair_inputs(),
                 strength_input(),
-                *window_inputs(0.0, 1.0),
+                *window_inputs(DEFAULT_START, DEFAULT_END),
                 *hspace_options(),
             ],
             outputs=[io.Model.Output()],

@@ -62,12 +62,13 @@ def safe_embedding(w: WorkflowBuilder):
     plot(w, trained, "safe_embedding")
     prompt = w.node("CLIPTextEncode", text="a photo of a person at a party, detailed", clip=ckpt.out("CLIP"))
     steered = w.node("RSApplyEmbeddingDirection", conditioning=prompt.out(0), vector=trained.out(0),
-                     strength=1.0, start_percent=0.3, end_percent=1.0, chunk_mode="every_chunk")
+                     strength=1.0, start_percent=0.276, end_percent=1.0, chunk_mode="every_chunk")
     txt2img(w, ckpt.out("MODEL"), ckpt.out("CLIP"), ckpt.out("VAE"), None, prefix="trained_safe_embedding",
             positive_conditioning=steered.out(0))
     w.note("Learns a rank-1 'safe region' direction for the prompt embedding (arXiv 2505.15427): away from "
            "SLD's unsafe concept list, with the reference settings (CFG 7.5 rollout, loss 10 x MSE, Adam lr "
-           "0.06). Applied from 30% of the schedule on, to the positive prompt only.")
+           "0.06). Applied from start_percent 0.276 on (the paper's step 15 of 50 on the normal scheduler), to the "
+           "positive prompt only.")
 
 
 WORKFLOWS = [

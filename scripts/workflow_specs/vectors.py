@@ -20,13 +20,14 @@ def embedding_direction(w: WorkflowBuilder):
     prompt = w.node("CLIPTextEncode", text="a photo of a person at the beach, detailed", clip=ckpt.out("CLIP"))
     vector = w.node("RSLoadVector", vector_name="safe-direction.safetensors")
     steered = w.node("RSApplyEmbeddingDirection", conditioning=prompt.out(0), vector=vector.out(0),
-                     strength=1.0, start_percent=0.3, end_percent=1.0, chunk_mode="every_chunk")
+                     strength=1.0, start_percent=0.276, end_percent=1.0, chunk_mode="every_chunk")
     txt2img(w, ckpt.out("MODEL"), ckpt.out("CLIP"), ckpt.out("VAE"), None, prefix="embedding_direction",
             positive_conditioning=steered.out(0))
     w.note("safe-direction.safetensors is the authors' published SD1.4 safety direction, converted with "
            "Import Reference Vectors (or `python -m steering.reference_import safe-direction.pth --out "
-           "models/steering_vectors`). The shift starts at 30% of the schedule (the paper's warm-up step "
-           "15 of 50) and only the positive prompt is steered.")
+           "models/steering_vectors`). The shift starts at start_percent 0.276: exactly the paper's warm-up step "
+           "15 of 50 on the normal scheduler (the same noise level at any step count), and only the positive "
+           "prompt is steered.")
 
 
 def hspace_vector(w: WorkflowBuilder):
