@@ -132,7 +132,7 @@ def schedule_step(sigma: float, sigmas) -> int:
     """The schedule step of a model evaluation at ``sigma``: the largest i with ``sigmas[i] >= sigma``
     (relative tolerance 1e-5), i.e. ``sigmas[i+1] < sigma <= sigmas[i]``; 0 above the first sigma.
     ``sigmas``: the whole (decreasing) schedule including its final sigma."""
-    values = [float(s) for s in sigmas]
+    values = sigmas.detach().float().cpu().tolist() if isinstance(sigmas, torch.Tensor) else [float(v) for v in sigmas]
     if len(values) < 2:
         return 0
     step = 0
@@ -191,12 +191,14 @@ class STGGuider(comfy.samplers.CFGGuider):
         self.records: list[StepRecord] = []
         self.state: STGState | None = None
         self._sigmas = None
+        self._schedule_cache = None
 
     # -- run bookkeeping
     def inner_sample(self, noise, latent_image, device, sampler, sigmas, *args, **kwargs):
         self.state = None
         self.records = []
         self._sigmas = sigmas
+        self._schedule_cache = None
         sampling = self.inner_model.model_sampling
         self._sigma_hi = float(sampling.percent_to_sigma(self.settings.start_percent))
         self._sigma_lo = float(sampling.percent_to_sigma(self.settings.end_percent))
@@ -276,9 +278,16 @@ class STGGuider(comfy.samplers.CFGGuider):
     def _in_window(self, sigma: float) -> bool:
         return self._sigma_lo <= sigma <= self._sigma_hi
 
-    def _schedule(self, model_options: dict):
+    def _schedule(self, model_options: dict) -> list[float] | None:
+        """The whole schedule of this run (ComfyUI passes it to the model), as floats (converted once)."""
         sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
-        return sigmas if sigmas is not None else self._sigmas
+        sigmas = sigmas if sigmas is not None else self._sigmas
+        if sigmas is None:
+            return None
+        if self._schedule_cache is None or self._schedule_cache[0] is not sigmas:
+            values = sigmas.detach().float().cpu().tolist() if isinstance(sigmas, torch.Tensor) else list(sigmas)
+            self._schedule_cache = (sigmas, values)
+        return self._schedule_cache[1]
 
     # -- prediction
     def _negative(self, cond_scale: float, model_options: dict):
