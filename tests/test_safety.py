@@ -459,3 +459,12 @@ def test_bgr_option_reproduces_the_nudenet_package(nudenet, tmp_path):
     for i, e in zip(kept.tolist(), expected):
         x0, y0, x1, y1 = (float(v) for v in boxes[i])
         assert np.allclose([x0, y0, x1 - x0, y1 - y0], e["box"], atol=1.0)
+
+
+def test_scores_clamp_the_decoded_image(comfy):
+    """Decoders hand over image/2 + 0.5 unclamped; the colour score clamps to 0..1 itself (no resize):
+    red values [1.5, 0.5] -> mean(1.0, 0.5) = 0.75 (unclamped would be 1.0)."""
+    colour = comfy.module("steering.safety.colour")
+    image = torch.zeros(1, 3, 1, 2)
+    image[0, 0, 0] = torch.tensor([1.5, 0.5])
+    assert float(colour.ColourStatisticScore("red").scores(image)[0]) == pytest.approx(0.75)

@@ -312,11 +312,12 @@ def test_schedule_step_and_update_ratio(stg):
 
 @pytest.mark.parametrize("ratio", [1.0, 0.5])
 def test_two_evaluation_samplers_update_once_per_step(comfy, stg, decoders, safety, tiny, ratio):
-    """heun and dpm_2 evaluate the model twice per step: they update as many times, on the same schedule
-    steps, as euler (update_ratio counts steps, not evaluations)."""
+    """heun, dpm_2 and dpmpp_2s_ancestral evaluate the model twice per step: they update as many times, on
+    the same schedule steps, as euler (update_ratio counts steps, not evaluations)."""
     model, _clip, vae, positive, negative = tiny
     found = {}
-    for sampler in ("euler", "heun", "dpm_2"):
+    two_evaluations = ("heun", "dpm_2", "dpmpp_2s_ancestral")
+    for sampler in ("euler", *two_evaluations):
         guider = stg.make_guider(model, positive, negative, 5.0, decoders.VAEDecoder(vae),
                                  safety.ColourStatisticScore("brightness", threshold=-10.0),
                                  stg.STGSettings(rho=1.0, start_percent=0.0, end_percent=1.0, update_ratio=ratio))
@@ -326,7 +327,7 @@ def test_two_evaluation_samplers_update_once_per_step(comfy, stg, decoders, safe
     expected_steps = list(range(STEPS)) if ratio == 1.0 else [1, 3]
     # the last step of heun / dpm_2 goes to sigma 0 with one evaluation
     assert found["euler"][:2] == (expected_steps, STEPS)
-    for sampler in ("heun", "dpm_2"):
+    for sampler in two_evaluations:
         steps, evaluations, line = found[sampler]
         assert evaluations == 2 * STEPS - 1, found
         assert steps == expected_steps, found
