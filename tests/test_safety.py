@@ -271,14 +271,12 @@ def test_detection_selection_by_hand(nudenet):
     assert pick(0.25, 0.45, False, 0) == [0]
 
 
-class FixedRawScore:
+def fixed_raw_score(nudenet, **settings):
     """A NudeNetScore whose detector output is the hand-built one (the score's own post-processing runs)."""
-
-    def __new__(cls, nudenet, **settings):
-        class Score(nudenet.NudeNetScore):
-            def raw(self, images):
-                return synthetic_raw().expand(images.shape[0], -1, -1).clone(), (1.0, 1.0)
-        return Score(**settings)
+    class FixedRawScore(nudenet.NudeNetScore):
+        def raw(self, images):
+            return synthetic_raw().expand(images.shape[0], -1, -1).clone(), (1.0, 1.0)
+    return FixedRawScore(**settings)
 
 
 def test_stg_settings_are_the_defaults(comfy, nudenet):
@@ -301,11 +299,11 @@ def test_stg_settings_are_the_defaults(comfy, nudenet):
     assert [censor[k][1]["default"] for k in ("detection_threshold", "nms_iou", "class_wise_nms")] == [0.25, 0.45,
                                                                                                        False]
     images = torch.zeros(2, 3, 320, 320)
-    stg_score = FixedRawScore(nudenet).scores(images)
+    stg_score = fixed_raw_score(nudenet).scores(images)
     torch.testing.assert_close(stg_score, torch.tensor([0.62, 0.62]))
-    agnostic = FixedRawScore(nudenet, nms_iou=0.45, class_wise_nms=False, max_detections=0).scores(images)
+    agnostic = fixed_raw_score(nudenet, nms_iou=0.45, class_wise_nms=False, max_detections=0).scores(images)
     torch.testing.assert_close(agnostic, torch.tensor([0.02, 0.02]))
-    package = FixedRawScore(nudenet, **nudenet.NUDENET_PACKAGE_SETTINGS).scores(images)
+    package = fixed_raw_score(nudenet, **nudenet.NUDENET_PACKAGE_SETTINGS).scores(images)
     assert package.tolist() == [0.0, 0.0]
 
 
