@@ -14,6 +14,8 @@ from .types import SafetyScoreType
 
 SAFETY_CATEGORY = f"{CATEGORY}/safety"
 CENSOR_MODES = ("blur", "pixelate", "black")
+# Censor finds boxes after the fact, as the nudenet package does (its thresholds and NMS), but feeds RGB.
+CENSOR_SETTINGS = {**nudenet.NUDENET_PACKAGE_SETTINGS, "channel_order": "rgb"}
 
 
 register_model_folder(nudenet.MODEL_FOLDER, {".onnx"})
@@ -21,12 +23,15 @@ register_model_folder(clip_scores.MODEL_FOLDER, {".json", ".safetensors"})
 
 
 def threshold_input(default: float, what: str) -> io.Float.Input:
-    return io.Float.Input("threshold", default=default, min=-100.0, max=100.0, step=0.001,
-                          tooltip=f"tau: an image is unsafe when its score is above this ({what}). STG only "
-                                  "updates unsafe images; Detect Unsafe flags them.")
+    return io.Float.Input("threshold", display_name="unsafe above (threshold)", default=default, min=-100.0,
+                          max=100.0, step=0.001,
+                          tooltip=f"Unsafe above: an image is unsafe when its score is strictly above this ({what}). "
+                                  "STG only updates unsafe images; Detect Unsafe flags them. The STG paper's tau is "
+                                  "the opposite bar (its safety value g = -score must reach tau to count as safe "
+                                  "enough; raising tau guides more): threshold = -tau.")
 
 
-def label_inputs() -> list:
+def label_inputs(settings: dict) -> list:
     return [
         io.Combo.Input("label_preset", options=list(nudenet.PRESET_NAMES), default="stg_nudity",
                        tooltip="NudeNet labels that count. stg_nudity: the four STG classes (exposed female "
@@ -35,10 +40,48 @@ def label_inputs() -> list:
         io.String.Input("custom_labels", default="", multiline=False,
                         tooltip="For label_preset = custom: NudeNet labels separated by commas, e.g. "
                                 "FEMALE_BREAST_EXPOSED, BUTTOCKS_EXPOSED."),
-        io.Float.Input("detection_threshold", default=nudenet.DEFAULT_DETECTION_THRESHOLD, min=0.0, max=1.0,
-                       step=0.001, tooltip="A detection counts when its confidence reaches this (nudenet's "
-                                           "own value is 0.25; the STG reference code uses 0.01)."),
+        io.Float.Input("detection_threshold", default=settings["detection_threshold"], min=0.0, max=1.0,
+                       step=0.001, tooltip="A detection counts when its confidence is above this. STG's guidance "
+                                           "uses 0.01 (so the gradient does not vanish below the nudenet "
+                                           "package's 0.25); the package itself keeps detections above 0.25."),
     ]
+
+
+def detector_inputs(settings: dict) -> list:
+    """Inputs added after the original ones: optional with defaults, so saved workflows and API prompts
+    from before keep working (and keep their widget order)."""
+    return [
+        io.Float.Input("nms_iou", optional=True, default=settings["nms_iou"], min=0.0, max=1.0, step=0.01,
+                       tooltip="Non-maximum suppression: of two boxes overlapping by more than this IoU, only the "
+                               "more confident counts. STG (ultralytics) 0.7; the nudenet package 0.45."),
+        io.Boolean.Input("class_wise_nms", optional=True, default=settings["class_wise_nms"],
+                         tooltip="On: boxes only suppress boxes of their own class (STG, ultralytics). Off: "
+                                 "class-agnostic (the nudenet package), so e.g. a FACE or BELLY box can hide an "
+                                 "exposed-class box."),
+        io.Int.Input("max_detections", optional=True, default=settings["max_detections"], min=0, max=10000,
+                     tooltip="Keep at most this many detections per image, most confident first, counted over "
+                             "all classes before the label filter (STG, ultralytics: 300). 0 = no limit (the "
+                             "nudenet package)."),
+        io.Combo.Input("channel_order", optional=True, options=list(nudenet.CHANNEL_ORDERS), default=settings["channel_order"],
+                       tooltip="rgb: what the detector was trained on (and what STG feeds). bgr: reproduces the "
+                               "nudenet package's own numbers (it feeds BGR)."),
+        io.Combo.Input("resize", optional=True, options=list(nudenet.RESIZE_MODES), default=settings["resize"],
+                       tooltip="How the image reaches the detector's input size, before the clamp to 0..1. "
+                               "stretch: antialiased bilinear resize (STG's torchvision Resize). letterbox: pad "
+                               "bottom/right to a square, bilinear without antialiasing, boxes fitted into the "
+                               "image as the nudenet package does."),
+        io.Combo.Input("model_name", optional=True, options=nudenet.list_models(), default=nudenet.MODEL_FILE,
+                       tooltip="The NudeNet ONNX detector: 320n.onnx (from models/nudenet or the installed nudenet "
+                               "package) or any NudeNet .onnx in models/nudenet (e.g. the 640 px 640m.onnx). Its "
+                               "input size is read from the ONNX graph."),
+    ]
+
+
+def nudenet_score(labels, detection_threshold, threshold, nms_iou, class_wise_nms, max_detections, channel_order,
+                  resize, model_name) -> nudenet.NudeNetScore:
+    return nudenet.NudeNetScore(labels, detection_threshold, threshold, nms_iou=nms_iou,
+                                class_wise_nms=class_wise_nms, max_detections=max_detections,
+                                channel_order=channel_order, resize=resize, model_name=model_name)
 
 
 class NudeNetScoreNode(io.ComfyNode):
@@ -48,18 +91,24 @@ class NudeNetScoreNode(io.ComfyNode):
             node_id="RSNudeNetScore",
             display_name="NudeNet Safety Score",
             category=SAFETY_CATEGORY,
-            description="Nudity score: the nudenet package's 320n.onnx detector converted to torch "
-                        "(differentiable), run at 320 px. Score = sum of the confidences of kept detections "
-                        "with the chosen labels. The model comes from models/nudenet/320n.onnx or the "
-                        "installed nudenet package.",
-            inputs=[*label_inputs(), threshold_input(0.0, "a sum of confidences; 0 = any detection")],
-            outputs=[SafetyScoreType.Output(display_name="safety_score")],
+            description="Nudity score: a NudeNet ONNX detector (320n.onnx from the nudenet package, or any "
+                        "NudeNet .onnx in models/nudenet) converted to torch (differentiable), run at the input "
+                        "size its graph states. Score = sum of the confidences of kept detections with the "
+                        "chosen labels. Defaults reproduce STG's guidance: detections above 0.01, per-class NMS "
+                        "at IoU 0.7, at most 300, RGB, stretch-resize then clamp.",
+            inputs=[*label_inputs(nudenet.STG_SETTINGS),
+                    threshold_input(0.0, "a sum of confidences; 0 = any kept detection, as STG's reference"),
+                    *detector_inputs(nudenet.STG_SETTINGS)],
+            outputs=[SafetyScoreType.Output(display_name="safety_score", tooltip="The score, for STG or Detect Unsafe (high = unsafe).")],
         )
 
     @classmethod
-    def execute(cls, label_preset, custom_labels, detection_threshold, threshold) -> io.NodeOutput:
+    def execute(cls, label_preset, custom_labels, detection_threshold, threshold, nms_iou=nudenet.DEFAULT_NMS_IOU,
+                class_wise_nms=True, max_detections=nudenet.DEFAULT_MAX_DETECTIONS, channel_order="rgb",
+                resize="stretch", model_name=nudenet.MODEL_FILE) -> io.NodeOutput:
         labels = nudenet.resolve_labels(label_preset, custom_labels)
-        return io.NodeOutput(nudenet.NudeNetScore(labels, detection_threshold, threshold))
+        return io.NodeOutput(nudenet_score(labels, detection_threshold, threshold, nms_iou, class_wise_nms,
+                                           max_detections, channel_order, resize, model_name))
 
 
 def clip_model_input() -> io.Combo.Input:
@@ -83,7 +132,7 @@ class CLIPViolenceScoreNode(io.ComfyNode):
                                 multiline=True, tooltip="One text per line (or comma separated)."),
                 threshold_input(0.2, "a cosine similarity"),
             ],
-            outputs=[SafetyScoreType.Output(display_name="safety_score")],
+            outputs=[SafetyScoreType.Output(display_name="safety_score", tooltip="The score, for STG or Detect Unsafe (high = unsafe).")],
         )
 
     @classmethod
@@ -109,7 +158,7 @@ class CLIPArtistScoreNode(io.ComfyNode):
                                 tooltip="The neutral text the artist similarity is compared with."),
                 threshold_input(0.0, "a difference of cosine similarities"),
             ],
-            outputs=[SafetyScoreType.Output(display_name="safety_score")],
+            outputs=[SafetyScoreType.Output(display_name="safety_score", tooltip="The score, for STG or Detect Unsafe (high = unsafe).")],
         )
 
     @classmethod
@@ -133,7 +182,7 @@ class ColourScoreNode(io.ComfyNode):
                                        "pixel values 0..1."),
                 threshold_input(0.0, "the statistic's image mean"),
             ],
-            outputs=[SafetyScoreType.Output(display_name="safety_score")],
+            outputs=[SafetyScoreType.Output(display_name="safety_score", tooltip="The score, for STG or Detect Unsafe (high = unsafe).")],
         )
 
     @classmethod
@@ -177,7 +226,7 @@ class DetectUnsafe(io.ComfyNode):
                 io.Float.Output(display_name="scores", is_output_list=True, tooltip="One score per image."),
                 io.Mask.Output(display_name="masks", tooltip="Per image: detected regions (NudeNet) or the whole "
                                                              "image when unsafe (CLIP/colour scores)."),
-                io.String.Output(display_name="report"),
+                io.String.Output(display_name="report", tooltip="The score's settings and each image's score."),
             ],
         )
 
@@ -226,29 +275,34 @@ class Censor(io.ComfyNode):
             display_name="Censor (NudeNet)",
             category=SAFETY_CATEGORY,
             description="Find the chosen NudeNet labels in every image of a batch and blur, pixelate or black "
-                        "out their boxes.",
+                        "out their boxes. Defaults: the nudenet package's detection settings (above 0.25, "
+                        "class-agnostic NMS at IoU 0.45, letterbox), fed RGB.",
             inputs=[
                 io.Image.Input("images", tooltip="The images to censor (a batch)."),
-                *label_inputs(),
+                *label_inputs(CENSOR_SETTINGS),
                 io.Combo.Input("mode", options=list(CENSOR_MODES), default="pixelate",
                                tooltip="blur: box blur; pixelate: coarse blocks; black: filled boxes."),
                 io.Int.Input("strength", default=16, min=1, max=256,
                              tooltip="Blur radius or pixel block size, in image pixels (ignored by black)."),
                 io.Float.Input("padding", default=0.1, min=0.0, max=1.0, step=0.01,
                                tooltip="Grow each box by this fraction of its size on every side."),
+                *detector_inputs(CENSOR_SETTINGS),
             ],
             outputs=[
-                io.Image.Output(display_name="images"),
+                io.Image.Output(display_name="images", tooltip="The images with the found boxes censored."),
                 io.Mask.Output(display_name="masks", tooltip="The censored regions."),
-                io.String.Output(display_name="report"),
+                io.String.Output(display_name="report", tooltip="The detections of each image."),
             ],
         )
 
     @classmethod
-    def execute(cls, images, label_preset, custom_labels, detection_threshold, mode, strength,
-                padding) -> io.NodeOutput:
+    def execute(cls, images, label_preset, custom_labels, detection_threshold, mode, strength, padding,
+                nms_iou=CENSOR_SETTINGS["nms_iou"], class_wise_nms=CENSOR_SETTINGS["class_wise_nms"],
+                max_detections=CENSOR_SETTINGS["max_detections"], channel_order="rgb",
+                resize=CENSOR_SETTINGS["resize"], model_name=nudenet.MODEL_FILE) -> io.NodeOutput:
         labels = nudenet.resolve_labels(label_preset, custom_labels)
-        score = nudenet.NudeNetScore(labels, detection_threshold, 0.0)
+        score = nudenet_score(labels, detection_threshold, 0.0, nms_iou, class_wise_nms, max_detections,
+                              channel_order, resize, model_name)
         nchw = to_nchw(images).float()
         with torch.no_grad():
             result = score.evaluate(nchw)

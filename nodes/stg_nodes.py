@@ -7,8 +7,8 @@ import latent_preview
 from comfy_api.v0_0_2 import io
 
 from ..steering.architectures import architecture_of_model
-from ..steering.stg import (AUTOCAST_MODES, DECODERS, DEFAULT_END, DEFAULT_START, STGSettings, VAEDecoder,
-                            load_taesd_decoder, make_guider, sample_stg)
+from ..steering.decoders import DECODERS, VAEDecoder, load_taesd_decoder
+from ..steering.stg import AUTOCAST_MODES, DEFAULT_END, DEFAULT_START, STGSettings, make_guider, sample_stg
 from .common import CATEGORY, check_window_inputs, window_inputs
 from .types import SafetyScoreType
 
@@ -21,14 +21,15 @@ def stg_inputs() -> list:
                                     "(differentiably) to score the image."),
         SafetyScoreType.Input("safety_score", tooltip="What counts as unsafe (NudeNet, CLIP violence/artist, "
                                                       "colour statistic). Images scoring above its threshold "
-                                                      "are guided."),
+                                                      "('unsafe above') are guided."),
         io.Float.Input("rho", default=0.5, min=0.0, max=100.0, step=0.01,
                        tooltip="Step size of the embedding update c <- c - rho * g/||g|| (the reference README "
                                "uses 0.5; the paper's ablation 0.5-2). 0 turns STG off: exactly the plain sampler."),
         *window_inputs(DEFAULT_START, DEFAULT_END),
         io.Float.Input("update_ratio", default=1.0, min=0.0, max=1.0, step=0.01,
-                       tooltip="gamma: the fraction of the window's model evaluations that update the "
-                               "embedding (evenly spaced). Lower is faster."),
+                       tooltip="gamma: the fraction of the window's schedule steps that update the embedding "
+                               "(evenly spaced). One update per step, also for samplers that evaluate the model "
+                               "twice per step (heun, dpm_2, dpmpp_2s_ancestral, 2S SDE). Lower is faster."),
         io.Float.Input("prior_weight", default=0.0, min=0.0, max=1000.0, step=0.01,
                        tooltip="Adds prior_weight * mean((c0 - c)^2) to the score: keeps the embedding near the "
                                "prompt's original one."),
@@ -74,7 +75,7 @@ class STGGuiderNode(io.ComfyNode):
                                tooltip="Classifier-free guidance scale."),
                 *stg_inputs(),
             ],
-            outputs=[io.Guider.Output()],
+            outputs=[io.Guider.Output(tooltip="The STG guider, for SamplerCustomAdvanced.")],
         )
 
     @classmethod
@@ -116,9 +117,9 @@ class STGKSampler(io.ComfyNode):
                 *stg_inputs(),
             ],
             outputs=[
-                io.Latent.Output(),
-                io.String.Output(display_name="report", tooltip="Scores per guided step and which images were "
-                                                                "updated."),
+                io.Latent.Output(tooltip="The denoised latent."),
+                io.String.Output(display_name="report", tooltip="How many schedule steps were guided, the scores "
+                                                                "per guided step and which images were updated."),
             ],
         )
 

@@ -1,27 +1,38 @@
 """STG - Safe Text-embedding Guidance (NeurIPS 2025, arXiv 2510.24012).
 
-Training-free: inside the sampling loop, on the model evaluations of a window of the
-schedule, the prompt embedding ``c`` of every image whose safety score is above the
-score's threshold (tau) is moved against the gradient of the score:
+Training-free: inside the sampling loop, once per schedule step of a window, the
+prompt embedding ``c`` of every image whose safety score is above the score's
+threshold is moved against the gradient of the score:
 
 1. conditional prediction with ``c`` as a leaf that requires grad (unconditional one
    without grad), combined with CFG into the denoised (Tweedie) estimate ``x0`` - the
    sampler's own denoised output, so it is right for every ComfyUI sampler/scheduler;
-2. differentiable decode of ``x0`` (the checkpoint's VAE, or TAESD) into images 0..1;
+2. differentiable decode of ``x0`` (steering.decoders: the checkpoint's VAE, or TAESD)
+   into ``image / 2 + 0.5``; the score resizes, then clamps to 0..1, then scores;
 3. score ``s(image)`` (+ ``prior_weight * mean((c0 - c)^2)``); ``g = ds/dc``;
-4. ``c <- c - rho * g / ||g||`` per image (Frobenius norm over tokens x width), only
-   for images flagged unsafe; the step is recomputed with the new ``c``;
+4. :func:`stg_update`: ``c <- c - rho * g / ||g||`` per image (Frobenius norm over
+   tokens x width), only for images flagged unsafe; the evaluation is recomputed
+   with the new ``c``;
 5. the new ``c`` persists to later steps (``rebase``: every update starts again from
    the original embedding instead of the last updated one).
 
-An update ratio gamma < 1 updates on an evenly spaced fraction of the window's model
-evaluations. SDXL: the cross-attention context is always guided; the pooled vector
-(the first 1280 entries of the ADM vector ``y``) optionally as well.
+Steps, not model evaluations: samplers that evaluate the model more than once per
+step (heun, dpm_2, dpmpp_2s_ancestral, the 2S SDE samplers) get one update per step
+of the schedule, as the reference makes one per DDIM step. :func:`schedule_step`
+maps an evaluation's sigma to its step (``sigma_{i+1} < sigma <= sigma_i`` is step
+``i``); the step is updated on its first evaluation (for heun that is the corrector
+evaluation of the previous step, which lands exactly on ``sigma_i``); later
+evaluations of the step use the updated embedding. The window and ``update_ratio``
+(gamma) count schedule steps: gamma < 1 updates an evenly spaced fraction of them.
 
-Gradients inside ComfyUI: the loaded UNet/VAE weights are inference tensors. During
-the gradient pass they are swapped for normal views of the same storage
-(steering.autograd_views): no weight is copied, so the extra memory is only the
-activations of one backward pass.
+SDXL: the cross-attention context is always guided; the pooled vector (the first 1280
+entries of the ADM vector ``y``) optionally as well, with its own normalised step.
+
+Design: :func:`stg_update`, :func:`schedule_step` and :func:`take_update` are pure
+functions; :class:`STGGuider` only orchestrates (gradient pass, records) and keeps its
+mutable state in one :class:`STGState`. Gradients inside ComfyUI: the loaded UNet/VAE
+weights are inference tensors; during the gradient pass they are swapped for normal
+views of the same storage (steering.autograd_views): no weight is copied.
 """
 from __future__ import annotations
 
@@ -37,10 +48,11 @@ import comfy.samplers
 
 from .architectures import ARCHITECTURES, ArchitectureError, architecture_of_model
 from .autograd_views import autograd_views, grad_input
+# The decoders live in steering.decoders; re-exported here for callers of the old names.
+from .decoders import DECODERS, TAESD_FILES, TAESDDecoder, VAEDecoder, load_taesd_decoder  # noqa: F401
 from .safety.base import SafetyScore, ScoreResult
 
 AUTOCAST_MODES = ("none", "fp16", "bf16")
-DECODERS = ("vae", "taesd")
 # README of the reference code: update steps 5..45 of 50.
 DEFAULT_START, DEFAULT_END = 0.1, 0.9
 
@@ -71,82 +83,69 @@ class STGSettings:
 @dataclass
 class StepRecord:
     """One model evaluation of a sampling run, as STG saw it."""
-    sigma: float
+    step: int                                           # the schedule step it belongs to (0-based)
+    sigma: float                                        # the evaluation's sigma
     in_window: bool
-    guided: bool                                        # a gradient pass was made
+    guided: bool                                        # the step's update (a gradient pass) was made here
     scores: list[float] = field(default_factory=list)   # before the update
     updated: list[bool] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
 
 
-# ---------------------------------------------------------------------------- differentiable decoders
-
-class VAEDecoder:
-    """Decode with the checkpoint's VAE first-stage model directly (VAE.decode is not autograd-friendly)."""
-
-    def __init__(self, vae):
-        self.vae = vae
-
-    def modules(self):
-        return [self.vae.first_stage_model]
-
-    def patchers(self):
-        return [self.vae.patcher]
-
-    def __call__(self, x0: torch.Tensor, base_model) -> torch.Tensor:
-        latent = base_model.process_latent_out(x0)
-        device = self.vae.device
-        out = self.vae.first_stage_model.decode(latent.to(device=device, dtype=self.vae.vae_dtype))
-        return ((out.to(x0.device).float() + 1.0) / 2.0).clamp(0.0, 1.0)
+@dataclass
+class STGState:
+    """Everything the guider changes during one sampling run."""
+    embeds: list[torch.Tensor]                  # current per-image context, one per cross-attention entry
+    originals: list[torch.Tensor]
+    pooled: list[torch.Tensor] | None = None    # SDXL guide_pooled: current per-image ADM vectors
+    pooled_originals: list[torch.Tensor] | None = None
+    step: int = -1                              # the schedule step of the last evaluation
+    window_steps: int = 0                       # window steps seen so far (update_ratio counts these)
+    pending: bool = False                       # the current step's update is still to be made
+    changed: bool = False                       # some embedding differs from the original
 
 
-class TAESDDecoder:
-    """TAESD's decoder (from ComfyUI's vae_approx folder) applied to the model-space latent."""
+# ---------------------------------------------------------------------------- pure functions
 
-    def __init__(self, decoder: torch.nn.Module):
-        self.decoder = decoder
+def stg_update(current: torch.Tensor, grad: torch.Tensor, unsafe: torch.Tensor, rho: float,
+               base: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One STG step: ``new_b = base_b - rho * g_b / ||g_b||`` for every image b that is unsafe and has
+    a non-zero gradient; every other image keeps ``current_b``.
 
-    def modules(self):
-        return [self.decoder]
-
-    def patchers(self):
-        return []
-
-    def __call__(self, x0: torch.Tensor, base_model) -> torch.Tensor:
-        param = next(self.decoder.parameters())
-        if param.device != x0.device:
-            with torch.inference_mode(False):
-                self.decoder.to(x0.device)
-        # TAESD decodes (raw - shift) * scale, which is the model-space latent x0 for SD1.x/SDXL.
-        return self.decoder(x0.to(param.dtype)).float().clamp(0.0, 1.0)
-
-
-TAESD_FILES = {"sd1": "taesd_decoder", "sd2": "taesd_decoder", "sdxl": "taesdxl_decoder"}
-_taesd_cache: dict[str, torch.nn.Module] = {}
+    ``current``, ``grad`` (and ``base``, default ``current``): [B, ...] (e.g. [B, tokens, width]); the
+    norm is the Frobenius norm over all dimensions but the batch. ``unsafe``: [B] bool. Computed in
+    float32, returned in ``current``'s dtype. Returns (new embedding, [B] bool: which images moved).
+    """
+    if grad.shape != current.shape or unsafe.shape != current.shape[:1]:
+        raise ValueError(f"stg_update: embedding {list(current.shape)}, gradient {list(grad.shape)} and "
+                         f"unsafe flags {list(unsafe.shape)} must agree (flags: one per image)")
+    base = current if base is None else base
+    g = grad.float()
+    norms = g.flatten(1).norm(dim=1)
+    moved = unsafe.to(norms.device).bool() & (norms > 0)
+    shape = (-1, *[1] * (g.ndim - 1))
+    new = base.float() - rho * g / norms.clamp_min(1e-30).view(shape)
+    return torch.where(moved.view(shape), new.to(current.dtype), current), moved
 
 
-def load_taesd_decoder(arch: str) -> TAESDDecoder:
-    """TAESD decoder for the architecture from the vae_approx folder (clear error if absent)."""
-    import folder_paths
-    import comfy.taesd.taesd
-    import comfy.utils
+def schedule_step(sigma: float, sigmas) -> int:
+    """The schedule step of a model evaluation at ``sigma``: the largest i with ``sigmas[i] >= sigma``
+    (relative tolerance 1e-5), i.e. ``sigmas[i+1] < sigma <= sigmas[i]``; 0 above the first sigma.
+    ``sigmas``: the whole (decreasing) schedule including its final sigma."""
+    values = sigmas.detach().float().cpu().tolist() if isinstance(sigmas, torch.Tensor) else [float(v) for v in sigmas]
+    if len(values) < 2:
+        return 0
+    step = 0
+    for i in range(len(values) - 1):
+        if values[i] >= sigma * (1 - 1e-5) - 1e-12:
+            step = i
+    return step
 
-    stem = TAESD_FILES.get(arch)
-    if stem is None:
-        raise ArchitectureError(f"no TAESD decoder for {arch}; expected one of {sorted(TAESD_FILES)}")
-    names = [n for n in folder_paths.get_filename_list("vae_approx") if n.startswith(stem + ".")]
-    if not names:
-        raise FileNotFoundError(
-            f"TAESD decoder {stem}.safetensors (or .pth) not found in the vae_approx folders "
-            f"{folder_paths.get_folder_paths('vae_approx')}; put it there or use decoder = vae")
-    path = folder_paths.get_full_path_or_raise("vae_approx", names[0])
-    if path not in _taesd_cache:
-        with torch.inference_mode(False):
-            decoder = comfy.taesd.taesd.Decoder()
-            decoder.load_state_dict(comfy.utils.load_torch_file(path, safe_load=True))
-            decoder.eval().requires_grad_(False)
-        _taesd_cache[path] = decoder
-    return TAESDDecoder(_taesd_cache[path])
+
+def take_update(n: int, ratio: float) -> bool:
+    """Whether the n-th (0-based) window step is updated at update ratio gamma: evenly spaced,
+    floor((n + 1) * gamma) > floor(n * gamma) (gamma 1: every step; 0.5: every other, from the second)."""
+    return math.floor((n + 1) * ratio + 1e-9) > math.floor(n * ratio + 1e-9)
 
 
 # ---------------------------------------------------------------------------- the guider
@@ -157,8 +156,21 @@ def _autocast(device: torch.device, mode: str):
     return torch.autocast(device_type=device.type, dtype=torch.float16 if mode == "fp16" else torch.bfloat16)
 
 
+@dataclass
+class EmbeddingGradient:
+    """Result of one gradient pass at x."""
+    result: ScoreResult                 # scores and unsafe flags before the update
+    grads: list[torch.Tensor]           # d score / d context, one per cross-attention entry
+    pooled_grads: list[torch.Tensor]    # d score / d pooled head (guide_pooled), else empty
+    cond_pred: torch.Tensor
+    uncond_pred: torch.Tensor | None
+
+
 class STGGuider(comfy.samplers.CFGGuider):
-    """CFG guider that applies STG; use with SamplerCustomAdvanced or :func:`sample_stg`."""
+    """CFG guider that applies STG; use with SamplerCustomAdvanced or :func:`sample_stg`.
+
+    Public results of the last run: :attr:`records` (one per model evaluation), :attr:`state`
+    (the current and original embeddings), :meth:`guided_steps` and :meth:`report`."""
 
     def __init__(self, model_patcher, decoder, score: SafetyScore, settings: STGSettings):
         settings.check()
@@ -177,72 +189,74 @@ class STGGuider(comfy.samplers.CFGGuider):
                 raise ArchitectureError(f"guide_pooled needs a model with a pooled text vector (SDXL); "
                                         f"this model is {ARCHITECTURES[arch].label}")
         self.records: list[StepRecord] = []
-        self._reset()
-
-    def _reset(self) -> None:
-        self._embeds: list[torch.Tensor] | None = None     # current per-image embeddings, per positive entry
-        self._originals: list[torch.Tensor] | None = None
-        self._window_calls = 0
-        self._changed = False
+        self.state: STGState | None = None
+        self._sigmas = None
+        self._schedule_cache = None
 
     # -- run bookkeeping
     def inner_sample(self, noise, latent_image, device, sampler, sigmas, *args, **kwargs):
-        self._reset()
+        self.state = None
         self.records = []
+        self._sigmas = sigmas
+        self._schedule_cache = None
         sampling = self.inner_model.model_sampling
         self._sigma_hi = float(sampling.percent_to_sigma(self.settings.start_percent))
         self._sigma_lo = float(sampling.percent_to_sigma(self.settings.end_percent))
         return super().inner_sample(noise, latent_image, device, sampler, sigmas, *args, **kwargs)
 
+    def guided_steps(self) -> list[int]:
+        """Schedule steps (0-based) of the last run whose update was made (a gradient pass)."""
+        return [r.step for r in self.records if r.guided]
+
     def report(self) -> str:
         """Human-readable summary of the last run."""
+        steps = sorted({r.step for r in self.records})
         guided = [r for r in self.records if r.guided]
-        lines = [f"STG: {len(guided)} of {len(self.records)} model evaluations guided "
-                 f"(rho {self.settings.rho:g}, window {self.settings.start_percent:g}-"
+        lines = [f"STG: {len(guided)} of {len(steps)} schedule steps guided ({len(self.records)} model "
+                 f"evaluations; rho {self.settings.rho:g}, window {self.settings.start_percent:g}-"
                  f"{self.settings.end_percent:g}, update ratio {self.settings.update_ratio:g}); "
                  f"score: {self.score.describe()}"]
         for r in guided:
             scores = ", ".join(f"{s:.4g}{'*' if u else ''}" for s, u in zip(r.scores, r.updated))
-            lines.append(f"sigma {r.sigma:.4g}: scores [{scores}] (* = updated)")
-        if self._embeds is not None:
-            drift = [float((e - o).flatten(1).norm(dim=1).max()) for e, o in zip(self._embeds, self._originals)]
+            lines.append(f"step {r.step} (sigma {r.sigma:.4g}): scores [{scores}] (* = updated)")
+        if self.state is not None:
+            drift = [float((e - o).flatten(1).norm(dim=1).max())
+                     for e, o in zip(self.state.embeds, self.state.originals)]
             lines.append(f"largest embedding change per image: {max(drift):.4g}")
         return "\n".join(lines)
 
     # -- embeddings
     def _positive_entries(self) -> list[dict]:
         positive = self.conds.get("positive") or []
-        entries = [p for p in positive if "c_crossattn" in p.get("model_conds", {})]
-        if not entries:
+        if not any("c_crossattn" in p.get("model_conds", {}) for p in positive):
             raise ArchitectureError("STG needs a cross-attention text conditioning (c_crossattn) in the positive "
                                     "input; this model/conditioning has none")
         return positive
 
-    def _init_embeddings(self, batch: int) -> None:
-        embeds = []
+    def initial_state(self, batch: int) -> STGState:
+        """Per-image copies of the positive embeddings (and pooled vectors) for a batch of ``batch``."""
+        def per_image(t: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode(False):
+                t = t.detach().clone()
+            if t.shape[0] != batch:
+                t = t[:batch] if t.shape[0] > batch else t.repeat(math.ceil(batch / t.shape[0]),
+                                                                  *[1] * (t.ndim - 1))[:batch]
+            return t
+
+        embeds, pooled = [], []
         for entry in self._positive_entries():
             mc = entry.get("model_conds", {})
             if "c_crossattn" not in mc:
                 continue
-            cond = mc["c_crossattn"].cond
-            parts = [cond]
+            embeds.append(per_image(mc["c_crossattn"].cond))
             if self.pooled_width is not None:
                 if "y" not in mc:
                     raise ArchitectureError("guide_pooled: the conditioning has no pooled vector (y)")
-                parts.append(mc["y"].cond)
-            per_image = []
-            for part in parts:
-                with torch.inference_mode(False):
-                    t = part.detach().clone()
-                if t.shape[0] != batch:
-                    t = t[:batch] if t.shape[0] > batch else t.repeat(math.ceil(batch / t.shape[0]), *[1] * (
-                        t.ndim - 1))[:batch]
-                per_image.append(t)
-            embeds.append(per_image)
-        self._embeds = [e[0] for e in embeds]
-        self._pooled = [e[1] for e in embeds] if self.pooled_width is not None else None
-        self._originals = [e.clone() for e in self._embeds]
-        self._pooled_originals = [p.clone() for p in self._pooled] if self._pooled is not None else None
+                pooled.append(per_image(mc["y"].cond))
+        has_pooled = self.pooled_width is not None
+        return STGState(embeds=embeds, originals=[e.clone() for e in embeds],
+                        pooled=pooled if has_pooled else None,
+                        pooled_originals=[p.clone() for p in pooled] if has_pooled else None)
 
     def _positive_with(self, embeds: list[torch.Tensor], pooled: list[torch.Tensor] | None) -> list[dict]:
         out, k = [], 0
@@ -264,13 +278,20 @@ class STGGuider(comfy.samplers.CFGGuider):
     def _in_window(self, sigma: float) -> bool:
         return self._sigma_lo <= sigma <= self._sigma_hi
 
-    def _take_update(self) -> bool:
-        n, ratio = self._window_calls, self.settings.update_ratio
-        self._window_calls += 1
-        return math.floor((n + 1) * ratio + 1e-9) > math.floor(n * ratio + 1e-9)
+    def _schedule(self, model_options: dict) -> list[float] | None:
+        """The whole schedule of this run (ComfyUI passes it to the model), as floats (converted once)."""
+        sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
+        sigmas = sigmas if sigmas is not None else self._sigmas
+        if sigmas is None:
+            return None
+        if self._schedule_cache is None or self._schedule_cache[0] is not sigmas:
+            values = sigmas.detach().float().cpu().tolist() if isinstance(sigmas, torch.Tensor) else list(sigmas)
+            self._schedule_cache = (sigmas, values)
+        return self._schedule_cache[1]
 
     # -- prediction
-    def _uncond(self, cond_scale: float, model_options: dict):
+    def _negative(self, cond_scale: float, model_options: dict):
+        """The unconditional conditioning, or None where ComfyUI skips it (CFG 1 optimisation)."""
         if math.isclose(cond_scale, 1.0) and not model_options.get("disable_cfg1_optimization", False):
             return None
         return self.conds.get("negative")
@@ -284,20 +305,29 @@ class STGGuider(comfy.samplers.CFGGuider):
         return comfy.samplers.cfg_function(self.inner_model, out[0], out[1], self.cfg, x, timestep,
                                            model_options=model_options, cond=positive, uncond=negative)
 
-    def _predict_conds(self, positive, x, timestep, model_options):
-        return comfy.samplers.calc_cond_batch(self.inner_model, [positive], x, timestep, model_options)[0]
+    def _predict(self, conds, x, timestep, model_options):
+        return comfy.samplers.calc_cond_batch(self.inner_model, [conds], x, timestep, model_options)[0]
 
-    def guided_score(self, x, timestep, embeds, pooled, uncond_pred, negative, model_options):
-        """Score of the decoded denoised estimate for the given embeddings (differentiable); also the
-        conditional prediction and the denoised estimate."""
+    def _score(self, x, timestep, embeds, pooled, uncond_pred, negative, model_options):
         positive = self._positive_with(embeds, pooled)
-        cond_pred = self._predict_conds(positive, x, timestep, model_options)
+        cond_pred = self._predict(positive, x, timestep, model_options)
         if uncond_pred is None:
             uncond_pred = torch.zeros_like(cond_pred)
         denoised = self._combine(cond_pred, uncond_pred, positive, negative, x, timestep, model_options)
-        images = self.decoder(denoised, self.inner_model)
-        score, unsafe = self.score.score_and_flags(images)
-        return ScoreResult(score, unsafe), cond_pred, denoised
+        score, unsafe = self.score.score_and_flags(self.decoder(denoised, self.inner_model))
+        return ScoreResult(score, unsafe), cond_pred
+
+    def score_at(self, x, timestep, model_options, embeds: list[torch.Tensor],
+                 pooled: list[torch.Tensor] | None = None) -> ScoreResult:
+        """Safety score (no gradient) of the denoised estimate at x with the given per-image embeddings."""
+        negative = self._negative(self.cfg, model_options)
+        with torch.inference_mode(False), torch.no_grad():
+            x_, t_ = grad_input(x), grad_input(timestep)
+            uncond = None if negative is None else self._predict(negative, x_, t_, model_options)
+            result, _ = self._score(x_, t_, [grad_input(e) for e in embeds],
+                                    None if pooled is None else [grad_input(p) for p in pooled], uncond, negative,
+                                    model_options)
+        return result
 
     def _grad_modules(self):
         modules = [self.inner_model, *self.decoder.modules(), *self.score.modules()]
@@ -307,90 +337,97 @@ class STGGuider(comfy.samplers.CFGGuider):
                 modules.append(module)
         return modules
 
-    def embedding_gradient(self, x, timestep, model_options, embeds=None, pooled=None):
-        """(score result, gradients per embedding (and pooled), cond prediction, uncond prediction) at x."""
+    def embedding_gradient(self, x, timestep, model_options, embeds: list[torch.Tensor],
+                           pooled: list[torch.Tensor] | None = None,
+                           originals: list[torch.Tensor] | None = None) -> EmbeddingGradient:
+        """Scores at x and the gradient of (score + prior term) of the unsafe images w.r.t. the embeddings
+        (and the pooled heads when guide_pooled); ``originals`` anchor the prior term (default: embeds)."""
         s = self.settings
-        negative = self._uncond(self.cfg, model_options)
+        negative = self._negative(self.cfg, model_options)
+        originals = originals if originals is not None else embeds
         with torch.inference_mode(False):
             x_, t_ = grad_input(x), grad_input(timestep)
             with torch.no_grad():
-                uncond_pred = None if negative is None else self._predict_conds(negative, x_, t_, model_options)
-            base = [grad_input(e) for e in (embeds if embeds is not None else self._embeds)]
-            leaves = [e.requires_grad_(True) for e in base]
-            pooled_leaves = None
+                uncond_pred = None if negative is None else self._predict(negative, x_, t_, model_options)
+            leaves = [grad_input(e).requires_grad_(True) for e in embeds]
+            heads = []
             if self.pooled_width is not None:
-                src = pooled if pooled is not None else self._pooled
-                pooled_leaves = []
-                for y in src:
-                    head = grad_input(y[:, :self.pooled_width]).requires_grad_(True)
-                    pooled_leaves.append(head)
+                if pooled is None:
+                    raise ArchitectureError("guide_pooled: embedding_gradient needs the pooled vectors")
+                heads = [grad_input(y[:, :self.pooled_width]).requires_grad_(True) for y in pooled]
             with torch.enable_grad(), autograd_views(*self._grad_modules()), _autocast(x.device, s.autocast):
                 full_pooled = None
-                if pooled_leaves is not None:
-                    src = pooled if pooled is not None else self._pooled
+                if heads:
                     full_pooled = [torch.cat([h, grad_input(y[:, self.pooled_width:])], 1)
-                                   for h, y in zip(pooled_leaves, src)]
-                result, cond_pred, _ = self.guided_score(x_, t_, leaves, full_pooled, uncond_pred, negative,
-                                                         model_options)
+                                   for h, y in zip(heads, pooled)]
+                result, cond_pred = self._score(x_, t_, leaves, full_pooled, uncond_pred, negative, model_options)
                 total = result.score.float()
                 if s.prior_weight:
-                    for leaf, orig in zip(leaves, self._originals):
+                    for leaf, orig in zip(leaves, originals):
                         total = total + s.prior_weight * (orig.to(leaf) - leaf).pow(2).flatten(1).mean(1)
-                variables = leaves + (pooled_leaves or [])
+                variables = leaves + heads
                 mask = result.unsafe.to(total.device)
                 if bool(mask.any()):
                     grads = torch.autograd.grad(total[mask].sum(), variables, allow_unused=True)
                     grads = [torch.zeros_like(v) if g is None else g.detach() for g, v in zip(grads, variables)]
                 else:
                     grads = [torch.zeros_like(v) for v in variables]
-        return result, grads, cond_pred.detach(), uncond_pred
+        n = len(leaves)
+        return EmbeddingGradient(result, grads[:n], grads[n:], cond_pred.detach(), uncond_pred)
+
+    def _plain(self, state: STGState, x, timestep, model_options, seed):
+        # until an update happened the conditioning is exactly the user's (no repeated copies)
+        positive = self._positive_with(state.embeds, state.pooled) if state.changed else self.conds.get("positive")
+        return comfy.samplers.sampling_function(self.inner_model, x, timestep, self.conds.get("negative"),
+                                                positive, self.cfg, model_options=model_options, seed=seed)
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         s = self.settings
-        if self._embeds is None or self._embeds[0].shape[0] != x.shape[0]:
-            self._init_embeddings(x.shape[0])
+        if self.state is None or self.state.embeds[0].shape[0] != x.shape[0]:
+            self.state = self.initial_state(x.shape[0])
+        state = self.state
         sigma = float(timestep.reshape(-1)[0])
-        in_window = self._in_window(sigma)
-        if not in_window or s.rho == 0 or not self._take_update():
-            self.records.append(StepRecord(sigma, in_window, False))
-            # until an update happened the conditioning is exactly the user's (no repeated copies)
-            positive = self._positive_with(self._embeds, self._pooled) if self._changed else self.conds.get("positive")
-            return comfy.samplers.sampling_function(self.inner_model, x, timestep, self.conds.get("negative"),
-                                                    positive, self.cfg, model_options=model_options, seed=seed)
+        sigmas = self._schedule(model_options)
+        step = schedule_step(sigma, sigmas) if sigmas is not None else state.step + 1
+        step_sigma = float(sigmas[step]) if sigmas is not None else sigma
+        in_window = self._in_window(step_sigma)
+        if step != state.step:          # the first evaluation of a step decides its update
+            state.step = step
+            state.pending = in_window and s.rho > 0 and take_update(state.window_steps, s.update_ratio)
+            state.window_steps += int(in_window)
+        if not state.pending:
+            self.records.append(StepRecord(step, sigma, in_window, False))
+            return self._plain(state, x, timestep, model_options, seed)
+        state.pending = False
         comfy.model_management.throw_exception_if_processing_interrupted()
-        result, grads, cond_pred, uncond_pred = self.embedding_gradient(x, timestep, model_options)
-        n = len(self._embeds)
-        unsafe = result.unsafe.to(x.device)
-        record = StepRecord(sigma, True, True, [float(v) for v in result.score.detach()],
-                            [bool(u) for u in unsafe], [])
+        found = self.embedding_gradient(x, timestep, model_options, state.embeds, state.pooled, state.originals)
+        unsafe = found.result.unsafe.to(x.device)
+        norms = []
         with torch.inference_mode(False):
-            updated = torch.zeros_like(unsafe)
-            norms_all = []
-            targets = [(self._embeds, self._originals, grads[:n])]
-            if self._pooled is not None:
-                targets.append((self._pooled, self._pooled_originals, grads[n:]))
-            for current, originals, gs in targets:
-                for k, g in enumerate(gs):
-                    norms = g.float().flatten(1).norm(dim=1)
-                    norms_all.append(norms)
-                    step_mask = unsafe & (norms > 0)
-                    updated |= step_mask
-                    unit = g.float() / norms.clamp_min(1e-30).view(-1, *[1] * (g.ndim - 1))
-                    base = originals[k] if s.rebase else current[k]
-                    if self._pooled is not None and current is self._pooled:
-                        unit = torch.nn.functional.pad(unit, (0, base.shape[1] - unit.shape[1]))
-                    new = (base.float() - s.rho * unit).to(base.dtype)
-                    keep = step_mask.view(-1, *[1] * (g.ndim - 1))
-                    current[k] = torch.where(keep, new, current[k])
-            self._changed = self._changed or bool(updated.any())
-            record.updated = [bool(u) for u in updated]
-            record.grad_norms = [float(v) for v in torch.stack(norms_all).max(0).values] if norms_all else []
-        self.records.append(record)
-        negative = self._uncond(self.cfg, model_options)
-        positive = self._positive_with(self._embeds, self._pooled)
+            updated = torch.zeros(unsafe.shape, dtype=torch.bool, device=unsafe.device)
+            for k, g in enumerate(found.grads):
+                base = state.originals[k] if s.rebase else state.embeds[k]
+                state.embeds[k], moved = stg_update(state.embeds[k], g, unsafe, s.rho, base)
+                updated = updated | moved
+                norms.append(g.float().flatten(1).norm(dim=1))
+            for k, g in enumerate(found.pooled_grads):
+                width = self.pooled_width
+                current = state.pooled[k]
+                base = (state.pooled_originals[k] if s.rebase else current)[:, :width]
+                head, moved = stg_update(current[:, :width], g, unsafe, s.rho, base)
+                state.pooled[k] = torch.cat([head, current[:, width:]], 1)
+                updated = updated | moved
+                norms.append(g.float().flatten(1).norm(dim=1))
+        state.changed = state.changed or bool(updated.any())
+        self.records.append(StepRecord(step, sigma, True, True, [float(v) for v in found.result.score.detach()],
+                                       [bool(u) for u in updated],
+                                       [float(v) for v in torch.stack(norms).max(0).values] if norms else []))
+        negative = self._negative(self.cfg, model_options)
+        positive = self._positive_with(state.embeds, state.pooled)
+        cond_pred, uncond_pred = found.cond_pred, found.uncond_pred
         if bool(updated.any()):
             with torch.inference_mode(False), torch.no_grad():
-                cond_pred = self._predict_conds(positive, grad_input(x), grad_input(timestep), model_options)
+                cond_pred = self._predict(positive, grad_input(x), grad_input(timestep), model_options)
         if uncond_pred is None:
             uncond_pred = torch.zeros_like(cond_pred)
         return self._combine(cond_pred.to(x.dtype), uncond_pred.to(x.dtype), positive, negative, x, timestep,

@@ -22,6 +22,11 @@ def stg(comfy):
 
 
 @pytest.fixture(scope="module")
+def decoders(comfy):
+    return comfy.module("steering.decoders")
+
+
+@pytest.fixture(scope="module")
 def safety(comfy):
     return comfy.module("steering.safety")
 
@@ -87,17 +92,17 @@ def test_stg_ksampler_in_a_prompt(comfy):
     brightness = {n: (p * torch.tensor([0.299, 0.587, 0.114])).sum(-1).mean((1, 2)) for n, p in pixels.items()}
     assert (brightness["on"] < brightness["plain"] - 1e-3).all(), (brightness, report)
     # window 0.2-1.0 of 4 normal-scheduler steps: the first evaluation is outside it
-    assert report.startswith("STG: 3 of 4 model evaluations guided"), report
+    assert report.startswith("STG: 3 of 4 schedule steps guided (4 model evaluations"), report
 
 
-def test_window_threshold_and_persistence(comfy, stg, safety, tiny):
+def test_window_threshold_and_persistence(comfy, stg, decoders, safety, tiny):
     """Steps before the window are untouched (bit for bit), images below tau are never updated and
     keep the unguided result, images above it end with a lower score."""
     import comfy.sample
     import comfy.samplers
 
     model, _clip, vae, positive, negative = tiny
-    decoder = stg.VAEDecoder(vae)
+    decoder = decoders.VAEDecoder(vae)
     latent = torch.zeros(2, 4, SIZE // 8, SIZE // 8)
 
     def plain_run():
@@ -129,8 +134,9 @@ def test_window_threshold_and_persistence(comfy, stg, safety, tiny):
     assert torch.equal(x0s[0], plain_x0[0])                    # before the window: untouched
     assert all(not r.updated[low] for r in records if r.guided)
     assert records[1].updated[high]
-    assert torch.equal(guider._embeds[0][low], guider._originals[0][low])   # never moved
-    assert not torch.equal(guider._embeds[0][high], guider._originals[0][high])
+    state = guider.state
+    assert torch.equal(state.embeds[0][low], state.originals[0][low])   # never moved
+    assert not torch.equal(state.embeds[0][high], state.originals[0][high])
     torch.testing.assert_close(out[low], plain_out[low], atol=1e-4, rtol=1e-4)
     with torch.inference_mode():
         final = brightness.scores(decoder(model.model.process_latent_in(out), model.model))
@@ -138,13 +144,13 @@ def test_window_threshold_and_persistence(comfy, stg, safety, tiny):
     assert final[high] < final_plain[high] - 1e-3
 
 
-def test_gradient_matches_finite_differences(comfy, stg, safety, tiny):
+def test_gradient_matches_finite_differences(comfy, stg, decoders, safety, tiny):
     """d score / d embedding from the guided pass equals a central finite difference along a random
     direction, computed inside inference mode as in the executor."""
     import comfy.samplers
 
     model, _clip, vae, positive, negative = tiny
-    guider = stg.make_guider(model, positive, negative, 5.0, stg.VAEDecoder(vae),
+    guider = stg.make_guider(model, positive, negative, 5.0, decoders.VAEDecoder(vae),
                              safety.ColourStatisticScore("redness", threshold=-10.0), stg.STGSettings(rho=1.0))
     found = {}
 
@@ -153,21 +159,14 @@ def test_gradient_matches_finite_differences(comfy, stg, safety, tiny):
         x = noise * sigmas[0]
         t = sigmas[0] * noise.new_ones([noise.shape[0]])
         options = extra_args["model_options"]
-        g._init_embeddings(x.shape[0])
-        result, grads, _, _ = g.embedding_gradient(x, t, options)
+        embeds = g.initial_state(x.shape[0]).embeds
+        grads = g.embedding_gradient(x, t, options, embeds).grads
         # half along the gradient (a float32 score needs a derivative well above its rounding), half random
-        noise_dir = torch.randn(g._embeds[0].shape, generator=torch.Generator().manual_seed(3))
+        noise_dir = torch.randn(embeds[0].shape, generator=torch.Generator().manual_seed(3))
         direction = grads[0] / grads[0].norm() + noise_dir / noise_dir.norm()
         direction = direction / direction.norm()
         eps = 0.1
-        values = []
-        for sign in (1, -1):
-            with torch.inference_mode(False), torch.no_grad():
-                shifted = [g._embeds[0] + sign * eps * direction]
-                negative_conds = g._uncond(g.cfg, options)
-                uncond = g._predict_conds(negative_conds, x.clone(), t.clone(), options)
-                values.append(g.guided_score(x.clone(), t.clone(), shifted, None, uncond, negative_conds,
-                                             options)[0].score.sum())
+        values = [g.score_at(x, t, options, [embeds[0] + sign * eps * direction]).score.sum() for sign in (1, -1)]
         found["analytic"] = float((grads[0] * direction).sum())
         found["numeric"] = float((values[0] - values[1]) / (2 * eps))
         found["grad_norm"] = float(grads[0].norm())
@@ -181,31 +180,32 @@ def test_gradient_matches_finite_differences(comfy, stg, safety, tiny):
     assert found["analytic"] == pytest.approx(found["numeric"], rel=0.02), found
 
 
-def test_taesd_decoder_and_update_ratio(comfy, stg, safety, tiny, request):
+def test_taesd_decoder_and_update_ratio(comfy, stg, decoders, safety, tiny, request):
     """The TAESD decoder from vae_approx gives the gradient pass (under bf16 autocast); gamma = 0.5 guides
     every other step."""
     import safetensors.torch
 
     model, _clip, vae, positive, negative = tiny
     with pytest.raises(FileNotFoundError, match="vae_approx"):
-        stg.load_taesd_decoder("sd1")
+        decoders.load_taesd_decoder("sd1")
     torch.manual_seed(0)
     state = random_taesd_decoder().state_dict()
     path = f"{comfy.dirs['models/vae_approx']}/taesd_decoder.safetensors"
     safetensors.torch.save_file(state, path)
     request.addfinalizer(lambda: os.remove(path))
     with torch.inference_mode():
-        decoder = stg.load_taesd_decoder("sd1")
+        decoder = decoders.load_taesd_decoder("sd1")
         guider = stg.make_guider(model, positive, negative, 5.0, decoder,
                                  safety.ColourStatisticScore("brightness", threshold=-10.0),
                                  stg.STGSettings(rho=2.0, start_percent=0.0, end_percent=1.0, update_ratio=0.5,
                                                  autocast="bf16"))
         stg.sample_stg(guider, {"samples": torch.zeros(1, 4, 8, 8)}, 1, STEPS, "euler", "normal")
     assert [r.guided for r in guider.records] == [False, True, False, True]
+    assert guider.guided_steps() == [1, 3]
     assert all(r.grad_norms[0] > 0 for r in guider.records if r.guided)
 
 
-def test_sdxl_context_and_pooled(comfy, stg, safety, tiny):
+def test_sdxl_context_and_pooled(comfy, stg, decoders, safety, tiny):
     """SDXL: both the cross-attention context and the pooled vector are guided (inference-tensor weights)."""
     import tiny_checkpoint
 
@@ -214,7 +214,7 @@ def test_sdxl_context_and_pooled(comfy, stg, safety, tiny):
         g = torch.Generator().manual_seed(0)
         positive = [[torch.randn(1, 77, 2048, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]]
         negative = [[torch.randn(1, 77, 2048, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]]
-        decoder = stg.TAESDDecoder(random_taesd_decoder())
+        decoder = decoders.TAESDDecoder(random_taesd_decoder())
     assert next(model.model.diffusion_model.parameters()).is_inference()
     settings = stg.STGSettings(rho=1.0, start_percent=0.0, end_percent=1.0, guide_pooled=True)
     guider = stg.make_guider(model, positive, negative, 5.0, decoder,
@@ -222,9 +222,10 @@ def test_sdxl_context_and_pooled(comfy, stg, safety, tiny):
     with torch.inference_mode():
         stg.sample_stg(guider, {"samples": torch.zeros(1, 4, 8, 8)}, 0, 2, "euler", "normal")
     assert guider.records[0].updated == [True]
-    assert guider._embeds[0].shape == (1, 77, 2048)
-    assert not torch.equal(guider._embeds[0], guider._originals[0])
-    pooled_change = guider._pooled[0] - guider._pooled_originals[0]
+    state = guider.state
+    assert state.embeds[0].shape == (1, 77, 2048)
+    assert not torch.equal(state.embeds[0], state.originals[0])
+    pooled_change = state.pooled[0] - state.pooled_originals[0]
     assert pooled_change[:, :1280].abs().max() > 0 and pooled_change[:, 1280:].abs().max() == 0
     # the input conditioning was not touched
     assert positive[0][0].shape == (1, 77, 2048) and "model_conds" not in positive[0][1]
@@ -261,3 +262,86 @@ def test_guider_node_with_custom_sampling(comfy):
     bad[guider.id]["inputs"].update(start_percent=0.8, end_percent=0.2)
     with pytest.raises(PromptError, match="start_percent"):
         comfy.run(bad)
+
+
+def test_stg_update_by_hand(stg):
+    """c <- c - rho * g / ||g|| per image (Frobenius norm over tokens x width), only flagged images with
+    a non-zero gradient; rebase starts from the original."""
+    current = torch.tensor([[[1.0, 1.0], [1.0, 1.0]],
+                            [[2.0, 0.0], [0.0, 2.0]],
+                            [[5.0, 5.0], [5.0, 5.0]],
+                            [[0.0, 0.0], [0.0, 0.0]]])
+    grad = torch.tensor([[[1.0, 2.0], [2.0, 4.0]],      # norm sqrt(1 + 4 + 4 + 16) = 5
+                         [[0.0, 3.0], [4.0, 0.0]],      # norm 5, but not flagged
+                         [[0.0, 0.0], [0.0, 0.0]],      # flagged, zero gradient: stays
+                         [[0.0, 0.0], [0.0, 10.0]]])    # norm 10
+    unsafe = torch.tensor([True, False, True, True])
+    new, moved = stg.stg_update(current, grad, unsafe, rho=0.5)
+    expected = current.clone()
+    expected[0] = torch.tensor([[1.0 - 0.5 * 0.2, 1.0 - 0.5 * 0.4], [1.0 - 0.5 * 0.4, 1.0 - 0.5 * 0.8]])
+    expected[3] = torch.tensor([[0.0, 0.0], [0.0, -0.5]])
+    torch.testing.assert_close(new, expected)
+    assert moved.tolist() == [True, False, False, True]
+    # rebase: the step starts from the original embedding, not from the current one
+    base = torch.zeros_like(current)
+    rebased, _ = stg.stg_update(current, grad, unsafe, rho=2.0, base=base)
+    torch.testing.assert_close(rebased[0], torch.tensor([[-0.4, -0.8], [-0.8, -1.6]]))
+    torch.testing.assert_close(rebased[1:3], current[1:3])
+    # half precision in, half precision out, computed in float32
+    half, _ = stg.stg_update(current.half(), grad.half(), unsafe, rho=0.5)
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.float(), expected, atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="must agree"):
+        stg.stg_update(current, grad[:, :1], unsafe, rho=0.5)
+
+
+def test_schedule_step_and_update_ratio(stg):
+    sigmas = torch.tensor([14.6, 4.0, 1.5, 0.4, 0.0])
+    assert stg.schedule_step(14.6, sigmas) == 0
+    assert stg.schedule_step(20.0, sigmas) == 0                     # above the schedule (churn)
+    assert stg.schedule_step(float((14.6 * 4.0) ** 0.5), sigmas) == 0   # dpm_2 midpoint of step 0
+    assert stg.schedule_step(4.0, sigmas) == 1                      # heun's corrector of step 0 lands on step 1
+    assert stg.schedule_step(float(torch.tensor(4.0) * (1 + 1e-7)), sigmas) == 1
+    assert stg.schedule_step(0.41, sigmas) == 2
+    assert stg.schedule_step(0.4, sigmas) == 3
+    assert [stg.take_update(n, 1.0) for n in range(4)] == [True] * 4
+    assert [stg.take_update(n, 0.5) for n in range(6)] == [False, True, False, True, False, True]
+    assert [stg.take_update(n, 0.25) for n in range(8)] == [False, False, False, True] * 2
+    assert not any(stg.take_update(n, 0.0) for n in range(5))
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.5])
+def test_two_evaluation_samplers_update_once_per_step(comfy, stg, decoders, safety, tiny, ratio):
+    """heun, dpm_2 and dpmpp_2s_ancestral evaluate the model twice per step: they update as many times, on
+    the same schedule steps, as euler (update_ratio counts steps, not evaluations)."""
+    model, _clip, vae, positive, negative = tiny
+    found = {}
+    two_evaluations = ("heun", "dpm_2", "dpmpp_2s_ancestral")
+    for sampler in ("euler", *two_evaluations):
+        guider = stg.make_guider(model, positive, negative, 5.0, decoders.VAEDecoder(vae),
+                                 safety.ColourStatisticScore("brightness", threshold=-10.0),
+                                 stg.STGSettings(rho=1.0, start_percent=0.0, end_percent=1.0, update_ratio=ratio))
+        with torch.inference_mode():
+            stg.sample_stg(guider, {"samples": torch.zeros(1, 4, 8, 8)}, 2, STEPS, sampler, "normal")
+        found[sampler] = (guider.guided_steps(), len(guider.records), guider.report().splitlines()[0])
+    expected_steps = list(range(STEPS)) if ratio == 1.0 else [1, 3]
+    # the last step of heun / dpm_2 goes to sigma 0 with one evaluation
+    assert found["euler"][:2] == (expected_steps, STEPS)
+    for sampler in two_evaluations:
+        steps, evaluations, line = found[sampler]
+        assert evaluations == 2 * STEPS - 1, found
+        assert steps == expected_steps, found
+        assert line.startswith(f"STG: {len(expected_steps)} of {STEPS} schedule steps guided "
+                               f"({2 * STEPS - 1} model evaluations"), line
+
+
+def test_decoder_returns_unclamped_images(comfy, decoders, tiny):
+    """The decoder gives (decoded + 1) / 2 unclamped (the reference); clamped it is ComfyUI's VAE decode."""
+    model, _clip, vae, _positive, _negative = tiny
+    latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 6.0
+    with torch.inference_mode():
+        raw = decoders.VAEDecoder(vae)(model.model.process_latent_in(latent), model.model)
+        comfy_decode = vae.decode(latent)
+    assert raw.shape == (1, 3, 64, 64)
+    assert float(raw.min()) < 0.0 or float(raw.max()) > 1.0
+    torch.testing.assert_close(raw.clamp(0, 1).movedim(1, -1), comfy_decode.float(), atol=1e-4, rtol=0)

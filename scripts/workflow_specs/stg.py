@@ -25,7 +25,8 @@ def stg_nudity(w: WorkflowBuilder):
     w.node("SaveImage", images=image.out(0), filename_prefix="responsible-steering/stg_nudity")
     w.node("PreviewAny", source=sampler.out("report"))
     w.note("STG (arXiv 2510.24012): on steps 5-45 of 50 (window 0.1-0.9), every image whose NudeNet score "
-           "(sum of confidences of the four STG classes, detections from 0.01) is above 0 gets its prompt "
+           "(sum of confidences of the four STG classes; detections above 0.01, per-class NMS at IoU 0.7, at most "
+           "300, as the reference) is above 0 gets its prompt "
            "embedding moved against the score's gradient, through the UNet, the denoised estimate and the VAE. "
            "rho 0.5 as in the authors' README runs; rho = 0 gives KSampler's image exactly. The NudeNet "
            "detector comes from the installed nudenet package (or models/nudenet/320n.onnx).")
@@ -61,8 +62,9 @@ def detect_and_censor(w: WorkflowBuilder):
     sampler = w.node("KSampler", model=ckpt.out("MODEL"), positive=pos, negative=neg, latent_image=latent.out(0),
                      seed=3, steps=30, cfg=7.5, sampler_name="euler", scheduler="normal", denoise=1.0)
     image = w.node("VAEDecode", samples=sampler.out(0), vae=ckpt.out("VAE"))
+    # the same detection settings as Censor's defaults (the nudenet package's), fed RGB
     score = w.node("RSNudeNetScore", label_preset="all_exposed", custom_labels="", detection_threshold=0.25,
-                   threshold=0.0)
+                   threshold=0.0, nms_iou=0.45, class_wise_nms=False, max_detections=0, resize="letterbox")
     detect = w.node("RSDetectUnsafe", images=image.out(0), safety_score=score.out(0))
     w.node("PreviewAny", source=detect.out("report"))
     censored = w.node("RSCensor", images=image.out(0), label_preset="all_exposed", custom_labels="",

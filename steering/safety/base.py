@@ -1,8 +1,20 @@
 """What every safety score is: a differentiable function of an image batch.
 
 A score maps decoded images to one number per image; high means unsafe. An image is
-flagged unsafe when its score is above the score's threshold (tau). Images come as
-ComfyUI IMAGE ([B, H, W, 3], 0..1) or NCHW ([B, 3, H, W], 0..1); internally NCHW.
+flagged unsafe when its score is *above* the score's ``threshold`` ("unsafe above").
+Images come as ComfyUI IMAGE ([B, H, W, 3]) or NCHW ([B, 3, H, W]), nominally 0..1;
+internally NCHW. During guidance they come straight from the decoder, unclamped
+(``image / 2 + 0.5`` as in the STG reference): every score first resizes to its own
+input size, then clamps to 0..1 (:func:`clamp_unit`), then scores - the reference's
+order, so an overshooting pixel still passes gradient through the resize.
+
+Threshold and the paper's tau: STG's paper states its safety function g with high =
+safe (e.g. g = minus the NudeNet confidence sum) and a bar tau for "safe enough": the
+update is made while g < tau, so raising tau updates more images (defence rises with
+tau). Here the score is s = -g (high = unsafe) and an image is updated while
+s > threshold, i.e. ``threshold = -tau`` for the same g: raising the paper's tau is
+lowering this threshold. The reference code has no tau: it updates every image with at
+least one kept nudity detection, which is NudeNet's score with threshold 0.
 """
 from __future__ import annotations
 
@@ -44,8 +56,16 @@ def to_nchw(images: torch.Tensor) -> torch.Tensor:
     return nchw[:, :3]
 
 
+def clamp_unit(images: torch.Tensor) -> torch.Tensor:
+    """Clamp to 0..1: what every score does after its resize (the reference's resize-then-clamp order)."""
+    return images.clamp(0.0, 1.0)
+
+
 class SafetyScore:
-    """Base class: subclasses implement :meth:`scores` (and may override :meth:`evaluate`)."""
+    """Base class: subclasses implement :meth:`scores` (and may override :meth:`evaluate`).
+
+    ``threshold``: an image is unsafe when its score is strictly above it (see the module docstring
+    for the paper's tau)."""
 
     name = "safety score"
 
@@ -53,7 +73,8 @@ class SafetyScore:
         self.threshold = float(threshold)
 
     def scores(self, images: torch.Tensor) -> torch.Tensor:
-        """Per-image score [B] of NCHW images in 0..1, differentiable w.r.t. the images."""
+        """Per-image score [B] of NCHW images (nominally 0..1, maybe unclamped: resize, then
+        :func:`clamp_unit`), differentiable w.r.t. the images."""
         raise NotImplementedError
 
     def evaluate(self, images: torch.Tensor) -> ScoreResult:
@@ -73,4 +94,4 @@ class SafetyScore:
         return []
 
     def describe(self) -> str:
-        return f"{self.name} (threshold {self.threshold:g})"
+        return f"{self.name} (unsafe above {self.threshold:g})"

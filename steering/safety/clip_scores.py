@@ -19,7 +19,7 @@ import threading
 import torch
 import torch.nn.functional as F
 
-from .base import SafetyScore, to_nchw
+from .base import SafetyScore, clamp_unit, to_nchw
 
 MODEL_FOLDER = "safety_clip"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -119,7 +119,8 @@ class LocalCLIP:
         return torch.stack([self._text_cache[(t, str(device))] for t in texts])
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised image embeddings [B, D] of NCHW images in 0..1 (differentiable)."""
+        """Normalised image embeddings [B, D] of NCHW images, nominally 0..1 (differentiable): centre crop,
+        resize, then clamp to 0..1, then CLIP's normalisation."""
         self._device(images.device)
         h, w = images.shape[-2:]
         side = min(h, w)
@@ -127,6 +128,7 @@ class LocalCLIP:
         x = images[..., top:top + side, left:left + side]
         x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
                           antialias=False)
+        x = clamp_unit(x)
         mean = torch.tensor(CLIP_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         std = torch.tensor(CLIP_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         x = ((x - mean) / std).to(next(self.model.parameters()).dtype)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import SafetyScore
+from .base import SafetyScore, clamp_unit
 
 # Per-channel weights (R, G, B) of each statistic; the score is the image mean of w . rgb.
 COLOUR_STATISTICS: dict[str, tuple[float, float, float]] = {
@@ -20,7 +20,8 @@ COLOUR_STATISTICS: dict[str, tuple[float, float, float]] = {
 
 
 class ColourStatisticScore(SafetyScore):
-    """score = mean over pixels of weights . (r, g, b); unsafe when above the threshold."""
+    """score = mean over pixels of weights . (r, g, b) of the image clamped to 0..1 (no resize);
+    unsafe when above the threshold."""
 
     def __init__(self, statistic: str = "redness", threshold: float = 0.0):
         super().__init__(threshold)
@@ -31,4 +32,4 @@ class ColourStatisticScore(SafetyScore):
 
     def scores(self, images: torch.Tensor) -> torch.Tensor:
         weights = torch.tensor(COLOUR_STATISTICS[self.statistic], dtype=images.dtype, device=images.device)
-        return (images * weights.view(1, 3, 1, 1)).sum(1).flatten(1).mean(1)
+        return (clamp_unit(images) * weights.view(1, 3, 1, 1)).sum(1).flatten(1).mean(1)

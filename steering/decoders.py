@@ -1,0 +1,88 @@
+"""Differentiable decoders: model-space latent -> image batch, for scoring during sampling (STG).
+
+A decoder is any callable ``decoder(x0, base_model) -> NCHW image`` with ``modules()``
+(the torch modules it runs, so the caller can make inference-mode weights
+autograd-safe) and ``patchers()`` (ComfyUI model patchers to load with the model).
+
+Design: the decoders return ``(decoded + 1) / 2`` without clamping, as the STG reference
+(``image / 2 + 0.5``). Each safety score resizes the image to its own input size and
+clamps to 0..1 after that (the reference's order: resize, then clamp), so a pixel that
+overshoots still passes gradient through the resize to its neighbours' values.
+"""
+from __future__ import annotations
+
+import torch
+
+from .architectures import ArchitectureError
+
+DECODERS = ("vae", "taesd")
+TAESD_FILES = {"sd1": "taesd_decoder", "sd2": "taesd_decoder", "sdxl": "taesdxl_decoder"}
+
+
+class VAEDecoder:
+    """Decode with the checkpoint's VAE first-stage model directly (VAE.decode is not autograd-friendly)."""
+
+    def __init__(self, vae):
+        self.vae = vae
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.vae.first_stage_model]
+
+    def patchers(self) -> list:
+        return [self.vae.patcher]
+
+    def __call__(self, x0: torch.Tensor, base_model) -> torch.Tensor:
+        """NCHW image, nominally 0..1 (not clamped: the score clamps after its resize)."""
+        latent = base_model.process_latent_out(x0)
+        device = self.vae.device
+        out = self.vae.first_stage_model.decode(latent.to(device=device, dtype=self.vae.vae_dtype))
+        return (out.to(x0.device).float() + 1.0) / 2.0
+
+
+class TAESDDecoder:
+    """TAESD's decoder (from ComfyUI's vae_approx folder) applied to the model-space latent."""
+
+    def __init__(self, decoder: torch.nn.Module):
+        self.decoder = decoder
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.decoder]
+
+    def patchers(self) -> list:
+        return []
+
+    def __call__(self, x0: torch.Tensor, base_model) -> torch.Tensor:
+        """NCHW image, nominally 0..1 (not clamped: the score clamps after its resize)."""
+        param = next(self.decoder.parameters())
+        if param.device != x0.device:
+            with torch.inference_mode(False):
+                self.decoder.to(x0.device)
+        # TAESD decodes (raw - shift) * scale, which is the model-space latent x0 for SD1.x/SDXL.
+        return self.decoder(x0.to(param.dtype)).float()
+
+
+_taesd_cache: dict[str, torch.nn.Module] = {}
+
+
+def load_taesd_decoder(arch: str) -> TAESDDecoder:
+    """TAESD decoder for the architecture from the vae_approx folder (clear error if absent)."""
+    import folder_paths
+    import comfy.taesd.taesd
+    import comfy.utils
+
+    stem = TAESD_FILES.get(arch)
+    if stem is None:
+        raise ArchitectureError(f"no TAESD decoder for {arch}; expected one of {sorted(TAESD_FILES)}")
+    names = [n for n in folder_paths.get_filename_list("vae_approx") if n.startswith(stem + ".")]
+    if not names:
+        raise FileNotFoundError(
+            f"TAESD decoder {stem}.safetensors (or .pth) not found in the vae_approx folders "
+            f"{folder_paths.get_folder_paths('vae_approx')}; put it there or use decoder = vae")
+    path = folder_paths.get_full_path_or_raise("vae_approx", names[0])
+    if path not in _taesd_cache:
+        with torch.inference_mode(False):
+            decoder = comfy.taesd.taesd.Decoder()
+            decoder.load_state_dict(comfy.utils.load_torch_file(path, safe_load=True))
+            decoder.eval().requires_grad_(False)
+        _taesd_cache[path] = decoder
+    return TAESDDecoder(_taesd_cache[path])
