@@ -16,7 +16,7 @@ from ..training.checkpoint import CHECKPOINT_SUFFIX
 from ..training.loop import TrainConfig, prompt_lines, train, vector_of
 from ..training.objectives import DIRECTIONS, INITS, OBJECTIVES, RESPODIFF_ROLLOUTS, SCHEDULES, get_objective
 from ..training.plot import plot_loss
-from ..training.rollout import SCHEDULERS
+from ..training.rollout import SAMPLERS, SCHEDULERS
 from . import paths
 from .common import CATEGORY
 from .types import SteeringLossType, SteeringVectorType
@@ -183,6 +183,11 @@ class TrainSteeringVector(io.ComfyNode):
                                        "+-1/sqrt(10), std 0.18); normal: N(0, 0.01^2). The embedding direction "
                                        "always starts at B = 0, A ~ N(0, 1). "
                                        f"method_default: {_method_defaults_text('init')}."),
+                io.Combo.Input("rollout_sampler", options=[METHOD_DEFAULT, *SAMPLERS], default=METHOD_DEFAULT,
+                               optional=True,
+                               tooltip="The rollout's update: euler (= DDIM, the CoDSMa / RespoDiff references) or "
+                                       "lms (4th-order linear multistep, the embedding-direction reference's "
+                                       f"LMSDiscreteScheduler). method_default: {_method_defaults_text('sampler')}."),
                 io.Combo.Input("respodiff_rollout", options=list(RESPODIFF_ROLLOUTS), default="ram_sam",
                                optional=True,
                                tooltip="RespoDiff only: what the rollouts add to the conditional half - ram_sam "
@@ -221,7 +226,8 @@ class TrainSteeringVector(io.ComfyNode):
     def execute(cls, model, clip, method, direction, neutral_prompt, target_prompt, iterations, batch_size,
                 learning_rate, lambda_sem, rank, seed, resolution, rollout_steps, scheduler, target_guidance,
                 gradient_checkpointing, checkpoint_every, resume, save_name, sam_lr_scale=0.01,
-                schedule=METHOD_DEFAULT, init=METHOD_DEFAULT, respodiff_rollout="ram_sam") -> io.NodeOutput:
+                schedule=METHOD_DEFAULT, init=METHOD_DEFAULT, respodiff_rollout="ram_sam",
+                rollout_sampler=METHOD_DEFAULT) -> io.NodeOutput:
         import comfy.model_management as mm
 
         arch = architecture_of_model(model)
@@ -248,7 +254,8 @@ class TrainSteeringVector(io.ComfyNode):
             learning_rate=learning_rate, lam=lambda_sem, sam_lr_scale=sam_lr_scale, rank=rank, seed=seed,
             resolution=resolution or NATIVE_RESOLUTION[arch], rollout_steps=rollout_steps,
             scheduler=_or_default(scheduler), schedule=_or_default(schedule), init=_or_default(init),
-            respodiff_rollout=respodiff_rollout, target_guidance=target_guidance, gradient_checkpointing=gradient_checkpointing,
+            respodiff_rollout=respodiff_rollout, rollout_sampler=_or_default(rollout_sampler),
+            target_guidance=target_guidance, gradient_checkpointing=gradient_checkpointing,
             checkpoint_every=checkpoint_every, neutral_text=neutral_text, target_text=target_text, arch=arch)
         checkpoint = checkpoint_path_for(save_name)
         if not resume and os.path.exists(checkpoint):

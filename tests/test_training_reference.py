@@ -2,8 +2,8 @@
 independently loaded copy of the tiny UNet:
 
 * embedding direction on-policy (``train_ptuner.py``): one trajectory per prompt, an Adam update at every
-  trained step, the latents advanced with the CFG prediction of the shifted embedding (detached, before the
-  update), the direction only from the warm-up's end;
+  trained step, the latents advanced (LMS, order 4) with the CFG prediction of the shifted embedding
+  (detached, before the update), the direction only from the warm-up's end;
 * RespoDiff (``train_respodiff_fair.py`` and its pipeline): rollouts with RAM + SAM on the conditional half,
   RAM / SAM starting at nn.Linear's default init;
 * the trained step indices on the default settings (reference: steps >= 10 counted from 1, of 50);
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -79,6 +80,36 @@ def train_loop(comfy, model, conds, cfg_kwargs, neutral, other):
 
 # ----------------------------------------------------------------------------- embedding direction on-policy
 
+def lms_coefficients(sigmas, j: int, order: int) -> list[float]:
+    """diffusers' LMSDiscreteScheduler: c_i = integral from sigma_j to sigma_{j+1} of the Lagrange basis polynomial
+    of sigma_{j-i} over sigma_j .. sigma_{j-order+1} (Gauss-Legendre, exact for these cubics)."""
+    s = [float(v) for v in sigmas]
+    nodes, weights = np.polynomial.legendre.leggauss(8)
+    lo, hi = s[j], s[j + 1]
+    tau = (hi - lo) / 2 * nodes + (hi + lo) / 2
+    out = []
+    for i in range(order):
+        basis = np.ones_like(tau)
+        for k in range(order):
+            if k != i:
+                basis *= (tau - s[j - k]) / (s[j - i] - s[j - k])
+        out.append(float(((hi - lo) / 2 * weights * basis).sum()))
+    return out
+
+
+class LMS:
+    """The reference's sampler, order 4: x <- x + sum_i c_i eps_{j-i}, on every step (the last one too)."""
+
+    def __init__(self, sigmas):
+        self.sigmas, self.history = sigmas, []
+
+    def step(self, x, j, eps):
+        self.history = (self.history + [eps])[-4:]
+        order = min(j + 1, 4)
+        coeffs = lms_coefficients(self.sigmas, j, order)
+        return x + sum(c * self.history[-1 - i] for i, c in enumerate(coeffs))
+
+
 def hand_written_on_policy(eps, sampling, sigmas, conds, neutral, concept, *, seed, batch, trajectories, lo, hi,
                            on_policy=True, lr=0.06, g=7.5, scale=10.0):
     """train_ptuner.py's loop, batched over prompts: the prompt set in order, a trajectory per prompt."""
@@ -93,8 +124,9 @@ def hand_written_on_policy(eps, sampling, sigmas, conds, neutral, concept, *, se
         picks = [(traj * batch + i) % len(neutral) for i in range(batch)]
         ctx = torch.cat([context(conds, neutral[p]) for p in picks])
         x = start_latent(noise, sigmas, sampling)
+        lms = LMS(sigmas)
         for j in range(hi):
-            s, s_next = float(sigmas[j]), float(sigmas[j + 1])
+            s = float(sigmas[j])
             with torch.no_grad():
                 e_u = eps(x, s, ctx_u)
             if j < lo:  # warm-up: the prompt as it is
@@ -113,7 +145,7 @@ def hand_written_on_policy(eps, sampling, sigmas, conds, neutral, concept, *, se
                 with torch.no_grad():
                     cond = e_shifted.detach() if on_policy else eps(x, s, ctx)
                     e = e_u + g * (cond - e_u)
-            x = x + (s_next - s) * e
+            x = lms.step(x, j, e)
     return b.detach(), a.detach(), losses
 
 
@@ -131,7 +163,8 @@ def test_on_policy_embedding_direction_equals_the_reference_loop(comfy, tiny, pl
     result = train_loop(comfy, model, conds, dict(
         method="embedding_direction", direction="away_from_concept", iterations=trajectories * (hi - lo),
         batch_size=2, seed=7, resolution=64, rollout_steps=steps), neutral, ["violence"])
-    assert result.config.schedule == "on_policy" and result.config.scheduler == "normal"
+    assert (result.config.schedule, result.config.scheduler, result.config.rollout_sampler) == (
+        "on_policy", "normal", "lms")
 
     eps = PlainEps(plain_unet, sampling)
     b, a, losses = hand_written_on_policy(eps, sampling, sigmas, conds, neutral, "violence", seed=7, batch=2,
@@ -331,3 +364,41 @@ def test_on_policy_cancel_inside_a_trajectory_resumes_exactly(comfy):
     for role, tensor in full["vector"].tensors.items():
         assert torch.equal(resumed["vector"].tensors[role], tensor), role
     assert full["vector"].info["training"]["schedule"] == "on_policy"
+
+
+def test_lms_rollout_batched_equals_the_hand_written_sampler(comfy, tiny, plain_unet):
+    """Samples stopping at different steps in one batched LMS run == each sample's own hand-written LMS run."""
+    from comfy.samplers import calculate_sigmas
+
+    rollout = comfy.module("training.rollout")
+    unet = comfy.module("training.unet")
+    model, clip, _ = tiny
+    conds = encode(clip, ["a person", ""])
+    sampling = model.get_model_object("model_sampling")
+    noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    stop = torch.tensor([5, 1, 3])
+    with torch.inference_mode(), torch.inference_mode(False), unet.gradient_ready(model.model.diffusion_model):
+        caller = unet.UNetCaller(model, torch.device("cpu"), torch.float32, autocast=False)
+        cond, uncond = (caller.prepare_prompt(conds[t], (3, 4, 8, 8), t) for t in ("a person", ""))
+        sigmas = rollout.schedule(caller.sampling, 5, "normal")
+        ours = rollout.batched_rollout(caller, noise, sigmas, stop, cond, uncond, 3.0,
+                                       stepper=rollout.Stepper(sigmas, "lms"))
+    assert torch.equal(sigmas, calculate_sigmas(sampling, "normal", 5).float())
+    eps = PlainEps(plain_unet, sampling)
+    ctx_c, ctx_u = context(conds, "a person"), context(conds, "")
+    expected, euler = [], []
+    with torch.no_grad():
+        for i in range(3):
+            x = start_latent(noise[i:i + 1], sigmas, sampling)
+            x_euler, lms = x.clone(), LMS(sigmas)
+            for j in range(int(stop[i])):
+                s = float(sigmas[j])
+                e_c, e_u = eps(x, s, ctx_c), eps(x, s, ctx_u)
+                x = lms.step(x, j, e_u + 3.0 * (e_c - e_u))
+                e_c, e_u = eps(x_euler, s, ctx_c), eps(x_euler, s, ctx_u)
+                x_euler = x_euler + (float(sigmas[j + 1]) - s) * (e_u + 3.0 * (e_c - e_u))
+            expected.append(x)
+            euler.append(x_euler)
+    expected, euler = torch.cat(expected), torch.cat(euler)
+    assert torch.allclose(ours, expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(ours[0], euler[0], rtol=1e-3, atol=1e-3)  # 5 steps: LMS is not Euler

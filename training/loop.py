@@ -33,14 +33,14 @@ from .checkpoint import CheckpointError, TrainState, load_checkpoint, save_check
 from ..steering.architectures import get_architecture
 from ..steering.vector_file import SteeringVector
 from .objectives import DIRECTIONS, OBJECTIVES, SCHEDULES, Prompts, get_objective
-from .rollout import SCHEDULERS, batched_rollout, schedule
+from .rollout import SAMPLERS, SCHEDULERS, Stepper, batched_rollout, schedule
 from .unet import UNetCaller, bottleneck_shape, gradient_checkpointing, gradient_ready, latent_downscale
 
 # Fields a checkpoint must share with the run that resumes it (iterations may grow).
 RESUME_KEYS = ("method", "direction", "batch_size", "learning_rate", "lam", "sam_lr_scale", "rank", "seed",
                "resolution", "rollout_steps", "scheduler", "rollout_guidance", "target_guidance", "t_start", "t_end",
                "loss_scale", "init_std", "away_base", "neutral_text", "target_text", "arch", "schedule", "init",
-               "respodiff_rollout")
+               "respodiff_rollout", "rollout_sampler")
 
 _live_runs: "weakref.WeakSet[_Run]" = weakref.WeakSet()
 
@@ -66,6 +66,7 @@ class TrainConfig:
     rollout_steps: int = 50
     scheduler: str = ""                 # "": method default (embedding direction "normal", else "ddim_uniform")
     schedule: str = ""                  # "": method default (embedding direction on_policy, else random_timesteps)
+    rollout_sampler: str = ""           # "": method default (embedding direction lms, else euler = DDIM)
     rollout_guidance: float = 0.0       # 0: method default
     target_guidance: float = 0.0        # 0: method default (toward / away)
     t_start: float = -1.0               # <0: method default
@@ -96,6 +97,7 @@ class TrainConfig:
             away_base=self.away_base or d.away_base,
             scheduler=self.scheduler or d.scheduler,
             schedule=self.schedule or d.schedule,
+            rollout_sampler=self.rollout_sampler or d.sampler,
             init=self.init or d.init,
         )
 
@@ -125,6 +127,8 @@ class TrainConfig:
             problems.append(f"resolution must be a multiple of {step} and >= {step}; got {self.resolution}")
         if self.rollout_steps < 1:
             problems.append(f"rollout_steps must be >= 1; got {self.rollout_steps}")
+        if self.rollout_sampler not in SAMPLERS:
+            problems.append(f"rollout_sampler {self.rollout_sampler!r}; expected one of {list(SAMPLERS)}")
         if self.scheduler not in SCHEDULERS:
             problems.append(f"scheduler {self.scheduler!r}; expected one of {list(SCHEDULERS)}")
         if not 0.0 <= self.t_start < self.t_end <= 1.0:
@@ -361,6 +365,7 @@ def _train_loop(run: _Run, patcher, conditionings, cfg: TrainConfig, device, com
 
     window = k_hi - k_lo
     on_policy = cfg.schedule == "on_policy"
+    stepper = None
     for it in range(start, cfg.iterations):
         if check_interrupt is not None:
             check_interrupt()
@@ -371,15 +376,21 @@ def _train_loop(run: _Run, patcher, conditionings, cfg: TrainConfig, device, com
             prompts = _trajectory_prompts(prompt_set, it // window, cfg.batch_size)
             if it % window == 0:
                 noise = torch.randn(latent_shape, generator=generator).to(device)
+                trajectory.clear()
+                stepper = Stepper(sigmas, cfg.rollout_sampler)
                 trajectory["x"] = batched_rollout(
                     caller, noise, sigmas, torch.full((cfg.batch_size,), k_lo), prompts.neutral, prompts.uncond,
-                    cfg.rollout_guidance)  # the warm-up steps before the window: no vector applied
+                    cfg.rollout_guidance, stepper=stepper)  # the warm-up steps before the window: no vector applied
+            elif stepper is None:  # resumed inside a trajectory
+                stepper = Stepper(sigmas, cfg.rollout_sampler, [trajectory[f"eps{i}"] for i in range(LMS_KEPT)
+                                                                if f"eps{i}" in trajectory])
             x = trajectory["x"]
             sigma = torch.full((cfg.batch_size,), float(sigmas[k]), device=device)
             phases, advance = objective.on_policy_step(caller, x, sigma, prompts, params, cfg)
             latest = update(phases, it)
             with torch.no_grad():
-                trajectory["x"] = x + (float(sigmas[k + 1]) - float(sigmas[k])) * advance()
+                trajectory["x"] = stepper.step(x, k, advance())
+            trajectory.update({f"eps{i}": e for i, e in enumerate(stepper.history)})
             del phases, advance, x
         else:
             stop = torch.randint(k_lo, k_hi, (cfg.batch_size,), generator=generator)
@@ -389,7 +400,7 @@ def _train_loop(run: _Run, patcher, conditionings, cfg: TrainConfig, device, com
                 pick = torch.randint(0, prompt_set.neutral.rows, (cfg.batch_size,), generator=generator)
                 prompts = Prompts(prompt_set.neutral.take(pick), prompt_set.other.take(pick), prompt_set.uncond)
             z = batched_rollout(caller, noise, sigmas, stop, prompts.neutral, prompts.uncond, cfg.rollout_guidance,
-                                **objective.rollout_shift(params, cfg))
+                                **objective.rollout_shift(params, cfg), stepper=Stepper(sigmas, cfg.rollout_sampler))
             sigma = sigmas[stop].to(device)
             phases = objective.phases(caller, z, sigma, prompts, params, cfg)
             latest = update(phases, it)
@@ -406,6 +417,9 @@ def _train_loop(run: _Run, patcher, conditionings, cfg: TrainConfig, device, com
 
     out = {k: v.detach().to("cpu", torch.float32).clone() for k, v in params.items()}
     return TrainResult(out, history, cfg, cfg.iterations)
+
+
+LMS_KEPT = 4  # eps of the last steps an lms trajectory keeps (checkpoint keys eps0..eps3, oldest first)
 
 
 def _trajectory_prompts(prompt_set: Prompts, index: int, batch_size: int) -> Prompts:

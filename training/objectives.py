@@ -73,6 +73,7 @@ class MethodDefaults:
     away_base: str   # "uncond" or "neutral"
     schedule: str    # one of SCHEDULES
     scheduler: str   # rollout sigmas (training.rollout.SCHEDULERS)
+    sampler: str     # rollout update (training.rollout.SAMPLERS)
     init: str        # one of the objective's inits
 
 
@@ -216,9 +217,10 @@ class EmbeddingDirection(Objective):
     name = "embedding_direction"
     vector_method = "embedding_direction"
     description = "low-rank d = B A added to the prompt embedding (arXiv 2505.15427)"
-    # Reference train_ptuner.py: Adam 0.06, CFG 7.5, loss 10 * MSE, LMS's 50-step grid (= ComfyUI "normal"),
-    # updates at steps 10..50 counted from 1 (0-based 9..49), on-policy.
-    defaults = MethodDefaults(0.06, 7.5, 7.5, 7.5, 0.18, 1.0, 10.0, "uncond", "on_policy", "normal", "b_zero")
+    # Reference train_ptuner.py: Adam 0.06, CFG 7.5, loss 10 * MSE, LMSDiscreteScheduler with 50 steps (its grid
+    # is ComfyUI's "normal"), updates at steps 10..50 counted from 1 (0-based 9..49), on-policy.
+    defaults = MethodDefaults(0.06, 7.5, 7.5, 7.5, 0.18, 1.0, 10.0, "uncond", "on_policy", "normal", "lms",
+                              "b_zero")
     needs_bottleneck = False
     inits = ("b_zero",)
 
@@ -284,7 +286,7 @@ class CodsmaCVector(HSpaceObjective):
     description = "one c-vector added to the UNet bottleneck (CoDSMa)"
     # Paper eq. 5 (target score without guidance); negative prompting for safety.
     defaults = MethodDefaults(0.1, 3.0, 1.0, 7.5, 0.0, 0.98, 1.0, "neutral", "random_timesteps", "ddim_uniform",
-                              "normal")
+                              "euler", "normal")
     roles = ("c",)
 
     def phase_params(self):
@@ -312,7 +314,7 @@ class RespoDiffRamSam(HSpaceObjective):
     # Reference: Adam lr 0.1, rollout CFG 3, target guidance 4 (12 for safety), t in [0, 49) of 50 DDIM steps,
     # random (prompt, t) batches, RAM + SAM in the rollout, nn.Linear default init.
     defaults = MethodDefaults(0.1, 3.0, 4.0, 12.0, 0.0, 0.98, 1.0, "neutral", "random_timesteps", "ddim_uniform",
-                              "nn_linear_default")
+                              "euler", "nn_linear_default")
     phase_names = ("ram", "sam")
     inits = INITS
     roles = ("ram", "sam")
