@@ -14,9 +14,9 @@ from ..steering.architectures import (ARCHITECTURES, ArchitectureError, architec
 from ..steering.vector_file import sanitize_filename, save_vector
 from ..training.checkpoint import CHECKPOINT_SUFFIX
 from ..training.loop import TrainConfig, prompt_lines, train, vector_of
-from ..training.objectives import DEFAULTS, DIRECTIONS, METHODS, VECTOR_METHOD
+from ..training.objectives import DIRECTIONS, INITS, OBJECTIVES, RESPODIFF_ROLLOUTS, SCHEDULES, get_objective
 from ..training.plot import plot_loss
-from ..training.rollout import SCHEDULERS
+from ..training.rollout import SAMPLERS, SCHEDULERS
 from . import paths
 from .common import CATEGORY
 from .types import SteeringLossType, SteeringVectorType
@@ -39,8 +39,19 @@ def encode_text(clip, text: str) -> list:
     return clip.encode_from_tokens_scheduled(clip.tokenize(text))
 
 
-def _method_defaults_text() -> str:
-    return "; ".join(f"{m}: {DEFAULTS[m].learning_rate}" for m in METHODS)
+METHOD_DEFAULT = "method_default"
+
+
+def _method_defaults_text(field: str) -> str:
+    return "; ".join(f"{name}: {getattr(o.defaults, field)}" for name, o in OBJECTIVES.items())
+
+
+def _methods_text() -> str:
+    return "; ".join(f"{name}: {o.description}" for name, o in OBJECTIVES.items())
+
+
+def _or_default(value: str) -> str:
+    return "" if value == METHOD_DEFAULT else value
 
 
 class _LiveLoss:
@@ -81,20 +92,18 @@ class TrainSteeringVector(io.ComfyNode):
             display_name="Train Steering Vector",
             category=f"{CATEGORY}/training",
             description="Learn a steering vector on this model: an embedding direction (arXiv 2505.15427), a "
-                        "CoDSMa h-space c-vector or RespoDiff RAM+SAM. Each iteration rolls a batch out with "
-                        "the neutral prompt to random steps t (one batched run) and matches the model's noise "
-                        "prediction to the target's. Only the vector is trained; the model is never changed. "
+                        "CoDSMa h-space c-vector or RespoDiff RAM+SAM, matching the model's noise prediction "
+                        "for the neutral prompt to the target's along rollouts of the neutral prompt (on-policy "
+                        "trajectories with an update at every trained step, or random steps t; see schedule). "
+                        "Only the vector is trained; the model is never changed. "
                         "Writes the vector to models/steering_vectors at the end (a checkpoint is kept in "
                         "output/steering_training for resuming). Shows the loss curve on the node.",
             is_output_node=True,
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x or SDXL UNet) to learn for."),
                 io.Clip.Input("clip", tooltip="The text encoder belonging to the model."),
-                io.Combo.Input("method", options=list(METHODS), default="codsma_cvector",
-                               tooltip="embedding_direction: low-rank d = B A added to the prompt embedding; "
-                                       "codsma_cvector: one vector added to the UNet bottleneck; "
-                                       "respodiff_ram_sam: responsibility (RAM) + semantic (SAM) bottleneck "
-                                       "vectors trained alternately."),
+                io.Combo.Input("method", options=list(OBJECTIVES), default="codsma_cvector",
+                               tooltip=_methods_text() + "."),
                 io.Combo.Input("direction", options=list(DIRECTIONS), default="toward_target",
                                tooltip="toward_target: steer the neutral prompt toward the target prompt "
                                        "(fairness, e.g. 'a person' -> 'a woman'); away_from_concept: steer away "
@@ -110,13 +119,17 @@ class TrainSteeringVector(io.ComfyNode):
                                         "one line for all of them, or one line per neutral prompt (paired, e.g. "
                                         "'a doctor' -> 'a female doctor')."),
                 io.Int.Input("iterations", default=1000, min=1, max=100000,
-                             tooltip="Optimizer iterations (CoDSMa paper: 1000 fairness, 1500 safety)."),
+                             tooltip="Optimizer updates (CoDSMa paper: 1000 fairness, 1500 safety). on_policy: one "
+                                     "per trained step of a trajectory (embedding-direction reference: 41 per "
+                                     "prompt, i.e. 41 x number of prompts / batch_size)."),
                 io.Int.Input("batch_size", default=8, min=1, max=64,
-                             tooltip="Samples per iteration, rolled out together in one batched reverse run "
-                                     "(papers: 8)."),
+                             tooltip="Samples per update, rolled out together in one batched reverse run "
+                                     "(CoDSMa / RespoDiff papers: 8). on_policy: trajectories sampled together, "
+                                     "one per prompt of the set in order; 1 = the embedding-direction "
+                                     "reference exactly (one prompt per trajectory)."),
                 io.Float.Input("learning_rate", default=0.0, min=0.0, max=10.0, step=0.0001,
                                tooltip="Adam learning rate; 0 = the method's paper setting "
-                                       f"({_method_defaults_text()})."),
+                                       f"({_method_defaults_text('learning_rate')})."),
                 io.Float.Input("lambda_sem", default=0.5, min=0.0, max=100.0, step=0.01,
                                tooltip="RespoDiff only: weight of the semantic-alignment (SAM) loss "
                                        "(paper 0.5; reference scripts 1.0 and 0.3)."),
@@ -132,9 +145,10 @@ class TrainSteeringVector(io.ComfyNode):
                                      "learned at this bottleneck size and resized when applied."),
                 io.Int.Input("rollout_steps", default=50, min=1, max=1000,
                              tooltip="Steps of the reverse-process schedule z_t is taken from (papers: 50)."),
-                io.Combo.Input("scheduler", options=list(SCHEDULERS), default="ddim_uniform",
-                               tooltip="Schedule of the rollout (the model's own sigmas; ddim_uniform = DDIM "
-                                       "as in the papers)."),
+                io.Combo.Input("scheduler", options=[METHOD_DEFAULT, *SCHEDULERS], default=METHOD_DEFAULT,
+                               tooltip="Sigmas of the rollout (the model's own); method_default = the "
+                                       "reference's: normal for the embedding direction (LMS's 50-step grid in "
+                                       "train_ptuner.py), ddim_uniform (DDIM) for CoDSMa and RespoDiff."),
                 io.Float.Input("target_guidance", default=0.0, min=0.0, max=50.0, step=0.1,
                                tooltip="Guidance of the target noise prediction; 0 = the method's setting "
                                        "(embedding direction 7.5; CoDSMa 1 toward / 7.5 away; RespoDiff 4 "
@@ -156,6 +170,28 @@ class TrainSteeringVector(io.ComfyNode):
                                tooltip="RespoDiff only: SAM's learning rate as a fraction of RAM's (reference "
                                        "safety scripts: 1e-4 vs 1e-2). At 1 (equal rates) SAM just learns to "
                                        "cancel RAM and the pair has no effect."),
+                io.Combo.Input("schedule", options=[METHOD_DEFAULT, *SCHEDULES], default=METHOD_DEFAULT,
+                               optional=True,
+                               tooltip="on_policy: sample trajectories of the neutral prompts and update at every "
+                                       "trained step along them, advancing with the vector applied (detached) - "
+                                       "the embedding-direction reference; random_timesteps: every update rolls "
+                                       "a fresh batch out to random steps t (CoDSMa / RespoDiff references). "
+                                       f"method_default: {_method_defaults_text('schedule')}."),
+                io.Combo.Input("init", options=[METHOD_DEFAULT, *INITS], default=METHOD_DEFAULT, optional=True,
+                               tooltip="Initial h-space tensors. nn_linear_default: RespoDiff reference (nn.Linear's "
+                                       "default init of its Linear(10 concepts -> 1280*h*w): uniform in "
+                                       "+-1/sqrt(10), std 0.18); normal: N(0, 0.01^2). The embedding direction "
+                                       "always starts at B = 0, A ~ N(0, 1). "
+                                       f"method_default: {_method_defaults_text('init')}."),
+                io.Combo.Input("rollout_sampler", options=[METHOD_DEFAULT, *SAMPLERS], default=METHOD_DEFAULT,
+                               optional=True,
+                               tooltip="The rollout's update: euler (= DDIM, the CoDSMa / RespoDiff references) or "
+                                       "lms (4th-order linear multistep, the embedding-direction reference's "
+                                       f"LMSDiscreteScheduler). method_default: {_method_defaults_text('sampler')}."),
+                io.Combo.Input("respodiff_rollout", options=list(RESPODIFF_ROLLOUTS), default="ram_sam",
+                               optional=True,
+                               tooltip="RespoDiff only: what the rollouts add to the conditional half - ram_sam "
+                                       "(reference pipeline) or ram_only (RAM alone)."),
             ],
             outputs=[
                 SteeringVectorType.Output(display_name="vector"),
@@ -189,14 +225,16 @@ class TrainSteeringVector(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, method, direction, neutral_prompt, target_prompt, iterations, batch_size,
                 learning_rate, lambda_sem, rank, seed, resolution, rollout_steps, scheduler, target_guidance,
-                gradient_checkpointing, checkpoint_every, resume, save_name, sam_lr_scale=0.01) -> io.NodeOutput:
+                gradient_checkpointing, checkpoint_every, resume, save_name, sam_lr_scale=0.01,
+                schedule=METHOD_DEFAULT, init=METHOD_DEFAULT, respodiff_rollout="ram_sam",
+                rollout_sampler=METHOD_DEFAULT) -> io.NodeOutput:
         import comfy.model_management as mm
 
         arch = architecture_of_model(model)
         if arch not in NATIVE_RESOLUTION:
             raise ArchitectureError(
                 f"training needs a UNet model (SD1.x, SD2.x, SDXL); this model is {ARCHITECTURES[arch].label}")
-        if VECTOR_METHOD[method] != "embedding_direction":
+        if get_objective(method).needs_bottleneck:
             unet_bottleneck_channels(model)  # clear error if there is no h-space
         neutral_lines, target_lines = prompt_lines(neutral_prompt), prompt_lines(target_prompt)
         if len(neutral_lines) == 1:  # one prompt: the whole text (a target may span several lines)
@@ -214,7 +252,9 @@ class TrainSteeringVector(io.ComfyNode):
         cfg = TrainConfig(
             method=method, direction=direction, iterations=iterations, batch_size=batch_size,
             learning_rate=learning_rate, lam=lambda_sem, sam_lr_scale=sam_lr_scale, rank=rank, seed=seed,
-            resolution=resolution or NATIVE_RESOLUTION[arch], rollout_steps=rollout_steps, scheduler=scheduler,
+            resolution=resolution or NATIVE_RESOLUTION[arch], rollout_steps=rollout_steps,
+            scheduler=_or_default(scheduler), schedule=_or_default(schedule), init=_or_default(init),
+            respodiff_rollout=respodiff_rollout, rollout_sampler=_or_default(rollout_sampler),
             target_guidance=target_guidance, gradient_checkpointing=gradient_checkpointing,
             checkpoint_every=checkpoint_every, neutral_text=neutral_text, target_text=target_text, arch=arch)
         checkpoint = checkpoint_path_for(save_name)

@@ -1,7 +1,8 @@
 """Training checkpoints: vector, optimizer and RNG state in one safetensors file (no pickle).
 
 Tensors: ``param.<role>`` (the vector so far), ``optim.<phase>.<index>.<key>`` (Adam
-moments and step counters), ``rng`` (the CPU generator state). Metadata (JSON
+moments and step counters), ``rng`` (the CPU generator state), ``trajectory.<key>`` (an
+on-policy run stopped inside a trajectory: its latents ``x``). Metadata (JSON
 strings): the run's configuration, the iteration reached, the loss history, optimizer
 hyper-parameters and grad-scaler state. Written atomically; a resumed run continues
 exactly where the uninterrupted run would be.
@@ -35,6 +36,7 @@ class TrainState:
     rng_state: torch.Tensor
     history: dict[str, list[float]]
     config: dict[str, Any] = field(default_factory=dict)
+    trajectory: dict[str, torch.Tensor] = field(default_factory=dict)  # on-policy latents mid-trajectory
 
 
 def _split_optimizer(phase: str, state_dict: dict, tensors: dict) -> dict:
@@ -70,6 +72,8 @@ def save_checkpoint(path: str, state: TrainState) -> str:
                                         for r, t in state.params.items()}
     optim_meta = {phase: _split_optimizer(phase, sd, tensors) for phase, sd in state.optimizers.items()}
     tensors["rng"] = state.rng_state.to("cpu").contiguous()
+    for k, t in state.trajectory.items():
+        tensors[f"trajectory.{k}"] = t.detach().to("cpu", torch.float32).contiguous()
     metadata = {
         "format": CHECKPOINT_FORMAT,
         "format_version": str(CHECKPOINT_VERSION),
@@ -109,6 +113,7 @@ def load_checkpoint(path: str) -> TrainState:
             rng_state=tensors["rng"],
             history=json.loads(metadata["history"]),
             config=json.loads(metadata["config"]),
+            trajectory={k[len("trajectory."):]: v for k, v in tensors.items() if k.startswith("trajectory.")},
         )
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{path}: checkpoint metadata is incomplete ({e})") from None

@@ -1,5 +1,16 @@
-"""One training loop for every objective: seeds, timestep sampling, batched rollouts,
+"""One training loop for every objective: seeds, the update schedule, batched rollouts,
 optimizer steps, progress, cancellation, periodic checkpoints and the loss history.
+
+Two schedules (``TrainConfig.schedule``), for any objective of the registry:
+
+* ``on_policy`` (embedding-direction reference, ``train_ptuner.py``): a batch of prompts
+  (the prompt set in order, one trajectory per prompt) is sampled from noise; the steps
+  before the trained window advance with the plain CFG prediction, then at every step of
+  the window the objective makes its update(s) and the latents advance with the guided
+  prediction of the vector as it was before that update (detached). One iteration = one
+  step of a trajectory; a new trajectory starts when the window is done.
+* ``random_timesteps``: every iteration rolls a fresh batch out to random steps t of the
+  window (one batched run) and makes one update there (each sample draws its prompt).
 
 Runs inside a ComfyUI node, i.e. under ``torch.inference_mode()``: the model is loaded
 there (ComfyUI's model management), then training happens inside
@@ -21,15 +32,15 @@ import torch
 from .checkpoint import CheckpointError, TrainState, load_checkpoint, save_checkpoint
 from ..steering.architectures import get_architecture
 from ..steering.vector_file import SteeringVector
-from .objectives import (DEFAULTS, DIRECTIONS, METHODS, VECTOR_METHOD, Prompts, init_params, phases_for,
-                         rollout_shift)
-from .rollout import SCHEDULERS, batched_rollout, schedule
+from .objectives import DIRECTIONS, OBJECTIVES, SCHEDULES, Prompts, get_objective
+from .rollout import SAMPLERS, SCHEDULERS, Stepper, batched_rollout, schedule
 from .unet import UNetCaller, bottleneck_shape, gradient_checkpointing, gradient_ready, latent_downscale
 
 # Fields a checkpoint must share with the run that resumes it (iterations may grow).
 RESUME_KEYS = ("method", "direction", "batch_size", "learning_rate", "lam", "sam_lr_scale", "rank", "seed",
                "resolution", "rollout_steps", "scheduler", "rollout_guidance", "target_guidance", "t_start", "t_end",
-               "loss_scale", "init_std", "away_base", "neutral_text", "target_text", "arch")
+               "loss_scale", "init_std", "away_base", "neutral_text", "target_text", "arch", "schedule", "init",
+               "respodiff_rollout", "rollout_sampler")
 
 _live_runs: "weakref.WeakSet[_Run]" = weakref.WeakSet()
 
@@ -53,13 +64,17 @@ class TrainConfig:
     seed: int = 0
     resolution: int = 512               # image pixels (square)
     rollout_steps: int = 50
-    scheduler: str = "ddim_uniform"
+    scheduler: str = ""                 # "": method default (embedding direction "normal", else "ddim_uniform")
+    schedule: str = ""                  # "": method default (embedding direction on_policy, else random_timesteps)
+    rollout_sampler: str = ""           # "": method default (embedding direction lms, else euler = DDIM)
     rollout_guidance: float = 0.0       # 0: method default
     target_guidance: float = 0.0        # 0: method default (toward / away)
     t_start: float = -1.0               # <0: method default
     t_end: float = -1.0
     loss_scale: float = 0.0             # 0: method default
-    init_std: float = 0.01
+    init: str = ""                      # "": method default (RespoDiff nn_linear_default; CoDSMa normal)
+    init_std: float = 0.01              # std of init "normal"
+    respodiff_rollout: str = "ram_sam"  # RespoDiff rollouts: ram_sam (reference) or ram_only
     away_base: str = ""                 # "": method default
     gradient_checkpointing: bool = False
     checkpoint_every: int = 100
@@ -69,9 +84,7 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """A copy with every 'method default' placeholder replaced by the paper setting."""
-        if self.method not in METHODS:
-            raise ValueError(f"method {self.method!r}; expected one of {list(METHODS)}")
-        d = DEFAULTS[self.method]
+        d = get_objective(self.method).defaults
         return dataclasses.replace(
             self,
             learning_rate=self.learning_rate or d.learning_rate,
@@ -82,11 +95,21 @@ class TrainConfig:
             t_end=d.t_end if self.t_end < 0 else self.t_end,
             loss_scale=self.loss_scale or d.loss_scale,
             away_base=self.away_base or d.away_base,
+            scheduler=self.scheduler or d.scheduler,
+            schedule=self.schedule or d.schedule,
+            rollout_sampler=self.rollout_sampler or d.sampler,
+            init=self.init or d.init,
         )
 
     def validate(self, downscale: int = 8) -> None:
         """Raise ValueError listing every bad setting; `downscale` is the model's pixels per latent pixel."""
         problems = []
+        if self.method not in OBJECTIVES:
+            problems.append(f"method {self.method!r}; expected one of {list(OBJECTIVES)}")
+        else:
+            problems.extend(get_objective(self.method).validate(self))
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule {self.schedule!r}; expected one of {list(SCHEDULES)}")
         if self.direction not in DIRECTIONS:
             problems.append(f"direction {self.direction!r}; expected one of {list(DIRECTIONS)}")
         if self.iterations < 1:
@@ -104,6 +127,8 @@ class TrainConfig:
             problems.append(f"resolution must be a multiple of {step} and >= {step}; got {self.resolution}")
         if self.rollout_steps < 1:
             problems.append(f"rollout_steps must be >= 1; got {self.rollout_steps}")
+        if self.rollout_sampler not in SAMPLERS:
+            problems.append(f"rollout_sampler {self.rollout_sampler!r}; expected one of {list(SAMPLERS)}")
         if self.scheduler not in SCHEDULERS:
             problems.append(f"scheduler {self.scheduler!r}; expected one of {list(SCHEDULERS)}")
         if not 0.0 <= self.t_start < self.t_end <= 1.0:
@@ -114,7 +139,10 @@ class TrainConfig:
             raise ValueError("invalid training settings: " + "; ".join(problems))
 
     def step_range(self, steps: int | None = None) -> tuple[int, int]:
-        """Rollout steps k (z_t = after k of the schedule's `steps` steps) are drawn uniformly from [lo, hi)."""
+        """The trained steps [lo, hi): 0-based step indices k of the schedule's `steps` steps (z_t = the latents
+        after k steps, at sigmas[k]); lo = round(t_start * steps), hi = round(t_end * steps). The embedding
+        direction's 0.18 / 1.0 of 50 steps give 9..49, the reference's steps 10..50 counted from 1.
+        random_timesteps draws k uniformly from the range; on_policy updates at every k of it, in order."""
         steps = steps or self.rollout_steps
         lo = min(int(round(self.t_start * steps)), steps - 1)
         hi = min(max(lo + 1, int(round(self.t_end * steps))), steps)
@@ -147,7 +175,7 @@ def vector_of(result: TrainResult, arch: str) -> SteeringVector:
                      "final_loss": {k: v[-1] for k, v in result.history.items() if v}},
     }
     info["target_prompt" if toward else "negative_prompt"] = target
-    return SteeringVector(VECTOR_METHOD[cfg.method], arch, dict(result.params), info)
+    return SteeringVector(get_objective(cfg.method).vector_method, arch, dict(result.params), info)
 
 
 def prompt_lines(text: str) -> list[str]:
@@ -156,7 +184,7 @@ def prompt_lines(text: str) -> list[str]:
 
 
 def phase_names(method: str) -> tuple[str, ...]:
-    return ("ram", "sam") if method == "respodiff_ram_sam" else ("loss",)
+    return get_objective(method).phase_names
 
 
 def compute_dtype_of(base) -> torch.dtype:
@@ -268,6 +296,7 @@ def train(patcher, conditionings: dict[str, list], cfg: TrainConfig, *,
 
 def _train_loop(run: _Run, patcher, conditionings, cfg: TrainConfig, device, compute_dtype, latent_shape,
                 checkpoint_path, resume, on_progress, check_interrupt) -> TrainResult:
+    objective = get_objective(cfg.method)
     caller = UNetCaller(patcher, device, compute_dtype, autocast=compute_dtype != torch.float32)
     prompt_set = Prompts(*(caller.prepare_prompts(conditionings[k], latent_shape, k)
                            for k in ("neutral", "other", "uncond")))
@@ -277,21 +306,19 @@ def _train_loop(run: _Run, patcher, conditionings, cfg: TrainConfig, device, com
 
     chunk = (get_architecture(cfg.arch).text_tokens if cfg.arch else None) or 77
     text_shape = (min(chunk, prompt_set.neutral.tokens), prompt_set.neutral.cross_attn.shape[-1])
-    hshape = (bottleneck_shape(caller, latent_shape, prompt_set.neutral) if cfg.method != "embedding_direction"
-              else None)
-    initial = init_params(cfg.method, generator, text_shape=text_shape, bottleneck_shape=hshape, rank=cfg.rank,
-                          init_std=cfg.init_std)
+    hshape = bottleneck_shape(caller, latent_shape, prompt_set.neutral) if objective.needs_bottleneck else None
+    initial = objective.init_params(generator, text_shape=text_shape, bottleneck_shape=hshape, cfg=cfg)
     run.params.update({k: v.to(device).requires_grad_(True) for k, v in initial.items()})
     params = run.params
-    phase_params = {"loss": list(params), "ram": ["ram"], "sam": ["sam"]}
     use_scaler = compute_dtype == torch.float16 and device.type == "cuda"
-    for name in phase_names(cfg.method):
-        lr = cfg.learning_rate * (cfg.sam_lr_scale if name == "sam" else 1.0)
-        run.optimizers[name] = torch.optim.Adam([params[p] for p in phase_params[name]], lr=lr)
+    for name, roles in objective.phase_params().items():
+        run.optimizers[name] = torch.optim.Adam([params[p] for p in roles],
+                                                lr=objective.phase_learning_rate(name, cfg))
         if use_scaler:
             run.scalers[name] = torch.amp.GradScaler(device.type)
-    history: dict[str, list[float]] = {name: [] for name in phase_names(cfg.method)}
+    history: dict[str, list[float]] = {name: [] for name in objective.phase_names}
     start = 0
+    trajectory: dict[str, torch.Tensor] = {}
     if resume and checkpoint_path:
         try:
             state = load_checkpoint(checkpoint_path)
@@ -310,22 +337,12 @@ def _train_loop(run: _Run, patcher, conditionings, cfg: TrainConfig, device, com
             generator.set_state(state.rng_state)
             history = {k: list(v) for k, v in state.history.items()}
             start = state.iteration
+            trajectory = {k: v.to(device) for k, v in state.trajectory.items()}
+            if cfg.schedule == "on_policy" and start % (k_hi - k_lo) and "x" not in trajectory:
+                raise CheckpointError(f"{checkpoint_path} stops inside an on-policy trajectory but does not hold "
+                                      "its latents; turn resume off")
 
-    for it in range(start, cfg.iterations):
-        if check_interrupt is not None:
-            check_interrupt()
-        stop = torch.randint(k_lo, k_hi, (cfg.batch_size,), generator=generator)
-        noise = torch.randn(latent_shape, generator=generator).to(device)
-        prompts = prompt_set
-        if prompt_set.neutral.rows > 1:  # a prompt set: every sample draws its prompt (and paired target)
-            pick = torch.randint(0, prompt_set.neutral.rows, (cfg.batch_size,), generator=generator)
-            prompts = Prompts(prompt_set.neutral.take(pick), prompt_set.other.take(pick), prompt_set.uncond)
-        z = batched_rollout(caller, noise, sigmas, stop, prompts.neutral, prompts.uncond, cfg.rollout_guidance,
-                            **rollout_shift(cfg.method, params))
-        sigma = sigmas[stop].to(device)
-        phases = phases_for(cfg.method, caller, z, sigma, prompts, params, direction=cfg.direction,
-                            guidance=cfg.target_guidance, loss_scale=cfg.loss_scale, away_base=cfg.away_base,
-                            lam=cfg.lam)
+    def update(phases, it: int) -> dict[str, float]:
         latest = {}
         for phase in phases:
             opt = run.optimizers[phase.name]
@@ -344,18 +361,73 @@ def _train_loop(run: _Run, patcher, conditionings, cfg: TrainConfig, device, com
                 opt.step()
             latest[phase.name] = float(loss.detach())
             history[phase.name].append(latest[phase.name])
-        del z, phases, loss
+        return latest
+
+    window = k_hi - k_lo
+    on_policy = cfg.schedule == "on_policy"
+    stepper = None
+    for it in range(start, cfg.iterations):
+        if check_interrupt is not None:
+            check_interrupt()
+        if on_policy:
+            # iteration it = step k_lo + it % window of trajectory it // window; the trajectory's prompts are the
+            # prompt set in order (one trajectory per prompt), its noise is drawn when it starts
+            k = k_lo + it % window
+            prompts = _trajectory_prompts(prompt_set, it // window, cfg.batch_size)
+            if it % window == 0:
+                noise = torch.randn(latent_shape, generator=generator).to(device)
+                trajectory.clear()
+                stepper = Stepper(sigmas, cfg.rollout_sampler)
+                trajectory["x"] = batched_rollout(
+                    caller, noise, sigmas, torch.full((cfg.batch_size,), k_lo), prompts.neutral, prompts.uncond,
+                    cfg.rollout_guidance, stepper=stepper)  # the warm-up steps before the window: no vector applied
+            elif stepper is None:  # resumed inside a trajectory
+                stepper = Stepper(sigmas, cfg.rollout_sampler, [trajectory[f"eps{i}"] for i in range(LMS_KEPT)
+                                                                if f"eps{i}" in trajectory])
+            x = trajectory["x"]
+            sigma = torch.full((cfg.batch_size,), float(sigmas[k]), device=device)
+            phases, advance = objective.on_policy_step(caller, x, sigma, prompts, params, cfg)
+            latest = update(phases, it)
+            with torch.no_grad():
+                trajectory["x"] = stepper.step(x, k, advance())
+            trajectory.update({f"eps{i}": e for i, e in enumerate(stepper.history)})
+            del phases, advance, x
+        else:
+            stop = torch.randint(k_lo, k_hi, (cfg.batch_size,), generator=generator)
+            noise = torch.randn(latent_shape, generator=generator).to(device)
+            prompts = prompt_set
+            if prompt_set.neutral.rows > 1:  # a prompt set: every sample draws its prompt (and paired target)
+                pick = torch.randint(0, prompt_set.neutral.rows, (cfg.batch_size,), generator=generator)
+                prompts = Prompts(prompt_set.neutral.take(pick), prompt_set.other.take(pick), prompt_set.uncond)
+            z = batched_rollout(caller, noise, sigmas, stop, prompts.neutral, prompts.uncond, cfg.rollout_guidance,
+                                **objective.rollout_shift(params, cfg), stepper=Stepper(sigmas, cfg.rollout_sampler))
+            sigma = sigmas[stop].to(device)
+            phases = objective.phases(caller, z, sigma, prompts, params, cfg)
+            latest = update(phases, it)
+            del z, phases
         done = it + 1
         if checkpoint_path and (done % cfg.checkpoint_every == 0 or done == cfg.iterations):
+            mid_trajectory = on_policy and done % window != 0
             save_checkpoint(checkpoint_path, TrainState(
                 iteration=done, params=params, optimizers={k: o.state_dict() for k, o in run.optimizers.items()},
                 scalers={k: s.state_dict() for k, s in run.scalers.items()}, rng_state=generator.get_state(),
-                history=history, config=cfg.as_dict()))
+                history=history, config=cfg.as_dict(), trajectory=dict(trajectory) if mid_trajectory else {}))
         if on_progress is not None:
             on_progress(done, cfg.iterations, latest)
 
     out = {k: v.detach().to("cpu", torch.float32).clone() for k, v in params.items()}
     return TrainResult(out, history, cfg, cfg.iterations)
+
+
+LMS_KEPT = 4  # eps of the last steps an lms trajectory keeps (checkpoint keys eps0..eps3, oldest first)
+
+
+def _trajectory_prompts(prompt_set: Prompts, index: int, batch_size: int) -> Prompts:
+    """The prompts of on-policy trajectory batch `index`: the prompt set in order, wrapping around."""
+    if prompt_set.neutral.rows == 1:
+        return prompt_set
+    pick = (index * batch_size + torch.arange(batch_size)) % prompt_set.neutral.rows
+    return Prompts(prompt_set.neutral.take(pick), prompt_set.other.take(pick), prompt_set.uncond)
 
 
 def is_finite_history(history: dict[str, list[float]]) -> bool:

@@ -1,4 +1,8 @@
-"""The three training objectives, as functions of a fixed batch (z_t, sigma) and the vector.
+"""The training objectives, one class each, in a registry (``OBJECTIVES``) that the loop and
+the Train Steering Vector node are built from (as ComfyUI's ``nodes_train.py`` maps adapter
+names to adapter classes). An objective owns everything that differs between methods: its
+paper / reference defaults, its initial tensors, what a rollout applies, its update phases
+and the vector kind it produces. The loop (loop.py) has no per-method branches.
 
 Notation as in METHODS.md: ``eps(z; h + c, y, t)`` is the UNet noise prediction with
 ``c`` added to the bottleneck, ``eps(z; P_y + d, t)`` with ``d`` added to the prompt
@@ -6,11 +10,16 @@ embedding. MSE is the mean over all elements.
 
 * Embedding direction (arXiv 2505.15427), d = B @ A:
   ``L = loss_scale * MSE(eps(z; P_neutral + d), target)``; gradients through the whole UNet.
+  Reference (``train_ptuner.py``): on-policy, one trajectory per prompt, an Adam update at
+  every step of the trained window, latents advanced with the CFG prediction of the
+  *shifted* embedding (the loss's own forward pass, detached, before the update).
 * CoDSMa: ``L = MSE(eps(z; h + c, neutral), target)``; only the decoder half sees the
   vector (the encoder computes h without any requires-grad input, so no graph is built).
 * RespoDiff, alternating: ``L_resp = MSE(eps(z; h + RAM, neutral), target)`` updates RAM,
   then ``L_sem = lambda * MSE(eps(z; h + RAM + SAM, neutral), eps(z; h, neutral))``
-  updates SAM (RAM held fixed).
+  updates SAM (RAM held fixed). Rollouts add RAM + SAM to the conditional half (the
+  reference pipeline's ``controlnet_cond_guidance``); RAM and SAM start at ``nn.Linear``'s
+  default initialisation of the reference's ``Linear(10 concepts -> 1280*h*w)``.
 
 Targets (no gradient), with guidance g:
 * toward a target prompt: ``eps_u + g (eps_target - eps_u)`` (g = 1: just eps_target);
@@ -20,18 +29,34 @@ Targets (no gradient), with guidance g:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 
+from .rollout import guided_eps
 from .unet import PromptConds, UNetCaller
 
-METHODS = ("embedding_direction", "codsma_cvector", "respodiff_ram_sam")
+if TYPE_CHECKING:  # the loop imports this module
+    from .loop import TrainConfig
+
 DIRECTIONS = ("toward_target", "away_from_concept")
-VECTOR_METHOD = {"embedding_direction": "embedding_direction", "codsma_cvector": "hspace_cvector",
-                 "respodiff_ram_sam": "respodiff_ram_sam"}
+# on_policy: one trajectory per batch of prompts, an update at every step of the trained window along it
+# (embedding-direction reference). random_timesteps: every iteration rolls a fresh batch out to random steps.
+SCHEDULES = ("on_policy", "random_timesteps")
+# RespoDiff rollouts: RAM + SAM on the conditional half (reference) or RAM alone (this pack before issue 11).
+RESPODIFF_ROLLOUTS = ("ram_sam", "ram_only")
+# Initial h-space tensors: nn_linear_default = nn.Linear's default (kaiming-uniform, a = sqrt(5)) for the
+# RespoDiff reference's Linear(10 -> 1280*h*w), i.e. U(-1/sqrt(10), 1/sqrt(10)) per element (std 0.18);
+# normal = N(0, init_std^2) (init_std 0.01).
+INITS = ("nn_linear_default", "normal")
+RESPODIFF_CONCEPTS = 10  # in_features of the reference's RAM / SAM Linear layers (its concept_dict size)
+
+
+class ObjectiveError(ValueError):
+    """An unknown objective, or settings an objective does not support."""
 
 
 @dataclass(frozen=True)
@@ -46,16 +71,10 @@ class MethodDefaults:
     t_end: float     # end (exclusive) of the trained steps
     loss_scale: float
     away_base: str   # "uncond" or "neutral"
-
-
-DEFAULTS = {
-    # Reference: Adam lr 0.06, CFG 7.5, loss 10 * MSE for steps 10..50 of 50.
-    "embedding_direction": MethodDefaults(0.06, 7.5, 7.5, 7.5, 0.2, 1.0, 10.0, "uncond"),
-    # Paper eq. 5 (target score without guidance); negative prompting for safety.
-    "codsma_cvector": MethodDefaults(0.1, 3.0, 1.0, 7.5, 0.0, 0.98, 1.0, "neutral"),
-    # Reference: Adam lr 0.1, rollout CFG 3, target guidance 4 (12 for safety), t in [0, 49) of 50.
-    "respodiff_ram_sam": MethodDefaults(0.1, 3.0, 4.0, 12.0, 0.0, 0.98, 1.0, "neutral"),
-}
+    schedule: str    # one of SCHEDULES
+    scheduler: str   # rollout sigmas (training.rollout.SCHEDULERS)
+    sampler: str     # rollout update (training.rollout.SAMPLERS)
+    init: str        # one of the objective's inits
 
 
 @dataclass
@@ -67,32 +86,6 @@ class Prompts:
     uncond: PromptConds         # the empty prompt
 
 
-def target_eps(caller: UNetCaller, z: torch.Tensor, sigma: torch.Tensor, prompts: Prompts, direction: str,
-               guidance: float, away_base: str, with_neutral: bool = False):
-    """(target, eps(z; h, neutral) or None) without gradients, in one batched UNet call."""
-    with torch.no_grad():
-        if direction == "toward_target":
-            need = [prompts.other] if guidance == 1.0 else [prompts.other, prompts.uncond]
-        elif direction == "away_from_concept":
-            base = prompts.uncond if away_base == "uncond" else prompts.neutral
-            need = [prompts.other, base]
-        else:
-            raise ValueError(f"direction {direction!r}; expected one of {DIRECTIONS}")
-        neutral_index = None
-        if with_neutral:
-            if direction == "away_from_concept" and away_base == "neutral":
-                neutral_index = 1
-            else:
-                need.append(prompts.neutral)
-                neutral_index = len(need) - 1
-        eps = caller.eps(z, sigma, need)
-        if direction == "toward_target":
-            target = eps[0] if guidance == 1.0 else eps[1] + guidance * (eps[0] - eps[1])
-        else:
-            target = eps[0] + guidance * (eps[1] - eps[0])
-        return target, (eps[neutral_index] if neutral_index is not None else None)
-
-
 @dataclass
 class Phase:
     """One optimizer step of an iteration: which vector tensors it updates and its loss."""
@@ -102,72 +95,265 @@ class Phase:
     loss: Callable[[], torch.Tensor]
 
 
-def embedding_direction_phases(caller, z, sigma, prompts, params, direction, guidance, loss_scale, away_base):
-    target, _ = target_eps(caller, z, sigma, prompts, direction, guidance, away_base)
-
-    def loss():
-        d = params["direction_b"] @ params["direction_a"]
-        eps = caller.eps(z, sigma, [prompts.neutral], text_shift=d, shift_prompts=1)[0]
-        return loss_scale * F.mse_loss(eps, target)
-
-    return [Phase("loss", ("direction_b", "direction_a"), loss)]
+def target_needs(direction: str, guidance: float, away_base: str) -> list[str]:
+    """The prompts ('other', 'uncond', 'neutral') the target prediction is made of."""
+    if direction == "toward_target":
+        return ["other"] if guidance == 1.0 else ["other", "uncond"]
+    if direction == "away_from_concept":
+        return ["other", "uncond" if away_base == "uncond" else "neutral"]
+    raise ObjectiveError(f"direction {direction!r}; expected one of {list(DIRECTIONS)}")
 
 
-def codsma_phases(caller, z, sigma, prompts, params, direction, guidance, loss_scale, away_base):
-    target, _ = target_eps(caller, z, sigma, prompts, direction, guidance, away_base)
-
-    def loss():
-        eps = caller.eps(z, sigma, [prompts.neutral], offset=params["c"], offset_prompts=1)[0]
-        return loss_scale * F.mse_loss(eps, target)
-
-    return [Phase("loss", ("c",), loss)]
-
-
-def respodiff_phases(caller, z, sigma, prompts, params, direction, guidance, loss_scale, away_base, lam):
-    target, neutral = target_eps(caller, z, sigma, prompts, direction, guidance, away_base, with_neutral=True)
-
-    def resp():
-        eps = caller.eps(z, sigma, [prompts.neutral], offset=params["ram"], offset_prompts=1)[0]
-        return loss_scale * F.mse_loss(eps, target)
-
-    def sem():
-        offset = params["ram"].detach() + params["sam"]
-        eps = caller.eps(z, sigma, [prompts.neutral], offset=offset, offset_prompts=1)[0]
-        return lam * F.mse_loss(eps, neutral)
-
-    return [Phase("ram", ("ram",), resp), Phase("sam", ("sam",), sem)]
+def reference_eps(caller: UNetCaller, z: torch.Tensor, sigma: torch.Tensor, prompts: Prompts,
+                  names: list[str]) -> dict[str, torch.Tensor]:
+    """eps(z) under each named prompt (un-shifted), without gradients, in one batched UNet call."""
+    names = list(dict.fromkeys(names))
+    with torch.no_grad():
+        eps = caller.eps(z, sigma, [getattr(prompts, n) for n in names])
+    return dict(zip(names, eps))
 
 
-def rollout_shift(method: str, params: dict[str, torch.Tensor]) -> dict:
-    """What the rollout to z_t applies with the neutral prompt: the h-space vector, never the
-    embedding direction (the reference advances latents with the un-shifted prediction).
-    RespoDiff rolls out with the RAM-augmented model (paper: z_{t,neu} via f_resp)."""
-    if method == "codsma_cvector":
-        return {"offset": params["c"]}
-    if method == "respodiff_ram_sam":
-        return {"offset": params["ram"]}
-    return {}
+def target_from(eps: dict[str, torch.Tensor], direction: str, guidance: float, away_base: str) -> torch.Tensor:
+    if direction == "toward_target":
+        return eps["other"] if guidance == 1.0 else eps["uncond"] + guidance * (eps["other"] - eps["uncond"])
+    base = eps["uncond" if away_base == "uncond" else "neutral"]
+    return eps["other"] + guidance * (base - eps["other"])
 
 
-def init_params(method: str, generator: torch.Generator, *, text_shape=None, bottleneck_shape=None,
-                rank: int = 1, init_std: float = 0.01) -> dict[str, torch.Tensor]:
-    """Initial vector tensors (float32, CPU): B = 0 and A ~ N(0, 1) for the embedding direction
-    (METHODS.md), small random c-vectors / RAM / SAM for the h-space methods."""
-    if method == "embedding_direction":
+def cfg_eps(cond: torch.Tensor, uncond: torch.Tensor, guidance: float) -> torch.Tensor:
+    return cond if guidance == 1.0 else uncond + guidance * (cond - uncond)
+
+
+class Objective:
+    """One training objective. Subclasses set the class attributes and override what differs."""
+
+    name: str = ""
+    vector_method: str = ""          # the SteeringVector kind it produces (steering.vector_file)
+    description: str = ""            # one line for the node's tooltip
+    defaults: MethodDefaults
+    phase_names: tuple[str, ...] = ("loss",)
+    needs_bottleneck: bool = True    # h-space: the UNet must have a middle block
+    inits: tuple[str, ...] = ("normal",)
+
+    # ----------------------------------------------------------------- tensors
+    def init_params(self, generator: torch.Generator, *, text_shape: tuple[int, int] | None,
+                    bottleneck_shape: tuple[int, int, int] | None, cfg: "TrainConfig") -> dict[str, torch.Tensor]:
+        """Initial vector tensors (float32, CPU)."""
+        raise NotImplementedError
+
+    def phase_params(self) -> dict[str, tuple[str, ...]]:
+        """Vector tensors each phase's optimizer updates."""
+        raise NotImplementedError
+
+    def phase_learning_rate(self, phase: str, cfg: "TrainConfig") -> float:
+        return cfg.learning_rate
+
+    def validate(self, cfg: "TrainConfig") -> list[str]:
+        """Problems with settings this objective does not support (empty: fine)."""
+        if cfg.init not in self.inits:
+            return [f"init {cfg.init!r} is not offered for {self.name}; expected one of {list(self.inits)}"]
+        return []
+
+    # ----------------------------------------------------------------- rollouts and losses
+    def rollout_shift(self, params: dict[str, torch.Tensor], cfg: "TrainConfig") -> dict:
+        """What a rollout adds to the conditional (neutral) prompt: ``offset`` (bottleneck) and / or
+        ``text_shift`` (prompt embedding); the rollout detaches them."""
+        return {}
+
+    def phases(self, caller: UNetCaller, z: torch.Tensor, sigma: torch.Tensor, prompts: Prompts,
+               params: dict[str, torch.Tensor], cfg: "TrainConfig") -> list[Phase]:
+        """The update phases at the fixed batch (z, sigma)."""
+        raise NotImplementedError
+
+    def on_policy_step(self, caller: UNetCaller, x: torch.Tensor, sigma: torch.Tensor, prompts: Prompts,
+                       params: dict[str, torch.Tensor], cfg: "TrainConfig"
+                       ) -> tuple[list[Phase], Callable[[], torch.Tensor]]:
+        """The phases at the trajectory's latents x, and a function giving the guided eps that advances x
+        (the vector as it was before this step's updates; called after the phases ran). Generic version:
+        one extra no-grad CFG call with the rollout shift."""
+        eps = guided_eps(caller, x, sigma, prompts.neutral, prompts.uncond, cfg.rollout_guidance,
+                         **self.rollout_shift(params, cfg))
+        eps = eps.detach()
+        return self.phases(caller, x, sigma, prompts, params, cfg), lambda: eps
+
+
+OBJECTIVES: dict[str, Objective] = {}
+
+
+def register_objective(objective: Objective) -> Objective:
+    """Add an objective to the registry (the node's method list and the loop read it)."""
+    if not objective.name:
+        raise ObjectiveError("an objective needs a name")
+    OBJECTIVES[objective.name] = objective
+    return objective
+
+
+def unregister_objective(name: str) -> None:
+    OBJECTIVES.pop(name, None)
+
+
+def get_objective(name: str) -> Objective:
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise ObjectiveError(f"method {name!r}; expected one of {list(OBJECTIVES)}") from None
+
+
+def method_names() -> list[str]:
+    return list(OBJECTIVES)
+
+
+def _normal(generator, shape, std):
+    return std * torch.randn(*shape, generator=generator)
+
+
+def _nn_linear_default(generator, shape, fan_in):
+    """nn.Linear's default weight init, kaiming_uniform_(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return (torch.rand(*shape, generator=generator) * 2.0 - 1.0) * bound
+
+
+class EmbeddingDirection(Objective):
+    name = "embedding_direction"
+    vector_method = "embedding_direction"
+    description = "low-rank d = B A added to the prompt embedding (arXiv 2505.15427)"
+    # Reference train_ptuner.py: Adam 0.06, CFG 7.5, loss 10 * MSE, LMSDiscreteScheduler with 50 steps (its grid
+    # is ComfyUI's "normal"), updates at steps 10..50 counted from 1 (0-based 9..49), on-policy.
+    defaults = MethodDefaults(0.06, 7.5, 7.5, 7.5, 0.18, 1.0, 10.0, "uncond", "on_policy", "normal", "lms",
+                              "b_zero")
+    needs_bottleneck = False
+    inits = ("b_zero",)
+
+    def init_params(self, generator, *, text_shape, bottleneck_shape, cfg):
+        """B = 0 and A ~ N(0, 1) (reference ptuner)."""
         tokens, width = text_shape
-        return {"direction_b": torch.zeros(tokens, rank),
-                "direction_a": torch.randn(rank, width, generator=generator)}
-    roles = ("c",) if method == "codsma_cvector" else ("ram", "sam")
-    return {r: init_std * torch.randn(*bottleneck_shape, generator=generator) for r in roles}
+        return {"direction_b": torch.zeros(tokens, cfg.rank),
+                "direction_a": torch.randn(cfg.rank, width, generator=generator)}
+
+    def phase_params(self):
+        return {"loss": ("direction_b", "direction_a")}
+
+    def rollout_shift(self, params, cfg):
+        """The random-timestep rollout applies no direction (the option kept from before issue 11)."""
+        return {}
+
+    def _loss(self, caller, z, sigma, prompts, params, target, cfg, keep=None):
+        def loss():
+            d = params["direction_b"] @ params["direction_a"]
+            eps = caller.eps(z, sigma, [prompts.neutral], text_shift=d, shift_prompts=1)[0]
+            if keep is not None:
+                keep["cond"] = eps.detach()
+            return cfg.loss_scale * F.mse_loss(eps, target)
+        return loss
+
+    def phases(self, caller, z, sigma, prompts, params, cfg):
+        eps = reference_eps(caller, z, sigma, prompts, target_needs(cfg.direction, cfg.target_guidance,
+                                                                     cfg.away_base))
+        target = target_from(eps, cfg.direction, cfg.target_guidance, cfg.away_base)
+        return [Phase("loss", ("direction_b", "direction_a"), self._loss(caller, z, sigma, prompts, params, target,
+                                                                        cfg))]
+
+    def on_policy_step(self, caller, x, sigma, prompts, params, cfg):
+        """As the reference: the loss's forward pass (shifted neutral prompt, before the update) is also the
+        conditional half of the CFG prediction that advances the latents (detached)."""
+        names = target_needs(cfg.direction, cfg.target_guidance, cfg.away_base)
+        eps = reference_eps(caller, x, sigma, prompts, names + ([] if cfg.rollout_guidance == 1.0 else ["uncond"]))
+        target = target_from(eps, cfg.direction, cfg.target_guidance, cfg.away_base)
+        keep: dict[str, torch.Tensor] = {}
+        phase = Phase("loss", ("direction_b", "direction_a"),
+                      self._loss(caller, x, sigma, prompts, params, target, cfg, keep))
+
+        def advance():
+            return cfg_eps(keep["cond"], eps.get("uncond"), cfg.rollout_guidance)
+
+        return [phase], advance
 
 
-def phases_for(method: str, caller, z, sigma, prompts, params, *, direction, guidance, loss_scale, away_base,
-               lam) -> list[Phase]:
-    if method == "embedding_direction":
-        return embedding_direction_phases(caller, z, sigma, prompts, params, direction, guidance, loss_scale,
-                                          away_base)
-    if method == "codsma_cvector":
-        return codsma_phases(caller, z, sigma, prompts, params, direction, guidance, loss_scale, away_base)
-    if method == "respodiff_ram_sam":
-        return respodiff_phases(caller, z, sigma, prompts, params, direction, guidance, loss_scale, away_base, lam)
-    raise ValueError(f"method {method!r}; expected one of {METHODS}")
+class HSpaceObjective(Objective):
+    """Shared by the bottleneck methods: tensors of the bottleneck's shape."""
+
+    roles: tuple[str, ...] = ()
+
+    def init_params(self, generator, *, text_shape, bottleneck_shape, cfg):
+        if cfg.init == "nn_linear_default":
+            return {r: _nn_linear_default(generator, bottleneck_shape, RESPODIFF_CONCEPTS) for r in self.roles}
+        return {r: _normal(generator, bottleneck_shape, cfg.init_std) for r in self.roles}
+
+
+class CodsmaCVector(HSpaceObjective):
+    name = "codsma_cvector"
+    vector_method = "hspace_cvector"
+    description = "one c-vector added to the UNet bottleneck (CoDSMa)"
+    # Paper eq. 5 (target score without guidance); negative prompting for safety.
+    defaults = MethodDefaults(0.1, 3.0, 1.0, 7.5, 0.0, 0.98, 1.0, "neutral", "random_timesteps", "ddim_uniform",
+                              "euler", "normal")
+    roles = ("c",)
+
+    def phase_params(self):
+        return {"loss": ("c",)}
+
+    def rollout_shift(self, params, cfg):
+        return {"offset": params["c"]}
+
+    def phases(self, caller, z, sigma, prompts, params, cfg):
+        eps = reference_eps(caller, z, sigma, prompts, target_needs(cfg.direction, cfg.target_guidance,
+                                                                     cfg.away_base))
+        target = target_from(eps, cfg.direction, cfg.target_guidance, cfg.away_base)
+
+        def loss():
+            out = caller.eps(z, sigma, [prompts.neutral], offset=params["c"], offset_prompts=1)[0]
+            return cfg.loss_scale * F.mse_loss(out, target)
+
+        return [Phase("loss", ("c",), loss)]
+
+
+class RespoDiffRamSam(HSpaceObjective):
+    name = "respodiff_ram_sam"
+    vector_method = "respodiff_ram_sam"
+    description = "responsibility (RAM) + semantic (SAM) bottleneck vectors trained alternately (RespoDiff)"
+    # Reference: Adam lr 0.1, rollout CFG 3, target guidance 4 (12 for safety), t in [0, 49) of 50 DDIM steps,
+    # random (prompt, t) batches, RAM + SAM in the rollout, nn.Linear default init.
+    defaults = MethodDefaults(0.1, 3.0, 4.0, 12.0, 0.0, 0.98, 1.0, "neutral", "random_timesteps", "ddim_uniform",
+                              "euler", "nn_linear_default")
+    phase_names = ("ram", "sam")
+    inits = INITS
+    roles = ("ram", "sam")
+
+    def phase_params(self):
+        return {"ram": ("ram",), "sam": ("sam",)}
+
+    def phase_learning_rate(self, phase, cfg):
+        return cfg.learning_rate * (cfg.sam_lr_scale if phase == "sam" else 1.0)
+
+    def validate(self, cfg):
+        problems = super().validate(cfg)
+        if cfg.respodiff_rollout not in RESPODIFF_ROLLOUTS:
+            problems.append(f"respodiff_rollout {cfg.respodiff_rollout!r}; expected one of {list(RESPODIFF_ROLLOUTS)}")
+        return problems
+
+    def rollout_shift(self, params, cfg):
+        """Reference pipeline: RAM + SAM on the conditional half (``ram_sam``); ``ram_only``: RAM alone."""
+        if cfg.respodiff_rollout == "ram_only":
+            return {"offset": params["ram"]}
+        return {"offset": params["ram"].detach() + params["sam"].detach()}
+
+    def phases(self, caller, z, sigma, prompts, params, cfg):
+        names = target_needs(cfg.direction, cfg.target_guidance, cfg.away_base) + ["neutral"]
+        eps = reference_eps(caller, z, sigma, prompts, names)
+        target = target_from(eps, cfg.direction, cfg.target_guidance, cfg.away_base)
+        neutral = eps["neutral"]
+
+        def resp():
+            out = caller.eps(z, sigma, [prompts.neutral], offset=params["ram"], offset_prompts=1)[0]
+            return cfg.loss_scale * F.mse_loss(out, target)
+
+        def sem():
+            offset = params["ram"].detach() + params["sam"]
+            out = caller.eps(z, sigma, [prompts.neutral], offset=offset, offset_prompts=1)[0]
+            return cfg.lam * F.mse_loss(out, neutral)
+
+        return [Phase("ram", ("ram",), resp), Phase("sam", ("sam",), sem)]
+
+
+for _objective in (EmbeddingDirection(), CodsmaCVector(), RespoDiffRamSam()):
+    register_objective(_objective)
