@@ -186,9 +186,12 @@ def check_widget(spec: InputSpec, value: Any) -> str | None:
         if not bad:
             return None
         if not options:
-            return f"expects one of its list, but the list is empty (nothing installed for it); got {describe(bad[0])}"
-        shown = options if len(options) <= 20 else options[:20] + [f"... ({len(options)} options)"]
-        return f"expects one of {shown}; got {describe(bad[0])}"
+            problem = f"expects one of its list, but the list is empty (nothing installed); got {describe(bad[0])}"
+        else:
+            shown = options if len(options) <= 20 else options[:20] + [f"... ({len(options)} options)"]
+            problem = f"expects one of {shown}; got {describe(bad[0])}"
+        hint = _missing_file_hint(spec.name, bad[0])
+        return f"{problem} ({hint})" if hint else problem
     if kind == "STRING":
         if not isinstance(value, str):
             return f"expects a text; got {describe(value)}"
@@ -202,6 +205,37 @@ def check_widget(spec: InputSpec, value: Any) -> str | None:
             return f"expects a non-empty text; got {describe(value)}"
         return None
     return None
+
+
+def _clip_model_hint(value: Any) -> str | None:
+    from ..steering.safety import clip_scores
+
+    try:
+        clip_scores.find_clip_model(str(value))
+    except FileNotFoundError as e:
+        return str(e)
+    return None
+
+
+def _vector_file_hint(value: Any) -> str | None:
+    from . import paths
+
+    return f"not found; looked in {paths.vector_folders()}"
+
+
+MISSING_FILE_HINTS: dict[str, Callable[[Any], str | None]] = {
+    "clip_model": _clip_model_hint, "vector_name": _vector_file_hint, "reference_file": _vector_file_hint}
+"""Combo inputs that list files: where the file was looked for, when the value is not among them."""
+
+
+def _missing_file_hint(name: str, value: Any) -> str | None:
+    hint = MISSING_FILE_HINTS.get(name)
+    if hint is None or not isinstance(value, str):
+        return None
+    try:
+        return hint(value)
+    except Exception:  # noqa: BLE001  a hint never hides the error itself
+        return None
 
 
 def _in_options(value: Any, options: list) -> bool:
