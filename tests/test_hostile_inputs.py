@@ -152,7 +152,7 @@ def hostile_values(inp, io_type, node_id):
     if io_type == "COMBO":
         cases += [("unknown option", "bogus"), ("empty option", "")]
     if io_type == "STRING":
-        cases += [("1 MB text", ONE_MB), ("many lines", "a cat\n" * 5000)]
+        cases += [("1 MB text", ONE_MB), ("300 lines", "x\n" * 300)]
         if text_must_not_be_empty(node_id, inp):
             cases += [("empty", ""), ("blank", "  \n ")]
     return cases
