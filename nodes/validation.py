@@ -17,8 +17,8 @@ Design
 * When. At validation (``validate_inputs``, before any node of the prompt runs) for the values
   written in the prompt; linked inputs are not known then (ComfyUI passes None for them), so
   every check runs again on the real values just before ``execute``. A node's own
-  ``validate_inputs`` still runs after the schema checks: at validation when all the inputs it
-  declares are known, otherwise (linked inputs) before ``execute``.
+  ``validate_inputs`` still runs beside the schema checks (its message is added to theirs): at
+  validation when all the inputs it declares are known, otherwise (linked inputs) before ``execute``.
 * Why it replaces ComfyUI's range checks instead of adding to them: ComfyUI skips its min/max
   (and, for V3 nodes in 0.3.75, its combo) checks for every input a ``validate_inputs`` declares,
   and for all inputs when it takes ``**kwargs``. The layer's ``validate_inputs`` takes
@@ -299,8 +299,9 @@ def schema_problems(specs: Iterable[InputSpec], values: dict, at_execute: bool) 
     return problems
 
 
-def _own_check(own: Callable | None, cls, values: dict, at_execute: bool) -> str | None:
-    """Run the node's own validate_inputs when the inputs it declares are known."""
+def _own_check(own: Callable | None, cls, values: dict, tolerate_errors: bool) -> str | None:
+    """Run the node's own validate_inputs when the inputs it declares are known (its message is added to the
+    schema's; when the schema already refused a value, an exception of the node's check on it is ignored)."""
     if own is None:
         return None
     params = list(inspect.signature(own).parameters.values())[1:]
@@ -312,7 +313,12 @@ def _own_check(own: Callable | None, cls, values: dict, at_execute: bool) -> str
         required = [p.name for p in params if p.default is p.empty and p.kind is not p.VAR_POSITIONAL]
         if any(args.get(n) is None for n in required):
             return None  # not all known yet (linked): runs again before execute
-    result = own(cls, **args)
+    try:
+        result = own(cls, **args)
+    except Exception:  # noqa: BLE001
+        if tolerate_errors:
+            return None
+        raise
     if result is True or result is None:
         return None
     return str(result) if result is not False else "the node's own input check failed"
@@ -342,10 +348,9 @@ def harden(cls):
     def validate_inputs(cls, **kwargs):
         schema = node_schema(cls)
         problems = schema_problems(input_specs(schema), kwargs, at_execute=False)
-        if not problems:
-            own = _own_check(own_validate, cls, kwargs, at_execute=False)
-            if own:
-                problems.append(own)
+        own = _own_check(own_validate, cls, kwargs, tolerate_errors=bool(problems))
+        if own and own not in problems:
+            problems.append(own)
         return True if not problems else _message(schema, problems)
 
     def checked_values(args, kwargs) -> dict:
@@ -365,10 +370,9 @@ def harden(cls):
         schema = node_schema(cls)
         values = checked_values(args, kwargs)
         problems = schema_problems(input_specs(schema), values, at_execute=True)
-        if not problems:
-            own = _own_check(own_validate, cls, values, at_execute=True)
-            if own:
-                problems.append(own)
+        own = _own_check(own_validate, cls, values, tolerate_errors=bool(problems))
+        if own:
+            problems.append(own)
         if problems:
             raise InputValidationError(_message(schema, problems))
 
