@@ -209,13 +209,15 @@ class Soak:
                     self.lost.append(f"{workflow.__name__} {short(overrides)}: {text[:200]}")
         self.sample()
 
-    def slope_kib(self) -> float:
-        n = len(self.rss)
+    def slope_kib(self, start: int = 0) -> float:
+        """Least-squares slope of the RSS samples from `start` on, KiB per prompt."""
+        rss = self.rss[start:]
+        n = len(rss)
         if n < 2:
             return 0.0
         mx = (n - 1) / 2
-        my = sum(self.rss) / n
-        num = sum((i - mx) * (r - my) for i, r in enumerate(self.rss))
+        my = sum(rss) / n
+        num = sum((i - mx) * (r - my) for i, r in enumerate(rss))
         den = sum((i - mx) ** 2 for i in range(n))
         return num / den / 1024
 
@@ -363,7 +365,8 @@ def main(argv=None) -> int:
         f"rewrite; calibrated {detector['per_encoding']:.2f} s per encoding, bound 34 encodings = "
         f"{34 * detector['per_encoding']:.0f} s). Before the bound: 960 s.",
         "- RSS sampled after every prompt (first = after the first training, models loaded); slope = "
-        "least-squares fit over all samples.",
+        f"least-squares fit over all samples; over the second half (every workflow warmed up): "
+        f"{soak.slope_kib(len(soak.rss) // 2):+.1f} KiB/prompt.",
     ]
     if soak.lost:
         lines.append("- Lost: " + "; ".join(soak.lost[:10]))

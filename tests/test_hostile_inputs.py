@@ -316,3 +316,16 @@ def test_safety_score_with_nan_threshold_refuses_to_run(comfy, pack):
     with pytest.raises(comfy.module("nodes.validation").InputValidationError, match="detection_threshold"):
         pack["RSNudeNetScore"].execute(label_preset="stg_nudity", custom_labels="", detection_threshold=math.nan,
                                        threshold=0.0)
+
+
+def test_a_nodes_own_check_waits_for_linked_inputs_and_runs_before_execute(comfy, pack):
+    """ComfyUI passes None for linked inputs at validation; the node's own cross-input check (start before end)
+    then runs on the real values before execute instead of failing on None."""
+    validation = comfy.module("nodes.validation")
+    node = pack["RSApplyHSpaceVector"]
+    widgets = dict(strength=1.0, branches="cond_only", resize_mode="bilinear")
+    assert node.validate_inputs(model=None, vector=None, start_percent=None, end_percent=0.2, **widgets) is True
+    refused = node.validate_inputs(model=None, vector=None, start_percent=0.9, end_percent=0.2, **widgets)
+    assert "Apply h-space Vector (RSApplyHSpaceVector): start_percent (0.9) must not be after end_percent" in refused
+    with pytest.raises(validation.InputValidationError, match=r"start_percent \(0.9\) must not be after end_percent"):
+        node.execute(model=object(), vector=object(), start_percent=0.9, end_percent=0.2, **widgets)
