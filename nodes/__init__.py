@@ -1,7 +1,8 @@
 """ComfyUI glue: the V3 extension that lists every node of the pack.
 
 Every ``nodes/*_nodes.py`` module exposes ``NODES``, a list of its io.ComfyNode
-classes; they are collected here in file-name order.
+classes; they are collected here in file-name order, and every one gets the pack's
+input validation (nodes/validation.py: each input checked against its schema).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pkgutil
 from comfy_api.v0_0_2 import ComfyExtension, io
 
 from .paths import register_vector_folder
+from .validation import harden
 
 
 def node_modules() -> list:
@@ -19,7 +21,7 @@ def node_modules() -> list:
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:
-    return [node for module in node_modules() for node in module.NODES]
+    return [harden(node) for module in node_modules() for node in module.NODES]
 
 
 class ResponsibleSteeringExtension(ComfyExtension):

@@ -10,7 +10,9 @@ from comfy_api.v0_0_2 import io
 from ..steering.dual_latent import (DEFAULT_TAU_GC, DEFAULT_W_X, DEFAULT_W_XI, DualLatentSettings,
                                     dual_latent_guider, sample_dual_latent)
 from ..steering.input_detector import (DEFAULT_SAFE_CONCEPTS, DEFAULT_SAFE_SUFFIX, DEFAULT_UNSAFE_CONCEPTS,
-                                       InputDetector, clip_embedder, parse_concepts)
+                                       MAX_CONCEPTS, MAX_PROMPT_CHARS, MAX_WORD_ENCODINGS, DetectorInputError,
+                                       InputDetector, check_prompt_length, clip_embedder, conditioning_feature,
+                                       parse_concepts)
 from .common import CATEGORY
 
 DUAL_CATEGORY = f"{CATEGORY}/dual_latent"
@@ -151,13 +153,16 @@ class DualLatentInputDetector(io.ComfyNode):
                 io.Clip.Input("clip", tooltip="The text encoder of the checkpoint."),
                 io.String.Input("text", multiline=True, dynamic_prompts=True, default="",
                                 tooltip="The prompt to check and encode (replaces CLIP Text Encode for the "
-                                        "positive prompt)."),
+                                        f"positive prompt). At most {MAX_PROMPT_CHARS} characters; finding the "
+                                        f"unsafe words of a flagged prompt costs at most {MAX_WORD_ENCODINGS} "
+                                        "text encodings (long prompts are checked in chunks of words)."),
                 io.String.Input("unsafe_concepts", multiline=True, default="\n".join(DEFAULT_UNSAFE_CONCEPTS),
-                                tooltip="Unsafe concept prompts, one per line (# starts a comment). Default: "
-                                        "the SLD concept list."),
+                                tooltip="Unsafe concept prompts, one per line (# starts a comment), at most "
+                                        f"{MAX_CONCEPTS}. Default: the SLD concept list."),
                 io.String.Input("safe_concepts", multiline=True, default="\n".join(DEFAULT_SAFE_CONCEPTS),
                                 tooltip="Safe concept prompts, one per line, including benign concepts close to "
-                                        "unsafe ones (red paint, a kitchen knife) to avoid over-censoring."),
+                                        "unsafe ones (red paint, a kitchen knife) to avoid over-censoring; at "
+                                        f"most {MAX_CONCEPTS}."),
                 io.Int.Input("k", default=3, min=1, max=100,
                              tooltip="Number of nearest concepts that vote (weighted by cosine similarity)."),
                 io.Float.Input("threshold", default=0.5, min=0.0, max=0.99, step=0.01,
@@ -177,15 +182,33 @@ class DualLatentInputDetector(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, text, unsafe_concepts, safe_concepts):
+        try:  # the bounds of steering/input_detector.py, before any model runs
+            check_prompt_length(text)
+            parse_concepts(unsafe_concepts, "unsafe_concepts")
+            parse_concepts(safe_concepts, "safe_concepts")
+        except DetectorInputError as e:
+            return str(e)
+        return True
+
+    @classmethod
     def execute(cls, clip, text, unsafe_concepts, safe_concepts, k, threshold, safe_suffix) -> io.NodeOutput:
+        import comfy.model_management as mm
+
         if clip is None:
             raise ValueError("clip input is None: the checkpoint has no text encoder")
-        detector = InputDetector(clip_embedder(clip), parse_concepts(unsafe_concepts, "unsafe_concepts"),
+        check_prompt_length(text)
+        interrupted = mm.throw_exception_if_processing_interrupted
+        embedder = clip_embedder(clip, check_interrupt=interrupted)
+        detector = InputDetector(embedder, parse_concepts(unsafe_concepts, "unsafe_concepts"),
                                  parse_concepts(safe_concepts, "safe_concepts"), k=k, threshold=threshold)
+        interrupted()
+        positive = clip.encode_from_tokens_scheduled(clip.tokenize(text))  # the prompt's only encoding
+        embedder.put(text, conditioning_feature(positive))
         detection = detector.detect(text, safe_suffix)
-        positive = clip.encode_from_tokens_scheduled(clip.tokenize(text))
         safe_positive = positive
         if detection.unsafe:
+            interrupted()
             safe_positive = clip.encode_from_tokens_scheduled(clip.tokenize(detection.safe_text))
         return io.NodeOutput(positive, safe_positive, detection.unsafe, detection.safe_text, detection.report())
 
