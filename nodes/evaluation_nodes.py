@@ -231,9 +231,7 @@ class FairnessDeviation(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, classifier, mode="batch", group_labels="") -> io.NodeOutput:
-        checked = cls.validate_inputs(mode, group_labels)
-        if checked is not True:
-            raise ValueError(checked)
+        # validate_inputs above runs on these values before execute (nodes/validation.py)
         batch = _images(images).float()
         classify = getattr(classifier, "classify_with_ties", None) or classifier.classify
         labels = classify(batch)
