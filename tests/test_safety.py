@@ -224,7 +224,7 @@ def test_missing_clip_fails_clearly(comfy, clip_scores, clip_folder):
         comfy.run(g.prompt())
 
 
-# ---------------------------------------------------------------------------- NudeNet set-up (issue 11)
+# ---------------------------------------------------------------------------- NudeNet set-up (as the STG reference)
 
 def skin_blob_image(seed: int = 11, size: int = 320) -> np.ndarray:
     """A synthetic HxWx3 uint8 image of skin-coloured blobs with dark centres; seed 11 makes the shipped

@@ -1,4 +1,4 @@
-"""Training as the authors' code runs it (issue 11), each against a hand-written plain-torch loop on an
+"""Training as the authors' code runs it, each against a hand-written plain-torch loop on an
 independently loaded copy of the tiny UNet:
 
 * embedding direction on-policy (``train_ptuner.py``): one trajectory per prompt, an Adam update at every
@@ -20,19 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from rs_harness import PromptError
-from test_training import InterruptAfter, checkpoint_file, run_training
-
-
-@pytest.fixture(scope="module")
-def plain_unet(tiny):
-    """A second copy of the tiny UNet loaded OUTSIDE inference mode (normal autograd)."""
-    import comfy.sd
-    import rs_harness
-
-    assert not torch.is_inference_mode_enabled()
-    model = comfy.sd.load_checkpoint_guess_config(rs_harness.tiny_checkpoint_path(), output_vae=False,
-                                                  output_clip=False)[0]
-    return model.model.diffusion_model.requires_grad_(False)
+from test_training import InterruptAfter, checkpoint_file, plain_unet, run_training  # noqa: F401 (fixture)
 
 
 def encode(clip, texts):

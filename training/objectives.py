@@ -46,7 +46,7 @@ DIRECTIONS = ("toward_target", "away_from_concept")
 # on_policy: one trajectory per batch of prompts, an update at every step of the trained window along it
 # (embedding-direction reference). random_timesteps: every iteration rolls a fresh batch out to random steps.
 SCHEDULES = ("on_policy", "random_timesteps")
-# RespoDiff rollouts: RAM + SAM on the conditional half (reference) or RAM alone (this pack before issue 11).
+# RespoDiff rollouts: RAM + SAM on the conditional half (reference) or RAM alone (this pack's earlier versions).
 RESPODIFF_ROLLOUTS = ("ram_sam", "ram_only")
 # Initial h-space tensors: nn_linear_default = nn.Linear's default (kaiming-uniform, a = sqrt(5)) for the
 # RespoDiff reference's Linear(10 -> 1280*h*w), i.e. U(-1/sqrt(10), 1/sqrt(10)) per element (std 0.18);
@@ -234,7 +234,7 @@ class EmbeddingDirection(Objective):
         return {"loss": ("direction_b", "direction_a")}
 
     def rollout_shift(self, params, cfg):
-        """The random-timestep rollout applies no direction (the option kept from before issue 11)."""
+        """The random-timestep rollout applies no direction (the option kept from earlier versions)."""
         return {}
 
     def _loss(self, caller, z, sigma, prompts, params, target, cfg, keep=None):
