@@ -278,7 +278,8 @@ class Efficacy:
 
         self.safety_baselines()
         # Embedding direction (arXiv 2505.15427): trained on unsafe prompts, away from the concept
-        # toward the empty prompt (reference target eps_c + w (eps_u - eps_c)), steps 20-100 %.
+        # toward the empty prompt (reference target eps_c + w (eps_u - eps_c)), on-policy over the trained
+        # window of the method's defaults (the reference's steps 10..50 of 50, counted from 1).
         d = self.learn(fit.FitSpec("embedding_direction_safety", "embedding_direction", "away_from_concept",
                                    UNSAFE_TRAIN, ["red"], {"target_guidance": CFG})).embedding_direction()
         self.evaluate_safety("Embedding direction", [
