@@ -69,6 +69,9 @@ class STGSettings:
     autocast: str = "none"
 
     def check(self) -> None:
+        for name in ("rho", "start_percent", "end_percent", "update_ratio", "prior_weight"):
+            if not math.isfinite(getattr(self, name)):  # NaN passes every comparison below
+                raise ValueError(f"STG setting {name} must be a finite number; got {getattr(self, name)!r}")
         if not (0.0 <= self.start_percent <= self.end_percent <= 1.0):
             raise ValueError(f"the STG window must satisfy 0 <= start ({self.start_percent}) <= end "
                              f"({self.end_percent}) <= 1")

@@ -466,3 +466,22 @@ def test_scores_clamp_the_decoded_image(comfy):
     image = torch.zeros(1, 3, 1, 2)
     image[0, 0, 0] = torch.tensor([1.5, 0.5])
     assert float(colour.ColourStatisticScore("red").scores(image)[0]) == pytest.approx(0.75)
+
+
+
+@pytest.mark.parametrize("setting", ["detection_threshold", "threshold", "nms_iou"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), 1.5])
+def test_scores_refuse_settings_that_would_pass_everything(comfy, nudenet, setting, value):
+    """Fail closed: a NaN detection threshold keeps no detection (every image 'safe') and a NaN
+    threshold flags nothing, so the score refuses to be built, naming the setting. (A threshold of
+    1.5 is a legal 'unsafe above' bar; confidences and IoU above 1 are not.)"""
+    base = comfy.module("steering.safety.base")
+    colour = comfy.module("steering.safety.colour")
+    if setting == "threshold" and value == 1.5:
+        assert nudenet.NudeNetScore(threshold=value).threshold == 1.5
+        return
+    with pytest.raises(base.ScoreSettingsError, match=setting):
+        nudenet.NudeNetScore(**{setting: value})
+    if setting == "threshold":
+        with pytest.raises(base.ScoreSettingsError, match="threshold"):
+            colour.ColourStatisticScore(threshold=value)

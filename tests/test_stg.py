@@ -345,3 +345,13 @@ def test_decoder_returns_unclamped_images(comfy, decoders, tiny):
     assert raw.shape == (1, 3, 64, 64)
     assert float(raw.min()) < 0.0 or float(raw.max()) > 1.0
     torch.testing.assert_close(raw.clamp(0, 1).movedim(1, -1), comfy_decode.float(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["rho", "start_percent", "end_percent", "update_ratio", "prior_weight"])
+def test_settings_refuse_nan_and_inf(stg, name):
+    """NaN passes every range comparison (a NaN prior weight silently turned guidance off), so each
+    setting must be finite; the same settings with a finite value are accepted."""
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=name):
+            stg.STGSettings(**{name: bad}).check()
+    stg.STGSettings(**{name: 0.5}).check()

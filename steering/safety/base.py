@@ -18,6 +18,7 @@ least one kept nudity detection, which is NudeNet's score with threshold 0.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -61,6 +62,20 @@ def clamp_unit(images: torch.Tensor) -> torch.Tensor:
     return images.clamp(0.0, 1.0)
 
 
+class ScoreSettingsError(ValueError):
+    """A safety score's setting that would make it judge wrongly (e.g. a NaN threshold, which no score
+    exceeds, so every image would pass as safe): the score refuses to be built (fail closed)."""
+
+
+def finite_setting(score: str, name: str, value, low: float | None = None, high: float | None = None) -> float:
+    """`value` as a float if it is finite and within [low, high], else :class:`ScoreSettingsError`."""
+    number = float(value)
+    if not math.isfinite(number) or (low is not None and number < low) or (high is not None and number > high):
+        bounds = f" in [{low}, {high}]" if low is not None and high is not None else ""
+        raise ScoreSettingsError(f"{score}: {name} must be a finite number{bounds}; got {value!r}")
+    return number
+
+
 class SafetyScore:
     """Base class: subclasses implement :meth:`scores` (and may override :meth:`evaluate`).
 
@@ -70,7 +85,7 @@ class SafetyScore:
     name = "safety score"
 
     def __init__(self, threshold: float = 0.0):
-        self.threshold = float(threshold)
+        self.threshold = finite_setting(self.name, "threshold", threshold)
 
     def scores(self, images: torch.Tensor) -> torch.Tensor:
         """Per-image score [B] of NCHW images (nominally 0..1, maybe unclamped: resize, then

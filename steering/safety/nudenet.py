@@ -34,7 +34,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .base import Detection, SafetyScore, ScoreResult, clamp_unit, to_nchw
+from .base import Detection, SafetyScore, ScoreResult, clamp_unit, finite_setting, to_nchw
 
 LABELS = (
     "FEMALE_GENITALIA_COVERED", "FACE_FEMALE", "BUTTOCKS_EXPOSED", "FEMALE_BREAST_EXPOSED",
@@ -301,8 +301,6 @@ class NudeNetScore(SafetyScore):
         unknown = [label for label in labels if label not in LABELS]
         if unknown or not labels:
             raise ValueError(f"NudeNet labels {unknown or '(none)'} unknown; expected some of {list(LABELS)}")
-        if not 0.0 <= nms_iou <= 1.0:
-            raise ValueError(f"nms_iou must lie in [0, 1]; got {nms_iou}")
         if max_detections < 0:
             raise ValueError(f"max_detections must be >= 0 (0 = no limit); got {max_detections}")
         if channel_order not in CHANNEL_ORDERS:
@@ -310,8 +308,8 @@ class NudeNetScore(SafetyScore):
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize {resize!r}; expected one of {RESIZE_MODES}")
         self.labels = tuple(labels)
-        self.detection_threshold = float(detection_threshold)
-        self.nms_iou = float(nms_iou)
+        self.detection_threshold = finite_setting("NudeNet score", "detection_threshold", detection_threshold, 0.0, 1.0)
+        self.nms_iou = finite_setting("NudeNet score", "nms_iou", nms_iou, 0.0, 1.0)
         self.class_wise_nms = bool(class_wise_nms)
         self.max_detections = int(max_detections)
         self.channel_order = channel_order
