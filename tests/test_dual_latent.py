@@ -70,6 +70,18 @@ def test_w_xi_zero_reproduces_the_plain_ksampler_bit_for_bit(comfy, sampler, sch
     assert (mixed - plain).abs().mean() > 1e-3  # the safe branch does change the result
 
 
+def first_steps(g, ckpt, latent, sampler: str, guiders: dict) -> None:
+    """One step (the first of the normal schedule, shared noise seed 11) of each guider, kept as an
+    output node named after it."""
+    noise = g.add("RandomNoise", noise_seed=11)
+    picked = g.add("KSamplerSelect", sampler_name=sampler)
+    sigmas = g.add("BasicScheduler", model=ckpt[0], scheduler="normal", steps=STEPS, denoise=1.0)
+    first = g.add("SplitSigmas", sigmas=sigmas[0], step=1)
+    for name, guider in guiders.items():
+        keep(g, g.add("SamplerCustomAdvanced", node_id=name, noise=noise[0], guider=guider[0], sampler=picked[0],
+                      sigmas=first[0], latent_image=latent[0])[0])
+
+
 @pytest.mark.parametrize("sampler,scheduler,batch", SAMPLERS)
 def test_tau_zero_equals_sampling_the_safe_prompt_alone(comfy, sampler, scheduler, batch):
     g, ckpt, pos, safe, neg, latent = two_prompt_graph(comfy, batch)
@@ -92,19 +104,13 @@ def test_batched_two_branch_step_equals_two_separate_branch_steps(comfy, sampler
     shows that both branches share the injected noise too."""
     w_xi, w_x = 0.7, 0.3
     g, ckpt, pos, safe, neg, latent = two_prompt_graph(comfy, batch=2)
-    noise = g.add("RandomNoise", noise_seed=11)
-    picked = g.add("KSamplerSelect", sampler_name=sampler)
-    sigmas = g.add("BasicScheduler", model=ckpt[0], scheduler="normal", steps=STEPS, denoise=1.0)
-    first = g.add("SplitSigmas", sigmas=sigmas[0], step=1)
     guiders = {
         "original": g.add("CFGGuider", model=ckpt[0], positive=pos[0], negative=neg[0], cfg=5.0),
         "safe_only": g.add("CFGGuider", model=ckpt[0], positive=safe[0], negative=neg[0], cfg=5.0),
         "dual": g.add("RSDualLatentGuider", model=ckpt[0], positive=pos[0], safe_positive=safe[0], negative=neg[0],
                       cfg=5.0, w_xi=w_xi, w_x=w_x, tau_gc=1.0),
     }
-    for name, guider in guiders.items():
-        keep(g, g.add("SamplerCustomAdvanced", node_id=name, noise=noise[0], guider=guider[0], sampler=picked[0],
-                      sigmas=first[0], latent_image=latent[0])[0])
+    first_steps(g, ckpt, latent, sampler, guiders)
     original, safe_only, dual = latents(comfy.run(g.prompt()), "original", "safe_only", "dual")
     expected = w_xi * safe_only + w_x * original
     assert (safe_only - original).abs().mean() > 1e-2
@@ -130,10 +136,6 @@ def test_cond_only_patches_shift_the_safe_branch_while_mixing(comfy, vf, sampler
     w_xi, w_x = 0.7, 0.3
     g, ckpt, pos, safe, neg, latent = two_prompt_graph(comfy, batch=2)
     patched = hspace_model_graph(comfy, vf, g, ckpt[0])
-    noise = g.add("RandomNoise", noise_seed=11)
-    picked = g.add("KSamplerSelect", sampler_name=sampler)
-    sigmas = g.add("BasicScheduler", model=ckpt[0], scheduler="normal", steps=STEPS, denoise=1.0)
-    first = g.add("SplitSigmas", sigmas=sigmas[0], step=1)
     guiders = {
         "original": g.add("CFGGuider", model=patched[0], positive=pos[0], negative=neg[0], cfg=5.0),
         "safe_only": g.add("CFGGuider", model=patched[0], positive=safe[0], negative=neg[0], cfg=5.0),
@@ -141,9 +143,7 @@ def test_cond_only_patches_shift_the_safe_branch_while_mixing(comfy, vf, sampler
         "dual": g.add("RSDualLatentGuider", model=patched[0], positive=pos[0], safe_positive=safe[0],
                       negative=neg[0], cfg=5.0, w_xi=w_xi, w_x=w_x, tau_gc=1.0),
     }
-    for name, guider in guiders.items():
-        keep(g, g.add("SamplerCustomAdvanced", node_id=name, noise=noise[0], guider=guider[0], sampler=picked[0],
-                      sigmas=first[0], latent_image=latent[0])[0])
+    first_steps(g, ckpt, latent, sampler, guiders)
     original, safe_only, safe_unpatched, dual = latents(comfy.run(g.prompt()), "original", "safe_only",
                                                         "safe_unpatched", "dual")
     assert (safe_only - safe_unpatched).abs().mean() > 1e-2  # the vector does shift the safe prompt

@@ -55,7 +55,7 @@ class TrainConfig:
     direction: str = "toward_target"
     iterations: int = 1000
     batch_size: int = 8
-    learning_rate: float = 0.0          # 0: the method's default (DEFAULTS)
+    learning_rate: float = 0.0          # 0: the objective's default (its MethodDefaults)
     lam: float = 0.5                    # RespoDiff lambda (paper 0.5)
     # RespoDiff: SAM's learning rate as a fraction of RAM's (reference safety scripts: 1e-4 / 1e-2).
     # With equal rates SAM simply learns -RAM and the pair does nothing (measured on ToyWorld).
@@ -181,10 +181,6 @@ def vector_of(result: TrainResult, arch: str) -> SteeringVector:
 def prompt_lines(text: str) -> list[str]:
     """The prompts of a prompt set written one per line (blank lines ignored)."""
     return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def phase_names(method: str) -> tuple[str, ...]:
-    return get_objective(method).phase_names
 
 
 def compute_dtype_of(base) -> torch.dtype:

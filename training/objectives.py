@@ -131,7 +131,6 @@ class Objective:
     vector_method: str = ""          # the SteeringVector kind it produces (steering.vector_file)
     description: str = ""            # one line for the node's tooltip
     defaults: MethodDefaults
-    phase_names: tuple[str, ...] = ("loss",)
     needs_bottleneck: bool = True    # h-space: the UNet must have a middle block
     inits: tuple[str, ...] = ("normal",)
 
@@ -144,6 +143,11 @@ class Objective:
     def phase_params(self) -> dict[str, tuple[str, ...]]:
         """Vector tensors each phase's optimizer updates."""
         raise NotImplementedError
+
+    @property
+    def phase_names(self) -> tuple[str, ...]:
+        """The update phases of one step, in order (the loss history's keys)."""
+        return tuple(self.phase_params())
 
     def phase_learning_rate(self, phase: str, cfg: "TrainConfig") -> float:
         return cfg.learning_rate
@@ -315,7 +319,6 @@ class RespoDiffRamSam(HSpaceObjective):
     # random (prompt, t) batches, RAM + SAM in the rollout, nn.Linear default init.
     defaults = MethodDefaults(0.1, 3.0, 4.0, 12.0, 0.0, 0.98, 1.0, "neutral", "random_timesteps", "ddim_uniform",
                               "euler", "nn_linear_default")
-    phase_names = ("ram", "sam")
     inits = INITS
     roles = ("ram", "sam")
 

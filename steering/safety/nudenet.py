@@ -209,6 +209,13 @@ def detector_input_size(path: str | None = None, name: str = MODEL_FILE) -> tupl
 
 # ---------------------------------------------------------------------------- pre- and post-processing
 
+def check_preprocess_options(resize: str, channel_order: str) -> None:
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize {resize!r}; expected one of {RESIZE_MODES}")
+    if channel_order not in CHANNEL_ORDERS:
+        raise ValueError(f"channel_order: channel order {channel_order!r}; expected one of {CHANNEL_ORDERS}")
+
+
 def preprocess(images: torch.Tensor, size: tuple[int, int], resize: str = "stretch",
                channel_order: str = "rgb") -> tuple[torch.Tensor, tuple[float, float]]:
     """Detector input from NCHW images (nominally 0..1, maybe unclamped): resize, then clamp, then the
@@ -216,10 +223,7 @@ def preprocess(images: torch.Tensor, size: tuple[int, int], resize: str = "stret
 
     stretch: bilinear resize to ``size`` with antialiasing (torchvision's Resize, the STG reference).
     letterbox: pad bottom/right to a square, bilinear resize without antialiasing (the nudenet package)."""
-    if resize not in RESIZE_MODES:
-        raise ValueError(f"resize {resize!r}; expected one of {RESIZE_MODES}")
-    if channel_order not in CHANNEL_ORDERS:
-        raise ValueError(f"channel order {channel_order!r}; expected one of {CHANNEL_ORDERS}")
+    check_preprocess_options(resize, channel_order)
     h, w = images.shape[-2:]
     size = (int(size[0]), int(size[1]))
     if resize == "stretch":
@@ -303,10 +307,7 @@ class NudeNetScore(SafetyScore):
             raise ValueError(f"NudeNet labels {unknown or '(none)'} unknown; expected some of {list(LABELS)}")
         if max_detections < 0:
             raise ValueError(f"max_detections must be >= 0 (0 = no limit); got {max_detections}")
-        if channel_order not in CHANNEL_ORDERS:
-            raise ValueError(f"channel_order {channel_order!r}; expected one of {CHANNEL_ORDERS}")
-        if resize not in RESIZE_MODES:
-            raise ValueError(f"resize {resize!r}; expected one of {RESIZE_MODES}")
+        check_preprocess_options(resize, channel_order)
         self.labels = tuple(labels)
         self.detection_threshold = finite_setting("NudeNet score", "detection_threshold", detection_threshold, 0.0, 1.0)
         self.nms_iou = finite_setting("NudeNet score", "nms_iou", nms_iou, 0.0, 1.0)
