@@ -20,14 +20,16 @@ class Architecture:
     text_tokens: int | None        # tokens per CLIP chunk (77), None for T5-style prompts
     pooled_width: int | None       # width of pooled_output, if the model uses it
     bottleneck_channels: int | None  # UNet middle-block channels; None: no UNet h-space
+    native_resolution: int | None = None  # image side the model was trained at (pixels)
+    taesd_decoder: str | None = None      # models/vae_approx file name (no extension) of its TAESD decoder
 
 
 ARCHITECTURES: dict[str, Architecture] = {
     a.name: a
     for a in (
-        Architecture("sd1", "Stable Diffusion 1.x", 768, 77, None, 1280),
-        Architecture("sd2", "Stable Diffusion 2.x", 1024, 77, None, 1280),
-        Architecture("sdxl", "Stable Diffusion XL", 2048, 77, 1280, 1280),
+        Architecture("sd1", "Stable Diffusion 1.x", 768, 77, None, 1280, 512, "taesd_decoder"),
+        Architecture("sd2", "Stable Diffusion 2.x", 1024, 77, None, 1280, 768, "taesd_decoder"),
+        Architecture("sdxl", "Stable Diffusion XL", 2048, 77, 1280, 1280, 1024, "taesdxl_decoder"),
         Architecture("sd3", "Stable Diffusion 3", 4096, None, 2048, None),
         Architecture("flux", "FLUX.1", 4096, None, 768, None),
     )

@@ -1,0 +1,130 @@
+"""Fingerprints of everything the pack draws, to prove a refactor changes no behaviour.
+
+    .venv/bin/python scripts/image_fingerprints.py record OUT.json
+    .venv/bin/python scripts/image_fingerprints.py compare BEFORE.json AFTER.json
+
+`record` runs (1) every example workflow on the tiny SD1 checkpoint, in-process through
+ComfyUI's executor with the test profile (tiny checkpoint, 128 px, <= 4 steps), and
+(2) the ToyWorld efficacy benchmark in its smoke mode (every method: embedding
+direction, c-vector, RespoDiff, STG, dual latent, fair sampling, and the training loop
+that learns their vectors). It writes the SHA-256 of every image's pixels and of every
+learned vector's tensors, in the order they were made. `compare` lists every entry that
+differs; it exits 1 if any does.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+
+def digest(t) -> str:
+    if isinstance(t, torch.Tensor):
+        t = t.detach().to("cpu").contiguous().numpy()
+    a = np.ascontiguousarray(t)
+    return hashlib.sha256(str(a.dtype).encode() + str(a.shape).encode() + a.tobytes()).hexdigest()[:24]
+
+
+def tiny_workflows() -> dict[str, list[str]]:
+    sys.path.insert(0, HERE)
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from PIL import Image
+    from rs_harness import ComfySession, load_workflow, ui_to_api
+    import workflow_runner
+
+    comfy = ComfySession(tempfile.mkdtemp(prefix="fingerprints-"))
+    out = {}
+    for path in workflow_runner.workflow_paths():
+        name = os.path.basename(path)
+        prompt = workflow_runner.tiny_profile(ui_to_api(load_workflow(path), comfy.input_spec), comfy.checkpoint_name)
+        workflow_runner.provide_reference_vectors(workflow_runner.vector_files_needed(prompt), comfy.vector_dir)
+        workflow_runner.provide_safety_models(prompt, os.path.dirname(comfy.vector_dir))
+        before = set(os.listdir(comfy.vector_dir))
+        result = comfy.run(prompt)
+        hashes = []
+        for node_id in sorted(result.ui, key=str):
+            for image in result.ui[node_id].get("images", []):
+                if image.get("type") == "output":
+                    f = os.path.join(comfy.output_dir, image["subfolder"], image["filename"])
+                    hashes.append(f"image {node_id}: " + digest(np.asarray(Image.open(f))))
+        for new in sorted(set(os.listdir(comfy.vector_dir)) - before):
+            from safetensors.torch import load_file
+
+            tensors = load_file(os.path.join(comfy.vector_dir, new))
+            hashes += [f"vector {k}: " + digest(v) for k, v in sorted(tensors.items())]
+        out[name] = hashes
+        print(name, len(hashes), flush=True)
+    return out
+
+
+def toyworld_smoke() -> dict[str, list[str]]:
+    sys.path.insert(0, os.path.join(REPO, "benchmarks", "toyworld"))
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    import efficacy
+    from toyworld import model as M
+
+    images: list[str] = []
+    run = efficacy.Sampler.run
+
+    def recording_run(self, prompts, **kw):
+        result = run(self, prompts, **kw)
+        images.extend(f"{p}: {digest(result[p])}" for p in prompts)
+        return result
+
+    efficacy.Sampler.run = recording_run
+    efficacy.grid_png = lambda *a, **k: None
+    pack = efficacy.setup()
+    bench = efficacy.Efficacy(pack, M.ToyWorld(M.WEIGHTS), "smoke", tempfile.mkdtemp(prefix="fingerprints-"))
+    bench.run_probe()
+    bench.run_safety()
+    bench.run_fairness()
+    vectors = []
+    for name, vector in bench.vectors.items():
+        vectors += [f"{name} {k}: {digest(v)}" for k, v in sorted(vector.tensors.items())]
+    return {"toyworld images": images, "toyworld vectors": vectors}
+
+
+def record(path: str) -> None:
+    result = {**tiny_workflows(), **toyworld_smoke()}
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+    print(f"wrote {path}: {sum(len(v) for v in result.values())} fingerprints")
+
+
+def compare(before_path: str, after_path: str) -> int:
+    with open(before_path) as f:
+        before = json.load(f)
+    with open(after_path) as f:
+        after = json.load(f)
+    bad = 0
+    for key in sorted(set(before) | set(after)):
+        a, b = before.get(key), after.get(key)
+        if a != b:
+            bad += 1
+            print(f"DIFFERENT {key}: {len(a or [])} before, {len(b or [])} after")
+            for x, y in zip(a or [], b or []):
+                if x != y:
+                    print(f"  {x}\n  {y}")
+    total = sum(len(v) for v in before.values())
+    print(f"{total} fingerprints before, {sum(len(v) for v in after.values())} after; {bad} groups differ")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "record":
+        record(sys.argv[2])
+    elif len(sys.argv) == 4 and sys.argv[1] == "compare":
+        sys.exit(compare(sys.argv[2], sys.argv[3]))
+    else:
+        sys.exit(__doc__)
