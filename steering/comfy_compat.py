@@ -1,0 +1,149 @@
+"""Every ComfyUI call whose form depends on the ComfyUI version, in one place.
+
+The pack runs on the ComfyUI users have: the tests pin 0.3.75 (the newest installable
+offline), users run upstream 0.38.x. Each function below feature-detects (``hasattr`` /
+signature) instead of comparing version strings, and its comment names the upstream file
+it was read from. No other module of the pack may branch on the ComfyUI version.
+
+Gradient passes (STG's embedding gradient, the training loop, the differentiable VAE
+decode) run inside :func:`gradient_pass`:
+
+* upstream sets ``comfy.model_management.in_training`` around its own trainer
+  (comfy_extras/nodes_train.py); model code and ``comfy/ops.py`` then take out-of-place
+  paths instead of in-place kernels and reused cast buffers, which autograd cannot save.
+  We set it for the block and put the previous value back after it, also on errors and
+  on interrupts (``InterruptProcessingException`` is a ``BaseException`` upstream);
+* with dynamic VRAM (upstream's default on CUDA: weights are cast per layer into reused
+  buffers, ``ModelPatcherDynamic``) the gradient still flows through the activations --
+  the pack never needs weight gradients -- so nothing else changes; if autograd still
+  meets an inference tensor it cannot save, the error names the flags that turn dynamic
+  VRAM off (:class:`CompatError`).
+
+The UNet bottleneck hook (h-space vectors) is :func:`set_middle_block_patch`: upstream's
+``set_model_middle_block_after_patch`` where it exists, else the first output block's
+patch on ``h`` (ComfyUI 0.3.75 has no middle hook); both see the same ``h``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Callable, Iterator
+
+import torch
+
+# ModelPatcher.set_model_output_block_patch hands patches this block index
+# (comfy/ldm/modules/diffusionmodules/openaimodel.py, 0.3.75 and 0.38).
+FIRST_OUTPUT_BLOCK = ("output", 0)
+DYNAMIC_VRAM_FLAGS = "--disable-dynamic-vram (or --highvram)"
+
+# None: set comfy.model_management.in_training in gradient passes where ComfyUI has it; True: set it
+# even where it does not exist; False: never. Only tests and benchmarks change it.
+IN_TRAINING_OVERRIDE: bool | None = None
+
+
+class CompatError(RuntimeError):
+    """This ComfyUI configuration cannot run the requested gradient pass."""
+
+
+def _model_management():
+    import comfy.model_management
+
+    return comfy.model_management
+
+
+# ---------------------------------------------------------------- interrupts
+
+def interrupt_exception() -> type[BaseException]:
+    """ComfyUI's interrupt exception (comfy/model_management.py): an ``Exception`` in 0.3.75,
+    a ``BaseException`` in 0.38, so ``except Exception`` does not see it upstream."""
+    return _model_management().InterruptProcessingException
+
+
+# ---------------------------------------------------------------- dynamic VRAM
+
+def is_dynamic(patcher) -> bool:
+    """Whether ComfyUI casts this model's weights per layer on demand (dynamic VRAM).
+    Upstream comfy/model_patcher.py: ``ModelPatcher.is_dynamic()``; absent in 0.3.75."""
+    probe = getattr(patcher, "is_dynamic", None)
+    return bool(probe()) if callable(probe) else False
+
+
+def in_training_supported() -> bool:
+    """Upstream comfy/model_management.py has ``in_training`` (training state); 0.3.75 has not."""
+    return hasattr(_model_management(), "in_training")
+
+
+@contextlib.contextmanager
+def gradient_pass(*patchers) -> Iterator[None]:
+    """The block runs a forward/backward pass through the models of `patchers` (see the module
+    docstring); ``IN_TRAINING_OVERRIDE`` decides whether ``in_training`` is set."""
+    mm = _model_management()
+    use = in_training_supported() if IN_TRAINING_OVERRIDE is None else IN_TRAINING_OVERRIDE
+    missing = object()
+    previous = getattr(mm, "in_training", missing)
+    if use:
+        mm.in_training = True
+    try:
+        yield
+    except RuntimeError as e:
+        if "Inference tensors cannot be saved for backward" in str(e) and any(is_dynamic(p) for p in patchers):
+            raise CompatError(
+                "this ComfyUI casts model weights on demand (dynamic VRAM) in a way the gradient pass cannot follow; "
+                f"start ComfyUI with {DYNAMIC_VRAM_FLAGS} to use this node") from e
+        raise
+    finally:
+        if use:
+            if previous is missing:
+                delattr(mm, "in_training")
+            else:
+                mm.in_training = previous
+
+
+# ---------------------------------------------------------------- UNet bottleneck hook
+
+def has_middle_block_hook(patcher) -> bool:
+    """Upstream comfy/model_patcher.py ``set_model_middle_block_after_patch`` (0.38); absent in 0.3.75."""
+    return callable(getattr(patcher, "set_model_middle_block_after_patch", None))
+
+
+BottleneckFn = Callable[[torch.Tensor, dict], torch.Tensor]
+
+
+def middle_block_patch(fn: BottleneckFn) -> Callable[[dict], dict]:
+    """`fn(h, transformer_options) -> h` as upstream's middle-block-after patch: it gets one dict
+    (h, x, emb, context, y, timesteps, transformer_options) and returns {"h": ...}."""
+    def patch(args: dict) -> dict:
+        return {**args, "h": fn(args["h"], args["transformer_options"])}
+    return patch
+
+
+def first_output_block_patch(fn: BottleneckFn) -> Callable:
+    """`fn` as an output-block patch that acts once, at the first output block, on `h` -- the
+    middle block's output, before the skip connection is concatenated."""
+    def patch(h: torch.Tensor, hsp: torch.Tensor, transformer_options: dict):
+        if transformer_options.get("block") != FIRST_OUTPUT_BLOCK:
+            return h, hsp
+        return fn(h, transformer_options), hsp
+    return patch
+
+
+def set_middle_block_patch(patcher, fn: BottleneckFn, prefer_hook: bool = True) -> str:
+    """Install `fn(h, transformer_options) -> h` on the UNet bottleneck of `patcher` (a clone the
+    caller owns). Returns which route was taken: "middle_block_after_patch" or "output_block_patch"."""
+    if prefer_hook and has_middle_block_hook(patcher):
+        patcher.set_model_middle_block_after_patch(middle_block_patch(fn))
+        return "middle_block_after_patch"
+    patcher.set_model_output_block_patch(first_output_block_patch(fn))
+    return "output_block_patch"
+
+
+# ---------------------------------------------------------------- V3 schema
+
+def schema_options(**options) -> dict:
+    """The optional io.Schema fields this ComfyUI knows (e.g. ``search_aliases``, added after 0.3.75
+    in comfy_api/latest/_io.py); the others are dropped rather than raising TypeError."""
+    from comfy_api.latest import io
+
+    known = {f.name for f in dataclasses.fields(io.Schema)}
+    return {k: v for k, v in options.items() if k in known}
+

@@ -1,0 +1,105 @@
+"""The version layer (steering/comfy_compat.py) on the ComfyUI the tests run: global state is put
+back after success, error and interrupt; both bottleneck routes act on the same h."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def compat(comfy):
+    return comfy.module("steering.comfy_compat")
+
+
+@pytest.fixture
+def forced_in_training(compat, monkeypatch):
+    """Gradient passes set in_training even on a ComfyUI without it (restored by monkeypatch)."""
+    monkeypatch.setattr(compat, "IN_TRAINING_OVERRIDE", True)
+    return compat
+
+
+def in_training_state():
+    import comfy.model_management as mm
+
+    return getattr(mm, "in_training", "absent")
+
+
+@pytest.mark.parametrize("ending", ["success", "error", "interrupt"])
+def test_gradient_pass_restores_in_training(forced_in_training, ending):
+    import comfy.model_management as mm
+
+    compat = forced_in_training
+    before = in_training_state()
+    seen = []
+    raised = {"success": None, "error": ValueError, "interrupt": mm.InterruptProcessingException}[ending]
+    try:
+        with compat.gradient_pass():
+            seen.append(mm.in_training)
+            if raised:
+                raise raised("stop")
+    except BaseException as e:
+        assert raised is not None and isinstance(e, raised)
+    assert seen == [True]
+    assert in_training_state() == before
+
+
+def test_gradient_pass_keeps_an_existing_value(forced_in_training, monkeypatch):
+    import comfy.model_management as mm
+
+    monkeypatch.setattr(mm, "in_training", "earlier value", raising=False)
+    with forced_in_training.gradient_pass():
+        assert mm.in_training is True
+    assert mm.in_training == "earlier value"
+
+
+def test_gradient_pass_leaves_state_alone_when_off(compat, monkeypatch):
+    monkeypatch.setattr(compat, "IN_TRAINING_OVERRIDE", False)
+    before = in_training_state()
+    with compat.gradient_pass():
+        assert in_training_state() == before
+    assert in_training_state() == before
+
+
+def test_interrupt_is_comfys_exception(compat):
+    import comfy.model_management as mm
+
+    assert compat.interrupt_exception() is mm.InterruptProcessingException
+
+
+class DynamicPatcher:
+    """A stand-in for upstream's ModelPatcherDynamic: only what the layer asks of it."""
+
+    def is_dynamic(self):
+        return True
+
+
+def test_unsaveable_tensor_under_dynamic_vram_names_the_flag(compat):
+    with pytest.raises(compat.CompatError, match="--disable-dynamic-vram"):
+        with compat.gradient_pass(DynamicPatcher()):
+            raise RuntimeError("Inference tensors cannot be saved for backward. To work around ...")
+    with pytest.raises(RuntimeError, match="Inference tensors") as info:  # not dynamic: the error as it was
+        with compat.gradient_pass(object()):
+            raise RuntimeError("Inference tensors cannot be saved for backward.")
+    assert not isinstance(info.value, compat.CompatError)
+
+
+def test_both_bottleneck_routes_see_the_same_h(compat):
+    g = torch.Generator().manual_seed(0)
+    h, hsp = torch.randn(2, 8, 4, 4, generator=g), torch.randn(2, 8, 4, 4, generator=g)
+    offset = torch.randn(8, 1, 1, generator=g)
+    fn = lambda x, options: x + offset  # noqa: E731
+    options = {"block": ("output", 0)}
+    via_hook = compat.middle_block_patch(fn)({"h": h, "x": None, "transformer_options": options})["h"]
+    via_output, hsp_out = compat.first_output_block_patch(fn)(h, hsp, options)
+    assert torch.equal(via_hook, h + offset) and torch.equal(via_output, h + offset) and hsp_out is hsp
+    later_h, later_hsp = compat.first_output_block_patch(fn)(h, hsp, {"block": ("output", 1)})
+    assert later_h is h and later_hsp is hsp  # acts once, at the first output block only
+
+
+def test_schema_options_match_this_comfyui(compat):
+    import dataclasses
+    from comfy_api.latest import io
+
+    fields = {f.name for f in dataclasses.fields(io.Schema)}
+    got = compat.schema_options(search_aliases=["nsfw"], description="d", no_such_field=1)
+    assert got == {"description": "d", **({"search_aliases": ["nsfw"]} if "search_aliases" in fields else {})}
