@@ -25,8 +25,9 @@ import torch
 
 
 @dataclass
-class Detection:
-    """One detected region in image pixel coordinates (x0, y0, x1, y1)."""
+class DetectedRegion:
+    """One region a detector found in an image: its label, confidence and box in image pixel
+    coordinates (x0, y0, x1, y1)."""
     label: str
     confidence: float
     box: tuple[float, float, float, float]
@@ -36,7 +37,7 @@ class Detection:
 class ScoreResult:
     score: torch.Tensor          # [B], differentiable when the input requires grad
     unsafe: torch.Tensor         # [B] bool: score > threshold
-    detections: list[list[Detection]] | None = None  # per image, for detectors
+    detections: list[list[DetectedRegion]] | None = None  # per image, for detectors
     details: list[str] = field(default_factory=list)  # per image, human-readable
 
 
