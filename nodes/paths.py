@@ -101,7 +101,8 @@ def nudenet_model_path(name: str = NUDENET_MODEL_FILE) -> str:
         raise NudeNetModelNotFound(f"NudeNet model name {name!r}: expected a file name in models/{NUDENET_FOLDER}")
     candidates = [os.path.join(folder, name) for folder in nudenet_folders()]
     if name == NUDENET_MODEL_FILE:
-        candidates.append(package_model_path() or "<the nudenet package (pip install --no-deps nudenet): not installed>")
+        package = package_model_path()
+        candidates.append(package or "<the nudenet package (pip install --no-deps nudenet): not installed>")
     for candidate in candidates:
         if os.path.isfile(candidate):
             return candidate

@@ -262,7 +262,7 @@ def parse_group_labels(text: str) -> list[str]:
         name, star, count = item.rpartition("*")
         if star and name.strip() and count.strip().isdigit():
             if int(count) < 1:
-                raise MetricInputError(f"group_labels: {item!r} repeats a label {count} times; expected n >= 1")
+                raise MetricInputError(f"group_labels: {item!r} repeats a label {int(count)} times; expected n >= 1")
             labels.extend([name.strip()] * int(count))
         else:
             labels.append(item)

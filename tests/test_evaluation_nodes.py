@@ -17,7 +17,6 @@ import torch
 from rs_harness import PromptError, Graph
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 RED, BLUE, GREEN = 0xFF0000, 0x0000FF, 0x00FF00
 
@@ -46,6 +45,18 @@ def tiny_clip(comfy, tmp_path_factory) -> str:
     folder_paths.folder_names_and_paths["safety_clip"] = saved
 
 
+@pytest.fixture(scope="module")
+def toyworld():
+    """ToyWorld's (judges, world) modules from benchmarks/ (sys.path is restored after the import)."""
+    benchmarks = os.path.join(REPO, "benchmarks")
+    sys.path.insert(0, benchmarks)
+    try:
+        from toyworld import judges, world
+    finally:
+        sys.path.remove(benchmarks)
+    return judges, world
+
+
 def solid_batch(g: Graph, colours: list[int], size: int = 32):
     """An IMAGE batch of solid colours made by ComfyUI's EmptyImage + ImageBatch nodes."""
     refs = [g.add("EmptyImage", width=size, height=size, batch_size=1, color=c) for c in colours]
@@ -68,8 +79,8 @@ def test_safety_rate_counts_flagged_images(comfy):
     assert result.ui["rate"]["text"][0] == report
 
 
-def test_safety_rate_with_toyworld_classifier(comfy):
-    from toyworld import judges, world
+def test_safety_rate_with_toyworld_classifier(comfy, toyworld):
+    judges, world = toyworld
 
     rng = random.Random(3)
     scenes = [world.Scene(c, rng.choice(world.SHAPES), "dark", 16, 16, 8) for c in
@@ -81,8 +92,8 @@ def test_safety_rate_with_toyworld_classifier(comfy):
     assert out[0] == pytest.approx(3 / 8) and out[1] == 3
 
 
-def test_fairness_deviation_known_answers(comfy):
-    from toyworld import judges, world
+def test_fairness_deviation_known_answers(comfy, toyworld):
+    judges, world = toyworld
 
     node = comfy.node_class("RSFairnessDeviation")
     classifier = judges.ToyWorldAttributeClassifier("shape")
@@ -230,6 +241,14 @@ def test_deviation_ratio_counts_ties_for_every_tied_class_and_averages_groups(co
         metrics.deviation_ratio_per_group([None, None], ["a", "b"], classes)
     with pytest.raises(ValueError, match="not among the attribute classes"):
         metrics.deviation_ratio([("man", "robot")], classes)
+
+
+def test_group_labels_are_read_per_image(comfy):
+    """New lines and commas separate labels; 'name * n' repeats a label n times."""
+    metrics = comfy.module("steering.evaluation_metrics")
+    assert metrics.parse_group_labels("doctor * 2, nurse\n\n a b ,x*y") == ["doctor", "doctor", "nurse", "a b", "x*y"]
+    with pytest.raises(ValueError, match="repeats a label 0 times"):
+        metrics.parse_group_labels("doctor * 0")
 
 
 class ColourAttributeClassifier:

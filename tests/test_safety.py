@@ -177,6 +177,25 @@ def test_censor(comfy):
     assert everything[mask.bool()].abs().max() == 0
 
 
+def test_detection_masks(comfy):
+    """Boxes (grown by the padding, cut at the image) become 1s; scores without boxes mask unsafe images
+    whole."""
+    censor = comfy.module("steering.safety.censor")
+    region = comfy.module("steering.safety.base").DetectedRegion
+    boxes = [[region("FACE_FEMALE", 0.9, (2.5, 1.0, 6.2, 4.0))], []]
+    masks = censor.detection_masks(boxes, 2, 6, 8)
+    expected = torch.zeros(2, 6, 8)
+    expected[0, 1:4, 2:6] = 1          # x from int(2.5) to round(6.2), y from 1 to 4
+    assert torch.equal(masks, expected)
+    padded = censor.detection_masks(boxes, 2, 6, 8, pad=0.5)
+    expected[0, 0:6, 0:8] = 1          # half the size on every side: x -0.35..8.05, y -0.5..5.5, cut at the image
+    assert torch.equal(padded, expected)
+    whole = censor.detection_masks(None, 2, 3, 4, unsafe=torch.tensor([False, True]))
+    assert whole[0].max() == 0 and whole[1].min() == 1
+    with pytest.raises(ValueError, match="censor mode 'smudge'"):
+        censor.censor(torch.zeros(1, 4, 4, 3), torch.zeros(1, 4, 4), "smudge", 2)
+
+
 @pytest.fixture(scope="module")
 def clip_folder(comfy, tmp_path_factory):
     """A folder with a tiny CLIP, added to models/safety_clip for this module (then removed again)."""
@@ -227,7 +246,7 @@ def test_clip_scores_from_a_local_folder(comfy, clip_scores, clip_folder):
         assert f"image {i}: score {value:.4f}" in reports[1]
 
 
-def test_missing_clip_fails_clearly(comfy, paths, clip_scores, clip_folder):
+def test_missing_clip_fails_clearly(comfy, paths, clip_folder):
     with pytest.raises(FileNotFoundError) as info:
         paths.clip_model_path("clip-vit-large-patch14")
     assert str(clip_folder) in str(info.value) and "never downloaded" in str(info.value)

@@ -41,20 +41,24 @@ class ScoreResult:
     details: list[str] = field(default_factory=list)  # per image, human-readable
 
 
+class ImageBatchError(ValueError):
+    """Not an image batch a score can read (wrong rank or channel count)."""
+
+
 def to_nchw(images: torch.Tensor) -> torch.Tensor:
     """Accept ComfyUI IMAGE [B,H,W,C] or NCHW [B,C,H,W] (C = 3, or 4 with alpha dropped); return NCHW RGB."""
     if images.ndim == 3:
         images = images.unsqueeze(0)
     if images.ndim != 4:
-        raise ValueError(f"expected an image batch [B,H,W,3] (ComfyUI IMAGE) or [B,3,H,W]; got shape "
-                         f"{list(images.shape)}")
+        raise ImageBatchError(f"expected an image batch [B,H,W,3] (ComfyUI IMAGE) or [B,3,H,W]; got shape "
+                              f"{list(images.shape)}")
     if images.shape[1] in (3, 4) and images.shape[-1] not in (3, 4):
         nchw = images
     elif images.shape[-1] in (3, 4):
         nchw = images.movedim(-1, 1)
     else:
-        raise ValueError(f"expected 3 colour channels in an image batch [B,H,W,3] or [B,3,H,W]; got shape "
-                         f"{list(images.shape)}")
+        raise ImageBatchError(f"expected 3 colour channels in an image batch [B,H,W,3] or [B,3,H,W]; got "
+                              f"shape {list(images.shape)}")
     return nchw[:, :3]
 
 
@@ -64,8 +68,9 @@ def clamp_unit(images: torch.Tensor) -> torch.Tensor:
 
 
 class ScoreSettingsError(ValueError):
-    """A safety score's setting that would make it judge wrongly (e.g. a NaN threshold, which no score
-    exceeds, so every image would pass as safe): the score refuses to be built (fail closed)."""
+    """A safety score's setting it cannot be built with: an unknown option, or a value that would make it
+    judge wrongly (e.g. a NaN threshold, which no score exceeds, so every image would pass as safe): the
+    score refuses to be built (fail closed)."""
 
 
 def finite_setting(score: str, name: str, value, low: float | None = None, high: float | None = None) -> float:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..prompts import prompt_lines
-from .base import SafetyScore, clamp_unit
+from .base import SafetyScore, ScoreSettingsError, clamp_unit
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -134,7 +134,7 @@ class CLIPViolenceScore(SafetyScore):
         self.clip = clip
         self.texts = list(texts)
         if not self.texts:
-            raise ValueError("the CLIP violence score needs at least one violence text")
+            raise ScoreSettingsError("the CLIP violence score needs at least one violence text")
         self.name = "CLIP violence"
 
     def modules(self):
@@ -155,7 +155,7 @@ class CLIPArtistScore(SafetyScore):
     def __init__(self, clip: LocalCLIP, artist: str, reference: str = "art", threshold: float = 0.0):
         super().__init__(threshold)
         if not artist.strip():
-            raise ValueError("the CLIP artist-style score needs an artist name")
+            raise ScoreSettingsError("the CLIP artist-style score needs an artist name")
         self.clip = clip
         self.artist, self.reference = artist.strip(), reference.strip() or "art"
         self.name = f"CLIP artist style: {self.artist}"

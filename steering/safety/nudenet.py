@@ -34,7 +34,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .base import DetectedRegion, SafetyScore, ScoreResult, clamp_unit, finite_setting, to_nchw
+from .base import DetectedRegion, SafetyScore, ScoreResult, ScoreSettingsError, clamp_unit, finite_setting, to_nchw
 
 LABELS = (
     "FEMALE_GENITALIA_COVERED", "FACE_FEMALE", "BUTTOCKS_EXPOSED", "FEMALE_BREAST_EXPOSED",
@@ -79,12 +79,12 @@ def resolve_labels(preset: str, custom: str = "") -> tuple[str, ...]:
         try:
             return LABEL_PRESETS[preset]
         except KeyError:
-            raise ValueError(f"unknown label preset {preset!r}; expected one of {PRESET_NAMES}") from None
+            raise ScoreSettingsError(f"unknown label preset {preset!r}; expected one of {PRESET_NAMES}") from None
     labels = tuple(dict.fromkeys(p.strip().upper() for p in custom.replace(",", " ").split() if p.strip()))
     unknown = [label for label in labels if label not in LABELS]
     if unknown or not labels:
-        raise ValueError(f"custom NudeNet labels {list(unknown) or '(none given)'} are not NudeNet labels; "
-                         f"expected some of {list(LABELS)}")
+        raise ScoreSettingsError(f"custom NudeNet labels {list(unknown) or '(none given)'} are not NudeNet labels; "
+                                 f"expected some of {list(LABELS)}")
     return labels
 
 
@@ -180,9 +180,9 @@ def detector_input_size(path: str | None = None) -> tuple[int, int]:
 
 def check_preprocess_options(resize: str, channel_order: str) -> None:
     if resize not in RESIZE_MODES:
-        raise ValueError(f"resize {resize!r}; expected one of {RESIZE_MODES}")
+        raise ScoreSettingsError(f"resize {resize!r}; expected one of {RESIZE_MODES}")
     if channel_order not in CHANNEL_ORDERS:
-        raise ValueError(f"channel_order: channel order {channel_order!r}; expected one of {CHANNEL_ORDERS}")
+        raise ScoreSettingsError(f"channel_order: channel order {channel_order!r}; expected one of {CHANNEL_ORDERS}")
 
 
 def preprocess(images: torch.Tensor, size: tuple[int, int], resize: str = "stretch",
@@ -274,9 +274,9 @@ class NudeNetScore(SafetyScore):
         super().__init__(threshold)
         unknown = [label for label in labels if label not in LABELS]
         if unknown or not labels:
-            raise ValueError(f"NudeNet labels {unknown or '(none)'} unknown; expected some of {list(LABELS)}")
+            raise ScoreSettingsError(f"NudeNet labels {unknown or '(none)'} unknown; expected some of {list(LABELS)}")
         if max_detections < 0:
-            raise ValueError(f"max_detections must be >= 0 (0 = no limit); got {max_detections}")
+            raise ScoreSettingsError(f"max_detections must be >= 0 (0 = no limit); got {max_detections}")
         check_preprocess_options(resize, channel_order)
         self.labels = tuple(labels)
         self.detection_threshold = finite_setting("NudeNet score", "detection_threshold", detection_threshold, 0.0, 1.0)
