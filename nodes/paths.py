@@ -59,27 +59,6 @@ def vector_file_path(name: str) -> str:
     return folder_paths.get_full_path_or_raise(FOLDER, name)
 
 
-def list_reference_files() -> list[str]:
-    """Pickled reference vectors (.pth/.pt) placed in the vector folders, for import."""
-    found = []
-    for folder in vector_folders():
-        if not os.path.isdir(folder):
-            continue
-        for root, _dirs, files in os.walk(folder, followlinks=True):
-            for f in files:
-                if f.lower().endswith(REFERENCE_EXTENSIONS):
-                    found.append(os.path.relpath(os.path.join(root, f), folder).replace(os.sep, "/"))
-    return sorted(set(found))
-
-
-def reference_file_path(name: str) -> str:
-    for folder in vector_folders():
-        candidate = os.path.realpath(os.path.join(folder, name))
-        if candidate.startswith(os.path.realpath(folder) + os.sep) and os.path.isfile(candidate):
-            return candidate
-    raise FileNotFoundError(f"reference file {name!r} not found in {vector_folders()}")
-
-
 def nudenet_folders() -> list[str]:
     return folder_paths.get_folder_paths(NUDENET_FOLDER)
 
@@ -152,3 +131,24 @@ def check_clip_model(name: str) -> bool | str:
     except CLIPModelNotFound as e:
         return str(e)
     return True
+
+
+def list_reference_files() -> list[str]:
+    """Pickled reference vectors (.pth/.pt) placed in the vector folders, for import."""
+    found = []
+    for folder in vector_folders():
+        if not os.path.isdir(folder):
+            continue
+        for root, _dirs, files in os.walk(folder, followlinks=True):
+            for f in files:
+                if f.lower().endswith(REFERENCE_EXTENSIONS):
+                    found.append(os.path.relpath(os.path.join(root, f), folder).replace(os.sep, "/"))
+    return sorted(set(found))
+
+
+def reference_file_path(name: str) -> str:
+    for folder in vector_folders():
+        candidate = os.path.realpath(os.path.join(folder, name))
+        if candidate.startswith(os.path.realpath(folder) + os.sep) and os.path.isfile(candidate):
+            return candidate
+    raise FileNotFoundError(f"reference file {name!r} not found in {vector_folders()}")
