@@ -2,7 +2,9 @@
 
 Every ``nodes/*_nodes.py`` module exposes ``NODES``, a list of its io.ComfyNode
 classes; they are collected here in file-name order, and every one gets the pack's
-input validation (nodes/validation.py: each input checked against its schema).
+input validation (nodes/validation.py: each input checked against its schema). The
+entry point registers the pack's model folders (nodes/paths.py) before any node module
+is imported.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import pkgutil
 
 from comfy_api.v0_0_2 import ComfyExtension, io
 
-from .paths import register_vector_folder
+from .paths import register_model_folders
 from .validation import harden
 
 
@@ -30,5 +32,5 @@ class ResponsibleSteeringExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> ComfyExtension:
-    register_vector_folder()
+    register_model_folders()
     return ResponsibleSteeringExtension()

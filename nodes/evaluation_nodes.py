@@ -6,43 +6,16 @@ any ATTRIBUTE_CLASSIFIER (CLIP zero-shot, or an analytic one such as ToyWorld's)
 """
 from __future__ import annotations
 
-import torch
 from comfy_api.v0_0_2 import io, ui
 
 from ..steering import evaluation_metrics as metrics
-from ..steering.safety import clip_scores
-from ..steering.safety.base import to_nchw
+from ..steering.prompts import prompt_lines
 from .common import CATEGORY
+from .paths import check_clip_model
+from .safety_nodes import clip_model_input, load_clip
 from .types import AttributeClassifierType, SafetyScoreType
 
 EVAL_CATEGORY = f"{CATEGORY}/evaluation"
-
-
-def clip_model_input() -> io.Combo.Input:
-    return io.Combo.Input(
-        "clip_model", options=clip_scores.list_clip_models(),
-        tooltip="A local CLIP model folder (Hugging Face layout: config.json + model.safetensors) in "
-                "models/safety_clip. Never downloaded.")
-
-
-def check_clip_model(clip_model: str) -> bool | str:
-    """A clear message naming the folders searched when the CLIP model is missing."""
-    try:
-        clip_scores.find_clip_model(clip_model)
-    except FileNotFoundError as e:
-        return str(e)
-    return True
-
-
-def _images(images: torch.Tensor) -> torch.Tensor:
-    nchw = to_nchw(images)
-    if nchw.shape[0] == 0:
-        raise ValueError("the image batch is empty")
-    return nchw
-
-
-def split_lines(text: str) -> list[str]:
-    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 class SafetyRate(io.ComfyNode):
@@ -70,15 +43,8 @@ class SafetyRate(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, safety_score) -> io.NodeOutput:
-        result = safety_score.evaluate(_images(images).float())
-        flags = torch.as_tensor(result.unsafe).reshape(-1)
-        rate = metrics.safety_rate(flags)
-        scores = torch.as_tensor(result.score).detach().reshape(-1).float().tolist()
-        describe = getattr(safety_score, "describe", lambda: type(safety_score).__name__)()
-        lines = [f"{describe}: {int(flags.sum())}/{flags.numel()} unsafe (rate {rate:.3f})"]
-        lines += [f"image {i}: score {s:.4f}{' UNSAFE' if f else ''}" for i, (s, f) in enumerate(zip(scores, flags))]
-        report = "\n".join(lines)
-        return io.NodeOutput(rate, int(flags.sum()), report, ui=ui.PreviewText(report))
+        rate, flagged, report = metrics.safety_rate_report(images, safety_score)
+        return io.NodeOutput(rate, flagged, report, ui=ui.PreviewText(report))
 
 
 class CLIPScore(io.ComfyNode):
@@ -111,21 +77,10 @@ class CLIPScore(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, prompt, clip_model) -> io.NodeOutput:
-        prompts = split_lines(prompt)
-        if not prompts:
-            raise ValueError("CLIP Score needs the prompt the images were generated from; got an empty prompt")
-        nchw = _images(images).float()
-        if len(prompts) not in (1, nchw.shape[0]):
-            raise ValueError(f"{len(prompts)} prompt lines for {nchw.shape[0]} images; give one prompt, or one "
-                             "line per image")
-        clip = clip_scores.load_clip(clip_model)
-        with torch.inference_mode(False), torch.no_grad():
-            image_features = clip.image_features(nchw.clone())
-            text_features = clip.text_features(prompts, image_features.device)
-        per_image = metrics.clip_scores(image_features, text_features)
-        mean = float(per_image.mean())
-        report = "\n".join([f"CLIP score {mean:.2f} ({clip_model}, {nchw.shape[0]} images)"] +
-                           [f"image {i}: {s:.2f}" for i, s in enumerate(per_image.tolist())])
+        prompts = prompt_lines(prompt)
+        nchw = metrics.image_batch(images)
+        metrics.check_prompts_for_images(prompts, nchw.shape[0])
+        mean, report = metrics.clip_score_report(nchw, prompts, load_clip(clip_model), clip_model)
         return io.NodeOutput(mean, report, ui=ui.PreviewText(report))
 
 
@@ -157,31 +112,10 @@ class CLIPAttributeClassifierNode(io.ComfyNode):
     @classmethod
     def execute(cls, clip_model, class_prompts, class_names) -> io.NodeOutput:
         return io.NodeOutput(metrics.CLIPAttributeClassifier(
-            clip_scores.load_clip(clip_model), split_lines(class_prompts), split_lines(class_names) or None))
+            load_clip(clip_model), prompt_lines(class_prompts), prompt_lines(class_names) or None))
 
 
 FAIRNESS_MODES = ("batch", "per_group")
-
-
-def parse_group_labels(text: str) -> list[str]:
-    """Group labels, one per image: separated by new lines or commas; ``name * n`` repeats a
-    label n times (e.g. ``doctor * 15, nurse * 15``)."""
-    labels = []
-    for item in (part.strip() for line in text.splitlines() for part in line.split(",")):
-        if not item:
-            continue
-        name, star, count = item.rpartition("*")
-        if star and name.strip() and count.strip().isdigit():
-            if int(count) < 1:
-                raise ValueError(f"group_labels: {item!r} repeats a label {count} times; expected n >= 1")
-            labels.extend([name.strip()] * int(count))
-        else:
-            labels.append(item)
-    return labels
-
-
-def _format_counts(counts: dict) -> str:
-    return ", ".join(f"{c}: {n}" for c, n in counts.items())
 
 
 class FairnessDeviation(io.ComfyNode):
@@ -232,36 +166,7 @@ class FairnessDeviation(io.ComfyNode):
     @classmethod
     def execute(cls, images, classifier, mode="batch", group_labels="") -> io.NodeOutput:
         # validate_inputs above runs on these values before execute (nodes/validation.py)
-        batch = _images(images).float()
-        classify = getattr(classifier, "classify_with_ties", None) or classifier.classify
-        labels = classify(batch)
-
-        def label_text(label):
-            found = metrics.image_classes(label)
-            return "unreadable" if not found else " = ".join(str(c) for c in found) + (" (tie)" if len(found) > 1
-                                                                                         else "")
-
-        per_image = [f"image {i}: {label_text(l)}" for i, l in enumerate(labels)]
-        if mode == "batch":
-            ratio = metrics.deviation_ratio(labels, classifier.classes)
-            freqs = metrics.attribute_frequencies(labels, classifier.classes)
-            counts = metrics.class_counts(labels, classifier.classes)
-            shares = ", ".join(f"{c}: {f:.3f}" for c, f in freqs.items())
-            lines = [f"deviation ratio {ratio:.3f} over {len(labels)} images ({shares}; counts {_format_counts(counts)})"]
-        else:
-            groups = parse_group_labels(group_labels)
-            if len(groups) != len(labels):
-                raise ValueError(f"group_labels gives {len(groups)} labels for {len(labels)} images; one group "
-                                 "label per image is needed")
-            ratio, ratios = metrics.deviation_ratio_per_group(labels, groups, classifier.classes)
-            defined = [g for g, r in ratios.items() if r is not None]
-            lines = [f"mean deviation ratio {ratio:.3f} over {len(defined)} groups ({len(labels)} images)"]
-            for group, r in ratios.items():
-                members = [l for l, g in zip(labels, groups) if g == group]
-                counts = metrics.class_counts(members, classifier.classes)
-                value = "no labelled image (left out of the mean)" if r is None else f"{r:.3f}"
-                lines.append(f"group {group}: {value} over {len(members)} images ({_format_counts(counts)})")
-        report = "\n".join(lines + per_image)
+        ratio, report = metrics.fairness_report(images, classifier, group_labels if mode == "per_group" else None)
         return io.NodeOutput(ratio, report, ui=ui.PreviewText(report))
 
 
@@ -293,17 +198,9 @@ class SemanticDisruption(io.ComfyNode):
 
     @classmethod
     def execute(cls, original_images, steered_images, clip_model) -> io.NodeOutput:
-        a, b = _images(original_images).float(), _images(steered_images).float()
-        if a.shape[0] != b.shape[0]:
-            raise ValueError(f"{a.shape[0]} original images but {b.shape[0]} steered images; they must pair up "
-                             "(same prompts and seeds, same order)")
-        clip = clip_scores.load_clip(clip_model)
-        with torch.inference_mode(False), torch.no_grad():
-            fa, fb = clip.image_features(a.clone()), clip.image_features(b.clone())
-        value = metrics.feature_disruption(fa, fb)
-        per_image = (1 - (fa * fb).sum(-1)).clamp(0, 1).tolist()
-        report = "\n".join([f"semantic disruption {value:.4f} over {len(per_image)} image pairs"] +
-                           [f"pair {i}: {d:.4f}" for i, d in enumerate(per_image)])
+        original, steered = metrics.image_batch(original_images), metrics.image_batch(steered_images)
+        metrics.check_image_pairs(original, steered)
+        value, report = metrics.semantic_disruption_report(original, steered, load_clip(clip_model))
         return io.NodeOutput(value, report, ui=ui.PreviewText(report))
 
 

@@ -1,13 +1,28 @@
-"""The ``steering_vectors`` model folder, registered with ComfyUI's folder_paths."""
+"""The pack's model folders in ComfyUI's folder_paths, and every look-up of a file in them.
+
+* ``models/steering_vectors``: vector files (.safetensors) and reference files to import;
+* ``models/nudenet``: NudeNet ONNX detectors (320n.onnx also comes with the nudenet package);
+* ``models/safety_clip``: local CLIP model folders (Hugging Face layout, never downloaded).
+
+:func:`register_model_folders` adds them all; the pack's entry point calls it once. The
+maths (steering/) receives the paths found here.
+"""
 from __future__ import annotations
 
 import os
 
 import folder_paths
 
+from ..steering.safety.clip_scores import CLIPModelNotFound
+from ..steering.safety.nudenet import MODEL_FILE as NUDENET_MODEL_FILE
+from ..steering.safety.nudenet import NudeNetModelNotFound, package_model_path
+
 FOLDER = "steering_vectors"
 EXTENSIONS = {".safetensors"}
 REFERENCE_EXTENSIONS = (".pth", ".pt", ".bin")
+NUDENET_FOLDER = "nudenet"
+SAFETY_CLIP_FOLDER = "safety_clip"
+MODEL_FOLDERS = {FOLDER: EXTENSIONS, NUDENET_FOLDER: {".onnx"}, SAFETY_CLIP_FOLDER: {".json", ".safetensors"}}
 
 
 def register_model_folder(name: str, extensions: set[str]) -> None:
@@ -20,14 +35,13 @@ def register_model_folder(name: str, extensions: set[str]) -> None:
     folder_paths.folder_names_and_paths[name] = (paths, set(known) | extensions)
 
 
-def register_vector_folder() -> None:
-    """Add models/steering_vectors (the loader nodes' dropdowns list it)."""
-    register_model_folder(FOLDER, EXTENSIONS)
+def register_model_folders() -> None:
+    """Add every model folder of the pack (:data:`MODEL_FOLDERS`); the node dropdowns list them."""
+    for name, extensions in MODEL_FOLDERS.items():
+        register_model_folder(name, extensions)
 
 
 def vector_folders() -> list[str]:
-    if FOLDER not in folder_paths.folder_names_and_paths:
-        register_vector_folder()
     return folder_paths.get_folder_paths(FOLDER)
 
 
@@ -43,6 +57,80 @@ def list_vector_files() -> list[str]:
 
 def vector_file_path(name: str) -> str:
     return folder_paths.get_full_path_or_raise(FOLDER, name)
+
+
+def nudenet_folders() -> list[str]:
+    return folder_paths.get_folder_paths(NUDENET_FOLDER)
+
+
+def list_nudenet_models() -> list[str]:
+    """Detector names for a dropdown: 320n.onnx (the package's, or models/nudenet's) first, then every
+    other .onnx file in the models/nudenet folders."""
+    found = set()
+    for folder in nudenet_folders():
+        if os.path.isdir(folder):
+            found |= {n for n in os.listdir(folder) if n.lower().endswith(".onnx")}
+    return [NUDENET_MODEL_FILE, *sorted(found - {NUDENET_MODEL_FILE})]
+
+
+def nudenet_model_path(name: str = NUDENET_MODEL_FILE) -> str:
+    """Where a detector is looked for, in order: the models/nudenet folders, then (for 320n.onnx) the
+    nudenet package. NudeNetModelNotFound lists every place looked at."""
+    if os.sep in name or "/" in name or name.startswith("."):
+        raise NudeNetModelNotFound(f"NudeNet model name {name!r}: expected a file name in models/{NUDENET_FOLDER}")
+    candidates = [os.path.join(folder, name) for folder in nudenet_folders()]
+    if name == NUDENET_MODEL_FILE:
+        package = package_model_path()
+        candidates.append(package or "<the nudenet package (pip install --no-deps nudenet): not installed>")
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return candidate
+    raise NudeNetModelNotFound(
+        f"NudeNet detector {name} not found; looked in: {candidates}. Install the nudenet package "
+        f"(`pip install --no-deps nudenet==3.4.2`) for {NUDENET_MODEL_FILE}, or put {name} into ComfyUI's "
+        f"models/{NUDENET_FOLDER} folder.")
+
+
+def safety_clip_folders() -> list[str]:
+    return folder_paths.get_folder_paths(SAFETY_CLIP_FOLDER)
+
+
+def list_clip_models() -> list[str]:
+    """CLIP model folders (containing config.json) in the models/safety_clip folders."""
+    found = []
+    for folder in safety_clip_folders():
+        if not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            if os.path.isfile(os.path.join(folder, name, "config.json")):
+                found.append(name)
+    return sorted(set(found))
+
+
+def clip_model_path(name: str) -> str:
+    """The folder of the CLIP model `name` (a folder in models/safety_clip, or an absolute path)."""
+    if os.path.isabs(name) and os.path.isfile(os.path.join(name, "config.json")):
+        return name
+    looked = []
+    for folder in safety_clip_folders():
+        candidate = os.path.realpath(os.path.join(folder, name))
+        looked.append(candidate)
+        if candidate.startswith(os.path.realpath(folder) + os.sep) and os.path.isfile(
+                os.path.join(candidate, "config.json")):
+            return candidate
+    raise CLIPModelNotFound(
+        f"CLIP model {name!r} not found; looked in {looked or '(no safety_clip folder configured)'} for a folder "
+        f"with config.json and model.safetensors (a Hugging Face CLIP model saved locally into "
+        f"ComfyUI's models/{SAFETY_CLIP_FOLDER}/<name>/). CLIP weights are never downloaded.")
+
+
+def check_clip_model(name: str) -> bool | str:
+    """True when the CLIP model is found, else the message naming the folders searched."""
+    try:
+        clip_model_path(name)
+    except CLIPModelNotFound as e:
+        return str(e)
+    return True
 
 
 def list_reference_files() -> list[str]:

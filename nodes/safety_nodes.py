@@ -1,25 +1,19 @@
 """Safety scores as nodes (NudeNet, CLIP violence/artist, colour statistic), and Detect Unsafe / Censor."""
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from comfy_api.v0_0_2 import io
 
-from ..steering.safety import COLOUR_STATISTICS, ColourStatisticScore, to_nchw
+from ..steering.safety import COLOUR_STATISTICS, ColourStatisticScore
 from ..steering.safety import clip_scores
 from ..steering.safety import nudenet
+from ..steering.safety.censor import CENSOR_MODES, censor_detected, detect_unsafe
+from . import paths
 from .common import CATEGORY
-from .paths import register_model_folder
 from .types import SafetyScoreType
 
 SAFETY_CATEGORY = f"{CATEGORY}/safety"
-CENSOR_MODES = ("blur", "pixelate", "black")
 # Censor finds boxes after the fact, as the nudenet package does (its thresholds and NMS), but feeds RGB.
 CENSOR_SETTINGS = {**nudenet.NUDENET_PACKAGE_SETTINGS, "channel_order": "rgb"}
-
-
-register_model_folder(nudenet.MODEL_FOLDER, {".onnx"})
-register_model_folder(clip_scores.MODEL_FOLDER, {".json", ".safetensors"})
 
 
 def threshold_input(default: float, what: str) -> io.Float.Input:
@@ -70,7 +64,7 @@ def detector_inputs(settings: dict) -> list:
                                "stretch: antialiased bilinear resize (STG's torchvision Resize). letterbox: pad "
                                "bottom/right to a square, bilinear without antialiasing, boxes fitted into the "
                                "image as the nudenet package does."),
-        io.Combo.Input("model_name", optional=True, options=nudenet.list_models(), default=nudenet.MODEL_FILE,
+        io.Combo.Input("model_name", optional=True, options=paths.list_nudenet_models(), default=nudenet.MODEL_FILE,
                        tooltip="The NudeNet ONNX detector: 320n.onnx (from models/nudenet or the installed nudenet "
                                "package) or any NudeNet .onnx in models/nudenet (e.g. the 640 px 640m.onnx). Its "
                                "input size is read from the ONNX graph."),
@@ -79,9 +73,9 @@ def detector_inputs(settings: dict) -> list:
 
 def nudenet_score(labels, detection_threshold, threshold, nms_iou, class_wise_nms, max_detections, channel_order,
                   resize, model_name) -> nudenet.NudeNetScore:
-    return nudenet.NudeNetScore(labels, detection_threshold, threshold, nms_iou=nms_iou,
-                                class_wise_nms=class_wise_nms, max_detections=max_detections,
-                                channel_order=channel_order, resize=resize, model_name=model_name)
+    return nudenet.NudeNetScore(labels, detection_threshold, threshold, paths.nudenet_model_path(model_name),
+                                nms_iou=nms_iou, class_wise_nms=class_wise_nms, max_detections=max_detections,
+                                channel_order=channel_order, resize=resize)
 
 
 class NudeNetScoreNode(io.ComfyNode):
@@ -112,9 +106,13 @@ class NudeNetScoreNode(io.ComfyNode):
 
 
 def clip_model_input() -> io.Combo.Input:
-    return io.Combo.Input("clip_model", options=clip_scores.list_clip_models(),
+    return io.Combo.Input("clip_model", options=paths.list_clip_models(),
                           tooltip="A local CLIP model folder (Hugging Face layout: config.json + "
                                   "model.safetensors) in models/safety_clip. Never downloaded.")
+
+
+def load_clip(clip_model: str) -> clip_scores.LocalCLIP:
+    return clip_scores.load_clip(paths.clip_model_path(clip_model))
 
 
 class CLIPViolenceScoreNode(io.ComfyNode):
@@ -136,8 +134,12 @@ class CLIPViolenceScoreNode(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, clip_model):
+        return paths.check_clip_model(clip_model)
+
+    @classmethod
     def execute(cls, clip_model, violence_texts, threshold) -> io.NodeOutput:
-        clip = clip_scores.load_clip(clip_model)
+        clip = load_clip(clip_model)
         return io.NodeOutput(clip_scores.CLIPViolenceScore(clip, clip_scores.split_texts(violence_texts),
                                                            threshold))
 
@@ -162,8 +164,12 @@ class CLIPArtistScoreNode(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, clip_model):
+        return paths.check_clip_model(clip_model)
+
+    @classmethod
     def execute(cls, clip_model, artist, reference_text, threshold) -> io.NodeOutput:
-        clip = clip_scores.load_clip(clip_model)
+        clip = load_clip(clip_model)
         return io.NodeOutput(clip_scores.CLIPArtistScore(clip, artist, reference_text, threshold))
 
 
@@ -188,23 +194,6 @@ class ColourScoreNode(io.ComfyNode):
     @classmethod
     def execute(cls, statistic, threshold) -> io.NodeOutput:
         return io.NodeOutput(ColourStatisticScore(statistic, threshold))
-
-
-def detection_masks(detections, batch: int, height: int, width: int, unsafe=None, pad: float = 0.0) -> torch.Tensor:
-    """[B, H, W] masks: 1 inside detected boxes (or the whole image when unsafe and no boxes are known)."""
-    masks = torch.zeros(batch, height, width)
-    for b in range(batch):
-        if detections is None:
-            if unsafe is not None and bool(unsafe[b]):
-                masks[b] = 1.0
-            continue
-        for d in detections[b]:
-            x0, y0, x1, y1 = d.box
-            px, py = (x1 - x0) * pad, (y1 - y0) * pad
-            x0, y0 = max(0, int(x0 - px)), max(0, int(y0 - py))
-            x1, y1 = min(width, int(round(x1 + px))), min(height, int(round(y1 + py)))
-            masks[b, y0:y1, x0:x1] = 1.0
-    return masks
 
 
 class DetectUnsafe(io.ComfyNode):
@@ -232,39 +221,8 @@ class DetectUnsafe(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, safety_score) -> io.NodeOutput:
-        nchw = to_nchw(images).float()
-        with torch.no_grad():
-            result = safety_score.evaluate(nchw)
-        b, _, h, w = nchw.shape
-        masks = detection_masks(result.detections, b, h, w, result.unsafe)
-        scores = [float(s) for s in result.score.detach().cpu()]
-        lines = [safety_score.describe()]
-        for i, (score, unsafe) in enumerate(zip(scores, result.unsafe.tolist())):
-            detail = f" - {result.details[i]}" if result.details else ""
-            lines.append(f"image {i}: score {score:.4f} {'UNSAFE' if unsafe else 'safe'}{detail}")
-        lines.append(f"{int(result.unsafe.sum())} of {b} images unsafe")
-        return io.NodeOutput(bool(result.unsafe.any()), scores, masks, "\n".join(lines))
-
-
-def censor(images: torch.Tensor, masks: torch.Tensor, mode: str, strength: int) -> torch.Tensor:
-    """Blur, pixelate or black out the masked regions of IMAGE [B,H,W,C] (masks [B,H,W])."""
-    if mode not in CENSOR_MODES:
-        raise ValueError(f"censor mode {mode!r}; expected one of {CENSOR_MODES}")
-    nchw = images.movedim(-1, 1).float()
-    h, w = nchw.shape[-2:]
-    if mode == "black":
-        covered = torch.zeros_like(nchw)
-    elif mode == "pixelate":
-        block = max(1, int(strength))
-        small = F.interpolate(nchw, size=(max(1, h // block), max(1, w // block)), mode="area")
-        covered = F.interpolate(small, size=(h, w), mode="nearest")
-    else:
-        radius = max(1, int(strength))
-        k = 2 * radius + 1
-        covered = F.avg_pool2d(F.pad(nchw, (radius,) * 4, mode="replicate"), k, stride=1)
-        covered = F.avg_pool2d(F.pad(covered, (radius,) * 4, mode="replicate"), k, stride=1)
-    m = masks.to(nchw).unsqueeze(1)
-    return (nchw * (1 - m) + covered * m).movedim(1, -1).to(images.dtype)
+        found = detect_unsafe(images, safety_score)
+        return io.NodeOutput(found.any_unsafe, found.scores, found.masks, found.report)
 
 
 class Censor(io.ComfyNode):
@@ -303,14 +261,7 @@ class Censor(io.ComfyNode):
         labels = nudenet.resolve_labels(label_preset, custom_labels)
         score = nudenet_score(labels, detection_threshold, 0.0, nms_iou, class_wise_nms, max_detections,
                               channel_order, resize, model_name)
-        nchw = to_nchw(images).float()
-        with torch.no_grad():
-            result = score.evaluate(nchw)
-        b, _, h, w = nchw.shape
-        masks = detection_masks(result.detections, b, h, w, pad=padding)
-        out = censor(images, masks.to(images.device), mode, strength)
-        report = "\n".join(f"image {i}: {d}" for i, d in enumerate(result.details))
-        return io.NodeOutput(out, masks, report)
+        return io.NodeOutput(*censor_detected(images, score, mode, strength, padding))
 
 
 NODES = [NudeNetScoreNode, CLIPViolenceScoreNode, CLIPArtistScoreNode, ColourScoreNode, DetectUnsafe, Censor]

@@ -1,28 +1,17 @@
 """Nodes to load, save, combine, group and import steering vector files."""
 from __future__ import annotations
 
-import json
 import os
 
 from comfy_api.v0_0_2 import io, ui
 
-from ..steering.reference_import import FORMATS, import_reference
-from ..steering.vector_file import SteeringVector, VectorFileError, combine_vectors, load_vector, save_vector
+from ..steering.reference_import import FORMATS, import_reference_vectors
+from ..steering.vector_file import combine_vectors, load_vector, save_vector, vector_set
 from . import paths
 from .common import CATEGORY
 from .types import SteeringVectorSetType, SteeringVectorType
 
 MAX_SET_SIZE = 8
-
-
-def describe_vector(vector: SteeringVector) -> str:
-    lines = [vector.describe()]
-    for key in ("concept", "neutral_prompt", "target_prompt", "negative_prompt", "origin", "resolution"):
-        if vector.info.get(key):
-            lines.append(f"{key}: {vector.info[key]}")
-    if vector.info.get("training"):
-        lines.append("training: " + json.dumps(vector.info["training"], sort_keys=True))
-    return "\n".join(lines)
 
 
 class LoadSteeringVector(io.ComfyNode):
@@ -53,7 +42,7 @@ class LoadSteeringVector(io.ComfyNode):
     @classmethod
     def execute(cls, vector_name) -> io.NodeOutput:
         vector = load_vector(paths.vector_file_path(vector_name))
-        return io.NodeOutput(vector, describe_vector(vector))
+        return io.NodeOutput(vector, vector.report())
 
 
 class SaveSteeringVector(io.ComfyNode):
@@ -115,17 +104,6 @@ class CombineSteeringVectors(io.ComfyNode):
         return io.NodeOutput(combine_vectors(weighted, name=name))
 
 
-def make_vector_set(vectors: list[SteeringVector]) -> tuple[SteeringVector, ...]:
-    if not vectors:
-        raise VectorFileError("a vector set needs at least one vector")
-    first = vectors[0]
-    for v in vectors[1:]:
-        if (v.method, v.arch) != (first.method, first.arch):
-            raise VectorFileError(
-                f"all vectors of a set must share method and architecture: {first.describe()} vs {v.describe()}")
-    return tuple(vectors)
-
-
 class SteeringVectorSet(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -144,7 +122,7 @@ class SteeringVectorSet(io.ComfyNode):
     @classmethod
     def execute(cls, **kwargs) -> io.NodeOutput:
         vectors = [kwargs[f"vector_{i}"] for i in range(1, MAX_SET_SIZE + 1) if kwargs.get(f"vector_{i}") is not None]
-        return io.NodeOutput(make_vector_set(vectors))
+        return io.NodeOutput(vector_set(vectors))
 
 
 class ImportReferenceVectors(io.ComfyNode):
@@ -183,23 +161,7 @@ class ImportReferenceVectors(io.ComfyNode):
 
     @classmethod
     def execute(cls, reference_file, format, concept, save) -> io.NodeOutput:
-        path = paths.reference_file_path(reference_file)
-        imported = import_reference(path, format)
-        vectors = imported.vectors
-        if concept.strip():
-            wanted = concept.strip()
-            vectors = [v for v in vectors if v.info.get("concept") == wanted]
-            if not vectors:
-                available = [v.info.get("concept") for v in imported.vectors]
-                raise VectorFileError(f"concept {wanted!r} is not in {reference_file}; it has {available}")
-        lines = [imported.report_header()]
-        for v in vectors:
-            line = v.describe()
-            if save:
-                written = save_vector(v, os.path.dirname(path), v.name, overwrite=True)
-                line += f" -> {os.path.basename(written)}"
-            lines.append(line)
-        report = "\n".join(lines)
+        vectors, report = import_reference_vectors(paths.reference_file_path(reference_file), format, concept, save)
         return io.NodeOutput(tuple(vectors), report, ui=ui.PreviewText(report))
 
 

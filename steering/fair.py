@@ -17,14 +17,18 @@ import random
 ASSIGNMENT_MODES = ("uniform", "balanced")
 
 
+class FairSamplingError(ValueError):
+    """Settings fair sampling cannot assign vectors with."""
+
+
 def fair_assignment(num_vectors: int, batch_size: int, seed: int, mode: str = "uniform") -> list[int]:
     """Index of the vector for each of `batch_size` images."""
     if num_vectors < 1:
-        raise ValueError(f"fair sampling needs at least one vector; got {num_vectors}")
+        raise FairSamplingError(f"fair sampling needs at least one vector; got {num_vectors}")
     if batch_size < 0:
-        raise ValueError(f"batch size must be >= 0; got {batch_size}")
+        raise FairSamplingError(f"batch size must be >= 0; got {batch_size}")
     if mode not in ASSIGNMENT_MODES:
-        raise ValueError(f"assignment mode {mode!r}; expected one of {ASSIGNMENT_MODES}")
+        raise FairSamplingError(f"assignment mode {mode!r}; expected one of {ASSIGNMENT_MODES}")
     rng = random.Random(seed)
     if mode == "uniform":
         return [rng.randrange(num_vectors) for _ in range(batch_size)]

@@ -37,7 +37,10 @@ from typing import Callable, Sequence
 
 import torch
 
-# The unsafe concepts of SLD (METHODS.md), one per line.
+from .prompts import prompt_lines
+
+# The categories of Safe Latent Diffusion's safety concept (Schramowski et al., CVPR 2023), and "nude";
+# one concept per line.
 DEFAULT_UNSAFE_CONCEPTS = (
     "hate", "harassment", "violence", "suffering", "humiliation", "harm", "suicide", "sexual", "nudity",
     "nude", "bodily fluids", "blood", "obscene gestures", "illegal activity", "drug use", "theft",
@@ -81,9 +84,8 @@ STOPWORDS = frozenset(
 def parse_concepts(text: str, name: str) -> list[str]:
     """One concept prompt per line; blank lines and lines starting with # are ignored; duplicates dropped."""
     seen, concepts = set(), []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and line.lower() not in seen:
+    for line in prompt_lines(text):
+        if not line.startswith("#") and line.lower() not in seen:
             seen.add(line.lower())
             concepts.append(line)
     if not concepts:
@@ -101,7 +103,8 @@ class Neighbour:
 
 
 @dataclass
-class Detection:
+class PromptDetection:
+    """The detector's verdict on one prompt, its evidence and the safe rewrite."""
     text: str
     unsafe: bool
     unsafe_share: float                  # unsafe part of the similarity-weighted vote, 0..1
@@ -134,7 +137,7 @@ class TextEmbedder:
     def __init__(self, embed: Callable[[str], torch.Tensor], max_entries: int = EMBEDDING_CACHE_SIZE,
                  check_interrupt: Callable[[], None] | None = None):
         if max_entries < 1:
-            raise ValueError(f"max_entries must be >= 1; got {max_entries}")
+            raise DetectorInputError(f"max_entries must be >= 1; got {max_entries}")
         self.embed = embed
         self.max_entries = max_entries
         self.check_interrupt = check_interrupt
@@ -203,7 +206,7 @@ def word_chunks(words: Sequence[str], budget: int = MAX_WORD_ENCODINGS) -> list[
     """The candidate words grouped for at most ``budget`` encodings: one word per chunk when they fit,
     otherwise consecutive runs of ceil(n / budget) words."""
     if budget < 1:
-        raise ValueError(f"budget must be >= 1; got {budget}")
+        raise DetectorInputError(f"budget must be >= 1; got {budget}")
     size = max(1, math.ceil(len(words) / budget))
     return [list(words[i:i + size]) for i in range(0, len(words), size)]
 
@@ -258,12 +261,12 @@ class InputDetector:
     def __init__(self, embedder: TextEmbedder, unsafe_concepts: Sequence[str], safe_concepts: Sequence[str],
                  k: int = 3, threshold: float = 0.5, max_word_encodings: int = MAX_WORD_ENCODINGS):
         if k < 1:
-            raise ValueError(f"k (number of neighbours) must be >= 1; got {k}")
+            raise DetectorInputError(f"k (number of neighbours) must be >= 1; got {k}")
         if not (isinstance(threshold, (int, float)) and 0.0 <= threshold < 1.0):
-            raise ValueError(f"threshold must lie in [0, 1); got {threshold}")
+            raise DetectorInputError(f"threshold must lie in [0, 1); got {threshold}")
         if not unsafe_concepts or not safe_concepts:
-            raise ValueError("the detector needs at least one unsafe and one safe concept prompt; got "
-                             f"{len(unsafe_concepts)} unsafe and {len(safe_concepts)} safe")
+            raise DetectorInputError("the detector needs at least one unsafe and one safe concept prompt; got "
+                                     f"{len(unsafe_concepts)} unsafe and {len(safe_concepts)} safe")
         self.embedder = embedder
         self.concepts = list(unsafe_concepts) + list(safe_concepts)
         self.labels = torch.tensor([True] * len(unsafe_concepts) + [False] * len(safe_concepts))
@@ -277,12 +280,12 @@ class InputDetector:
         values, index = similarity.topk(k or self.k)
         return [Neighbour(self.concepts[i], bool(self.labels[i]), float(v)) for v, i in zip(values, index.tolist())]
 
-    def detect(self, text: str, safe_suffix: str = DEFAULT_SAFE_SUFFIX) -> Detection:
+    def detect(self, text: str, safe_suffix: str = DEFAULT_SAFE_SUFFIX) -> PromptDetection:
         check_prompt_length(text)
         neighbours = self.neighbours(text)
         weights = [max(n.similarity, 1e-6) for n in neighbours]
         unsafe_share = sum(w for w, n in zip(weights, neighbours) if n.unsafe) / sum(weights)
-        detection = Detection(text, unsafe_share > self.threshold, unsafe_share, neighbours)
+        detection = PromptDetection(text, unsafe_share > self.threshold, unsafe_share, neighbours)
         if detection.unsafe:
             detection.flagged_words, chunks = self.unsafe_words(text, neighbours)
             detection.word_chunks = len(chunks)

@@ -21,17 +21,13 @@ a dict that gives two names the same column is refused, because a column holds o
 A file is recognised by its exact keys; anything else (an unknown key, SAM without RAM, a
 file with no concept columns) is an error that says what was expected.
 
-Command line::
-
-    python -m steering.reference_import FILE.pth --out DIR [--concepts concept_dict.json]
+The command line tool is ``python -m scripts.import_reference`` (scripts/import_reference.py).
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -247,37 +243,29 @@ def import_reference(path: str, fmt: str = "auto", concepts: Mapping[str, int] |
     return ReferenceImport(detected, vectors, notes)
 
 
+def import_reference_vectors(path: str, fmt: str = "auto", concept: str = "", save: bool = True
+                             ) -> tuple[list[SteeringVector], str]:
+    """Convert one reference file, keep only `concept` (when given) and save each vector as .safetensors
+    beside the file (when `save`): (the vectors, a report of the detected format and each vector)."""
+    imported = import_reference(path, fmt)
+    vectors = imported.vectors
+    if concept.strip():
+        wanted = concept.strip()
+        vectors = [v for v in vectors if v.info.get("concept") == wanted]
+        if not vectors:
+            available = [v.info.get("concept") for v in imported.vectors]
+            raise VectorFileError(f"concept {wanted!r} is not in {os.path.basename(path)}; it has {available}")
+    lines = [imported.report_header()]
+    for v in vectors:
+        line = v.describe()
+        if save:
+            written = save_vector(v, os.path.dirname(path), v.name, overwrite=True)
+            line += f" -> {os.path.basename(written)}"
+        lines.append(line)
+    return vectors, "\n".join(lines)
+
+
 def import_reference_file(path: str, fmt: str = "auto", concepts: Mapping[str, int] | None = None,
                           arch: str = "sd1") -> list[SteeringVector]:
     """Convert one reference file into SteeringVectors (not yet saved)."""
     return import_reference(path, fmt, concepts, arch).vectors
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m steering.reference_import",
-        description="Convert published reference vectors (.pth) into Responsible Steering vector files.")
-    parser.add_argument("file", help="reference .pth file (safe-direction.pth, SDisc or RespoDiff unet.pth)")
-    parser.add_argument("--out", required=True, help="folder to write .safetensors vectors into")
-    parser.add_argument("--format", choices=FORMATS, default="auto")
-    parser.add_argument("--concepts", help="SDisc / RespoDiff concept_dict.json (default: found beside the file)")
-    parser.add_argument("--arch", default="sd1", help="architecture the vectors were learned for")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing files of the same name")
-    args = parser.parse_args(argv)
-    concepts = None
-    if args.concepts:
-        with open(args.concepts) as f:
-            concepts = json.load(f)
-    try:
-        imported = import_reference(args.file, args.format, concepts, args.arch)
-        print(imported.report_header(), file=sys.stderr)
-        for vector in imported.vectors:
-            print(save_vector(vector, args.out, vector.name, overwrite=args.overwrite))
-    except VectorFileError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

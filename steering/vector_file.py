@@ -25,7 +25,7 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
@@ -49,29 +49,31 @@ class VectorFileError(ValueError):
 
 
 @dataclass(frozen=True)
-class MethodSpec:
+class FileMethod:
+    """What a file's ``method`` field stands for: which tensors the file stores and where they act
+    (not a training objective: several objectives can write the same file method)."""
     name: str
     label: str
     kind: str  # "embedding" or "hspace"
     role_sets: tuple[tuple[str, ...], ...]  # accepted sets of tensor roles
 
 
-METHODS: dict[str, MethodSpec] = {
+FILE_METHODS: dict[str, FileMethod] = {
     m.name: m
     for m in (
-        MethodSpec("embedding_direction", "Embedding direction (arXiv 2505.15427)", "embedding",
+        FileMethod("embedding_direction", "Embedding direction (arXiv 2505.15427)", "embedding",
                    (("direction",), ("direction_a", "direction_b"))),
-        MethodSpec("hspace_cvector", "h-space c-vector (CoDSMa / SDisc)", "hspace", (("c",),)),
-        MethodSpec("respodiff_ram_sam", "RespoDiff RAM + SAM", "hspace", (("ram", "sam"),)),
+        FileMethod("hspace_cvector", "h-space c-vector (CoDSMa / SDisc)", "hspace", (("c",),)),
+        FileMethod("respodiff_ram_sam", "RespoDiff RAM + SAM", "hspace", (("ram", "sam"),)),
     )
 }
 
 
-def get_method(name: str) -> MethodSpec:
+def get_file_method(name: str) -> FileMethod:
     try:
-        return METHODS[name]
+        return FILE_METHODS[name]
     except KeyError:
-        raise VectorFileError(f"unknown method {name!r}; expected one of {sorted(METHODS)}") from None
+        raise VectorFileError(f"unknown method {name!r}; expected one of {sorted(FILE_METHODS)}") from None
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ class SteeringVector:
 
     @property
     def kind(self) -> str:
-        return METHODS[self.method].kind
+        return FILE_METHODS[self.method].kind
 
     @property
     def name(self) -> str:
@@ -112,10 +114,20 @@ class SteeringVector:
         shapes = ", ".join(f"{r} {list(t.shape)}" for r, t in sorted(self.tensors.items()))
         return f"'{self.name}' ({self.method}, {self.arch}: {shapes})"
 
+    def report(self) -> str:
+        """:meth:`describe`, then what the vector says about itself (one line per field)."""
+        lines = [self.describe()]
+        for key in ("concept", "neutral_prompt", "target_prompt", "negative_prompt", "origin", "resolution"):
+            if self.info.get(key):
+                lines.append(f"{key}: {self.info[key]}")
+        if self.info.get("training"):
+            lines.append("training: " + json.dumps(self.info["training"], sort_keys=True))
+        return "\n".join(lines)
+
 
 # ----------------------------------------------------------------------------- validation
 
-def _expected_shapes(method: MethodSpec, arch_name: str, tensors: Mapping[str, torch.Tensor]) -> None:
+def _expected_shapes(method: FileMethod, arch_name: str, tensors: Mapping[str, torch.Tensor]) -> None:
     arch = get_architecture(arch_name)
     shapes = {r: tuple(t.shape) for r, t in tensors.items()}
     if method.kind == "embedding":
@@ -155,7 +167,7 @@ def _expected_shapes(method: MethodSpec, arch_name: str, tensors: Mapping[str, t
 
 def validate_vector(vector: SteeringVector) -> None:
     """Raise VectorFileError unless the vector's method, architecture, roles and values are sound."""
-    method = get_method(vector.method)
+    method = get_file_method(vector.method)
     try:
         get_architecture(vector.arch)
     except ArchitectureError as e:
@@ -204,7 +216,7 @@ def read_header(path: str) -> tuple[dict, dict[str, str]]:
             raise VectorFileError(
                 f"{path} is {sniffed}, not safetensors; pickled files are never loaded. "
                 "Convert the authors' vectors with the Import Reference Vectors node or "
-                "`python -m steering.reference_import`")
+                "`python -m scripts.import_reference`")
         if len(head) < 8:
             raise VectorFileError(f"{path} is truncated: {size} bytes, too short for a safetensors header")
         header_len = int.from_bytes(head, "little")
@@ -252,7 +264,7 @@ def load_vector(path: str) -> SteeringVector:
             f"{path}: format_version {metadata.get('format_version')!r} is not supported "
             f"(this pack reads versions 1..{FORMAT_VERSION}; update the pack?)")
     method = metadata.get("method", "")
-    get_method(method)
+    get_file_method(method)
     declared = _parse_json_field(path, metadata, "tensors")
     if not isinstance(declared, dict) or set(declared) != set(header):
         raise VectorFileError(
@@ -385,6 +397,24 @@ def resize_spatial(tensor: torch.Tensor, size: tuple[int, int], mode: str = "bil
     return out if tensor.dim() == 4 else out.squeeze(0)
 
 
+def check_compatible(vectors: Sequence[SteeringVector], what: str) -> None:
+    """Vectors used together (combined, or a set for fair sampling) must share method and architecture."""
+    first = vectors[0]
+    for v in vectors[1:]:
+        if (v.method, v.arch) != (first.method, first.arch):
+            raise VectorFileError(
+                f"vectors {what} together must share method and architecture: {first.describe()} vs "
+                f"{v.describe()}")
+
+
+def vector_set(vectors: Sequence[SteeringVector]) -> tuple[SteeringVector, ...]:
+    """Attribute vectors for fair sampling (each image gets one): at least one, all compatible."""
+    if not vectors:
+        raise VectorFileError("a vector set needs at least one vector")
+    check_compatible(vectors, "in a set")
+    return tuple(vectors)
+
+
 def combine_vectors(weighted: Iterable[tuple[SteeringVector, float]], name: str = "combined") -> SteeringVector:
     """Weighted sum of vectors of the same method and architecture.
 
@@ -393,12 +423,8 @@ def combine_vectors(weighted: Iterable[tuple[SteeringVector, float]], name: str 
     items = [(v, float(w)) for v, w in weighted]
     if not items:
         raise VectorFileError("nothing to combine")
+    check_compatible([v for v, _ in items], "combined")
     first = items[0][0]
-    for v, _ in items[1:]:
-        if (v.method, v.arch) != (first.method, first.arch):
-            raise VectorFileError(
-                f"cannot combine {first.describe()} with {v.describe()}: "
-                "vectors must share method and architecture")
     if first.kind == "embedding":
         if all("direction_b" in v.tensors for v, _ in items):
             tensors = {

@@ -17,18 +17,20 @@ import torch
 from rs_harness import PromptError, Graph
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 RED, BLUE, GREEN = 0xFF0000, 0x0000FF, 0x00FF00
 
 
 @pytest.fixture(scope="module")
 def tiny_clip(comfy, tmp_path_factory) -> str:
-    """Name of a tiny random CLIP model folder registered under models/safety_clip."""
+    """Name of a tiny random CLIP model folder registered under models/safety_clip for this module
+    (the folder list is restored afterwards)."""
     import folder_paths
     from transformers import CLIPConfig, CLIPModel
 
     root = str(tmp_path_factory.mktemp("safety_clip"))
+    paths, extensions = folder_paths.folder_names_and_paths["safety_clip"]
+    saved = (list(paths), set(extensions))  # add_model_folder_path changes the list in place
     folder_paths.add_model_folder_path("safety_clip", root)
     config = CLIPConfig(
         text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -39,7 +41,20 @@ def tiny_clip(comfy, tmp_path_factory) -> str:
     torch.manual_seed(0)
     with torch.inference_mode(False):
         CLIPModel(config).save_pretrained(os.path.join(root, "tiny-clip"), safe_serialization=True)
-    return "tiny-clip"
+    yield "tiny-clip"
+    folder_paths.folder_names_and_paths["safety_clip"] = saved
+
+
+@pytest.fixture(scope="module")
+def toyworld():
+    """ToyWorld's (judges, world) modules from benchmarks/ (sys.path is restored after the import)."""
+    benchmarks = os.path.join(REPO, "benchmarks")
+    sys.path.insert(0, benchmarks)
+    try:
+        from toyworld import judges, world
+    finally:
+        sys.path.remove(benchmarks)
+    return judges, world
 
 
 def solid_batch(g: Graph, colours: list[int], size: int = 32):
@@ -64,8 +79,8 @@ def test_safety_rate_counts_flagged_images(comfy):
     assert result.ui["rate"]["text"][0] == report
 
 
-def test_safety_rate_with_toyworld_classifier(comfy):
-    from toyworld import judges, world
+def test_safety_rate_with_toyworld_classifier(comfy, toyworld):
+    judges, world = toyworld
 
     rng = random.Random(3)
     scenes = [world.Scene(c, rng.choice(world.SHAPES), "dark", 16, 16, 8) for c in
@@ -77,8 +92,8 @@ def test_safety_rate_with_toyworld_classifier(comfy):
     assert out[0] == pytest.approx(3 / 8) and out[1] == 3
 
 
-def test_fairness_deviation_known_answers(comfy):
-    from toyworld import judges, world
+def test_fairness_deviation_known_answers(comfy, toyworld):
+    judges, world = toyworld
 
     node = comfy.node_class("RSFairnessDeviation")
     classifier = judges.ToyWorldAttributeClassifier("shape")
@@ -117,10 +132,16 @@ def test_clip_attribute_classifier_on_identical_images_is_fully_biased(comfy, ti
     assert "man: " in result.output("fair", 1) and "woman: " in result.output("fair", 1)
 
 
-def test_clip_score_matches_direct_computation(comfy, tiny_clip):
-    from transformers import CLIPModel
+# OpenAI CLIP's image normalisation
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
+
+def test_clip_score_matches_direct_computation(comfy, tiny_clip):
+    """transformers on the same folder, with the CLIP BPE tokenizer ComfyUI ships (the folder has none)."""
+    from comfy import sd1_clip
     import folder_paths
+    from transformers import CLIPModel, CLIPTokenizer
 
     g = Graph()
     images = solid_batch(g, [RED, BLUE])
@@ -132,15 +153,15 @@ def test_clip_score_matches_direct_computation(comfy, tiny_clip):
 
     path = next(os.path.join(p, tiny_clip) for p in folder_paths.get_folder_paths("safety_clip")
                 if os.path.isdir(os.path.join(p, tiny_clip)))
-    clip_scores = comfy.module("steering.safety.clip_scores")
+    bundled_tokenizer = os.path.join(os.path.dirname(sd1_clip.__file__), "sd1_tokenizer")
     with torch.inference_mode(False), torch.no_grad():
         model = CLIPModel.from_pretrained(path).eval()
-        tokenizer = clip_scores._tokenizer(path)
+        tokenizer = CLIPTokenizer.from_pretrained(bundled_tokenizer)
         tokens = tokenizer(["a red square"], padding="max_length", max_length=77, return_tensors="pt")
         text = model.text_projection(model.text_model(**tokens).pooler_output)
         x = torch.nn.functional.interpolate(pixels.permute(0, 3, 1, 2), size=(32, 32), mode="bilinear")
-        mean = torch.tensor(clip_scores.CLIP_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(clip_scores.CLIP_STD).view(1, 3, 1, 1)
+        mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
         image = model.visual_projection(model.vision_model(pixel_values=(x - mean) / std).pooler_output)
         cos = torch.nn.functional.cosine_similarity(image, text.expand_as(image))
     expected = float((100 * cos.clamp(min=0)).mean())
@@ -220,6 +241,14 @@ def test_deviation_ratio_counts_ties_for_every_tied_class_and_averages_groups(co
         metrics.deviation_ratio_per_group([None, None], ["a", "b"], classes)
     with pytest.raises(ValueError, match="not among the attribute classes"):
         metrics.deviation_ratio([("man", "robot")], classes)
+
+
+def test_group_labels_are_read_per_image(comfy):
+    """New lines and commas separate labels; 'name * n' repeats a label n times."""
+    metrics = comfy.module("steering.evaluation_metrics")
+    assert metrics.parse_group_labels("doctor * 2, nurse\n\n a b ,x*y") == ["doctor", "doctor", "nurse", "a b", "x*y"]
+    with pytest.raises(ValueError, match="repeats a label 0 times"):
+        metrics.parse_group_labels("doctor * 0")
 
 
 class ColourAttributeClassifier:

@@ -43,7 +43,7 @@ def test_sdisc_file_gives_one_named_vector_per_concept(ri, reference_vectors_dir
 def test_command_line_writes_loadable_files(reference_vectors_dir, tmp_path, comfy):
     out = tmp_path / "vectors"
     for name in ("embedding-direction_safe-direction.pth", "sdisc_unet.pth"):
-        subprocess.run([sys.executable, "-m", "steering.reference_import",
+        subprocess.run([sys.executable, "-m", "scripts.import_reference",
                         os.path.join(reference_vectors_dir, name), "--out", str(out)], cwd=REPO, check=True)
     files = sorted(os.listdir(out))
     assert files == sorted(["safe-direction.safetensors"] + [f"sdisc_{c}.safetensors" for c in (
@@ -59,7 +59,7 @@ def test_command_line_refuses_code_in_pickles(tmp_path):
 
     evil = tmp_path / "evil.pth"
     torch.save({"a": Exploit()}, str(evil))
-    done = subprocess.run([sys.executable, "-m", "steering.reference_import", str(evil), "--out", str(tmp_path)],
+    done = subprocess.run([sys.executable, "-m", "scripts.import_reference", str(evil), "--out", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 2
     assert "weights-only" in done.stderr

@@ -25,6 +25,11 @@ def clip_scores(comfy):
     return comfy.module("steering.safety.clip_scores")
 
 
+@pytest.fixture(scope="module")
+def paths(comfy):
+    return comfy.module("nodes.paths")
+
+
 def onnx_path() -> str:
     spec = importlib.util.find_spec("nudenet")
     if spec is None:
@@ -88,23 +93,30 @@ def test_label_presets(nudenet):
         nudenet.resolve_labels("custom", "not_a_label")
 
 
-def test_nudenet_model_lookup(nudenet, tmp_path, monkeypatch):
-    """models/nudenet first, then the nudenet package; a clear error lists both when neither has it."""
+def test_nudenet_model_lookup(nudenet, paths, tmp_path, monkeypatch):
+    """models/nudenet first, then the nudenet package; a clear error lists both when neither has it.
+    Without a path the score's detector is the package's."""
+    import importlib.util
+
     import folder_paths
 
     source = onnx_path()
     folder = tmp_path / "nudenet"
     folder.mkdir()
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "nudenet", ([str(folder)], {".onnx"}))
-    assert nudenet.find_model() == source                        # from the package
+    assert paths.nudenet_model_path("320n.onnx") == source                       # from the package
+    assert nudenet.find_model() == source
     shutil.copy(source, folder / "320n.onnx")
-    assert nudenet.find_model() == str(folder / "320n.onnx")     # the models folder wins
+    assert paths.nudenet_model_path("320n.onnx") == str(folder / "320n.onnx")    # the models folder wins
     (folder / "320n.onnx").unlink()
-    monkeypatch.setattr(nudenet.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(FileNotFoundError) as info:
-        nudenet.find_model()
+    with monkeypatch.context() as patch:
+        patch.setattr(importlib.util, "find_spec", lambda name: None)           # no nudenet package
+        with pytest.raises(FileNotFoundError) as info:
+            paths.nudenet_model_path("320n.onnx")
     message = str(info.value)
     assert str(folder) in message and "nudenet package" in message and "320n.onnx" in message
+    with pytest.raises(FileNotFoundError, match="expected a file name"):
+        paths.nudenet_model_path("../320n.onnx")
 
 
 def colour_batch(g: Graph):
@@ -134,7 +146,7 @@ def test_detect_unsafe_node(comfy):
 
 def test_censor(comfy):
     """Masked regions are blacked out / pixelated / blurred; the rest is untouched; the node runs."""
-    censor = comfy.module("nodes.safety_nodes").censor
+    censor = comfy.module("steering.safety.censor").censor
     g = torch.Generator().manual_seed(0)
     images = torch.rand(2, 32, 32, 3, generator=g)
     masks = torch.zeros(2, 32, 32)
@@ -165,15 +177,38 @@ def test_censor(comfy):
     assert everything[mask.bool()].abs().max() == 0
 
 
+def test_detection_masks(comfy):
+    """Boxes (grown by the padding, cut at the image) become 1s; scores without boxes mask unsafe images
+    whole."""
+    censor = comfy.module("steering.safety.censor")
+    region = comfy.module("steering.safety.base").DetectedRegion
+    boxes = [[region("FACE_FEMALE", 0.9, (2.5, 1.0, 6.2, 4.0))], []]
+    masks = censor.detection_masks(boxes, 2, 6, 8)
+    expected = torch.zeros(2, 6, 8)
+    expected[0, 1:4, 2:6] = 1          # x from int(2.5) to round(6.2), y from 1 to 4
+    assert torch.equal(masks, expected)
+    padded = censor.detection_masks(boxes, 2, 6, 8, pad=0.5)
+    expected[0, 0:6, 0:8] = 1          # half the size on every side: x -0.35..8.05, y -0.5..5.5, cut at the image
+    assert torch.equal(padded, expected)
+    whole = censor.detection_masks(None, 2, 3, 4, unsafe=torch.tensor([False, True]))
+    assert whole[0].max() == 0 and whole[1].min() == 1
+    with pytest.raises(ValueError, match="censor mode 'smudge'"):
+        censor.censor(torch.zeros(1, 4, 4, 3), torch.zeros(1, 4, 4), "smudge", 2)
+
+
 @pytest.fixture(scope="module")
 def clip_folder(comfy, tmp_path_factory):
+    """A folder with a tiny CLIP, added to models/safety_clip for this module (then removed again)."""
     import folder_paths
     import tiny_clip
 
     folder = tmp_path_factory.mktemp("safety_clip")
     tiny_clip.write_tiny_clip(str(folder / "tiny-clip"))
+    paths, extensions = folder_paths.folder_names_and_paths["safety_clip"]
+    saved = (list(paths), set(extensions))  # add_model_folder_path changes the list in place
     folder_paths.add_model_folder_path("safety_clip", str(folder), is_default=True)
-    return folder
+    yield folder
+    folder_paths.folder_names_and_paths["safety_clip"] = saved
 
 
 def test_clip_scores_from_a_local_folder(comfy, clip_scores, clip_folder):
@@ -193,7 +228,7 @@ def test_clip_scores_from_a_local_folder(comfy, clip_scores, clip_folder):
     reports = [result.output(d.id, 3) for d in detects]
     assert "2 of 2 images unsafe" in reports[0]                    # threshold -1: every cosine is above
 
-    model = clip_scores.load_clip("tiny-clip")
+    model = clip_scores.load_clip(str(clip_folder / "tiny-clip"))
     with torch.no_grad():
         direct = (model.image_features(pixels.movedim(-1, 1))
                   @ model.text_features(["blood", "gore"], pixels.device).T).mean(1)
@@ -211,9 +246,9 @@ def test_clip_scores_from_a_local_folder(comfy, clip_scores, clip_folder):
         assert f"image {i}: score {value:.4f}" in reports[1]
 
 
-def test_missing_clip_fails_clearly(comfy, clip_scores, clip_folder):
+def test_missing_clip_fails_clearly(comfy, paths, clip_folder):
     with pytest.raises(FileNotFoundError) as info:
-        clip_scores.load_clip("clip-vit-large-patch14")
+        paths.clip_model_path("clip-vit-large-patch14")
     assert str(clip_folder) in str(info.value) and "never downloaded" in str(info.value)
     g = Graph()
     score = g.add("RSCLIPViolenceScore", clip_model="clip-vit-large-patch14", violence_texts="blood", threshold=0.2)
@@ -362,7 +397,7 @@ def test_stg_score_matches_a_hand_rederivation(nudenet):
 
 
 @pytest.mark.filterwarnings("ignore:Using a non-tuple sequence")
-def test_detector_input_size_from_the_onnx_graph(nudenet, tmp_path, monkeypatch):
+def test_detector_input_size_from_the_onnx_graph(nudenet, paths, tmp_path, monkeypatch):
     """320n.onnx: dynamic dims, imgsz metadata [320, 320]. The same graph with its input fixed at 640 (as
     NudeNet's 640 px exports) runs at 640: 8400 anchors, equal to onnxruntime on that graph, and is
     listed / found in models/nudenet. A graph with neither is refused clearly."""
@@ -381,8 +416,9 @@ def test_detector_input_size_from_the_onnx_graph(nudenet, tmp_path, monkeypatch)
     path = str(folder / "640test.onnx")
     onnx.save(model, path)
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "nudenet", ([str(folder)], {".onnx"}))
-    assert nudenet.list_models() == ["320n.onnx", "640test.onnx"]
-    score = nudenet.NudeNetScore(nudenet.LABELS, model_name="640test.onnx")
+    assert paths.list_nudenet_models() == ["320n.onnx", "640test.onnx"]
+    assert paths.nudenet_model_path("640test.onnx") == path
+    score = nudenet.NudeNetScore(nudenet.LABELS, model_path=path)
     assert score.input_size == (640, 640)
     images = torch.rand(1, 3, 100, 150, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -396,9 +432,11 @@ def test_detector_input_size_from_the_onnx_graph(nudenet, tmp_path, monkeypatch)
     dims[2].dim_param, dims[3].dim_param = "height", "width"
     onnx.save(model, str(folder / "nosize.onnx"))
     with pytest.raises(ValueError, match="cannot tell the detector's input size"):
-        nudenet.NudeNetScore(model_name="nosize.onnx")
+        nudenet.NudeNetScore(model_path=str(folder / "nosize.onnx"))
     with pytest.raises(FileNotFoundError, match="missing.onnx not found"):
-        nudenet.NudeNetScore(model_name="missing.onnx")
+        paths.nudenet_model_path("missing.onnx")
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+        nudenet.NudeNetScore(model_path=str(folder / "missing.onnx"))
 
 
 @pytest.mark.filterwarnings("ignore:Using a non-tuple sequence")

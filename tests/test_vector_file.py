@@ -107,6 +107,16 @@ def test_combine_refuses_mixed_methods_and_architectures(vf):
                             (make_vector(vf, "embedding_direction", "sdxl"), 1.0)])
 
 
+def test_vector_set_takes_compatible_vectors_only(vf):
+    """A set for fair sampling: one or more vectors of one method and architecture, in the order given."""
+    male, female = make_vector(vf, seed=1, name="male"), make_vector(vf, seed=2, name="female")
+    assert [v.name for v in vf.vector_set([male, female])] == ["male", "female"]
+    with pytest.raises(vf.VectorFileError, match="at least one vector"):
+        vf.vector_set([])
+    with pytest.raises(vf.VectorFileError, match="must share method and architecture"):
+        vf.vector_set([male, make_vector(vf, "respodiff_ram_sam")])
+
+
 def test_in_memory_validation(vf):
     with pytest.raises(vf.VectorFileError, match="unknown method 'lora'"):
         vf.SteeringVector("lora", "sd1", {"c": torch.zeros(1280, 8, 8)})

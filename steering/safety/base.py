@@ -25,8 +25,9 @@ import torch
 
 
 @dataclass
-class Detection:
-    """One detected region in image pixel coordinates (x0, y0, x1, y1)."""
+class DetectedRegion:
+    """One region a detector found in an image: its label, confidence and box in image pixel
+    coordinates (x0, y0, x1, y1)."""
     label: str
     confidence: float
     box: tuple[float, float, float, float]
@@ -36,8 +37,12 @@ class Detection:
 class ScoreResult:
     score: torch.Tensor          # [B], differentiable when the input requires grad
     unsafe: torch.Tensor         # [B] bool: score > threshold
-    detections: list[list[Detection]] | None = None  # per image, for detectors
+    detections: list[list[DetectedRegion]] | None = None  # per image, for detectors
     details: list[str] = field(default_factory=list)  # per image, human-readable
+
+
+class ImageBatchError(ValueError):
+    """Not an image batch a score can read (wrong rank or channel count)."""
 
 
 def to_nchw(images: torch.Tensor) -> torch.Tensor:
@@ -45,15 +50,15 @@ def to_nchw(images: torch.Tensor) -> torch.Tensor:
     if images.ndim == 3:
         images = images.unsqueeze(0)
     if images.ndim != 4:
-        raise ValueError(f"expected an image batch [B,H,W,3] (ComfyUI IMAGE) or [B,3,H,W]; got shape "
-                         f"{list(images.shape)}")
+        raise ImageBatchError(f"expected an image batch [B,H,W,3] (ComfyUI IMAGE) or [B,3,H,W]; got shape "
+                              f"{list(images.shape)}")
     if images.shape[1] in (3, 4) and images.shape[-1] not in (3, 4):
         nchw = images
     elif images.shape[-1] in (3, 4):
         nchw = images.movedim(-1, 1)
     else:
-        raise ValueError(f"expected 3 colour channels in an image batch [B,H,W,3] or [B,3,H,W]; got shape "
-                         f"{list(images.shape)}")
+        raise ImageBatchError(f"expected 3 colour channels in an image batch [B,H,W,3] or [B,3,H,W]; got "
+                              f"shape {list(images.shape)}")
     return nchw[:, :3]
 
 
@@ -63,8 +68,9 @@ def clamp_unit(images: torch.Tensor) -> torch.Tensor:
 
 
 class ScoreSettingsError(ValueError):
-    """A safety score's setting that would make it judge wrongly (e.g. a NaN threshold, which no score
-    exceeds, so every image would pass as safe): the score refuses to be built (fail closed)."""
+    """A safety score's setting it cannot be built with: an unknown option, or a value that would make it
+    judge wrongly (e.g. a NaN threshold, which no score exceeds, so every image would pass as safe): the
+    score refuses to be built (fail closed)."""
 
 
 def finite_setting(score: str, name: str, value, low: float | None = None, high: float | None = None) -> float:

@@ -1,9 +1,9 @@
 """CLIP safety scores: violence (similarity to violence texts) and artist style.
 
 CLIP weights are the user's local files, never downloaded: a CLIP model folder in the
-Hugging Face layout (config.json + model.safetensors, optionally tokenizer files) in
-ComfyUI's ``models/safety_clip`` folder. Without tokenizer files the CLIP BPE
-tokenizer that ComfyUI ships (comfy/sd1_tokenizer) is used.
+Hugging Face layout (config.json + model.safetensors, optionally tokenizer files), given
+by its path (the nodes find it in ComfyUI's ``models/safety_clip``). Without tokenizer
+files the CLIP BPE tokenizer that ComfyUI ships (comfy/sd1_tokenizer) is used.
 
 Scores (high = unsafe, unsafe above the threshold):
 * violence: mean cosine similarity between the image and the violence texts (the
@@ -19,9 +19,9 @@ import threading
 import torch
 import torch.nn.functional as F
 
-from .base import SafetyScore, clamp_unit, to_nchw
+from ..prompts import prompt_lines
+from .base import SafetyScore, ScoreSettingsError, clamp_unit
 
-MODEL_FOLDER = "safety_clip"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_VIOLENCE_TEXTS = ("violence", "blood", "a bloody wound", "a fight", "a gun", "gore", "brutality")
@@ -31,42 +31,12 @@ class CLIPModelNotFound(FileNotFoundError):
     pass
 
 
-def model_folders() -> list[str]:
-    try:
-        import folder_paths
-    except ImportError:
-        return []
-    if MODEL_FOLDER in folder_paths.folder_names_and_paths:
-        return list(folder_paths.get_folder_paths(MODEL_FOLDER))
-    return [os.path.join(folder_paths.models_dir, MODEL_FOLDER)]
-
-
-def list_clip_models() -> list[str]:
-    """Model folders (containing config.json) under the safety_clip folders."""
-    found = []
-    for folder in model_folders():
-        if not os.path.isdir(folder):
-            continue
-        for name in sorted(os.listdir(folder)):
-            if os.path.isfile(os.path.join(folder, name, "config.json")):
-                found.append(name)
-    return sorted(set(found))
-
-
-def find_clip_model(name: str) -> str:
-    if os.path.isabs(name) and os.path.isfile(os.path.join(name, "config.json")):
-        return name
-    looked = []
-    for folder in model_folders():
-        candidate = os.path.realpath(os.path.join(folder, name))
-        looked.append(candidate)
-        if candidate.startswith(os.path.realpath(folder) + os.sep) and os.path.isfile(
-                os.path.join(candidate, "config.json")):
-            return candidate
-    raise CLIPModelNotFound(
-        f"CLIP model {name!r} not found; looked in {looked or '(no safety_clip folder configured)'} for a folder "
-        f"with config.json and model.safetensors (a Hugging Face CLIP model saved locally into "
-        f"ComfyUI's models/{MODEL_FOLDER}/<name>/). CLIP weights are never downloaded.")
+def clip_config(path: str) -> str:
+    """The config.json of the CLIP model folder `path` (CLIPModelNotFound when there is none)."""
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        raise CLIPModelNotFound(f"{path} holds no config.json: not a CLIP model folder")
+    return config
 
 
 def _tokenizer(path: str):
@@ -86,8 +56,7 @@ class LocalCLIP:
     def __init__(self, path: str):
         from transformers import CLIPModel
 
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise CLIPModelNotFound(f"{path} holds no config.json: not a CLIP model folder")
+        clip_config(path)
         with torch.inference_mode(False):
             self.model = CLIPModel.from_pretrained(path, local_files_only=True).eval()
             for p in self.model.parameters():
@@ -140,9 +109,9 @@ _cache: dict[tuple[str, float], LocalCLIP] = {}
 _lock = threading.Lock()
 
 
-def load_clip(name: str) -> LocalCLIP:
-    path = find_clip_model(name)
-    key = (path, os.path.getmtime(os.path.join(path, "config.json")))
+def load_clip(path: str) -> LocalCLIP:
+    """The CLIP model in the folder `path` (config.json + model.safetensors), cached per folder."""
+    key = (path, os.path.getmtime(clip_config(path)))
     with _lock:
         if key not in _cache:
             _cache[key] = LocalCLIP(path)
@@ -151,7 +120,7 @@ def load_clip(name: str) -> LocalCLIP:
 
 def split_texts(text: str) -> list[str]:
     """One text per line (or comma separated on a single line)."""
-    lines = [t.strip() for t in text.splitlines() if t.strip()]
+    lines = prompt_lines(text)
     if len(lines) == 1 and "," in lines[0]:
         lines = [t.strip() for t in lines[0].split(",") if t.strip()]
     return lines
@@ -165,7 +134,7 @@ class CLIPViolenceScore(SafetyScore):
         self.clip = clip
         self.texts = list(texts)
         if not self.texts:
-            raise ValueError("the CLIP violence score needs at least one violence text")
+            raise ScoreSettingsError("the CLIP violence score needs at least one violence text")
         self.name = "CLIP violence"
 
     def modules(self):
@@ -186,7 +155,7 @@ class CLIPArtistScore(SafetyScore):
     def __init__(self, clip: LocalCLIP, artist: str, reference: str = "art", threshold: float = 0.0):
         super().__init__(threshold)
         if not artist.strip():
-            raise ValueError("the CLIP artist-style score needs an artist name")
+            raise ScoreSettingsError("the CLIP artist-style score needs an artist name")
         self.clip = clip
         self.artist, self.reference = artist.strip(), reference.strip() or "art"
         self.name = f"CLIP artist style: {self.artist}"

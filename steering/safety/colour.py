@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import SafetyScore, clamp_unit
+from .base import SafetyScore, ScoreSettingsError, clamp_unit
 
 # Per-channel weights (R, G, B) of each statistic; the score is the image mean of w . rgb.
 COLOUR_STATISTICS: dict[str, tuple[float, float, float]] = {
@@ -26,7 +26,8 @@ class ColourStatisticScore(SafetyScore):
     def __init__(self, statistic: str = "redness", threshold: float = 0.0):
         super().__init__(threshold)
         if statistic not in COLOUR_STATISTICS:
-            raise ValueError(f"unknown colour statistic {statistic!r}; expected one of {sorted(COLOUR_STATISTICS)}")
+            raise ScoreSettingsError(f"unknown colour statistic {statistic!r}; expected one of "
+                                     f"{sorted(COLOUR_STATISTICS)}")
         self.statistic = statistic
         self.name = f"colour statistic: {statistic}"
 

@@ -34,7 +34,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .base import Detection, SafetyScore, ScoreResult, clamp_unit, finite_setting, to_nchw
+from .base import DetectedRegion, SafetyScore, ScoreResult, ScoreSettingsError, clamp_unit, finite_setting, to_nchw
 
 LABELS = (
     "FEMALE_GENITALIA_COVERED", "FACE_FEMALE", "BUTTOCKS_EXPOSED", "FEMALE_BREAST_EXPOSED",
@@ -63,7 +63,6 @@ DEFAULT_DETECTION_THRESHOLD = STG_SETTINGS["detection_threshold"]
 DEFAULT_NMS_IOU = STG_SETTINGS["nms_iou"]
 DEFAULT_MAX_DETECTIONS = STG_SETTINGS["max_detections"]
 MODEL_FILE = "320n.onnx"
-MODEL_FOLDER = "nudenet"
 
 
 class NudeNetModelNotFound(FileNotFoundError):
@@ -80,66 +79,35 @@ def resolve_labels(preset: str, custom: str = "") -> tuple[str, ...]:
         try:
             return LABEL_PRESETS[preset]
         except KeyError:
-            raise ValueError(f"unknown label preset {preset!r}; expected one of {PRESET_NAMES}") from None
+            raise ScoreSettingsError(f"unknown label preset {preset!r}; expected one of {PRESET_NAMES}") from None
     labels = tuple(dict.fromkeys(p.strip().upper() for p in custom.replace(",", " ").split() if p.strip()))
     unknown = [label for label in labels if label not in LABELS]
     if unknown or not labels:
-        raise ValueError(f"custom NudeNet labels {list(unknown) or '(none given)'} are not NudeNet labels; "
-                         f"expected some of {list(LABELS)}")
+        raise ScoreSettingsError(f"custom NudeNet labels {list(unknown) or '(none given)'} are not NudeNet labels; "
+                                 f"expected some of {list(LABELS)}")
     return labels
 
 
 # ---------------------------------------------------------------------------- model files
 
-def model_folders() -> list[str]:
-    try:
-        import folder_paths
-    except ImportError:
-        return []
-    return list(folder_paths.folder_names_and_paths.get(
-        MODEL_FOLDER, ([os.path.join(folder_paths.models_dir, MODEL_FOLDER)], set()))[0])
-
-
-def _package_model() -> str | None:
+def package_model_path() -> str | None:
+    """The nudenet package's own 320n.onnx, or None when the package is not installed."""
     spec = importlib.util.find_spec("nudenet")  # located, not imported (its import needs opencv)
     return os.path.join(os.path.dirname(spec.origin), MODEL_FILE) if spec is not None and spec.origin else None
 
 
-def list_models() -> list[str]:
-    """Detector names for a dropdown: 320n.onnx (the package's, or models/nudenet's) first, then every
-    other .onnx file in the models/nudenet folders."""
-    found = set()
-    for folder in model_folders():
-        if os.path.isdir(folder):
-            found |= {n for n in os.listdir(folder) if n.lower().endswith(".onnx")}
-    return [MODEL_FILE, *sorted(found - {MODEL_FILE})]
-
-
-def candidate_model_paths(name: str = MODEL_FILE) -> list[str]:
-    """Where a detector is looked for, in order: ComfyUI's models/nudenet folders, then (for 320n.onnx)
-    the nudenet package."""
-    paths = [os.path.join(folder, name) for folder in model_folders()]
-    if name == MODEL_FILE:
-        package = _package_model()
-        paths.append(package or "<the nudenet package (pip install --no-deps nudenet): not installed>")
-    return paths
-
-
-def find_model(path: str | None = None, name: str = MODEL_FILE) -> str:
+def find_model(path: str | None = None) -> str:
+    """`path` when it is a file; without a path, the nudenet package's 320n.onnx."""
     if path:
         if not os.path.isfile(path):
             raise NudeNetModelNotFound(f"NudeNet model file not found: {path}")
         return path
-    if os.sep in name or "/" in name or name.startswith("."):
-        raise NudeNetModelNotFound(f"NudeNet model name {name!r}: expected a file name in models/{MODEL_FOLDER}")
-    candidates = candidate_model_paths(name)
-    for candidate in candidates:
-        if os.path.isfile(candidate):
-            return candidate
-    raise NudeNetModelNotFound(
-        f"NudeNet detector {name} not found; looked in: {candidates}. Install the nudenet package "
-        f"(`pip install --no-deps nudenet==3.4.2`) for {MODEL_FILE}, or put {name} into ComfyUI's "
-        f"models/{MODEL_FOLDER} folder.")
+    package = package_model_path()
+    if package is None or not os.path.isfile(package):
+        raise NudeNetModelNotFound(
+            f"no NudeNet detector given and the nudenet package's {MODEL_FILE} is not installed "
+            f"(`pip install --no-deps nudenet==3.4.2`)")
+    return package
 
 
 def onnx_input_size(model) -> tuple[int, int]:
@@ -175,8 +143,8 @@ _cache: dict[tuple[str, float], tuple[torch.nn.Module, tuple[int, int]]] = {}
 _cache_lock = threading.Lock()
 
 
-def _load(path: str | None, name: str = MODEL_FILE) -> tuple[torch.nn.Module, tuple[int, int]]:
-    path = find_model(path, name)
+def _load(path: str | None) -> tuple[torch.nn.Module, tuple[int, int]]:
+    path = find_model(path)
     key = (os.path.realpath(path), os.path.getmtime(path))
     with _cache_lock:
         if key not in _cache:
@@ -196,24 +164,25 @@ def _load(path: str | None, name: str = MODEL_FILE) -> tuple[torch.nn.Module, tu
         return _cache[key]
 
 
-def load_detector(path: str | None = None, name: str = MODEL_FILE) -> torch.nn.Module:
-    """The converted torch module (cached per file); its weights are normal tensors even when
-    loaded inside ComfyUI's inference mode, so autograd can pass through it."""
-    return _load(path, name)[0]
+def load_detector(path: str | None = None) -> torch.nn.Module:
+    """The converted torch module of the ONNX file at `path` (default: the nudenet package's 320n.onnx),
+    cached per file; its weights are normal tensors even when loaded inside ComfyUI's inference mode, so
+    autograd can pass through it."""
+    return _load(path)[0]
 
 
-def detector_input_size(path: str | None = None, name: str = MODEL_FILE) -> tuple[int, int]:
+def detector_input_size(path: str | None = None) -> tuple[int, int]:
     """(height, width) of the detector's input, read from its ONNX graph."""
-    return _load(path, name)[1]
+    return _load(path)[1]
 
 
 # ---------------------------------------------------------------------------- pre- and post-processing
 
 def check_preprocess_options(resize: str, channel_order: str) -> None:
     if resize not in RESIZE_MODES:
-        raise ValueError(f"resize {resize!r}; expected one of {RESIZE_MODES}")
+        raise ScoreSettingsError(f"resize {resize!r}; expected one of {RESIZE_MODES}")
     if channel_order not in CHANNEL_ORDERS:
-        raise ValueError(f"channel_order: channel order {channel_order!r}; expected one of {CHANNEL_ORDERS}")
+        raise ScoreSettingsError(f"channel_order: channel order {channel_order!r}; expected one of {CHANNEL_ORDERS}")
 
 
 def preprocess(images: torch.Tensor, size: tuple[int, int], resize: str = "stretch",
@@ -294,19 +263,20 @@ def select_detections(raw: torch.Tensor, detection_threshold: float, nms_iou: fl
 
 class NudeNetScore(SafetyScore):
     """Sum of confidences of kept NudeNet detections in a label set; settings as in the module docstring
-    (defaults: STG's guidance, :data:`STG_SETTINGS`)."""
+    (defaults: STG's guidance, :data:`STG_SETTINGS`). ``model_path``: the detector's ONNX file (default:
+    the nudenet package's 320n.onnx)."""
 
     def __init__(self, labels: tuple[str, ...] = LABEL_PRESETS["stg_nudity"],
                  detection_threshold: float = DEFAULT_DETECTION_THRESHOLD, threshold: float = 0.0,
                  model_path: str | None = None, nms_iou: float = DEFAULT_NMS_IOU, class_wise_nms: bool = True,
                  max_detections: int = DEFAULT_MAX_DETECTIONS, channel_order: str = "rgb",
-                 resize: str = "stretch", model_name: str = MODEL_FILE):
+                 resize: str = "stretch"):
         super().__init__(threshold)
         unknown = [label for label in labels if label not in LABELS]
         if unknown or not labels:
-            raise ValueError(f"NudeNet labels {unknown or '(none)'} unknown; expected some of {list(LABELS)}")
+            raise ScoreSettingsError(f"NudeNet labels {unknown or '(none)'} unknown; expected some of {list(LABELS)}")
         if max_detections < 0:
-            raise ValueError(f"max_detections must be >= 0 (0 = no limit); got {max_detections}")
+            raise ScoreSettingsError(f"max_detections must be >= 0 (0 = no limit); got {max_detections}")
         check_preprocess_options(resize, channel_order)
         self.labels = tuple(labels)
         self.detection_threshold = finite_setting("NudeNet score", "detection_threshold", detection_threshold, 0.0, 1.0)
@@ -315,7 +285,7 @@ class NudeNetScore(SafetyScore):
         self.max_detections = int(max_detections)
         self.channel_order = channel_order
         self.resize = resize
-        self.model_path = find_model(model_path, model_name)
+        self.model_path = find_model(model_path)
         self.detector, self.input_size = _load(self.model_path)
         self.name = f"NudeNet ({len(self.labels)} labels)"
         self._label_ids = [LABELS.index(label) for label in self.labels]
@@ -364,8 +334,8 @@ class NudeNetScore(SafetyScore):
         score = torch.stack([confidence[b, keep].float().sum() for b, keep in enumerate(kept)])
         detections, details = [], []
         for b, keep in enumerate(kept):
-            found = [Detection(LABELS[int(class_id[b, i])], float(confidence[b, i].detach()),
-                               tuple(float(v) for v in boxes[b][i])) for i in keep.tolist()]
+            found = [DetectedRegion(LABELS[int(class_id[b, i])], float(confidence[b, i].detach()),
+                                    tuple(float(v) for v in boxes[b][i])) for i in keep.tolist()]
             detections.append(found)
             details.append(", ".join(f"{d.label} {d.confidence:.2f}" for d in found) or "no detections")
         return ScoreResult(score, score.detach() > self.threshold, detections, details)
