@@ -208,10 +208,10 @@ def check_widget(spec: InputSpec, value: Any) -> str | None:
 
 
 def _clip_model_hint(value: Any) -> str | None:
-    from ..steering.safety import clip_scores
+    from . import paths
 
     try:
-        clip_scores.find_clip_model(str(value))
+        paths.clip_model_path(str(value))
     except FileNotFoundError as e:
         return str(e)
     return None

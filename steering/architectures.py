@@ -1,7 +1,7 @@
 """Model architectures the pack knows, and how to recognise them.
 
 Kept free of ComfyUI imports at module level so the vector-file code and the
-``python -m steering.reference_import`` command work with torch alone.
+reference-import command (scripts/import_reference.py) work with torch alone.
 """
 from __future__ import annotations
 
