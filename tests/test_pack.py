@@ -5,7 +5,7 @@ import os
 import re
 import tomllib
 
-from rs_harness import REPO
+from devtools.comfy_env import REPO
 
 EXPECTED_NODES = {
     "RSLoadVector", "RSSaveVector", "RSCombineVectors", "RSVectorSet", "RSImportReferenceVectors",
