@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from devtools import build_workflows, workflows
+from devtools.sd import keep
 from devtools.server import ComfyServer
 from devtools.workflow_builder import render_workflow
 from devtools.workflows import load_workflow, ui_to_api
@@ -26,6 +27,20 @@ def test_committed_workflows_match_their_specs(comfy):
     for spec in build_workflows.all_specs():
         path = os.path.join(workflows.WORKFLOW_DIR, f"{spec.name}.json")
         assert open(path).read() == render_workflow(spec, comfy.node_class), f"{path} is stale: make workflows"
+
+
+def test_a_run_gives_the_whole_list_of_a_list_output(comfy):
+    """RunResult.outputs is every item of an output list; output is its first item."""
+    from comfy_execution.graph_utils import GraphBuilder
+
+    g = GraphBuilder(prefix="")
+    images = g.node("EmptyImage", width=8, height=8, batch_size=3, color=0)
+    split = g.node("RebatchImages", id="split", images=images.out(0), batch_size=1)
+    keep(g, split.out(0))
+    result = comfy.run(g.finalize())
+    parts = result.outputs("split", 0)
+    assert [tuple(p.shape) for p in parts] == [(1, 8, 8, 3)] * 3
+    assert result.output("split", 0) is parts[0]
 
 
 def saved_images(comfy, ui_outputs: dict) -> list[str]:
