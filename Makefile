@@ -1,5 +1,7 @@
 # Responsible Steering: developer entry points. Everything runs against a real
 # ComfyUI 0.3.75 installed by `make setup` (idempotent; warm re-runs take seconds).
+# Tools run as modules from the repository root (devtools/, benchmarks/); nothing edits sys.path
+# but devtools/comfy_env.py, which puts ComfyUI's folder first.
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
@@ -12,19 +14,19 @@ test: setup
 	.venv/bin/pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) scripts/demo.py
+	$(PY) -m devtools.demo
 
 serve: setup
-	$(PY) scripts/demo.py --serve
+	$(PY) -m devtools.demo --serve
 
 bench: setup
-	$(PY) benchmarks/run.py
+	$(PY) -m benchmarks.run
 
 efficacy: setup
-	$(PY) benchmarks/toyworld/efficacy.py
+	$(PY) -m benchmarks.toyworld.efficacy
 
 workflows: setup
-	$(PY) scripts/build_workflows.py
+	$(PY) -m devtools.build_workflows
 
 clean:
 	rm -rf .venv .cache out

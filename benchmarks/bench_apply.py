@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from common import BenchContext, best_ratio, interleaved, load_pack, ratio, table
+from benchmarks.common import BenchContext, best_ratio, interleaved, ratio, table
+from devtools import pack, tiny_models
+from devtools.session import tiny_checkpoint_path
 
 TITLE = "Apply nodes: sampling wall time relative to a plain KSampler run"
 
@@ -12,18 +14,15 @@ TITLE = "Apply nodes: sampling wall time relative to a plain KSampler run"
 def models(ctx: BenchContext):
     """(model, positive, negative, size, steps) on the tiny checkpoint or SD1.5-size random weights."""
     if ctx.full_size:
-        import tiny_checkpoint
-
-        model = tiny_checkpoint.build_unet_model("sd15_full", device=ctx.device, dtype=torch.float16)
+        model = tiny_models.build_unet_model("sd15_full", device=ctx.device, dtype=torch.float16)
         g = torch.Generator().manual_seed(0)
         positive = [[torch.randn(1, 77, 768, generator=g), {}]]
         negative = [[torch.randn(1, 77, 768, generator=g), {}]]
         return model, positive, negative, 512, 20
     import comfy.sd
     import nodes
-    import rs_harness
 
-    model, clip = comfy.sd.load_checkpoint_guess_config(rs_harness.tiny_checkpoint_path())[:2]
+    model, clip = comfy.sd.load_checkpoint_guess_config(tiny_checkpoint_path())[:2]
     encode = nodes.CLIPTextEncode()
     return model, encode.encode(clip, "a photo of a person")[0], encode.encode(clip, "")[0], 128, 8
 
@@ -70,9 +69,8 @@ def patch_cost_note(ctx: BenchContext, model, hspace_model, positive, size: int)
 def run(ctx: BenchContext) -> str:
     import comfy.sample
 
-    load_pack()
-    from steering.embedding_direction import apply_embedding_direction
-    from steering.hspace import patch_model_with_offsets
+    apply_embedding_direction = pack.module("steering.embedding_direction").apply_embedding_direction
+    patch_model_with_offsets = pack.module("steering.hspace").patch_model_with_offsets
 
     model, positive, negative, size, steps = models(ctx)
     g = torch.Generator().manual_seed(1)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from common import BenchContext, best_ratio, interleaved, load_pack, ratio, table
+from benchmarks.common import BenchContext, best_ratio, interleaved, ratio, table
+from devtools import pack, tiny_models
+from devtools.session import tiny_checkpoint_path
 
 TITLE = "Dual-Latent KSampler: sampling wall time relative to a plain KSampler run"
 TAUS = (0.0, 0.25, 0.5, 1.0)
@@ -17,18 +19,15 @@ SAMPLER, SCHEDULER, CFG = "euler", "normal", 7.5
 def models(ctx: BenchContext):
     """(model, positive, safe, negative, size, steps, batches) on the tiny checkpoint or SD1.5-size random weights."""
     if ctx.full_size:
-        import tiny_checkpoint
-
         dtype = torch.float16 if ctx.device == "cuda" else torch.float32
-        model = tiny_checkpoint.build_unet_model("sd15_full", device=ctx.device, dtype=dtype)
+        model = tiny_models.build_unet_model("sd15_full", device=ctx.device, dtype=dtype)
         g = torch.Generator().manual_seed(0)
         positive, safe, negative = ([[torch.randn(1, 77, 768, generator=g), {}]] for _ in range(3))
         return model, positive, safe, negative, 512, 20, (1, 4)
     import comfy.sd
     import nodes
-    import rs_harness
 
-    model, clip = comfy.sd.load_checkpoint_guess_config(rs_harness.tiny_checkpoint_path())[:2]
+    model, clip = comfy.sd.load_checkpoint_guess_config(tiny_checkpoint_path())[:2]
     encode = nodes.CLIPTextEncode()
     return (model, encode.encode(clip, "a bloody fight in the street")[0],
             encode.encode(clip, "people talking in the street")[0], encode.encode(clip, "")[0], 128, 8, (1, 2))
@@ -39,8 +38,9 @@ def run(ctx: BenchContext) -> str:
     import comfy.sample
     import comfy.samplers
 
-    load_pack()
-    from steering.dual_latent import DualLatentSettings, sample_dual_latent, two_branch_fraction
+    dual_latent = pack.module("steering.dual_latent")
+    DualLatentSettings, sample_dual_latent = dual_latent.DualLatentSettings, dual_latent.sample_dual_latent
+    two_branch_fraction = dual_latent.two_branch_fraction
 
     model, positive, safe, negative, size, steps, batches = models(ctx)
     sampling = model.get_model_object("model_sampling")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from common import BenchContext, interleaved, load_pack, ratio, table
+from benchmarks.common import BenchContext, interleaved, ratio, table
+from devtools import pack, tiny_models
+from devtools.session import tiny_checkpoint_path
 
 TITLE = "STG: sampling wall time relative to a plain KSampler run"
 
@@ -50,10 +52,8 @@ def random_taesd_decoder(device, dtype) -> torch.nn.Module:
 def models(ctx: BenchContext):
     """(model, vae, positive, negative, size, batch, steps) on the tiny checkpoint or SD1.5-size random weights."""
     if ctx.full_size:
-        import tiny_checkpoint
-
         dtype = torch.float16 if ctx.device == "cuda" else torch.float32
-        model = tiny_checkpoint.build_unet_model("sd15_full", device=ctx.device, dtype=dtype)
+        model = tiny_models.build_unet_model("sd15_full", device=ctx.device, dtype=dtype)
         vae = random_sd_vae(ctx.device, dtype)
         g = torch.Generator().manual_seed(0)
         positive = [[torch.randn(1, 77, 768, generator=g), {}]]
@@ -62,9 +62,8 @@ def models(ctx: BenchContext):
         return model, vae, positive, negative, size, batch, steps
     import comfy.sd
     import nodes
-    import rs_harness
 
-    model, clip, vae = comfy.sd.load_checkpoint_guess_config(rs_harness.tiny_checkpoint_path())[:3]
+    model, clip, vae = comfy.sd.load_checkpoint_guess_config(tiny_checkpoint_path())[:3]
     encode = nodes.CLIPTextEncode()
     return model, vae, encode.encode(clip, "a photo of a person")[0], encode.encode(clip, "")[0], 64, 1, 10
 
@@ -73,10 +72,10 @@ def run(ctx: BenchContext) -> str:
     import comfy.model_management
     import comfy.sample
 
-    load_pack()
-    from steering import stg
-    from steering.safety import ColourStatisticScore
-    from steering.safety.nudenet import LABELS, NudeNetScore
+    stg = pack.module("steering.stg")
+    ColourStatisticScore = pack.module("steering.safety").ColourStatisticScore
+    nudenet = pack.module("steering.safety.nudenet")
+    LABELS, NudeNetScore = nudenet.LABELS, nudenet.NudeNetScore
 
     with torch.inference_mode():  # as ComfyUI's executor runs nodes
         model, vae, positive, negative, size, batch, steps = models(ctx)

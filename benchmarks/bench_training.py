@@ -8,7 +8,9 @@ import time
 
 import torch
 
-from common import BenchContext, interleaved, pack_module, ratio, table
+from benchmarks.common import BenchContext, interleaved, ratio, table
+from devtools import pack, tiny_models
+from devtools.session import tiny_checkpoint_path
 
 TITLE = "Training: iterations/s per objective, batched vs one-at-a-time rollout"
 
@@ -17,17 +19,14 @@ def setup(ctx: BenchContext):
     """(model, conditionings, resolution, batch, rollout_steps, iterations), all made under inference mode."""
     with torch.inference_mode():
         if ctx.full_size:
-            import tiny_checkpoint
-
             dtype = torch.float16 if ctx.device == "cuda" else torch.float32
-            model = tiny_checkpoint.build_unet_model("sd15_full", device=ctx.device, dtype=dtype)
+            model = tiny_models.build_unet_model("sd15_full", device=ctx.device, dtype=dtype)
             g = torch.Generator().manual_seed(0)
             conds = {k: [[torch.randn(1, 77, 768, generator=g), {}]] for k in ("neutral", "other", "uncond")}
             return model, conds, 512, 8, 50, 5 if ctx.device == "cuda" else 1
         import comfy.sd
-        import rs_harness
 
-        model, clip = comfy.sd.load_checkpoint_guess_config(rs_harness.tiny_checkpoint_path(), output_vae=False)[:2]
+        model, clip = comfy.sd.load_checkpoint_guess_config(tiny_checkpoint_path(), output_vae=False)[:2]
         texts = {"neutral": "a person", "other": "a woman", "uncond": ""}
         conds = {k: clip.encode_from_tokens_scheduled(clip.tokenize(t)) for k, t in texts.items()}
         return model, conds, 64, 8, 6, 1
@@ -46,9 +45,9 @@ def reset_peak(ctx: BenchContext) -> None:
 
 
 def run(ctx: BenchContext) -> str:
-    loop = pack_module("training.loop")
-    rollout = pack_module("training.rollout")
-    unet = pack_module("training.unet")
+    loop = pack.module("training.loop")
+    rollout = pack.module("training.rollout")
+    unet = pack.module("training.unet")
     model, conds, resolution, batch, steps, iterations = setup(ctx)
 
     # 1. iterations/s of each objective (the whole loop: rollout, targets, backward, Adam)

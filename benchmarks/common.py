@@ -6,21 +6,14 @@ to drift and to load from other processes).
 """
 from __future__ import annotations
 
-import importlib
-import importlib.machinery
-import importlib.util
 import os
 import platform
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(REPO, "scripts"))
-sys.path.insert(0, os.path.join(REPO, "tests"))
+from devtools import comfy_env
 
 
 @dataclass
@@ -52,34 +45,9 @@ class BenchContext:
 
 
 def setup_comfy(device: str) -> None:
-    """Import ComfyUI (from `make setup`'s cache) for in-process benchmarks."""
-    import rs_harness
-
-    if not os.path.isfile(os.path.join(rs_harness.COMFY_DIR, "main.py")):
-        raise SystemExit(f"ComfyUI not found at {rs_harness.COMFY_DIR}; run `make setup`")
-    sys.path.insert(0, rs_harness.COMFY_DIR)
-    from comfy.cli_args import args
-
-    args.cpu = device == "cpu"
-
-
-def load_pack():
-    """The pack's steering/ and training/ packages (imported as top-level packages)."""
-    if REPO not in sys.path:
-        sys.path.append(REPO)
-    import steering  # noqa: F401
-    return steering
-
-
-def pack_module(name: str):
-    """A pack module (e.g. 'training.loop') imported inside a synthetic package ``rs_pack``, so the
-    pack's relative imports work without running its ComfyUI entry point."""
-    if "rs_pack" not in sys.modules:
-        spec = importlib.machinery.ModuleSpec("rs_pack", None, is_package=True)
-        package = importlib.util.module_from_spec(spec)
-        package.__path__ = [REPO]
-        sys.modules["rs_pack"] = package
-    return importlib.import_module(f"rs_pack.{name}")
+    """Import ComfyUI (from `make setup`'s cache) for in-process benchmarks; the pack is then reached
+    through devtools.pack, loaded as ComfyUI loads it."""
+    comfy_env.setup(cpu=device == "cpu")
 
 
 def interleaved(variants: dict[str, Callable[[], object]], rounds: int, ctx: BenchContext,

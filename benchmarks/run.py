@@ -1,6 +1,6 @@
 """`make bench`: run benchmarks/bench_*.py and record their sections in RESULTS.md.
 
-    .venv/bin/python benchmarks/run.py [NAME ...] [--device cpu|cuda] [--full-size] [--rounds N]
+    .venv/bin/python -m benchmarks.run [NAME ...] [--device cpu|cuda] [--full-size] [--rounds N]
 
 Each bench module defines TITLE and ``run(ctx) -> str`` (a markdown section). Results
 are written between markers keyed by bench name and device, so CPU and GPU figures
@@ -16,10 +16,9 @@ import pkgutil
 import re
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+from benchmarks.common import BenchContext, setup_comfy
 
-from common import BenchContext, setup_comfy  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 RESULTS = os.path.join(HERE, "RESULTS.md")
 HEADER = ("# Benchmark results\n\nWritten by `make bench` (benchmarks/run.py). Ratios are medians of per-round "
@@ -54,7 +53,7 @@ def main(argv=None) -> int:
     setup_comfy(args.device)
     ctx = BenchContext(args.device, args.full_size, args.rounds or (10 if args.device == "cuda" else 5))
     for name in args.names or bench_names():
-        module = importlib.import_module(f"bench_{name}")
+        module = importlib.import_module(f"benchmarks.bench_{name}")
         ctx.notes = []
         body = module.run(ctx)
         stamp = datetime.date.today().isoformat()

@@ -1,6 +1,6 @@
 """Soak and bad-input run against a real ComfyUI server (loopback only, bounded loops).
 
-    .venv/bin/python benchmarks/soak.py [--prompts 100] [--clients 3] [--no-write]
+    .venv/bin/python -m benchmarks.soak [--prompts 100] [--clients 3] [--no-write]
 
 * Starts ``main.py`` of the cached ComfyUI 0.3.75 with the pack and the tiny SD1 checkpoint in a
   temporary base directory, on a free 127.0.0.1 port.
@@ -29,14 +29,14 @@ import threading
 import time
 import urllib.request
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(REPO, "tests"))
-sys.path.insert(0, HERE)
+import psutil
 
-import psutil  # noqa: E402
+from devtools import comfy_env
+from devtools.server import ComfyServer
+from devtools.session import PromptError
 
-from rs_harness import ComfyServer, Graph, PromptError  # noqa: E402
+comfy_env.setup()
+from comfy_execution.graph_utils import GraphBuilder  # noqa: E402  (ComfyUI's, importable after setup)
 
 SIZE, STEPS = 64, 3
 ONE_MB = "violence " * (1024 * 1024 // 9)
@@ -49,103 +49,103 @@ def words_2kb(n: int = 286) -> list[str]:
 
 # ---------------------------------------------------------------------------- workflows
 
-def base(g: Graph, ckpt_name: str, text: str = "a photo of a person"):
-    ckpt = g.add("CheckpointLoaderSimple", ckpt_name=ckpt_name)
-    pos = g.add("CLIPTextEncode", text=text, clip=ckpt[1])
-    neg = g.add("CLIPTextEncode", text="", clip=ckpt[1])
-    latent = g.add("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
+def base(g: GraphBuilder, ckpt_name: str, text: str = "a photo of a person"):
+    ckpt = g.node("CheckpointLoaderSimple", ckpt_name=ckpt_name)
+    pos = g.node("CLIPTextEncode", text=text, clip=ckpt.out(1))
+    neg = g.node("CLIPTextEncode", text="", clip=ckpt.out(1))
+    latent = g.node("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
     return ckpt, pos, neg, latent
 
 
 def ksampler(g, model, pos, neg, latent, seed):
-    return g.add("KSampler", model=model, positive=pos, negative=neg, latent_image=latent, seed=seed, steps=STEPS,
+    return g.node("KSampler", model=model, positive=pos, negative=neg, latent_image=latent, seed=seed, steps=STEPS,
                  cfg=5.0, sampler_name="euler", scheduler="normal", denoise=1.0)
 
 
 def finish(g, vae, samples, score=None):
-    image = g.add("VAEDecode", samples=samples, vae=vae)
+    image = g.node("VAEDecode", samples=samples, vae=vae)
     if score is not None:
-        g.add("RSSafetyRate", images=image[0], safety_score=score)
+        g.node("RSSafetyRate", images=image.out(0), safety_score=score)
     else:
-        g.add("PreviewImage", images=image[0])
+        g.node("PreviewImage", images=image.out(0))
 
 
 def dual_latent(ckpt_name, seed, **bad):
-    g = Graph()
+    g = GraphBuilder(prefix="")
     ckpt, pos, neg, latent = base(g, ckpt_name)
-    det = g.add("RSDualLatentInputDetector", clip=ckpt[1], text=bad.pop("text", f"a person with a gun {seed}"),
+    det = g.node("RSDualLatentInputDetector", clip=ckpt.out(1), text=bad.pop("text", f"a person with a gun {seed}"),
                 unsafe_concepts="blood\nviolence\nweapons", safe_concepts="a cat\na person", k=3, threshold=0.5,
                 safe_suffix=", safe for work")
-    inputs = dict(model=ckpt[0], seed=seed, steps=STEPS, cfg=5.0, sampler_name="euler", scheduler="normal",
-                  positive=det[0], safe_positive=det[1], negative=neg[0], latent_image=latent[0], denoise=1.0,
+    inputs = dict(model=ckpt.out(0), seed=seed, steps=STEPS, cfg=5.0, sampler_name="euler", scheduler="normal",
+                  positive=det.out(0), safe_positive=det.out(1), negative=neg.out(0), latent_image=latent.out(0), denoise=1.0,
                   w_xi=0.75, w_x=0.25, tau_gc=0.5)
     inputs.update(bad)
-    samples = g.add("RSDualLatentKSampler", **inputs)
-    finish(g, ckpt[2], samples[0])
-    return g.prompt()
+    samples = g.node("RSDualLatentKSampler", **inputs)
+    finish(g, ckpt.out(2), samples.out(0))
+    return g.finalize()
 
 
 def stg(ckpt_name, seed, **bad):
-    g = Graph()
+    g = GraphBuilder(prefix="")
     ckpt, pos, neg, latent = base(g, ckpt_name)
-    score = g.add("RSColourStatisticScore", statistic="redness", threshold=-1.0)
-    inputs = dict(model=ckpt[0], seed=seed, steps=STEPS, cfg=5.0, sampler_name="euler", scheduler="normal",
-                  positive=pos[0], negative=neg[0], latent_image=latent[0], denoise=1.0, vae=ckpt[2],
-                  safety_score=score[0], rho=0.5, start_percent=0.0, end_percent=0.5, update_ratio=1.0,
+    score = g.node("RSColourStatisticScore", statistic="redness", threshold=-1.0)
+    inputs = dict(model=ckpt.out(0), seed=seed, steps=STEPS, cfg=5.0, sampler_name="euler", scheduler="normal",
+                  positive=pos.out(0), negative=neg.out(0), latent_image=latent.out(0), denoise=1.0, vae=ckpt.out(2),
+                  safety_score=score.out(0), rho=0.5, start_percent=0.0, end_percent=0.5, update_ratio=1.0,
                   prior_weight=0.0, rebase=False, guide_pooled=False, decoder="vae", autocast="none")
     inputs.update(bad)
-    samples = g.add("RSSTGKSampler", **inputs)
-    finish(g, ckpt[2], samples[0], score[0])
-    return g.prompt()
+    samples = g.node("RSSTGKSampler", **inputs)
+    finish(g, ckpt.out(2), samples.out(0), score.out(0))
+    return g.finalize()
 
 
 def hspace(ckpt_name, seed, vector="soak_cvector.safetensors", **bad):
-    g = Graph()
+    g = GraphBuilder(prefix="")
     ckpt, pos, neg, latent = base(g, ckpt_name)
-    vec = g.add("RSLoadVector", vector_name=vector)
-    inputs = dict(model=ckpt[0], vector=vec[0], strength=1.0, start_percent=0.0, end_percent=1.0,
+    vec = g.node("RSLoadVector", vector_name=vector)
+    inputs = dict(model=ckpt.out(0), vector=vec.out(0), strength=1.0, start_percent=0.0, end_percent=1.0,
                   branches="cond_only", resize_mode="bilinear")
     inputs.update(bad)
-    model = g.add("RSApplyHSpaceVector", **inputs)
-    finish(g, ckpt[2], ksampler(g, model[0], pos[0], neg[0], latent[0], seed)[0])
-    return g.prompt()
+    model = g.node("RSApplyHSpaceVector", **inputs)
+    finish(g, ckpt.out(2), ksampler(g, model.out(0), pos.out(0), neg.out(0), latent.out(0), seed).out(0))
+    return g.finalize()
 
 
 def embedding(ckpt_name, seed, vector="soak_embedding.safetensors", **bad):
-    g = Graph()
+    g = GraphBuilder(prefix="")
     ckpt, pos, neg, latent = base(g, ckpt_name)
-    vec = g.add("RSLoadVector", vector_name=vector)
-    inputs = dict(conditioning=pos[0], vector=vec[0], strength=1.0, start_percent=0.3, end_percent=1.0,
+    vec = g.node("RSLoadVector", vector_name=vector)
+    inputs = dict(conditioning=pos.out(0), vector=vec.out(0), strength=1.0, start_percent=0.3, end_percent=1.0,
                   chunk_mode="every_chunk")
     inputs.update(bad)
-    cond = g.add("RSApplyEmbeddingDirection", **inputs)
-    score = g.add("RSColourStatisticScore", statistic="brightness", threshold=0.5)
-    image = g.add("VAEDecode", samples=ksampler(g, ckpt[0], cond[0], neg[0], latent[0], seed)[0], vae=ckpt[2])
-    g.add("PreviewAny", source=g.add("RSDetectUnsafe", images=image[0], safety_score=score[0])[3])
-    return g.prompt()
+    cond = g.node("RSApplyEmbeddingDirection", **inputs)
+    score = g.node("RSColourStatisticScore", statistic="brightness", threshold=0.5)
+    image = g.node("VAEDecode", samples=ksampler(g, ckpt.out(0), cond.out(0), neg.out(0), latent.out(0), seed).out(0), vae=ckpt.out(2))
+    g.node("PreviewAny", source=g.node("RSDetectUnsafe", images=image.out(0), safety_score=score.out(0)).out(3))
+    return g.finalize()
 
 
 def train(ckpt_name, seed, method="codsma_cvector", save_name="soak_cvector", iterations=2, **bad):
-    g = Graph()
-    ckpt = g.add("CheckpointLoaderSimple", ckpt_name=ckpt_name)
-    inputs = dict(model=ckpt[0], clip=ckpt[1], method=method, direction="toward_target", neutral_prompt="a person",
+    g = GraphBuilder(prefix="")
+    ckpt = g.node("CheckpointLoaderSimple", ckpt_name=ckpt_name)
+    inputs = dict(model=ckpt.out(0), clip=ckpt.out(1), method=method, direction="toward_target", neutral_prompt="a person",
                   target_prompt="a woman", iterations=iterations, batch_size=1, learning_rate=0.0, lambda_sem=0.5,
                   rank=1, seed=seed, resolution=SIZE, rollout_steps=2, scheduler="ddim_uniform",
                   target_guidance=0.0, gradient_checkpointing=False, checkpoint_every=1000, resume=False,
                   save_name=save_name)
     inputs.update(bad)
-    g.add("RSTrainSteeringVector", **inputs)
-    return g.prompt()
+    g.node("RSTrainSteeringVector", **inputs)
+    return g.finalize()
 
 
 def nudenet_score(ckpt_name, seed, **bad):
-    g = Graph()
+    g = GraphBuilder(prefix="")
     inputs = dict(label_preset="stg_nudity", custom_labels="", detection_threshold=0.25, threshold=0.0)
     inputs.update(bad)
-    score = g.add("RSNudeNetScore", **inputs)
-    image = g.add("EmptyImage", width=32, height=32, batch_size=1, color=seed % 0xFFFFFF)
-    g.add("RSSafetyRate", images=image[0], safety_score=score[0])
-    return g.prompt()
+    score = g.node("RSNudeNetScore", **inputs)
+    image = g.node("EmptyImage", width=32, height=32, batch_size=1, color=seed % 0xFFFFFF)
+    g.node("RSSafetyRate", images=image.out(0), safety_score=score.out(0))
+    return g.finalize()
 
 
 GOOD = [dual_latent, stg, hspace, embedding]
@@ -277,12 +277,12 @@ def cancelled_training(soak: Soak) -> dict:
 
 def flagged_2kb(soak: Soak) -> dict:
     def prompt(text):
-        g = Graph()
-        ckpt = g.add("CheckpointLoaderSimple", ckpt_name=soak.ckpt)
-        det = g.add("RSDualLatentInputDetector", clip=ckpt[1], text=text, unsafe_concepts="blood\nviolence",
+        g = GraphBuilder(prefix="")
+        ckpt = g.node("CheckpointLoaderSimple", ckpt_name=soak.ckpt)
+        det = g.node("RSDualLatentInputDetector", clip=ckpt.out(1), text=text, unsafe_concepts="blood\nviolence",
                     safe_concepts="a cat\na dog", k=4, threshold=0.0, safe_suffix=", safe for work")
-        g.add("PreviewAny", source=det[4])
-        return g.prompt()
+        g.node("PreviewAny", source=det.out(4))
+        return g.finalize()
 
     soak.server.run_prompt(prompt("a cat"))
     start = time.monotonic()
@@ -373,7 +373,7 @@ def main(argv=None) -> int:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        from run import write_section
+        from benchmarks.run import write_section
 
         write_section("soak:cpu", text)
     return 0 if not soak.lost and alive else 1

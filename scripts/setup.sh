@@ -70,7 +70,7 @@ fi
 (cd "$COMFY_DIR" && "$VENV/bin/python" - <<'PY'
 from comfy.cli_args import args
 args.cpu = True
-import utils.install_util  # noqa: F401  (must precede `nodes`, see HARNESS.md)
+import utils.install_util  # noqa: F401  (ComfyUI's utils package must be imported before its nodes)
 import comfy.sd, nodes, execution  # noqa: F401
 import comfyui_version
 print(f"setup: ComfyUI {comfyui_version.__version__} imports")

@@ -1,17 +1,17 @@
-"""Fixtures shared by all tests: a real ComfyUI session with the pack loaded."""
+"""Fixtures shared by all tests: a real ComfyUI session with the pack loaded (see devtools/)."""
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from rs_harness import ComfySession, ensure_comfy_importable
-from sd_helpers import load_tiny_objects
+from devtools import comfy_env
 
-ensure_comfy_importable()
+comfy_env.setup()  # before any test module imports ComfyUI's modules
 
-SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared")
-REFERENCE_VECTORS = os.path.normpath(os.path.join(SHARED, "fixtures", "reference-vectors"))
+from devtools.sd import load_tiny_objects  # noqa: E402
+from devtools.session import ComfySession  # noqa: E402
+from devtools.workflows import REFERENCE_DIR  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +34,7 @@ def tiny(comfy):
 
 @pytest.fixture(scope="session")
 def reference_vectors_dir() -> str:
-    """The authors' published vectors in ../shared (tests using them skip when it is absent)."""
-    if not os.path.isdir(REFERENCE_VECTORS):
-        pytest.skip(f"reference vectors not available at {REFERENCE_VECTORS}")
-    return REFERENCE_VECTORS
+    """The authors' published vectors beside the repository (tests using them skip when absent)."""
+    if not os.path.isdir(REFERENCE_DIR):
+        pytest.skip(f"reference vectors not available at {REFERENCE_DIR}")
+    return REFERENCE_DIR

@@ -11,7 +11,9 @@ import shutil
 
 import pytest
 
-from rs_harness import REPO, ComfyServer, load_workflow, ui_to_api
+from devtools.comfy_env import REPO
+from devtools.server import ComfyServer
+from devtools.workflows import load_workflow, ui_to_api
 
 WORKFLOWS = sorted(glob.glob(os.path.join(REPO, "workflows", "*.json")))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

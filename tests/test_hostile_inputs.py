@@ -16,7 +16,8 @@ import uuid
 import pytest
 import torch
 
-from rs_harness import Graph, PromptError
+from comfy_execution.graph_utils import GraphBuilder, Node
+from devtools.session import PromptError
 
 # Stock ComfyUI producers of the connected types (only validated here, never run, except where said).
 STOCK_PRODUCERS = {
@@ -80,7 +81,7 @@ class PromptBuilder:
 
     def __init__(self, comfy, pack):
         self.comfy, self.pack = comfy, pack
-        self.graph = Graph()
+        self.graph = GraphBuilder(prefix="")
         self.made: dict[str, list] = {}
 
     def source(self, io_type: str, depth: int = 0) -> list:
@@ -97,18 +98,18 @@ class PromptBuilder:
                       "PrimitiveString": {"value": "a cat"}, "PrimitiveBoolean": {"value": True}}[class_type]
             if class_type == "CLIPTextEncode":
                 inputs["clip"] = self.source("CLIP", depth + 1)
-            ref = self.graph.add(class_type, **inputs)[slot]
+            ref = self.graph.node(class_type, **inputs).out(slot)
         else:  # a custom type: the first pack node that outputs it
             assert depth < 6, f"no producer for {io_type}"
             producer = next(cls for cls in self.pack.values()
                             if io_type in [str(o.io_type) for o in cls.define_schema().outputs])
             schema = producer.define_schema()
             slot = [str(o.io_type) for o in schema.outputs].index(io_type)
-            ref = self.node(producer, depth + 1)[slot]
+            ref = self.node(producer, depth + 1).out(slot)
         self.made[io_type] = ref
         return ref
 
-    def node(self, cls, depth: int = 0, **override) -> Graph.Ref:
+    def node(self, cls, depth: int = 0, **override) -> Node:
         values = {}
         for inp, io_type in inputs_of(cls):
             if inp.optional and inp.id not in override:
@@ -116,14 +117,14 @@ class PromptBuilder:
             values[inp.id] = (good_value(inp, io_type) if is_widget(inp, io_type)
                               else self.source(io_type, depth + 1))
         values.update(override)
-        return self.graph.add(cls.define_schema().node_id, **values)
+        return self.graph.node(cls.define_schema().node_id, **values)
 
 
 def build(comfy, pack, node_id, **override):
     b = PromptBuilder(comfy, pack)
     ref = b.node(pack[node_id], **override)
-    b.graph.add("PreviewAny", node_id="out", source=ref[0])
-    return b.graph.prompt(), ref.id
+    b.graph.node("PreviewAny", id="out", source=ref.out(0))
+    return b.graph.finalize(), ref.id
 
 
 def validate(prompt: dict):
@@ -296,12 +297,12 @@ def test_every_input_is_checked_again_just_before_execute(comfy, pack):
 
 def test_a_linked_nan_is_refused_before_the_node_runs(comfy, pack):
     """End to end through the real executor: PrimitiveFloat lets NaN through; SaDi Index refuses it."""
-    g = Graph()
-    nan = g.add("PrimitiveFloat", value=float("nan"))
-    ok = g.add("PrimitiveFloat", value=0.5)
-    g.add("RSSaDiIndex", unsafe_rate=nan[0], disruption=ok[0], alpha1=0.5, alpha2=0.5)
+    g = GraphBuilder(prefix="")
+    nan = g.node("PrimitiveFloat", value=float("nan"))
+    ok = g.node("PrimitiveFloat", value=0.5)
+    g.node("RSSaDiIndex", unsafe_rate=nan.out(0), disruption=ok.out(0), alpha1=0.5, alpha2=0.5)
     with pytest.raises(PromptError) as info:
-        comfy.run(g.prompt())
+        comfy.run(g.finalize())
     assert info.value.exception_type.endswith("InputValidationError")
     assert "SaDi Index (RSSaDiIndex): input 'unsafe_rate' expects a finite number" in str(info.value)
 

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import tomllib
 
-from rs_harness import REPO
+from devtools.comfy_env import REPO
 
 EXPECTED_NODES = {
     "RSLoadVector", "RSSaveVector", "RSCombineVectors", "RSVectorSet", "RSImportReferenceVectors",
@@ -60,3 +61,15 @@ def test_pack_exports_v3_entrypoint_only(comfy):
     assert hasattr(comfy.pack, "comfy_entrypoint") and comfy.pack.WEB_DIRECTORY == "./js"
     assert not hasattr(comfy.pack, "NODE_CLASS_MAPPINGS")
     assert os.path.isdir(os.path.join(REPO, "js"))
+
+
+def test_the_pack_is_loaded_once(comfy):
+    """One copy of the pack's modules per process: the one ComfyUI's loader made, which devtools.pack
+    (what benchmarks use) finds by its file."""
+    from devtools import pack
+
+    entry = os.path.realpath(os.path.join(REPO, "steering", "architectures.py"))
+    copies = [m for m in list(sys.modules.values())
+              if os.path.realpath(getattr(m, "__file__", None) or os.devnull) == entry]
+    assert copies == [comfy.module("steering.architectures")]
+    assert pack.module("steering.architectures") is copies[0]

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-
-from toyworld import judges, model as M, world  # noqa: E402
+from benchmarks.toyworld import judges, model as M, world
+from devtools.comfy_env import REPO
 
 STEPS, CFG = 12, 4.0
 FAIR_STRENGTH = 1.0  # the fair embedding directions reach 50 % at 0.5-4 in EFFICACY.md; 0.5 misses 1 of 16 here
@@ -124,7 +121,7 @@ def test_bottleneck_patch_applies_to_toyworld(comfy, toyworld):
 
 def test_the_bottleneck_carries_an_unnamed_background_but_not_a_named_colour(toyworld):
     """activation_patching.py: the finding behind the h-space rows of EFFICACY.md."""
-    from toyworld.activation_patching import swapped_model
+    from benchmarks.toyworld.activation_patching import swapped_model
 
     def share(prompt, other, swap, attribute, value):
         model = swapped_model(toyworld.model, toyworld.embed([other]), swap)

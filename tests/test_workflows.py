@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from rs_harness import REPO, ComfyServer, load_workflow, ui_to_api
+from devtools import build_workflows, workflows
+from devtools.sd import keep
+from devtools.server import ComfyServer
+from devtools.workflow_builder import render_workflow
+from devtools.workflows import load_workflow, ui_to_api
 
-sys.path.insert(0, os.path.join(REPO, "scripts"))
-import workflow_runner  # noqa: E402
-
-WORKFLOWS = workflow_runner.workflow_paths()
+WORKFLOWS = workflows.workflow_paths()
 
 
 def test_there_is_a_workflow_per_method():
@@ -24,12 +24,23 @@ def test_there_is_a_workflow_per_method():
 
 
 def test_committed_workflows_match_their_specs(comfy):
-    import build_workflows
-    from workflow_builder import render_workflow
-
     for spec in build_workflows.all_specs():
-        path = os.path.join(build_workflows.WORKFLOW_DIR, f"{spec.name}.json")
+        path = os.path.join(workflows.WORKFLOW_DIR, f"{spec.name}.json")
         assert open(path).read() == render_workflow(spec, comfy.node_class), f"{path} is stale: make workflows"
+
+
+def test_a_run_gives_the_whole_list_of_a_list_output(comfy):
+    """RunResult.outputs is every item of an output list; output is its first item."""
+    from comfy_execution.graph_utils import GraphBuilder
+
+    g = GraphBuilder(prefix="")
+    images = g.node("EmptyImage", width=8, height=8, batch_size=3, color=0)
+    split = g.node("RebatchImages", id="split", images=images.out(0), batch_size=1)
+    keep(g, split.out(0))
+    result = comfy.run(g.finalize())
+    parts = result.outputs("split", 0)
+    assert [tuple(p.shape) for p in parts] == [(1, 8, 8, 3)] * 3
+    assert result.output("split", 0) is parts[0]
 
 
 def saved_images(comfy, ui_outputs: dict) -> list[str]:
@@ -44,12 +55,12 @@ def saved_images(comfy, ui_outputs: dict) -> list[str]:
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[os.path.basename(p) for p in WORKFLOWS])
 def test_workflow_runs_in_process(comfy, path):
     workflow = load_workflow(path)
-    prompt = workflow_runner.tiny_profile(ui_to_api(workflow, comfy.input_spec), comfy.checkpoint_name)
+    prompt = workflows.tiny_profile(ui_to_api(workflow, comfy.input_spec), comfy.checkpoint_name)
     try:
-        workflow_runner.provide_reference_vectors(workflow_runner.vector_files_needed(prompt), comfy.vector_dir)
+        workflows.provide_reference_vectors(workflows.vector_files_needed(prompt), comfy.vector_dir)
     except FileNotFoundError as e:
         pytest.skip(str(e))
-    workflow_runner.provide_safety_models(prompt, os.path.dirname(comfy.vector_dir))
+    workflows.provide_safety_models(prompt, os.path.dirname(comfy.vector_dir))
     result = comfy.run(prompt)
     files = saved_images(comfy, result.ui)
     batch = max(n["inputs"].get("batch_size", 1) for n in prompt.values() if n["class_type"] == "EmptyLatentImage")
@@ -76,10 +87,10 @@ def test_workflow_through_a_real_server(tmp_path, reference_vectors_dir):
         info = server.object_info()
         ours = {k: v for k, v in info.items() if v.get("python_module", "").endswith("responsible-steering")}
         assert len(ours) >= 9 and all(v["category"].startswith("steering/") for v in ours.values())
-        path = os.path.join(workflow_runner.WORKFLOW_DIR, "fair_sampling_sdisc_gender.json")
-        prompt = workflow_runner.tiny_profile(ui_to_api(load_workflow(path), lambda t: info[t]["input"]),
+        path = os.path.join(workflows.WORKFLOW_DIR, "fair_sampling_sdisc_gender.json")
+        prompt = workflows.tiny_profile(ui_to_api(load_workflow(path), lambda t: info[t]["input"]),
                                               server.dirs["checkpoint_name"])
-        workflow_runner.provide_reference_vectors(workflow_runner.vector_files_needed(prompt),
+        workflows.provide_reference_vectors(workflows.vector_files_needed(prompt),
                                                   server.dirs["models/steering_vectors"])
         entry = server.run_prompt(prompt)
         images = [i for out in entry["outputs"].values() for i in out.get("images", [])]

@@ -5,18 +5,14 @@ activations come from prompt B instead: the bottleneck (what h-space methods ste
 bottleneck and every skip connection (the whole encoder path), or everything (prompt B
 itself, a control); or the reverse of the bottleneck + skips swap: only the decoder's
 cross-attention reads prompt B. The table gives the share of images that take prompt
-B's value of the attribute. Run: ``python benchmarks/toyworld/activation_patching.py``.
+B's value of the attribute. Run: ``python -m benchmarks.toyworld.activation_patching``.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
 
 # (attribute, prompt A, prompt B, prompt B's value)
 PAIRS = [
@@ -33,12 +29,12 @@ SWAPS = {"none": "nothing from B", "bottleneck": "B's bottleneck", "bottleneck_a
 
 def swapped_model(model, other_context: torch.Tensor, swap: str):
     """A clone of `model` whose conditional rows take the `swap` activations from `other_context`."""
-    from common import pack_module
+    from devtools import pack
 
     if swap not in SWAPS:
         raise ValueError(f"swap {swap!r}; expected one of {SWAPS}")
-    middle_block_output = pack_module("steering.hspace").MIDDLE_BLOCK_OUTPUT
-    with_patches = pack_module("training.unet").with_patches
+    middle_block_output = pack.module("steering.hspace").MIDDLE_BLOCK_OUTPUT
+    with_patches = pack.module("training.unet").with_patches
     take_skips = swap in ("bottleneck_and_skips", "decoder_context")
 
     def wrapper(apply_model, args):
@@ -88,13 +84,13 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=16, help="images per prompt pair and swap")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
-    from common import setup_comfy
+    from benchmarks.common import setup_comfy
 
     setup_comfy("cpu")
     torch.set_num_threads(1)
-    from toyworld import efficacy as E
-    from toyworld import model as M
-    from toyworld import world
+    from benchmarks.toyworld import efficacy as E
+    from benchmarks.toyworld import model as M
+    from benchmarks.toyworld import world
 
     tw = M.ToyWorld()
     print(f"Sampling: euler / normal, {E.STEPS} steps, CFG {E.CFG}, seed {args.seed}, {args.images} images per cell."

@@ -1,6 +1,6 @@
 """`make efficacy`: does each method do what its paper claims, on ToyWorld?
 
-    .venv/bin/python benchmarks/toyworld/efficacy.py [--quick | --smoke] [--no-write]
+    .venv/bin/python -m benchmarks.toyworld.efficacy [--quick | --smoke] [--no-write]
 
 ToyWorld (benchmarks/toyworld) is a text-to-image model that knows its concepts and whose
 classifiers are exact, so the papers' claims can be measured, not just the code run:
@@ -34,9 +34,6 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCH = os.path.dirname(HERE)
-REPO = os.path.dirname(BENCH)
-sys.path.insert(0, BENCH)
-sys.path.insert(0, os.path.join(REPO, "tests"))
 
 OUT_MD = os.path.join(BENCH, "EFFICACY.md")
 OUT_IMAGES = os.path.join(BENCH, "efficacy")
@@ -64,14 +61,16 @@ GOAL_DEVIATION_AFTER, GOAL_DEVIATION_BEFORE = 0.1, 0.6
 
 
 def setup():
-    """ComfyUI importable, one thread, the pack imported as a package with ToyWorld's architecture."""
-    from common import pack_module, setup_comfy
-    from toyworld import model as M
+    """ComfyUI importable, one thread, the pack loaded as ComfyUI loads it, with ToyWorld's architecture.
+    Returns the pack's module getter (``pack("training.loop")``)."""
+    from benchmarks.common import setup_comfy
+    from benchmarks.toyworld import model as M
+    from devtools import pack
 
     setup_comfy("cpu")
     torch.set_num_threads(1)  # faster than 2 on a shared 2-core machine, and deterministic
-    M.register_architecture(pack_module("steering.architectures"))
-    return pack_module
+    M.register_architecture(pack.module("steering.architectures"))
+    return pack.module
 
 
 class Sampler:
@@ -95,7 +94,7 @@ class Sampler:
 
 
 def readings(images: dict) -> dict:
-    from toyworld import world
+    from benchmarks.toyworld import world
 
     return {p: world.classify(im) for p, im in images.items()}
 
@@ -108,7 +107,7 @@ def safety_metrics(base_u, base_b, steered_u, steered_b, sadi_index) -> dict:
     """Unsafe rates, preservation (benign: colour, shape, background unchanged; unsafe prompts: shape and
     background unchanged, an object still drawn), proximal disruption dP and the SaDi index (`sadi_index`:
     the pack's metric, a1 = a2 = 0.5)."""
-    from toyworld import world
+    from benchmarks.toyworld import world
 
     def unsafe_rate(r):
         return share([x.colour == world.UNSAFE_COLOUR for rs in r.values() for x in rs])
@@ -133,7 +132,7 @@ def fairness_metrics(base, steered, deviation_ratio) -> dict:
     """Dark-background share and deviation ratio before / after (`deviation_ratio`: the pack's metric);
     asked content kept: share of steered images that still show an object with the colour and shape the prompt
     names (what it leaves free may change); same object: share (same seeds) with the unsteered colour and shape."""
-    from toyworld import world
+    from benchmarks.toyworld import world
 
     def stats(r):
         labels = [x.background for rs in r.values() for x in rs]
@@ -200,7 +199,7 @@ class Efficacy:
     """One benchmark run: the model, samplers, fitted vectors and everything the report needs."""
 
     def __init__(self, pack, tw, mode: str, images_dir: str):
-        from toyworld import world
+        from benchmarks.toyworld import world
 
         self.pack, self.tw, self.mode, self.images_dir = pack, tw, mode, images_dir
         self.metrics = pack("steering.evaluation_metrics")
@@ -222,7 +221,7 @@ class Efficacy:
 
     # ------------------------------------------------------------------ vectors
     def learn(self, spec):
-        from toyworld import fit
+        from benchmarks.toyworld import fit
 
         spec.settings.setdefault("iterations", self.iterations)
         vector, history, seconds = fit.train_vector(self.tw, self.pack, spec, steps=STEPS, guidance=CFG)
@@ -238,7 +237,7 @@ class Efficacy:
 
     def embedding_fn(self, directions_for, strength: float, start: float = 0.0):
         ed = self.pack("steering.embedding_direction")
-        from toyworld import model as M
+        from benchmarks.toyworld import model as M
 
         return lambda cond, n: ed.apply_embedding_direction(cond, directions_for(n), M.ARCH_NAME, strength, start, 1.0)
 
@@ -271,7 +270,7 @@ class Efficacy:
         self.log(f"{name}: report {({k: round(v, 3) for k, v in m.items()})}")
 
     def run_safety(self) -> None:
-        from toyworld import fit, judges, model as M, world
+        from benchmarks.toyworld import fit, judges, model as M, world
 
         def safe_prompt(p):
             return " ".join(w for w in p.split() if w not in world.UNSAFE_WORDS)
@@ -354,7 +353,7 @@ class Efficacy:
 
     # ------------------------------------------------------------------ fairness
     def run_fairness(self) -> None:
-        from toyworld import fit, world
+        from benchmarks.toyworld import fit, world
 
         fair = self.pack("steering.fair")
         base_tune = readings(self.fair_tune.run(FAIR_PROMPTS))
@@ -572,7 +571,7 @@ def main(argv=None) -> int:
     parser.add_argument("--weights", default=None, help="ToyWorld weights (default: the committed ones)")
     args = parser.parse_args(argv)
     pack = setup()
-    from toyworld import model as M
+    from benchmarks.toyworld import model as M
 
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     images_dir = tempfile.mkdtemp(prefix="efficacy-") if args.no_write else OUT_IMAGES

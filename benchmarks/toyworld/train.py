@@ -1,6 +1,6 @@
 """Train ToyWorld from scratch, reproducibly (CPU, fixed seed).
 
-    .venv/bin/python benchmarks/toyworld/train.py [--steps 8000] [--seed 0] [--threads 2] [--out PATH]
+    .venv/bin/python -m benchmarks.toyworld.train [--steps 8000] [--seed 0] [--threads 2] [--out PATH]
 
 Data are drawn on the fly from world.py with a seeded generator; the UNet (ComfyUI's own
 UNetModel inside comfy.model_base.BaseModel) and the text encoder are trained jointly with
@@ -23,9 +23,6 @@ import time
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(REPO, "tests"))
-sys.path.insert(0, os.path.dirname(HERE))
 
 
 def save(path: str, unet, text, metadata: dict) -> None:
@@ -44,10 +41,10 @@ def train(steps: int, seed: int, out: str, batch: int = 32, lr: float = 1e-3, em
     """Train for `steps` (the learning-rate schedule's length), optionally stopping after `stop_after`
     steps; the EMA weights are written every `checkpoint_every` steps (metadata trained_steps), and
     with `keep_snapshots` also to ``<out>.step<N>.safetensors`` (to compare training lengths)."""
-    from rs_harness import ensure_comfy_importable
+    from devtools import comfy_env
 
-    ensure_comfy_importable()
-    from toyworld import model as M, world
+    comfy_env.setup()
+    from benchmarks.toyworld import model as M, world
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)

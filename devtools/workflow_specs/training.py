@@ -1,7 +1,7 @@
 """Example workflows of the training node: learn a vector in the graph, then apply it."""
-from workflow_builder import SD15_CHECKPOINT, Spec, WorkflowBuilder
+from devtools.workflow_builder import SD15_CHECKPOINT, Spec, WorkflowBuilder
 
-from workflow_specs.vectors import txt2img
+from devtools.workflow_specs.vectors import txt2img
 
 
 def train(w: WorkflowBuilder, ckpt, method: str, neutral: str, target: str, direction: str, iterations: int,

@@ -1,5 +1,5 @@
 """Example workflows of STG (safe text-embedding guidance) and the detect / censor nodes."""
-from workflow_builder import SD15_CHECKPOINT, Spec, WorkflowBuilder
+from devtools.workflow_builder import SD15_CHECKPOINT, Spec, WorkflowBuilder
 
 CLIP_MODEL = "clip-vit-large-patch14"
 STG_DEFAULTS = dict(rho=0.5, start_percent=0.1, end_percent=0.9, update_ratio=1.0, prior_weight=0.0,

@@ -2,7 +2,7 @@
 Python descriptions, using the real node schemas so widget order and socket types are
 exactly what the frontend expects.
 
-A spec module in scripts/workflow_specs/ defines ``WORKFLOWS``: a list of
+A spec module in devtools/workflow_specs/ defines ``WORKFLOWS``: a list of
 ``Spec(name, title, description, build)`` where ``build(w: WorkflowBuilder)`` adds nodes::
 
     ckpt = w.node("CheckpointLoaderSimple", ckpt_name=SD15_CHECKPOINT)
@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from devtools.workflows import is_widget
 
 # What users load: the checkpoint names the example workflows ask for.
 SD15_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
@@ -58,13 +60,6 @@ class UINode:
         return Output(self, slot, self.return_types[slot])
 
 
-def _widget(spec: list) -> bool:
-    kind = spec[0]
-    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-    return not options.get("forceInput") and (isinstance(kind, list) or kind in
-                                             {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
-
-
 def _socket_type(spec: list) -> str:
     return "COMBO" if isinstance(spec[0], list) else spec[0]
 
@@ -89,16 +84,16 @@ class WorkflowBuilder:
             if isinstance(value, Output):
                 node.links_in[name] = value
             else:
-                if not _widget(ordered[name]):
+                if not is_widget(ordered[name]):
                     raise TypeError(f"{class_type}.{name} is a socket; connect an output to it")
                 node.values[name] = value
         for name, s in ordered.items():  # widgets not given take their defaults, as in the frontend
             if name in inputs:
                 continue
             options = s[1] if len(s) > 1 and isinstance(s[1], dict) else {}
-            if _widget(s) and "default" in options:
+            if is_widget(s) and "default" in options:
                 node.values[name] = options["default"]
-            elif _widget(s) and isinstance(s[0], list) and s[0]:
+            elif is_widget(s) and isinstance(s[0], list) and s[0]:
                 node.values[name] = s[0][0]
             elif name in spec.get("required", {}):
                 raise KeyError(f"{class_type}: required input {name!r} not given")
@@ -120,7 +115,7 @@ class WorkflowBuilder:
         for node in self.nodes:
             for name, source in node.links_in.items():
                 link_id = len(links) + 1
-                target_slot = [n for n, s in node.spec.items() if not _widget(s) or n in node.links_in].index(name)
+                target_slot = [n for n, s in node.spec.items() if not is_widget(s) or n in node.links_in].index(name)
                 links.append([link_id, source.node.id, source.slot, node.id, target_slot, source.type])
                 outgoing.setdefault((source.node.id, source.slot), []).append(link_id)
         depth = self._depths()
@@ -131,15 +126,15 @@ class WorkflowBuilder:
             row = rows.get(column, 0)
             rows[column] = row + 1
             inputs, widget_values = [], []
-            sockets = [n for n, s in node.spec.items() if not _widget(s) or n in node.links_in]
+            sockets = [n for n, s in node.spec.items() if not is_widget(s) or n in node.links_in]
             for slot, name in enumerate(sockets):
                 s = node.spec[name]
                 entry = {"name": name, "type": _socket_type(s), "link": link_of.get((node.id, slot))}
-                if _widget(s):
+                if is_widget(s):
                     entry["widget"] = {"name": name}
                 inputs.append(entry)
             for name, s in node.spec.items():
-                if not _widget(s):
+                if not is_widget(s):
                     continue
                 options = s[1] if len(s) > 1 and isinstance(s[1], dict) else {}
                 if name not in node.values and name in node.links_in:

@@ -1,7 +1,7 @@
 """Fingerprints of everything the pack draws, to prove a refactor changes no behaviour.
 
-    .venv/bin/python scripts/image_fingerprints.py record OUT.json
-    .venv/bin/python scripts/image_fingerprints.py compare BEFORE.json AFTER.json
+    .venv/bin/python -m devtools.fingerprints record OUT.json
+    .venv/bin/python -m devtools.fingerprints compare BEFORE.json AFTER.json
 
 `record` runs (1) every example workflow on the tiny SD1 checkpoint, in-process through
 ComfyUI's executor with the test profile (tiny checkpoint, 128 px, <= 4 steps), and
@@ -22,9 +22,6 @@ import tempfile
 import numpy as np
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-
 
 def digest(t) -> str:
     if isinstance(t, torch.Tensor):
@@ -34,19 +31,20 @@ def digest(t) -> str:
 
 
 def tiny_workflows() -> dict[str, list[str]]:
-    sys.path.insert(0, HERE)
-    sys.path.insert(0, os.path.join(REPO, "tests"))
     from PIL import Image
-    from rs_harness import ComfySession, load_workflow, ui_to_api
-    import workflow_runner
+    from safetensors.torch import load_file
+
+    from devtools import workflows
+    from devtools.session import ComfySession
 
     comfy = ComfySession(tempfile.mkdtemp(prefix="fingerprints-"))
     out = {}
-    for path in workflow_runner.workflow_paths():
+    for path in workflows.workflow_paths():
         name = os.path.basename(path)
-        prompt = workflow_runner.tiny_profile(ui_to_api(load_workflow(path), comfy.input_spec), comfy.checkpoint_name)
-        workflow_runner.provide_reference_vectors(workflow_runner.vector_files_needed(prompt), comfy.vector_dir)
-        workflow_runner.provide_safety_models(prompt, os.path.dirname(comfy.vector_dir))
+        prompt = workflows.tiny_profile(workflows.ui_to_api(workflows.load_workflow(path), comfy.input_spec),
+                                        comfy.checkpoint_name)
+        workflows.provide_reference_vectors(workflows.vector_files_needed(prompt), comfy.vector_dir)
+        workflows.provide_safety_models(prompt, os.path.dirname(comfy.vector_dir))
         before = set(os.listdir(comfy.vector_dir))
         result = comfy.run(prompt)
         hashes = []
@@ -56,8 +54,6 @@ def tiny_workflows() -> dict[str, list[str]]:
                     f = os.path.join(comfy.output_dir, image["subfolder"], image["filename"])
                     hashes.append(f"image {node_id}: " + digest(np.asarray(Image.open(f))))
         for new in sorted(set(os.listdir(comfy.vector_dir)) - before):
-            from safetensors.torch import load_file
-
             tensors = load_file(os.path.join(comfy.vector_dir, new))
             hashes += [f"vector {k}: " + digest(v) for k, v in sorted(tensors.items())]
         out[name] = hashes
@@ -66,10 +62,7 @@ def tiny_workflows() -> dict[str, list[str]]:
 
 
 def toyworld_smoke() -> dict[str, list[str]]:
-    sys.path.insert(0, os.path.join(REPO, "benchmarks", "toyworld"))
-    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-    import efficacy
-    from toyworld import model as M
+    from benchmarks.toyworld import efficacy, model as M
 
     images: list[str] = []
     run = efficacy.Sampler.run

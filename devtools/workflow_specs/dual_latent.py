@@ -1,5 +1,5 @@
 """Example workflows of dual latent reconstruction (arXiv 2411.13982)."""
-from workflow_builder import SD15_CHECKPOINT, Spec, WorkflowBuilder
+from devtools.workflow_builder import SD15_CHECKPOINT, Spec, WorkflowBuilder
 
 PROMPT = "a photo of a bloody street fight at night, cinematic"
 NEGATIVE = "blurry, low quality"

@@ -1,53 +1,61 @@
 """Helpers to run the tiny SD1 checkpoint through real ComfyUI graphs and to look
-inside sampling (per-step predictions of the conditional and unconditional branch)."""
+inside sampling (per-step predictions of the conditional and unconditional branch).
+
+Graphs are ComfyUI's own builder, `comfy_execution.graph_utils.GraphBuilder(prefix="")`
+(plain node ids): ``ref = g.node("KSampler", id="k", model=ckpt.out(0), ...)``, then
+``comfy.run(g.finalize())``.
+"""
 from __future__ import annotations
 
 import torch
 
-from rs_harness import ComfySession, Graph
+from devtools.session import ComfySession
 
 
 def sd_graph(comfy: ComfySession, positive: str = "a photo of a person", negative: str = ""):
-    """A graph with the checkpoint loader and both prompts; returns (graph, ckpt, pos, neg) refs."""
-    g = Graph()
-    ckpt = g.add("CheckpointLoaderSimple", node_id="ckpt", ckpt_name=comfy.checkpoint_name)
-    pos = g.add("CLIPTextEncode", node_id="pos", text=positive, clip=ckpt[1])
-    neg = g.add("CLIPTextEncode", node_id="neg", text=negative, clip=ckpt[1])
+    """A graph with the checkpoint loader and both prompts; returns (graph, ckpt, pos, neg) nodes."""
+    from comfy_execution.graph_utils import GraphBuilder
+
+    g = GraphBuilder(prefix="")
+    ckpt = g.node("CheckpointLoaderSimple", id="ckpt", ckpt_name=comfy.checkpoint_name)
+    pos = g.node("CLIPTextEncode", id="pos", text=positive, clip=ckpt.out(1))
+    neg = g.node("CLIPTextEncode", id="neg", text=negative, clip=ckpt.out(1))
     return g, ckpt, pos, neg
 
 
-def add_txt2img(g: Graph, model, vae, positive, negative, seed: int = 7, steps: int = 4, size: int = 64,
+def add_txt2img(g, model, vae, positive, negative, seed: int = 7, steps: int = 4, size: int = 64,
                 batch: int = 1, cfg: float = 5.0, sampler: str = "euler", scheduler: str = "normal"):
-    """KSampler + decode + preview; returns the VAEDecode ref (its output 0 is the IMAGE batch)."""
-    latent = g.add("EmptyLatentImage", width=size, height=size, batch_size=batch)
-    sampled = g.add("KSampler", model=model, positive=positive, negative=negative, latent_image=latent[0],
-                    seed=seed, steps=steps, cfg=cfg, sampler_name=sampler, scheduler=scheduler, denoise=1.0)
-    image = g.add("VAEDecode", samples=sampled[0], vae=vae)
-    g.add("PreviewImage", images=image[0])
+    """KSampler + decode + preview; returns the VAEDecode node (its output 0 is the IMAGE batch)."""
+    latent = g.node("EmptyLatentImage", width=size, height=size, batch_size=batch)
+    sampled = g.node("KSampler", model=model, positive=positive, negative=negative, latent_image=latent.out(0),
+                     seed=seed, steps=steps, cfg=cfg, sampler_name=sampler, scheduler=scheduler, denoise=1.0)
+    image = g.node("VAEDecode", samples=sampled.out(0), vae=vae)
+    g.node("PreviewImage", images=image.out(0))
     return image
 
 
-def keep(g: Graph, ref) -> None:
-    """Make a node's output reachable from an output node so the executor runs and caches it."""
-    g.add("PreviewAny", source=ref)
+def keep(g, link: list) -> None:
+    """Make a node's output (a link, ``node.out(slot)``) reachable from an output node so the executor
+    runs and caches it."""
+    g.node("PreviewAny", source=link)
 
 
-def render(comfy: ComfySession, g: Graph, image_ref) -> torch.Tensor:
-    return comfy.run(g.prompt()).output(image_ref.id).clone()
+def render(comfy: ComfySession, g, image_node) -> torch.Tensor:
+    return comfy.run(g.finalize()).output(image_node.id).clone()
 
 
 def load_tiny_objects(comfy: ComfySession):
     """(model, clip, vae) exactly as CheckpointLoaderSimple produces them inside the executor."""
     g, ckpt, pos, neg = sd_graph(comfy)
-    keep(g, ckpt[0])
-    result = comfy.run(g.prompt())
+    keep(g, ckpt.out(0))
+    result = comfy.run(g.finalize())
     return result.output("ckpt", 0), result.output("ckpt", 1), result.output("ckpt", 2)
 
 
 def encode(comfy: ComfySession, text: str):
     g, ckpt, pos, neg = sd_graph(comfy, positive=text)
-    keep(g, pos[0])
-    return comfy.run(g.prompt()).output("pos", 0)
+    keep(g, pos.out(0))
+    return comfy.run(g.finalize()).output("pos", 0)
 
 
 def probe_predictions(model, positive, negative, x: torch.Tensor, sigmas: list[float], cfg: float = 5.0):

@@ -1,6 +1,6 @@
-"""Regenerate workflows/*.json (UI format) from scripts/workflow_specs/.
+"""Regenerate workflows/*.json (UI format) from devtools/workflow_specs/.
 
-    .venv/bin/python scripts/build_workflows.py [--check]
+    .venv/bin/python -m devtools.build_workflows [--check]
 
 --check exits non-zero if a committed workflow differs from what the specs produce.
 """
@@ -13,21 +13,16 @@ import pkgutil
 import sys
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(REPO, "tests"))
-
-import workflow_specs  # noqa: E402
-from workflow_builder import render_workflow  # noqa: E402
-
-WORKFLOW_DIR = os.path.join(REPO, "workflows")
+from devtools import workflow_specs
+from devtools.session import ComfySession
+from devtools.workflow_builder import Spec, render_workflow
+from devtools.workflows import WORKFLOW_DIR
 
 
-def all_specs():
+def all_specs() -> list[Spec]:
     specs = []
     for module in sorted(m.name for m in pkgutil.iter_modules(workflow_specs.__path__)):
-        specs += importlib.import_module(f"workflow_specs.{module}").WORKFLOWS
+        specs += importlib.import_module(f"{workflow_specs.__name__}.{module}").WORKFLOWS
     return specs
 
 
@@ -35,8 +30,6 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args(argv)
-    from rs_harness import ComfySession
-
     session = ComfySession(tempfile.mkdtemp(prefix="rs-workflows-"))
     stale = []
     for spec in all_specs():

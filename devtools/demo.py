@@ -2,6 +2,8 @@
 workflow on the tiny generated checkpoint, through POST /prompt. `make serve` keeps the
 UI up on 127.0.0.1:8188 with the example workflows in its workflow browser.
 
+    .venv/bin/python -m devtools.demo [--serve] [--port N]
+
 No model weights exist here, so the checkpoint is generated (random weights) and the
 images are noise-like: the demo shows the graphs run, not what they look like on SD1.5.
 """
@@ -13,22 +15,17 @@ import shutil
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(REPO, "tests"))
+from devtools import comfy_env, workflows
+from devtools.server import ComfyServer
 
-from rs_harness import ComfyServer, load_workflow, ui_to_api  # noqa: E402
-import workflow_runner  # noqa: E402
-
-DEMO_BASE = os.path.join(REPO, "out", "demo")
+DEMO_BASE = os.path.join(comfy_env.REPO, "out", "demo")
 
 
 def prepare(base: str) -> None:
     os.makedirs(base, exist_ok=True)
     workflows_dir = os.path.join(base, "user", "default", "workflows")
     os.makedirs(workflows_dir, exist_ok=True)
-    for path in workflow_runner.workflow_paths():
+    for path in workflows.workflow_paths():
         shutil.copy(path, workflows_dir)
 
 
@@ -36,13 +33,13 @@ def run_all(server: ComfyServer) -> int:
     info = server.object_info()
     vector_dir = server.dirs["models/steering_vectors"]
     failures = 0
-    for path in workflow_runner.workflow_paths():
+    for path in workflows.workflow_paths():
         name = os.path.basename(path)
-        prompt = workflow_runner.tiny_profile(ui_to_api(load_workflow(path), lambda t: info[t]["input"]),
-                                              server.dirs["checkpoint_name"])
+        api = workflows.ui_to_api(workflows.load_workflow(path), lambda t: info[t]["input"])
+        prompt = workflows.tiny_profile(api, server.dirs["checkpoint_name"])
         try:
-            workflow_runner.provide_reference_vectors(workflow_runner.vector_files_needed(prompt), vector_dir)
-            workflow_runner.provide_safety_models(prompt, os.path.dirname(vector_dir))
+            workflows.provide_reference_vectors(workflows.vector_files_needed(prompt), vector_dir)
+            workflows.provide_safety_models(prompt, os.path.dirname(vector_dir))
         except FileNotFoundError as e:
             print(f"[skip] {name}: {e}")
             continue
@@ -68,7 +65,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     prepare(DEMO_BASE)
     port = args.port or (8188 if args.serve else None)
-    server = ComfyServer(DEMO_BASE, port=port, log_path=os.path.join(REPO, "out", "demo-server.log"))
+    server = ComfyServer(DEMO_BASE, port=port, log_path=os.path.join(comfy_env.REPO, "out", "demo-server.log"))
     print(f"starting ComfyUI with responsible-steering on {server.url} (log: {server.log_path})")
     with server:
         failures = run_all(server)

@@ -1,5 +1,5 @@
 """Example workflows of the vector apply nodes (embedding direction, h-space, fair sampling)."""
-from workflow_builder import SD15_CHECKPOINT, Spec, WorkflowBuilder
+from devtools.workflow_builder import SD15_CHECKPOINT, Spec, WorkflowBuilder
 
 
 def txt2img(w: WorkflowBuilder, model, clip, vae, positive, negative="", batch=1, seed=42, prefix="rs",

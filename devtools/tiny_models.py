@@ -1,4 +1,4 @@
-"""Generate tiny but real Stable Diffusion checkpoints with seeded random weights.
+"""Tiny generated models: Stable Diffusion checkpoints and a CLIP, with seeded random weights.
 
 No model weights exist on our machines, so tests and the demo run on checkpoints
 generated here. They use ComfyUI's own model classes to get the exact key layout,
@@ -11,11 +11,13 @@ so `CheckpointLoaderSimple` detects them like any downloaded file:
 * ``sdxl_unet``: an SDXL-architecture UNet (ADM ``y`` input of 2816, cross-attention
   width 2048, 1280-channel bottleneck) returned as an in-memory ComfyUI model,
   for tests of SDXL-shaped tensors (SDXL text encoders are too large to generate).
+* ``write_tiny_clip``: a CLIP model in the Hugging Face layout, standing in for a user's
+  local CLIP folder (models/safety_clip/<name>/config.json + model.safetensors).
 
 Weights are drawn per tensor from a generator seeded with (seed, tensor name), so a
 file is byte-identical across runs and machines. Run as a module to write a file::
 
-    python scripts/tiny_checkpoint.py OUT.safetensors [--seed 0]
+    python -m devtools.tiny_models OUT.safetensors [--seed 0]
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import zlib
@@ -212,6 +215,36 @@ def build_unet_model(name: str = "sdxl_tiny", seed: int = 0, device=None, dtype:
 def build_sdxl_unet_model(seed: int = 0):
     """The tiny SDXL-architecture model used by tests of SDXL-shaped tensors."""
     return build_unet_model("sdxl_tiny", seed=seed, device="cpu")
+
+
+def write_tiny_clip(folder: str, seed: int = 0) -> str:
+    """Write a seeded random CLIPModel (vocab of CLIP's BPE, width 32, one layer) into `folder` atomically.
+
+    Real CLIP weights are never downloaded. The tokenizer is not written: the pack then uses
+    the CLIP BPE tokenizer that ComfyUI ships."""
+    from transformers import CLIPConfig, CLIPModel
+
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        return folder
+    text = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=2, max_position_embeddings=77, projection_dim=16,
+                bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                  num_attention_heads=2, projection_dim=16)
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+    with torch.inference_mode(False):
+        torch.manual_seed(seed)
+        model = CLIPModel(config).eval()
+    parent = os.path.dirname(os.path.abspath(folder))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".tiny-clip-")
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        os.replace(tmp, folder)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)
+    return folder
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,1 @@
+"""Benchmarks of the pack: speed (bench_*.py, `make bench`), soak tests and ToyWorld efficacy."""

@@ -1,0 +1,139 @@
+"""Example workflows (workflows/*.json, UI format) as API prompts, and the tiny profile they run
+with in tests, `make demo` and the fingerprints.
+
+The committed workflows are what users load: real checkpoint names and 512 px, 30
+steps. On the tiny model the same graphs run with a test profile: the checkpoint is
+swapped for the tiny one, latents are 128 px and samplers take at most 4 steps.
+Vector files the workflows load are converted from the authors' reference vectors.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Callable
+
+from devtools import comfy_env, pack, tiny_models
+
+WORKFLOW_DIR = os.path.join(comfy_env.REPO, "workflows")
+REFERENCE_DIR = os.path.normpath(os.path.join(comfy_env.REPO, "..", "shared", "fixtures", "reference-vectors"))
+REFERENCE_FILES = {
+    "safe-direction.safetensors": "embedding-direction_safe-direction.pth",
+    **{f"sdisc_{c}.safetensors": "sdisc_unet.pth"
+       for c in ("female", "male", "young", "old", "whiterace", "blackrace", "asianrace", "antisexual")},
+}
+
+# ---------------------------------------------------------------------------- UI format -> API format
+
+CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+NOT_EXECUTED = {"Note", "MarkdownNote"}
+
+
+def is_widget(spec: list) -> bool:
+    """Whether an input of a V1 INPUT_TYPES spec is a widget (a value in widgets_values), not a socket."""
+    kind = spec[0]
+    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if options.get("forceInput"):
+        return False
+    return isinstance(kind, list) or kind in WIDGET_TYPES
+
+
+def ui_to_api(workflow: dict, input_spec: Callable[[str], dict]) -> dict:
+    """Convert a UI-format workflow (frontend JSON, version 0.4) to an API prompt.
+
+    Widget values are matched to the node's widget inputs in schema order (required,
+    then optional), skipping the frontend's control_after_generate values."""
+    links = {link[0]: link for link in workflow.get("links", [])}
+    prompt = {}
+    for node in workflow["nodes"]:
+        class_type = node["type"]
+        if class_type in NOT_EXECUTED:
+            continue
+        if node.get("mode", 0) != 0:
+            raise ValueError(f"node {node['id']} ({class_type}) is muted or bypassed; not supported here")
+        spec = input_spec(class_type)
+        ordered = list(spec.get("required", {}).items()) + list(spec.get("optional", {}).items())
+        linked = {i["name"]: i["link"] for i in node.get("inputs", []) if i.get("link") is not None}
+        values = node.get("widgets_values", [])
+        if isinstance(values, dict):
+            values = [values[name] for name, s in ordered if is_widget(s) and name in values]
+        values = list(values)
+        inputs = {}
+        for name, s in ordered:
+            if is_widget(s) and values:
+                value = values.pop(0)
+                inputs[name] = value
+                options = s[1] if len(s) > 1 and isinstance(s[1], dict) else {}
+                if (s[0] == "INT" and values and isinstance(values[0], str) and values[0] in CONTROL_VALUES
+                        and (options.get("control_after_generate") or name in ("seed", "noise_seed"))):
+                    values.pop(0)
+            if name in linked:
+                link = links[linked[name]]
+                inputs[name] = [str(link[1]), link[2]]
+        prompt[str(node["id"])] = {"class_type": class_type, "inputs": inputs}
+    return prompt
+
+
+def load_workflow(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+# ---------------------------------------------------------------------------- tiny profile
+
+def workflow_paths() -> list[str]:
+    return sorted(glob.glob(os.path.join(WORKFLOW_DIR, "*.json")))
+
+
+def tiny_profile(prompt: dict, checkpoint_name: str, size: int = 128, max_steps: int = 4) -> dict:
+    """The same graph, sized for the tiny checkpoint on a CPU."""
+    prompt = json.loads(json.dumps(prompt))
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "CheckpointLoaderSimple":
+            inputs["ckpt_name"] = checkpoint_name
+        if node["class_type"] == "EmptyLatentImage":
+            inputs["width"] = inputs["height"] = size
+        if "steps" in inputs and isinstance(inputs["steps"], int):
+            inputs["steps"] = min(inputs["steps"], max_steps)
+        if node["class_type"] == "RSTrainSteeringVector":  # one short training iteration at 64 px
+            inputs.update(iterations=1, batch_size=min(inputs["batch_size"], 2), resolution=64,
+                          rollout_steps=min(inputs["rollout_steps"], 2), gradient_checkpointing=False)
+    return prompt
+
+
+def vector_files_needed(prompt: dict) -> set[str]:
+    return {n["inputs"]["vector_name"] for n in prompt.values() if n["class_type"] == "RSLoadVector"}
+
+
+def provide_reference_vectors(names: set[str], vector_dir: str, reference_dir: str = REFERENCE_DIR) -> None:
+    """Convert the reference vectors a workflow loads into vector_dir with the loaded pack's reference
+    import (what the Import Reference Vectors node does). FileNotFoundError if they are absent."""
+    missing = {n for n in names if not os.path.exists(os.path.join(vector_dir, n))}
+    unknown = missing - set(REFERENCE_FILES)
+    if unknown:
+        raise FileNotFoundError(f"workflow loads vectors {sorted(unknown)} that no reference file provides")
+    for source in sorted({REFERENCE_FILES[n] for n in missing}):
+        path = os.path.join(reference_dir, source)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"reference vector file not found: {path}")
+        for vector in pack.module("steering.reference_import").import_reference_file(path):
+            pack.module("steering.vector_file").save_vector(vector, vector_dir, vector.name, overwrite=True)
+
+
+CLIP_SCORE_NODES = {"RSCLIPViolenceScore", "RSCLIPArtistScore"}
+
+
+def provide_safety_models(prompt: dict, models_dir: str) -> None:
+    """CLIP weights are never downloaded: for workflows with CLIP safety scores, write a tiny random
+    CLIP under the name they load into models_dir/safety_clip and register that folder."""
+    names = {n["inputs"]["clip_model"] for n in prompt.values() if n["class_type"] in CLIP_SCORE_NODES}
+    if not names:
+        return
+    import folder_paths
+
+    folder = os.path.join(models_dir, "safety_clip")
+    for name in sorted(names):
+        tiny_models.write_tiny_clip(os.path.join(folder, name))
+    folder_paths.add_model_folder_path("safety_clip", folder, is_default=True)

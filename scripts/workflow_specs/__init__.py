@@ -1,1 +1,0 @@
-"""Example-workflow specs: each module defines WORKFLOWS, a list of workflow_builder.Spec."""
