@@ -61,6 +61,15 @@ def register_architecture(arch: Architecture, config_classes: tuple[type, ...]) 
     _REGISTERED_CONFIGS[arch.name] = tuple(config_classes)
 
 
+def unregister_architecture(name: str) -> None:
+    """Forget an architecture taught with register_architecture (no-op if it is not registered);
+    the built-in ones cannot be removed."""
+    if name in BUILTIN_ARCHITECTURES:
+        raise ArchitectureError(f"architecture {name!r} is built in and cannot be removed")
+    ARCHITECTURES.pop(name, None)
+    _REGISTERED_CONFIGS.pop(name, None)
+
+
 def get_architecture(name: str) -> Architecture:
     try:
         return ARCHITECTURES[name]

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 
 import pytest
 import torch
 
-from rs_harness import PromptError, Graph
+from comfy_execution.graph_utils import GraphBuilder
+from devtools.session import PromptError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 RED, BLUE, GREEN = 0xFF0000, 0x0000FF, 0x00FF00
 
@@ -47,31 +46,27 @@ def tiny_clip(comfy, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def toyworld():
-    """ToyWorld's (judges, world) modules from benchmarks/ (sys.path is restored after the import)."""
-    benchmarks = os.path.join(REPO, "benchmarks")
-    sys.path.insert(0, benchmarks)
-    try:
-        from toyworld import judges, world
-    finally:
-        sys.path.remove(benchmarks)
+    """ToyWorld's (judges, world) modules."""
+    from benchmarks.toyworld import judges, world
+
     return judges, world
 
 
-def solid_batch(g: Graph, colours: list[int], size: int = 32):
+def solid_batch(g: GraphBuilder, colours: list[int], size: int = 32):
     """An IMAGE batch of solid colours made by ComfyUI's EmptyImage + ImageBatch nodes."""
-    refs = [g.add("EmptyImage", width=size, height=size, batch_size=1, color=c) for c in colours]
+    refs = [g.node("EmptyImage", width=size, height=size, batch_size=1, color=c) for c in colours]
     batch = refs[0]
     for ref in refs[1:]:
-        batch = g.add("ImageBatch", image1=batch[0], image2=ref[0])
+        batch = g.node("ImageBatch", image1=batch.out(0), image2=ref.out(0))
     return batch
 
 
 def test_safety_rate_counts_flagged_images(comfy):
-    g = Graph()
+    g = GraphBuilder(prefix="")
     images = solid_batch(g, [RED, RED, BLUE, RED, GREEN])
-    score = g.add("RSColourStatisticScore", statistic="redness", threshold=0.25)
-    rate = g.add("RSSafetyRate", node_id="rate", images=images[0], safety_score=score[0])
-    result = comfy.run(g.prompt())
+    score = g.node("RSColourStatisticScore", statistic="redness", threshold=0.25)
+    rate = g.node("RSSafetyRate", id="rate", images=images.out(0), safety_score=score.out(0))
+    result = comfy.run(g.finalize())
     assert result.output("rate", 0) == pytest.approx(0.6)
     assert result.output("rate", 1) == 3
     report = result.output("rate", 2)
@@ -121,12 +116,12 @@ def test_deviation_ratio_definition(comfy):
 
 
 def test_clip_attribute_classifier_on_identical_images_is_fully_biased(comfy, tiny_clip):
-    g = Graph()
+    g = GraphBuilder(prefix="")
     images = solid_batch(g, [GREEN] * 4)
-    classifier = g.add("RSCLIPAttributeClassifier", clip_model=tiny_clip,
+    classifier = g.node("RSCLIPAttributeClassifier", clip_model=tiny_clip,
                        class_prompts="a photo of a man\na photo of a woman", class_names="man\nwoman")
-    g.add("RSFairnessDeviation", node_id="fair", images=images[0], classifier=classifier[0])
-    result = comfy.run(g.prompt())
+    g.node("RSFairnessDeviation", id="fair", images=images.out(0), classifier=classifier.out(0))
+    result = comfy.run(g.finalize())
     # identical images get the same label whatever CLIP's weights: one class takes all
     assert result.output("fair", 0) == pytest.approx(1.0)
     assert "man: " in result.output("fair", 1) and "woman: " in result.output("fair", 1)
@@ -143,11 +138,11 @@ def test_clip_score_matches_direct_computation(comfy, tiny_clip):
     import folder_paths
     from transformers import CLIPModel, CLIPTokenizer
 
-    g = Graph()
+    g = GraphBuilder(prefix="")
     images = solid_batch(g, [RED, BLUE])
-    g.add("RSCLIPScore", node_id="clip", images=images[0], prompt="a red square", clip_model=tiny_clip)
-    g.add("PreviewAny", source=images[0])
-    result = comfy.run(g.prompt())
+    g.node("RSCLIPScore", id="clip", images=images.out(0), prompt="a red square", clip_model=tiny_clip)
+    g.node("PreviewAny", source=images.out(0))
+    result = comfy.run(g.finalize())
     score = result.output("clip", 0)
     pixels = result.output(images.id, 0).clone()
 
@@ -170,18 +165,18 @@ def test_clip_score_matches_direct_computation(comfy, tiny_clip):
 
 
 def test_semantic_disruption_and_sadi(comfy, tiny_clip):
-    g = Graph()
+    g = GraphBuilder(prefix="")
     original = solid_batch(g, [RED, BLUE, GREEN])
     same = solid_batch(g, [RED, BLUE, GREEN])
     changed = solid_batch(g, [GREEN, RED, BLUE])
-    g.add("RSSemanticDisruption", node_id="same", original_images=original[0], steered_images=same[0],
+    g.node("RSSemanticDisruption", id="same", original_images=original.out(0), steered_images=same.out(0),
           clip_model=tiny_clip)
-    moved = g.add("RSSemanticDisruption", node_id="moved", original_images=original[0],
-                  steered_images=changed[0], clip_model=tiny_clip)
-    score = g.add("RSColourStatisticScore", statistic="redness", threshold=0.25)
-    rate = g.add("RSSafetyRate", images=changed[0], safety_score=score[0])
-    g.add("RSSaDiIndex", node_id="sadi", unsafe_rate=rate[0], disruption=moved[0], alpha1=0.5, alpha2=0.5)
-    result = comfy.run(g.prompt())
+    moved = g.node("RSSemanticDisruption", id="moved", original_images=original.out(0),
+                  steered_images=changed.out(0), clip_model=tiny_clip)
+    score = g.node("RSColourStatisticScore", statistic="redness", threshold=0.25)
+    rate = g.node("RSSafetyRate", images=changed.out(0), safety_score=score.out(0))
+    g.node("RSSaDiIndex", id="sadi", unsafe_rate=rate.out(0), disruption=moved.out(0), alpha1=0.5, alpha2=0.5)
+    result = comfy.run(g.finalize())
     assert result.output("same", 0) == pytest.approx(0.0, abs=1e-5)
     disruption = result.output("moved", 0)
     assert 0.0 < disruption <= 1.0
@@ -189,21 +184,21 @@ def test_semantic_disruption_and_sadi(comfy, tiny_clip):
 
 
 def test_missing_clip_model_names_where_it_looked(comfy):
-    g = Graph()
+    g = GraphBuilder(prefix="")
     images = solid_batch(g, [RED])
-    g.add("RSCLIPScore", images=images[0], prompt="a red square", clip_model="no-such-clip")
+    g.node("RSCLIPScore", images=images.out(0), prompt="a red square", clip_model="no-such-clip")
     with pytest.raises(PromptError) as err:
-        comfy.run(g.prompt())
+        comfy.run(g.finalize())
     message = str(err.value) + str(err.value.details)
     assert "no-such-clip" in message and "safety_clip" in message and "looked in" in message
 
 
 def test_clip_score_rejects_mismatched_prompt_lines(comfy, tiny_clip):
-    g = Graph()
+    g = GraphBuilder(prefix="")
     images = solid_batch(g, [RED, BLUE, GREEN])
-    g.add("RSCLIPScore", images=images[0], prompt="one\ntwo", clip_model=tiny_clip)
+    g.node("RSCLIPScore", images=images.out(0), prompt="one\ntwo", clip_model=tiny_clip)
     with pytest.raises(PromptError, match="2 prompt lines for 3 images"):
-        comfy.run(g.prompt())
+        comfy.run(g.finalize())
 
 
 # ---------------------------------------------------------------------------- deviation ratio per group, ties
@@ -298,12 +293,12 @@ def test_fairness_deviation_node_per_group(comfy):
 def test_clip_classifier_counts_ties_for_every_class(comfy, tiny_clip):
     """Two classes with the same prompt tie on every image: each image counts for both, so the
     batch is balanced (ratio 0), where an argmax would give one class everything (ratio 1)."""
-    g = Graph()
+    g = GraphBuilder(prefix="")
     images = solid_batch(g, [GREEN, RED, BLUE, GREEN])
-    classifier = g.add("RSCLIPAttributeClassifier", clip_model=tiny_clip, class_prompts="a photo\na photo",
+    classifier = g.node("RSCLIPAttributeClassifier", clip_model=tiny_clip, class_prompts="a photo\na photo",
                        class_names="x\ny")
-    g.add("RSFairnessDeviation", node_id="fair", images=images[0], classifier=classifier[0], mode="per_group",
+    g.node("RSFairnessDeviation", id="fair", images=images.out(0), classifier=classifier.out(0), mode="per_group",
           group_labels="p * 2, q * 2")
-    result = comfy.run(g.prompt())
+    result = comfy.run(g.finalize())
     assert result.output("fair", 0) == 0.0
     assert "group p: 0.000 over 2 images (x: 2, y: 2)" in result.output("fair", 1)

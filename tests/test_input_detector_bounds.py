@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from rs_harness import Graph
-from sd_helpers import keep
+from comfy_execution.graph_utils import GraphBuilder
+from devtools.sd import keep
 
 
 @pytest.fixture(scope="module")
@@ -183,17 +183,17 @@ def test_the_node_bounds_a_flagged_long_prompt(comfy, tiny, m):
 
 
 def test_the_node_refuses_an_oversize_prompt_at_validation(comfy):
-    g = Graph()
-    ckpt = g.add("CheckpointLoaderSimple", ckpt_name=comfy.checkpoint_name)
-    det = g.add("RSDualLatentInputDetector", clip=ckpt[1], text="violence " * 120000, unsafe_concepts="blood",
+    g = GraphBuilder(prefix="")
+    ckpt = g.node("CheckpointLoaderSimple", ckpt_name=comfy.checkpoint_name)
+    det = g.node("RSDualLatentInputDetector", clip=ckpt.out(1), text="violence " * 120000, unsafe_concepts="blood",
                 safe_concepts="a cat", k=1, threshold=0.5, safe_suffix="")
-    keep(g, det[3])
+    keep(g, det.out(3))
     import asyncio
     import uuid
 
     import execution
 
-    result = asyncio.run(execution.validate_prompt(str(uuid.uuid4()), g.prompt(), None))
+    result = asyncio.run(execution.validate_prompt(str(uuid.uuid4()), g.finalize(), None))
     assert not result[0]
     details = [e["details"] for e in result[3][det.id]["errors"]]
     assert any("Dual-Latent Input Detector (RSDualLatentInputDetector): input 'text' expects a text of at most "

@@ -6,7 +6,9 @@ import time
 import psutil
 import pytest
 
-from rs_harness import ComfyServer, Graph, PromptError
+from comfy_execution.graph_utils import GraphBuilder
+from devtools.server import ComfyServer
+from devtools.session import PromptError
 
 pytestmark = pytest.mark.slow
 
@@ -14,13 +16,13 @@ MAX_WORD_ENCODINGS = 32   # steering/input_detector.py (documented bound; assert
 
 
 def detector_prompt(checkpoint: str, text: str, k: int = 1, threshold: float = 0.5) -> dict:
-    g = Graph()
-    ckpt = g.add("CheckpointLoaderSimple", ckpt_name=checkpoint)
-    det = g.add("RSDualLatentInputDetector", node_id="det", clip=ckpt[1], text=text,
+    g = GraphBuilder(prefix="")
+    ckpt = g.node("CheckpointLoaderSimple", ckpt_name=checkpoint)
+    det = g.node("RSDualLatentInputDetector", id="det", clip=ckpt.out(1), text=text,
                 unsafe_concepts="blood\nviolence", safe_concepts="a cat\na dog", k=k, threshold=threshold,
                 safe_suffix=", safe for work")
-    g.add("PreviewAny", source=det[4])
-    return g.prompt()
+    g.node("PreviewAny", source=det.out(4))
+    return g.finalize()
 
 
 def words_2kb(n: int = 286) -> list[str]:

@@ -10,7 +10,9 @@ import sys
 import pytest
 import torch
 
-from rs_harness import REPO, Graph, PromptError
+from comfy_execution.graph_utils import GraphBuilder
+from devtools.comfy_env import REPO
+from devtools.session import PromptError
 
 
 @pytest.fixture(scope="module")
@@ -70,22 +72,22 @@ def test_import_node_converts_files_in_the_vector_folder(comfy, reference_vector
     shutil.copy(os.path.join(reference_vectors_dir, "sdisc_unet.pth"), os.path.join(comfy.vector_dir, "unet.pth"))
     shutil.copy(os.path.join(reference_vectors_dir, "sdisc_concept_dict.json"),
                 os.path.join(comfy.vector_dir, "concept_dict.json"))
-    g = Graph()
-    imported = g.add("RSImportReferenceVectors", node_id="import", reference_file="unet.pth", format="auto",
+    g = GraphBuilder(prefix="")
+    imported = g.node("RSImportReferenceVectors", id="import", reference_file="unet.pth", format="auto",
                      concept="female", save=True)
-    g.add("PreviewAny", source=imported[1])
-    result = comfy.run(g.prompt())
+    g.node("PreviewAny", source=imported.out(1))
+    result = comfy.run(g.finalize())
     (vector,) = result.output("import", 0)
     assert vector.info["concept"] == "female"
     assert os.path.isfile(os.path.join(comfy.vector_dir, "sdisc_female.safetensors"))
     assert "sdisc_female.safetensors" in result.output("import", 1)
 
-    g = Graph()
-    imported = g.add("RSImportReferenceVectors", reference_file="unet.pth", format="auto", concept="purple",
+    g = GraphBuilder(prefix="")
+    imported = g.node("RSImportReferenceVectors", reference_file="unet.pth", format="auto", concept="purple",
                      save=False)
-    g.add("PreviewAny", source=imported[1])
+    g.node("PreviewAny", source=imported.out(1))
     with pytest.raises(PromptError, match="concept 'purple' is not in unet.pth"):
-        comfy.run(g.prompt())
+        comfy.run(g.finalize())
 
 
 # ---------------------------------------------------------------------------- RespoDiff RAM + SAM
@@ -191,11 +193,11 @@ def test_import_node_reports_the_detected_respodiff_format(comfy, tmp_path):
     concepts = {"a woman": 0, "a man": 1}
     folder = os.path.join(comfy.vector_dir, "respodiff_run")
     path, ram, sam = fake_respodiff_checkpoint(folder, concepts, seed=3)
-    g = Graph()
-    imported = g.add("RSImportReferenceVectors", node_id="import", reference_file="respodiff_run/unet.pth",
+    g = GraphBuilder(prefix="")
+    imported = g.node("RSImportReferenceVectors", id="import", reference_file="respodiff_run/unet.pth",
                      format="auto", concept="a man", save=True)
-    g.add("PreviewAny", source=imported[1])
-    result = comfy.run(g.prompt())
+    g.node("PreviewAny", source=imported.out(1))
+    result = comfy.run(g.finalize())
     (vector,) = result.output("import", 0)
     report = result.output("import", 1)
     assert vector.method == "respodiff_ram_sam" and vector.info["concept"] == "a man"
@@ -208,9 +210,9 @@ def test_import_node_reports_the_detected_respodiff_format(comfy, tmp_path):
     zero = os.path.join(comfy.vector_dir, "zero_run")
     os.makedirs(zero)
     torch.save({RAM_KEY: torch.zeros(ROWS, 0), SAM_KEY: torch.zeros(ROWS, 0)}, os.path.join(zero, "unet.pth"))
-    g = Graph()
-    imported = g.add("RSImportReferenceVectors", reference_file="zero_run/unet.pth", format="auto", concept="",
+    g = GraphBuilder(prefix="")
+    imported = g.node("RSImportReferenceVectors", reference_file="zero_run/unet.pth", format="auto", concept="",
                      save=False)
-    g.add("PreviewAny", source=imported[1])
+    g.node("PreviewAny", source=imported.out(1))
     with pytest.raises(PromptError, match="no concept columns"):
-        comfy.run(g.prompt())
+        comfy.run(g.finalize())

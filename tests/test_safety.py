@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from rs_harness import Graph, PromptError
+from comfy_execution.graph_utils import GraphBuilder
+from devtools.session import PromptError
 
 MAX_ABS_DIFF = {}
 
@@ -119,21 +120,21 @@ def test_nudenet_model_lookup(nudenet, paths, tmp_path, monkeypatch):
         paths.nudenet_model_path("../320n.onnx")
 
 
-def colour_batch(g: Graph):
-    red = g.add("EmptyImage", width=64, height=48, batch_size=1, color=0xFF0000)
-    blue = g.add("EmptyImage", width=64, height=48, batch_size=1, color=0x0000FF)
-    return g.add("ImageBatch", image1=red[0], image2=blue[0])
+def colour_batch(g: GraphBuilder):
+    red = g.node("EmptyImage", width=64, height=48, batch_size=1, color=0xFF0000)
+    blue = g.node("EmptyImage", width=64, height=48, batch_size=1, color=0x0000FF)
+    return g.node("ImageBatch", image1=red.out(0), image2=blue.out(0))
 
 
 def test_detect_unsafe_node(comfy):
     """Per-image scores, any-unsafe flag, per-image masks and a report, through a real prompt."""
-    g = Graph()
+    g = GraphBuilder(prefix="")
     images = colour_batch(g)
-    score = g.add("RSColourStatisticScore", statistic="redness", threshold=0.5)
-    detect = g.add("RSDetectUnsafe", images=images[0], safety_score=score[0])
+    score = g.node("RSColourStatisticScore", statistic="redness", threshold=0.5)
+    detect = g.node("RSDetectUnsafe", images=images.out(0), safety_score=score.out(0))
     for slot in range(4):
-        g.add("PreviewAny", source=detect[slot])
-    result = comfy.run(g.prompt())
+        g.node("PreviewAny", source=detect.out(slot))
+    result = comfy.run(g.finalize())
     entry = comfy.executor.caches.outputs.get(detect.id)
     outputs = entry.outputs if hasattr(entry, "outputs") else entry
     any_unsafe, scores, masks, report = outputs[0][0], outputs[1], outputs[2][0], outputs[3][0]
@@ -159,16 +160,16 @@ def test_censor(comfy):
         assert out[inside].std() < images[inside].std() * 0.8, mode
     assert censor(images, masks, "black", 8)[masks.bool()].abs().max() == 0
 
-    graph = Graph()
+    graph = GraphBuilder(prefix="")
     batch = colour_batch(graph)
     outs = {}
     for threshold in (1.0, 0.0):
-        node = graph.add("RSCensor", images=batch[0], label_preset="all", custom_labels="",
+        node = graph.node("RSCensor", images=batch.out(0), label_preset="all", custom_labels="",
                          detection_threshold=threshold, mode="black", strength=8, padding=0.0)
-        graph.add("PreviewImage", images=node[0])
-        graph.add("PreviewAny", source=node[2])
+        graph.node("PreviewImage", images=node.out(0))
+        graph.node("PreviewAny", source=node.out(2))
         outs[threshold] = node
-    result = comfy.run(graph.prompt())
+    result = comfy.run(graph.finalize())
     nothing = result.output(outs[1.0].id, 0)
     assert result.output(outs[1.0].id, 1).max() == 0
     everything, mask = result.output(outs[0.0].id, 0), result.output(outs[0.0].id, 1)
@@ -200,10 +201,10 @@ def test_detection_masks(comfy):
 def clip_folder(comfy, tmp_path_factory):
     """A folder with a tiny CLIP, added to models/safety_clip for this module (then removed again)."""
     import folder_paths
-    import tiny_clip
+    from devtools import tiny_models
 
     folder = tmp_path_factory.mktemp("safety_clip")
-    tiny_clip.write_tiny_clip(str(folder / "tiny-clip"))
+    tiny_models.write_tiny_clip(str(folder / "tiny-clip"))
     paths, extensions = folder_paths.folder_names_and_paths["safety_clip"]
     saved = (list(paths), set(extensions))  # add_model_folder_path changes the list in place
     folder_paths.add_model_folder_path("safety_clip", str(folder), is_default=True)
@@ -214,16 +215,16 @@ def clip_folder(comfy, tmp_path_factory):
 def test_clip_scores_from_a_local_folder(comfy, clip_scores, clip_folder):
     """The CLIP nodes load the local folder; their scores equal the direct computation and are
     differentiable w.r.t. the image even when built in inference mode."""
-    g = Graph()
+    g = GraphBuilder(prefix="")
     images = colour_batch(g)
-    violence = g.add("RSCLIPViolenceScore", clip_model="tiny-clip", violence_texts="blood\ngore", threshold=-1.0)
-    artist = g.add("RSCLIPArtistScore", clip_model="tiny-clip", artist="Van Gogh", reference_text="art",
+    violence = g.node("RSCLIPViolenceScore", clip_model="tiny-clip", violence_texts="blood\ngore", threshold=-1.0)
+    artist = g.node("RSCLIPArtistScore", clip_model="tiny-clip", artist="Van Gogh", reference_text="art",
                    threshold=0.0)
-    detects = [g.add("RSDetectUnsafe", images=images[0], safety_score=s[0]) for s in (violence, artist)]
+    detects = [g.node("RSDetectUnsafe", images=images.out(0), safety_score=s.out(0)) for s in (violence, artist)]
     for d in detects:
-        g.add("PreviewAny", source=d[3])
-    g.add("PreviewAny", source=images[0])
-    result = comfy.run(g.prompt())
+        g.node("PreviewAny", source=d.out(3))
+    g.node("PreviewAny", source=images.out(0))
+    result = comfy.run(g.finalize())
     pixels = result.output(images.id)
     reports = [result.output(d.id, 3) for d in detects]
     assert "2 of 2 images unsafe" in reports[0]                    # threshold -1: every cosine is above
@@ -250,13 +251,13 @@ def test_missing_clip_fails_clearly(comfy, paths, clip_folder):
     with pytest.raises(FileNotFoundError) as info:
         paths.clip_model_path("clip-vit-large-patch14")
     assert str(clip_folder) in str(info.value) and "never downloaded" in str(info.value)
-    g = Graph()
-    score = g.add("RSCLIPViolenceScore", clip_model="clip-vit-large-patch14", violence_texts="blood", threshold=0.2)
-    g.add("RSDetectUnsafe", images=g.add("EmptyImage", width=8, height=8, batch_size=1, color=0)[0],
-          safety_score=score[0])
-    g.add("PreviewAny", source=[list(g.nodes)[-1], 3])
+    g = GraphBuilder(prefix="")
+    score = g.node("RSCLIPViolenceScore", clip_model="clip-vit-large-patch14", violence_texts="blood", threshold=0.2)
+    g.node("RSDetectUnsafe", images=g.node("EmptyImage", width=8, height=8, batch_size=1, color=0).out(0),
+          safety_score=score.out(0))
+    g.node("PreviewAny", source=[list(g.nodes)[-1], 3])
     with pytest.raises(PromptError, match="not found; looked in"):
-        comfy.run(g.prompt())
+        comfy.run(g.finalize())
 
 
 # ---------------------------------------------------------------------------- NudeNet set-up (as the STG reference)

@@ -32,8 +32,13 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def toyworld(comfy) -> M.ToyWorld:
-    M.register_architecture(comfy.module("steering.architectures"))
-    return M.ToyWorld()
+    """ToyWorld with its architecture registered for this module only (the registry is put back after)."""
+    architectures = comfy.module("steering.architectures")
+    already = M.ARCH_NAME in architectures.ARCHITECTURES
+    M.register_architecture(architectures)
+    yield M.ToyWorld()
+    if not already:
+        architectures.unregister_architecture(M.ARCH_NAME)
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +148,8 @@ def test_toyworld_is_a_registered_architecture(comfy, toyworld):
     assert arch.architecture_of_conditioning(torch.zeros(1, 154, 768)) == "sd1"
     with pytest.raises(arch.ArchitectureError, match="built in"):
         arch.register_architecture(arch.Architecture("sd1", "x", 768, 77, None, 1280), config_classes=())
+    with pytest.raises(arch.ArchitectureError, match="built in"):
+        arch.unregister_architecture("sd1")
 
 
 def test_vectors_are_pack_files_learned_by_the_training_loop(vectors):

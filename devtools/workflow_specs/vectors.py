@@ -24,7 +24,7 @@ def embedding_direction(w: WorkflowBuilder):
     txt2img(w, ckpt.out("MODEL"), ckpt.out("CLIP"), ckpt.out("VAE"), None, prefix="embedding_direction",
             positive_conditioning=steered.out(0))
     w.note("safe-direction.safetensors is the authors' published SD1.4 safety direction, converted with "
-           "Import Reference Vectors (or `python -m steering.reference_import safe-direction.pth --out "
+           "Import Reference Vectors (or `python -m scripts.import_reference safe-direction.pth --out "
            "models/steering_vectors`). The shift starts at start_percent 0.276: exactly the paper's warm-up step "
            "15 of 50 on the normal scheduler (the same noise level at any step count), and only the positive "
            "prompt is steered.")
