@@ -53,25 +53,13 @@ SD1_UNET_CONFIG = {
     "image_size": 32,
 }
 
-SDXL_UNET_CONFIG = {
-    "in_channels": 4,
-    "out_channels": 4,
-    "model_channels": 320,
-    "num_res_blocks": [1, 1],
-    "channel_mult": [1, 4],
-    "transformer_depth": [1, 0],
-    "transformer_depth_output": [1, 1, 0, 0],
-    "transformer_depth_middle": -1,
+SDXL_UNET_CONFIG = {  # SDXL's conditioning: 2048-wide context, pooled + size embedding (adm), linear transformers
+    **{k: v for k, v in SD1_UNET_CONFIG.items() if k != "num_heads"},
     "context_dim": 2048,
     "num_head_channels": 64,
     "use_linear_in_transformer": True,
     "adm_in_channels": 2816,
     "num_classes": "sequential",
-    "use_temporal_attention": False,
-    "use_spatial_transformer": True,
-    "legacy": False,
-    "dims": 2,
-    "image_size": 32,
 }
 
 CHECKPOINT_FORMAT_VERSION = "2"
@@ -138,23 +126,13 @@ def sd1_state_dict(seed: int = 0, dtype: torch.dtype = torch.float16) -> dict[st
 
 
 def write_sd1_checkpoint(path: str, seed: int = 0) -> str:
-    """Write the tiny SD1 checkpoint atomically; returns the path."""
-    from safetensors.torch import save_file
+    """Write the tiny SD1 checkpoint atomically (the pack's own safetensors writer); returns the path."""
+    from devtools import pack
 
-    state = sd1_state_dict(seed)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"generator": "responsible-steering tiny_checkpoint",
-                                         "format": CHECKPOINT_FORMAT_VERSION, "seed": str(seed)})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return pack.module("steering.vector_file").write_safetensors_atomically(
+        sd1_state_dict(seed), path, {"generator": "responsible-steering tiny_checkpoint",
+                                     "format": CHECKPOINT_FORMAT_VERSION, "seed": str(seed)})
 
 
 def ensure_sd1_checkpoint(directory: str, seed: int = 0) -> str:
