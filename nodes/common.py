@@ -1,9 +1,13 @@
 """Inputs shared by several nodes, so every node says the same thing the same way."""
 from __future__ import annotations
 
+import comfy.utils
+import latent_preview
 from comfy_api.v0_0_2 import io
 
 from ..steering.fair import ASSIGNMENT_MODES
+from ..steering.guidance import sample_with_guider
+from ..steering.window import window_problem
 
 CATEGORY = "steering"
 
@@ -29,9 +33,8 @@ def window_inputs(start: float, end: float) -> list[io.Float.Input]:
 
 
 def check_window_inputs(start_percent: float, end_percent: float) -> bool | str:
-    if start_percent > end_percent:
-        return f"start_percent ({start_percent}) must not be after end_percent ({end_percent})"
-    return True
+    """validate_inputs' answer for a window: True, or what is wrong with it."""
+    return window_problem(start_percent, end_percent) or True
 
 
 def fair_inputs() -> list:
@@ -48,3 +51,14 @@ def fair_inputs() -> list:
 
 def describe_assignment(names: list[str], assignment: list[int]) -> str:
     return "\n".join(f"image {i}: {names[k]}" for i, k in enumerate(assignment))
+
+
+def ksampler_with_guider(guider, latent_image: dict, seed: int, steps: int, sampler_name: str, scheduler: str,
+                         denoise: float) -> dict:
+    """A KSampler-style node's result with `guider`: `latent_image` with the new samples (the
+    preview and the progress bar as KSampler shows them)."""
+    callback = latent_preview.prepare_callback(guider.model_patcher, steps)
+    out = latent_image.copy()
+    out["samples"] = sample_with_guider(guider, latent_image, seed, steps, sampler_name, scheduler, denoise,
+                                        callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED)
+    return out

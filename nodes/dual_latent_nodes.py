@@ -1,19 +1,15 @@
 """Nodes for method 3: dual latent reconstruction (arXiv 2411.13982) and its input detector."""
 from __future__ import annotations
 
-import comfy.sample
 import comfy.samplers
-import comfy.utils
-import latent_preview
 from comfy_api.v0_0_2 import io
 
-from ..steering.dual_latent import (DEFAULT_TAU_GC, DEFAULT_W_X, DEFAULT_W_XI, DualLatentSettings,
-                                    dual_latent_guider, sample_dual_latent)
+from ..steering.dual_latent import DEFAULT_TAU_GC, DEFAULT_W_X, DEFAULT_W_XI, DualLatentSettings, dual_latent_guider
 from ..steering.input_detector import (DEFAULT_SAFE_CONCEPTS, DEFAULT_SAFE_SUFFIX, DEFAULT_UNSAFE_CONCEPTS,
                                        MAX_CONCEPTS, MAX_PROMPT_CHARS, MAX_WORD_ENCODINGS, DetectorInputError,
                                        InputDetector, check_prompt_length, clip_embedder, conditioning_feature,
                                        parse_concepts)
-from .common import CATEGORY
+from .common import CATEGORY, ksampler_with_guider
 
 DUAL_CATEGORY = f"{CATEGORY}/dual_latent"
 
@@ -94,17 +90,10 @@ class DualLatentKSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, safe_positive, negative,
                 latent_image, denoise, w_xi, w_x, tau_gc) -> io.NodeOutput:
-        settings = DualLatentSettings(w_xi, w_x, tau_gc)
-        latent = latent_image
-        samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
-        noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
-        callback = latent_preview.prepare_callback(model, steps)
-        out = sample_dual_latent(model, noise, steps, cfg, sampler_name, scheduler, positive, safe_positive,
-                                 negative, samples, settings, denoise=denoise, noise_mask=latent.get("noise_mask"),
-                                 callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-        result = latent.copy()
-        result["samples"] = out
-        return io.NodeOutput(result)
+        guider = dual_latent_guider(model, positive, safe_positive, negative, cfg,
+                                    DualLatentSettings(w_xi, w_x, tau_gc))
+        return io.NodeOutput(ksampler_with_guider(guider, latent_image, seed, steps, sampler_name, scheduler,
+                                                  denoise))
 
 
 class DualLatentGuider(io.ComfyNode):

@@ -152,3 +152,25 @@ def reference_file_path(name: str) -> str:
         if candidate.startswith(os.path.realpath(folder) + os.sep) and os.path.isfile(candidate):
             return candidate
     raise FileNotFoundError(f"reference file {name!r} not found in {vector_folders()}")
+
+
+# ---------------------------------------------------------------------------- TAESD decoders (STG)
+
+class TAESDNotFound(FileNotFoundError):
+    """No TAESD decoder file for the model's architecture in the vae_approx folders."""
+
+
+def taesd_decoder_path(arch: str) -> str:
+    """The vae_approx file of the architecture's TAESD decoder (``<name>.safetensors`` or ``.pth``)."""
+    from ..steering.architectures import ARCHITECTURES, ArchitectureError, get_architecture
+
+    spec = get_architecture(arch)
+    if spec.taesd_decoder is None:
+        known = [a.label for a in ARCHITECTURES.values() if a.taesd_decoder]
+        raise ArchitectureError(f"no TAESD decoder for {spec.label}; TAESD decoders exist for {known}")
+    names = [n for n in folder_paths.get_filename_list("vae_approx") if n.startswith(spec.taesd_decoder + ".")]
+    if not names:
+        raise TAESDNotFound(
+            f"TAESD decoder {spec.taesd_decoder}.safetensors (or .pth) not found in the vae_approx folders "
+            f"{folder_paths.get_folder_paths('vae_approx')}; put it there or use decoder = vae")
+    return folder_paths.get_full_path_or_raise("vae_approx", names[0])

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import comfy.samplers
-import comfy.utils
-import latent_preview
 from comfy_api.v0_0_2 import io
 
 from ..steering.architectures import architecture_of_model
 from ..steering.decoders import DECODERS, VAEDecoder, load_taesd_decoder
-from ..steering.stg import AUTOCAST_MODES, DEFAULT_END, DEFAULT_START, STGSettings, make_guider, sample_stg
-from .common import CATEGORY, check_window_inputs, window_inputs
+from ..steering.stg import AUTOCAST_MODES, DEFAULT_END, DEFAULT_START, STGSettings, make_guider
+from .common import CATEGORY, check_window_inputs, ksampler_with_guider, window_inputs
+from .paths import taesd_decoder_path
 from .types import SafetyScoreType
 
 STG_CATEGORY = f"{CATEGORY}/stg"
@@ -52,11 +51,14 @@ def build_guider(model, positive, negative, cfg, vae, safety_score, rho, start_p
     settings = STGSettings(rho=rho, start_percent=start_percent, end_percent=end_percent,
                            update_ratio=update_ratio, prior_weight=prior_weight, rebase=rebase,
                            guide_pooled=guide_pooled, autocast=autocast)
-    latent_decoder = load_taesd_decoder(architecture_of_model(model)) if decoder == "taesd" else VAEDecoder(vae)
+    if decoder == "taesd":
+        latent_decoder = load_taesd_decoder(taesd_decoder_path(architecture_of_model(model)))
+    else:
+        latent_decoder = VAEDecoder(vae)
     return make_guider(model, positive, negative, cfg, latent_decoder, safety_score, settings)
 
 
-class STGGuiderNode(io.ComfyNode):
+class STGGuider(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -133,12 +135,8 @@ class STGKSampler(io.ComfyNode):
                 guide_pooled, decoder, autocast) -> io.NodeOutput:
         guider = build_guider(model, positive, negative, cfg, vae, safety_score, rho, start_percent, end_percent,
                               update_ratio, prior_weight, rebase, guide_pooled, decoder, autocast)
-        callback = latent_preview.prepare_callback(model, steps)
-        samples = sample_stg(guider, latent_image, seed, steps, sampler_name, scheduler, denoise,
-                             callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED)
-        out = latent_image.copy()
-        out["samples"] = samples
+        out = ksampler_with_guider(guider, latent_image, seed, steps, sampler_name, scheduler, denoise)
         return io.NodeOutput(out, guider.report())
 
 
-NODES = [STGGuiderNode, STGKSampler]
+NODES = [STGGuider, STGKSampler]

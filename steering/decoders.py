@@ -8,15 +8,15 @@ Design: the decoders return ``(decoded + 1) / 2`` without clamping, as the STG r
 (``image / 2 + 0.5``). Each safety score resizes the image to its own input size and
 clamps to 0..1 after that (the reference's order: resize, then clamp), so a pixel that
 overshoots still passes gradient through the resize to its neighbours' values.
+
+Where a TAESD file lives is the node layer's business (nodes/paths.py); here a decoder is
+built from a loaded VAE or a weights file path.
 """
 from __future__ import annotations
 
 import torch
 
-from .architectures import ArchitectureError
-
 DECODERS = ("vae", "taesd")
-TAESD_FILES = {"sd1": "taesd_decoder", "sd2": "taesd_decoder", "sdxl": "taesdxl_decoder"}
 
 
 class VAEDecoder:
@@ -40,7 +40,7 @@ class VAEDecoder:
 
 
 class TAESDDecoder:
-    """TAESD's decoder (from ComfyUI's vae_approx folder) applied to the model-space latent."""
+    """TAESD's decoder applied to the model-space latent."""
 
     def __init__(self, decoder: torch.nn.Module):
         self.decoder = decoder
@@ -64,21 +64,11 @@ class TAESDDecoder:
 _taesd_cache: dict[str, torch.nn.Module] = {}
 
 
-def load_taesd_decoder(arch: str) -> TAESDDecoder:
-    """TAESD decoder for the architecture from the vae_approx folder (clear error if absent)."""
-    import folder_paths
+def load_taesd_decoder(path: str) -> TAESDDecoder:
+    """The TAESD decoder in the weights file at `path` (loaded once per path)."""
     import comfy.taesd.taesd
     import comfy.utils
 
-    stem = TAESD_FILES.get(arch)
-    if stem is None:
-        raise ArchitectureError(f"no TAESD decoder for {arch}; expected one of {sorted(TAESD_FILES)}")
-    names = [n for n in folder_paths.get_filename_list("vae_approx") if n.startswith(stem + ".")]
-    if not names:
-        raise FileNotFoundError(
-            f"TAESD decoder {stem}.safetensors (or .pth) not found in the vae_approx folders "
-            f"{folder_paths.get_folder_paths('vae_approx')}; put it there or use decoder = vae")
-    path = folder_paths.get_full_path_or_raise("vae_approx", names[0])
     if path not in _taesd_cache:
         with torch.inference_mode(False):
             decoder = comfy.taesd.taesd.Decoder()

@@ -49,26 +49,36 @@ the field switches between two model evaluations: a multistep sampler's next 1-2
 history of mixed predictions, and a two-evaluation sampler (Heun, DPM-2, DPM++ 2S, SDE 2S)
 whose step straddles sigma_gc evaluates its first stage mixed and its second safe-only (each
 evaluation is judged by its own sigma).
+
+Design: :class:`DualLatentSettings` and the conditioning checks are plain functions of their
+inputs; :class:`Guider_DualLatent` only picks the branches of each evaluation and mixes them.
+Classifier-free guidance (hooks, the CFG-1 shortcut) and KSampler-style sampling come from
+steering.guidance, the sigma of tau_gc from steering.window.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-import comfy.model_management
 import comfy.samplers
 
+from . import guidance
 from .architectures import ArchitectureError
+from .window import percent_sigma
 
-# METHODS.md / paper: w_xi tuned in 0.5..0.95; we default to the middle, with w_x = 1 - w_xi,
+# The paper tunes w_xi in 0.5..0.95; we default to the middle, with w_x = 1 - w_xi,
 # and mix over the first half of the schedule.
 DEFAULT_W_XI = 0.75
 DEFAULT_W_X = 0.25
 DEFAULT_TAU_GC = 0.5
 
 ORIGINAL, SAFE, BOTH = "original", "safe", "both"
+
+
+class DualLatentError(ValueError):
+    """Dual-latent settings or conditionings that cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -83,14 +93,14 @@ class DualLatentSettings:
         for name in ("w_xi", "w_x", "tau_gc"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number; got {value!r}")
+                raise DualLatentError(f"{name} must be a finite number; got {value!r}")
         if self.w_xi < 0 or self.w_x < 0:
-            raise ValueError(f"the latent weights must be >= 0; got w_xi={self.w_xi}, w_x={self.w_x}")
+            raise DualLatentError(f"the latent weights must be >= 0; got w_xi={self.w_xi}, w_x={self.w_x}")
         if self.w_xi + self.w_x <= 0:
-            raise ValueError(f"w_xi + w_x must be > 0 (they are normalised to sum 1); got w_xi={self.w_xi}, "
+            raise DualLatentError(f"w_xi + w_x must be > 0 (they are normalised to sum 1); got w_xi={self.w_xi}, "
                              f"w_x={self.w_x}")
         if not 0.0 <= self.tau_gc <= 1.0:
-            raise ValueError(f"tau_gc is a fraction of the schedule and must lie in [0, 1]; got {self.tau_gc}")
+            raise DualLatentError(f"tau_gc is a fraction of the schedule and must lie in [0, 1]; got {self.tau_gc}")
 
     @property
     def safe_weight(self) -> float:
@@ -104,7 +114,7 @@ class DualLatentSettings:
 
     def sigma_gc(self, model_sampling) -> float:
         """The sigma at tau_gc: mixing while sigma >= sigma_gc (0 -> never, 1 -> every step)."""
-        return float(model_sampling.percent_to_sigma(self.tau_gc))
+        return percent_sigma(model_sampling, self.tau_gc)
 
     def branches_at(self, sigma: float, sigma_gc: float, has_safe_branch: bool = True) -> str:
         """Which branches one model evaluation at `sigma` needs: ORIGINAL, SAFE or BOTH."""
@@ -123,12 +133,12 @@ class DualLatentSettings:
 
 def _entries(conditioning, name: str) -> list:
     if not isinstance(conditioning, (list, tuple)) or not conditioning:
-        raise ValueError(f"{name}: expected a CONDITIONING (a non-empty list of [tensor, dict]); "
+        raise DualLatentError(f"{name}: expected a CONDITIONING (a non-empty list of [tensor, dict]); "
                          f"got {type(conditioning).__name__}{' (empty)' if conditioning == [] else ''}")
     for i, entry in enumerate(conditioning):
         if (not isinstance(entry, (list, tuple)) or len(entry) < 2 or not torch.is_tensor(entry[0])
                 or entry[0].dim() != 3 or not isinstance(entry[1], dict)):
-            raise ValueError(f"{name}[{i}]: expected [tensor [B, tokens, width], dict]; got "
+            raise DualLatentError(f"{name}[{i}]: expected [tensor [B, tokens, width], dict]; got "
                              f"{type(entry).__name__}")
     return list(conditioning)
 
@@ -207,13 +217,15 @@ def _as_positive(conditioning) -> list:
 
 # ---------------------------------------------------------------------------- the guider
 
-SAFE_POSITION = 2  # index of the safe prompt in the conds list given to calc_cond_batch
-CHUNK_LABELS = {0: 0, 1: 1, SAFE_POSITION: 0}  # list position -> label the UNet's patches see
+# Positions of the three prompts in the conds list of the batched call, and the chunk label the
+# UNet's patches see for each.
+ORIGINAL_POSITION, UNCOND_POSITION, SAFE_POSITION = 0, 1, 2
+CHUNK_LABELS = {ORIGINAL_POSITION: guidance.COND, UNCOND_POSITION: guidance.UNCOND, SAFE_POSITION: guidance.COND}
 
 
 def relabel_chunks(cond_or_uncond) -> list[int]:
     """The chunk labels patches see for a batch of the three-chunk call: the safe prompt is a
-    conditional prompt (0), exactly as it is when it runs alone after tau_gc."""
+    conditional prompt (COND), exactly as it is when it runs alone after tau_gc."""
     return [CHUNK_LABELS.get(int(i), int(i)) for i in cond_or_uncond]
 
 
@@ -223,10 +235,10 @@ def with_safe_chunk_as_cond(model_options: dict) -> dict:
     ComfyUI's ``calc_cond_batch`` labels each chunk of the batch with its position in the conds
     list and passes the labels to the UNet as ``transformer_options["cond_or_uncond"]``; patches
     that act on the conditional chunk only (h-space vectors, PAG/SAG-style attention patches)
-    test ``== 0`` (cond) or ``== 1`` (uncond), so a third position would be skipped. The labels
-    that place the outputs stay the positions (calc_cond_batch keeps its own list); only what the
-    UNet and any user ``model_function_wrapper`` (called next, with the relabelled arguments) see
-    changes. ``model_options`` itself is not modified."""
+    test for the cond label (0) or the uncond label (1), so a third position would be skipped.
+    The labels that place the outputs stay the positions (calc_cond_batch keeps its own list);
+    only what the UNet and any user ``model_function_wrapper`` (called next, with the relabelled
+    arguments) see changes. ``model_options`` itself is not modified."""
     inner = model_options.get("model_function_wrapper")
 
     def wrapper(apply_model, args):
@@ -243,19 +255,7 @@ def with_safe_chunk_as_cond(model_options: dict) -> dict:
     return {**model_options, "model_function_wrapper": wrapper}
 
 
-@dataclass
-class BranchStats:
-    """Model evaluations by branch set (for tests and the benchmark's f)."""
-
-    evaluations: dict = field(default_factory=lambda: {ORIGINAL: 0, SAFE: 0, BOTH: 0})
-
-    @property
-    def two_branch_fraction(self) -> float:
-        total = sum(self.evaluations.values())
-        return self.evaluations[BOTH] / total if total else 0.0
-
-
-class DualLatentGuider(comfy.samplers.CFGGuider):
+class Guider_DualLatent(comfy.samplers.CFGGuider):
     """CFG guider running the original and the safe branch on one latent (see the module doc).
 
     Works with SamplerCustomAdvanced and any sampler/scheduler; ``sample`` returns the safe
@@ -266,7 +266,6 @@ class DualLatentGuider(comfy.samplers.CFGGuider):
         self.settings = settings
         self.sigma_gc = settings.sigma_gc(model_patcher.get_model_object("model_sampling"))
         self.has_safe_branch = True
-        self.stats = BranchStats()
 
     def set_conds(self, positive, safe_positive, negative):
         check_conditionings(positive, safe_positive, negative, self.model_patcher)
@@ -281,7 +280,6 @@ class DualLatentGuider(comfy.samplers.CFGGuider):
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         branches = self.branches_at(float(timestep.reshape(-1)[0]))
-        self.stats.evaluations[branches] += 1
         negative = self.conds.get("negative", None)
         if branches != BOTH:
             prompt = self.conds.get("positive" if branches == ORIGINAL else "safe", None)
@@ -292,54 +290,24 @@ class DualLatentGuider(comfy.samplers.CFGGuider):
     def _mixed_prediction(self, x, timestep, model_options):
         """a * CFG(safe) + b * CFG(original), both from one batched UNet call with a shared negative."""
         positive, safe = self.conds.get("positive", None), self.conds.get("safe", None)
-        negative = self.conds.get("negative", None)
-        if math.isclose(self.cfg, 1.0) and not model_options.get("disable_cfg1_optimization", False):
-            negative = None
-        conds = [positive, negative, safe]  # list positions 0, 1, 2; the UNet sees the safe chunk as cond (0)
+        negative = guidance.uncond_or_none(self.conds.get("negative", None), self.cfg, model_options)
+        conds = [positive, negative, safe]  # ORIGINAL_POSITION, UNCOND_POSITION, SAFE_POSITION
         model_options = with_safe_chunk_as_cond(model_options)
-        if "sampler_calc_cond_batch_function" in model_options:
-            args = {"conds": conds, "input": x, "sigma": timestep, "model": self.inner_model,
-                    "model_options": model_options}
-            out = model_options["sampler_calc_cond_batch_function"](args)
-        else:
-            out = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
-        original_pred, uncond_pred, safe_pred = out
-        denoised = []
-        for cond, cond_pred in ((positive, original_pred), (safe, safe_pred)):
-            pair = [cond_pred, uncond_pred]
-            for fn in model_options.get("sampler_pre_cfg_function", []):
-                pair = fn({"conds": [cond, negative], "conds_out": pair, "cond_scale": self.cfg,
-                           "timestep": timestep, "input": x, "sigma": timestep, "model": self.inner_model,
-                           "model_options": model_options})
-            denoised.append(comfy.samplers.cfg_function(self.inner_model, pair[0], pair[1], self.cfg, x, timestep,
-                                                        model_options=model_options, cond=cond, uncond=negative))
+        out = guidance.predict(self.inner_model, conds, x, timestep, model_options)
+        uncond_pred = out[UNCOND_POSITION]
+        denoised = [guidance.combine(self.inner_model, out[position], uncond_pred, self.cfg, x, timestep,
+                                     model_options, cond, negative)
+                    for cond, position in ((positive, ORIGINAL_POSITION), (safe, SAFE_POSITION))]
         return self.settings.original_weight * denoised[0] + self.settings.safe_weight * denoised[1]
 
 
 def dual_latent_guider(model, positive, safe_positive, negative, cfg: float,
-                       settings: DualLatentSettings) -> DualLatentGuider:
-    guider = DualLatentGuider(model, settings)
+                       settings: DualLatentSettings) -> Guider_DualLatent:
+    """The dual-latent guider with its prompts and CFG scale set."""
+    guider = Guider_DualLatent(model, settings)
     guider.set_conds(positive, safe_positive, negative)
     guider.set_cfg(cfg)
     return guider
-
-
-def sample_dual_latent(model, noise: torch.Tensor, steps: int, cfg: float, sampler_name: str, scheduler: str,
-                       positive, safe_positive, negative, latent_image: torch.Tensor,
-                       settings: DualLatentSettings, denoise: float = 1.0, noise_mask=None, callback=None,
-                       disable_pbar: bool = False, seed: int | None = None,
-                       guider_out: list | None = None) -> torch.Tensor:
-    """comfy.sample.sample with the dual-latent guider: same sigmas (scheduler, denoise, samplers
-    that drop the penultimate sigma) and sampler object as the KSampler node."""
-    guider = dual_latent_guider(model, positive, safe_positive, negative, cfg, settings)
-    if guider_out is not None:
-        guider_out.append(guider)
-    ksampler = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,
-                                       scheduler=scheduler, denoise=denoise, model_options=model.model_options)
-    sampler = comfy.samplers.sampler_object(sampler_name)
-    samples = guider.sample(noise, latent_image, sampler, ksampler.sigmas, denoise_mask=noise_mask,
-                            callback=callback, disable_pbar=disable_pbar, seed=seed)
-    return samples.to(comfy.model_management.intermediate_device())
 
 
 def two_branch_fraction(model_sampling, sigmas: torch.Tensor, settings: DualLatentSettings) -> float:

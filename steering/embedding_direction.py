@@ -22,15 +22,13 @@ from typing import Sequence
 import torch
 
 from .architectures import ArchitectureError, architecture_of_conditioning
+from .window import check_window
 
 CHUNK_MODES = ("every_chunk", "first_chunk")
 
 
-def check_window(start_percent: float, end_percent: float) -> None:
-    if not (0.0 <= start_percent <= 1.0 and 0.0 <= end_percent <= 1.0):
-        raise ValueError(f"start/end must lie in [0, 1]; got start={start_percent}, end={end_percent}")
-    if start_percent > end_percent:
-        raise ValueError(f"start ({start_percent}) must not be after end ({end_percent})")
+class EmbeddingDirectionError(ValueError):
+    """Directions or options that cannot be applied to the conditioning."""
 
 
 def expand_to_tokens(direction: torch.Tensor, tokens: int, chunk_mode: str = "every_chunk") -> torch.Tensor:
@@ -51,7 +49,7 @@ def expand_to_tokens(direction: torch.Tensor, tokens: int, chunk_mode: str = "ev
         return direction.repeat(tokens // length, 1)
     if chunk_mode == "first_chunk":
         return torch.cat([direction, direction.new_zeros(tokens - length, direction.shape[1])])
-    raise ValueError(f"chunk_mode {chunk_mode!r}; expected one of {CHUNK_MODES}")
+    raise EmbeddingDirectionError(f"chunk_mode {chunk_mode!r}; expected one of {CHUNK_MODES}")
 
 
 def _window_pieces(own_start: float, own_end: float, start: float, end: float):
@@ -81,9 +79,9 @@ def apply_embedding_direction(
     `directions` holds one [T, D] direction for every image (fair sampling: image i of
     the batch gets directions[i]) or a single one for all images. The input list, its
     dicts and tensors are not modified."""
-    check_window(start_percent, end_percent)
+    check_window(start_percent, end_percent, "embedding direction")
     if not directions:
-        raise ValueError("no embedding direction given")
+        raise EmbeddingDirectionError("no embedding direction given")
     if strength == 0.0 or start_percent == end_percent:
         return [[t, d.copy()] for t, d in conditioning]
     out = []
@@ -96,7 +94,7 @@ def apply_embedding_direction(
         per_image = torch.stack([expand_to_tokens(d, cond.shape[1], chunk_mode) for d in directions])
         shift = (strength * per_image).to(device=cond.device, dtype=cond.dtype)
         if cond.shape[0] > 1 and shift.shape[0] > 1 and cond.shape[0] != shift.shape[0]:
-            raise ValueError(
+            raise EmbeddingDirectionError(
                 f"conditioning holds a batch of {cond.shape[0]} prompts but {shift.shape[0]} per-image "
                 "directions were given; they must match (or one of them be 1)")
         shifted = cond + shift

@@ -29,10 +29,13 @@ SDXL: the cross-attention context is always guided; the pooled vector (the first
 entries of the ADM vector ``y``) optionally as well, with its own normalised step.
 
 Design: :func:`stg_update`, :func:`schedule_step` and :func:`take_update` are pure
-functions; :class:`STGGuider` only orchestrates (gradient pass, records) and keeps its
-mutable state in one :class:`STGState`. Gradients inside ComfyUI: the loaded UNet/VAE
-weights are inference tensors; during the gradient pass they are swapped for normal
-views of the same storage (steering.autograd_views): no weight is copied.
+functions; :class:`Guider_STG` only orchestrates (gradient pass, records) and keeps its
+mutable state in one :class:`STGState`. Classifier-free guidance, the CFG-1 shortcut and
+KSampler-style sampling come from steering.guidance, the window from steering.window.
+Gradients inside ComfyUI: the loaded UNet/VAE weights are inference tensors; during the
+gradient pass they are swapped for normal views of the same storage
+(steering.autograd_views): no weight is copied. The decoder (steering.decoders) is passed
+in, loaded.
 """
 from __future__ import annotations
 
@@ -46,15 +49,19 @@ import comfy.conds
 import comfy.model_management
 import comfy.samplers
 
-from .architectures import ARCHITECTURES, ArchitectureError, architecture_of_model
+from . import guidance
+from .architectures import ArchitectureError, architecture_of_model, get_architecture
 from .autograd_views import autograd_views, grad_input
-# The decoders live in steering.decoders; re-exported here for callers of the old names.
-from .decoders import DECODERS, TAESD_FILES, TAESDDecoder, VAEDecoder, load_taesd_decoder  # noqa: F401
 from .safety.base import SafetyScore, ScoreResult
+from .window import SigmaWindow, check_window
 
 AUTOCAST_MODES = ("none", "fp16", "bf16")
 # README of the reference code: update steps 5..45 of 50.
 DEFAULT_START, DEFAULT_END = 0.1, 0.9
+
+
+class STGError(ValueError):
+    """STG settings or inputs that cannot be used."""
 
 
 @dataclass
@@ -71,16 +78,14 @@ class STGSettings:
     def check(self) -> None:
         for name in ("rho", "start_percent", "end_percent", "update_ratio", "prior_weight"):
             if not math.isfinite(getattr(self, name)):  # NaN passes every comparison below
-                raise ValueError(f"STG setting {name} must be a finite number; got {getattr(self, name)!r}")
-        if not (0.0 <= self.start_percent <= self.end_percent <= 1.0):
-            raise ValueError(f"the STG window must satisfy 0 <= start ({self.start_percent}) <= end "
-                             f"({self.end_percent}) <= 1")
+                raise STGError(f"STG setting {name} must be a finite number; got {getattr(self, name)!r}")
+        check_window(self.start_percent, self.end_percent, "STG")
         if not 0.0 <= self.update_ratio <= 1.0:
-            raise ValueError(f"update_ratio must lie in [0, 1]; got {self.update_ratio}")
+            raise STGError(f"update_ratio must lie in [0, 1]; got {self.update_ratio}")
         if self.autocast not in AUTOCAST_MODES:
-            raise ValueError(f"autocast {self.autocast!r}; expected one of {AUTOCAST_MODES}")
+            raise STGError(f"autocast {self.autocast!r}; expected one of {AUTOCAST_MODES}")
         if self.rho < 0:
-            raise ValueError(f"rho must be >= 0; got {self.rho}")
+            raise STGError(f"rho must be >= 0; got {self.rho}")
 
 
 @dataclass
@@ -120,8 +125,8 @@ def stg_update(current: torch.Tensor, grad: torch.Tensor, unsafe: torch.Tensor, 
     float32, returned in ``current``'s dtype. Returns (new embedding, [B] bool: which images moved).
     """
     if grad.shape != current.shape or unsafe.shape != current.shape[:1]:
-        raise ValueError(f"stg_update: embedding {list(current.shape)}, gradient {list(grad.shape)} and "
-                         f"unsafe flags {list(unsafe.shape)} must agree (flags: one per image)")
+        raise STGError(f"stg_update: embedding {list(current.shape)}, gradient {list(grad.shape)} and "
+                       f"unsafe flags {list(unsafe.shape)} must agree (flags: one per image)")
     base = current if base is None else base
     g = grad.float()
     norms = g.flatten(1).norm(dim=1)
@@ -169,8 +174,8 @@ class EmbeddingGradient:
     uncond_pred: torch.Tensor | None
 
 
-class STGGuider(comfy.samplers.CFGGuider):
-    """CFG guider that applies STG; use with SamplerCustomAdvanced or :func:`sample_stg`.
+class Guider_STG(comfy.samplers.CFGGuider):
+    """CFG guider that applies STG; use with SamplerCustomAdvanced or steering.guidance.sample_with_guider.
 
     Public results of the last run: :attr:`records` (one per model evaluation), :attr:`state`
     (the current and original embeddings), :meth:`guided_steps` and :meth:`report`."""
@@ -186,15 +191,16 @@ class STGGuider(comfy.samplers.CFGGuider):
         self.settings = settings
         self.pooled_width = None
         if settings.guide_pooled:
-            arch = architecture_of_model(model_patcher)
-            self.pooled_width = ARCHITECTURES[arch].pooled_width
+            arch = get_architecture(architecture_of_model(model_patcher))
+            self.pooled_width = arch.pooled_width
             if self.pooled_width is None:
                 raise ArchitectureError(f"guide_pooled needs a model with a pooled text vector (SDXL); "
-                                        f"this model is {ARCHITECTURES[arch].label}")
+                                        f"this model is {arch.label}")
         self.records: list[StepRecord] = []
         self.state: STGState | None = None
         self._sigmas = None
         self._schedule_cache = None
+        self._window: SigmaWindow | None = None
 
     # -- run bookkeeping
     def inner_sample(self, noise, latent_image, device, sampler, sigmas, *args, **kwargs):
@@ -202,9 +208,8 @@ class STGGuider(comfy.samplers.CFGGuider):
         self.records = []
         self._sigmas = sigmas
         self._schedule_cache = None
-        sampling = self.inner_model.model_sampling
-        self._sigma_hi = float(sampling.percent_to_sigma(self.settings.start_percent))
-        self._sigma_lo = float(sampling.percent_to_sigma(self.settings.end_percent))
+        self._window = SigmaWindow.of(self.inner_model.model_sampling, self.settings.start_percent,
+                                      self.settings.end_percent, "STG")
         return super().inner_sample(noise, latent_image, device, sampler, sigmas, *args, **kwargs)
 
     def guided_steps(self) -> list[int]:
@@ -278,9 +283,6 @@ class STGGuider(comfy.samplers.CFGGuider):
             k += 1
         return out
 
-    def _in_window(self, sigma: float) -> bool:
-        return self._sigma_lo <= sigma <= self._sigma_hi
-
     def _schedule(self, model_options: dict) -> list[float] | None:
         """The whole schedule of this run (ComfyUI passes it to the model), as floats (converted once)."""
         sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
@@ -293,22 +295,15 @@ class STGGuider(comfy.samplers.CFGGuider):
         return self._schedule_cache[1]
 
     # -- prediction
-    def _negative(self, cond_scale: float, model_options: dict):
-        """The unconditional conditioning, or None where ComfyUI skips it (CFG 1 optimisation)."""
-        if math.isclose(cond_scale, 1.0) and not model_options.get("disable_cfg1_optimization", False):
-            return None
-        return self.conds.get("negative")
+    def _negative(self, model_options: dict):
+        return guidance.uncond_or_none(self.conds.get("negative"), self.cfg, model_options)
 
     def _combine(self, cond_pred, uncond_pred, positive, negative, x, timestep, model_options):
-        out = [cond_pred, uncond_pred]
-        for fn in model_options.get("sampler_pre_cfg_function", []):
-            args = {"conds": [positive, negative], "conds_out": out, "cond_scale": self.cfg, "timestep": timestep,
-                    "input": x, "sigma": timestep, "model": self.inner_model, "model_options": model_options}
-            out = fn(args)
-        return comfy.samplers.cfg_function(self.inner_model, out[0], out[1], self.cfg, x, timestep,
-                                           model_options=model_options, cond=positive, uncond=negative)
+        return guidance.combine(self.inner_model, cond_pred, uncond_pred, self.cfg, x, timestep, model_options,
+                                positive, negative)
 
     def _predict(self, conds, x, timestep, model_options):
+        # one conditioning per call, directly (the gradient pass runs through it)
         return comfy.samplers.calc_cond_batch(self.inner_model, [conds], x, timestep, model_options)[0]
 
     def _score(self, x, timestep, embeds, pooled, uncond_pred, negative, model_options):
@@ -323,7 +318,7 @@ class STGGuider(comfy.samplers.CFGGuider):
     def score_at(self, x, timestep, model_options, embeds: list[torch.Tensor],
                  pooled: list[torch.Tensor] | None = None) -> ScoreResult:
         """Safety score (no gradient) of the denoised estimate at x with the given per-image embeddings."""
-        negative = self._negative(self.cfg, model_options)
+        negative = self._negative(model_options)
         with torch.inference_mode(False), torch.no_grad():
             x_, t_ = grad_input(x), grad_input(timestep)
             uncond = None if negative is None else self._predict(negative, x_, t_, model_options)
@@ -346,7 +341,7 @@ class STGGuider(comfy.samplers.CFGGuider):
         """Scores at x and the gradient of (score + prior term) of the unsafe images w.r.t. the embeddings
         (and the pooled heads when guide_pooled); ``originals`` anchor the prior term (default: embeds)."""
         s = self.settings
-        negative = self._negative(self.cfg, model_options)
+        negative = self._negative(model_options)
         originals = originals if originals is not None else embeds
         with torch.inference_mode(False):
             x_, t_ = grad_input(x), grad_input(timestep)
@@ -393,7 +388,7 @@ class STGGuider(comfy.samplers.CFGGuider):
         sigmas = self._schedule(model_options)
         step = schedule_step(sigma, sigmas) if sigmas is not None else state.step + 1
         step_sigma = float(sigmas[step]) if sigmas is not None else sigma
-        in_window = self._in_window(step_sigma)
+        in_window = step_sigma in self._window
         if step != state.step:          # the first evaluation of a step decides its update
             state.step = step
             state.pending = in_window and s.rho > 0 and take_update(state.window_steps, s.update_ratio)
@@ -425,7 +420,7 @@ class STGGuider(comfy.samplers.CFGGuider):
         self.records.append(StepRecord(step, sigma, True, True, [float(v) for v in found.result.score.detach()],
                                        [bool(u) for u in updated],
                                        [float(v) for v in torch.stack(norms).max(0).values] if norms else []))
-        negative = self._negative(self.cfg, model_options)
+        negative = self._negative(model_options)
         positive = self._positive_with(state.embeds, state.pooled)
         cond_pred, uncond_pred = found.cond_pred, found.uncond_pred
         if bool(updated.any()):
@@ -438,24 +433,10 @@ class STGGuider(comfy.samplers.CFGGuider):
 
 
 def make_guider(model, positive, negative, cfg: float, decoder, score: SafetyScore,
-                settings: STGSettings) -> STGGuider:
-    guider = STGGuider(model, decoder, score, settings)
+                settings: STGSettings) -> Guider_STG:
+    """The STG guider with its prompts and CFG scale set."""
+    guider = Guider_STG(model, decoder, score, settings)
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)
     return guider
 
-
-def sample_stg(guider: STGGuider, latent: dict, seed: int, steps: int, sampler_name: str, scheduler: str,
-               denoise: float = 1.0, callback=None, disable_pbar: bool = True) -> torch.Tensor:
-    """What KSampler does (same noise, sigmas and sampler), with the STG guider."""
-    import comfy.sample
-
-    model = guider.model_patcher
-    latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
-    noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
-    ksampler = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,
-                                       scheduler=scheduler, denoise=denoise, model_options=model.model_options)
-    samples = guider.sample(noise, latent_image, comfy.samplers.sampler_object(sampler_name), ksampler.sigmas,
-                            denoise_mask=latent.get("noise_mask"), callback=callback, disable_pbar=disable_pbar,
-                            seed=seed)
-    return samples.to(comfy.model_management.intermediate_device())

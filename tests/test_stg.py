@@ -27,6 +27,11 @@ def decoders(comfy):
 
 
 @pytest.fixture(scope="module")
+def guidance(comfy):
+    return comfy.module("steering.guidance")
+
+
+@pytest.fixture(scope="module")
 def safety(comfy):
     return comfy.module("steering.safety")
 
@@ -95,7 +100,7 @@ def test_stg_ksampler_in_a_prompt(comfy):
     assert report.startswith("STG: 3 of 4 schedule steps guided (4 model evaluations"), report
 
 
-def test_window_threshold_and_persistence(comfy, stg, decoders, safety, tiny):
+def test_window_threshold_and_persistence(comfy, stg, decoders, guidance, safety, tiny):
     """Steps before the window are untouched (bit for bit), images below tau are never updated and
     keep the unguided result, images above it end with a lower score."""
     import comfy.sample
@@ -127,7 +132,7 @@ def test_window_threshold_and_persistence(comfy, stg, decoders, safety, tiny):
                              safety.ColourStatisticScore("brightness", threshold=tau), settings)
     x0s = []
     with torch.inference_mode():
-        out = stg.sample_stg(guider, {"samples": latent}, 5, STEPS, "euler", "normal",
+        out = guidance.sample_with_guider(guider, {"samples": latent}, 5, STEPS, "euler", "normal",
                              callback=lambda i, x0, x, n: x0s.append(x0.clone()))
     records = guider.records
     assert [r.in_window for r in records] == [False, True, True, True]
@@ -180,32 +185,35 @@ def test_gradient_matches_finite_differences(comfy, stg, decoders, safety, tiny)
     assert found["analytic"] == pytest.approx(found["numeric"], rel=0.02), found
 
 
-def test_taesd_decoder_and_update_ratio(comfy, stg, decoders, safety, tiny, request):
+def test_taesd_decoder_and_update_ratio(comfy, stg, decoders, guidance, safety, tiny, request):
     """The TAESD decoder from vae_approx gives the gradient pass (under bf16 autocast); gamma = 0.5 guides
     every other step."""
     import safetensors.torch
 
     model, _clip, vae, positive, negative = tiny
+    paths = comfy.module("nodes.paths")
     with pytest.raises(FileNotFoundError, match="vae_approx"):
-        decoders.load_taesd_decoder("sd1")
+        paths.taesd_decoder_path("sd1")
+    with pytest.raises(ValueError, match="no TAESD decoder for Stable Diffusion 3"):
+        paths.taesd_decoder_path("sd3")
     torch.manual_seed(0)
     state = random_taesd_decoder().state_dict()
     path = f"{comfy.dirs['models/vae_approx']}/taesd_decoder.safetensors"
     safetensors.torch.save_file(state, path)
     request.addfinalizer(lambda: os.remove(path))
     with torch.inference_mode():
-        decoder = decoders.load_taesd_decoder("sd1")
+        decoder = decoders.load_taesd_decoder(paths.taesd_decoder_path("sd1"))
         guider = stg.make_guider(model, positive, negative, 5.0, decoder,
                                  safety.ColourStatisticScore("brightness", threshold=-10.0),
                                  stg.STGSettings(rho=2.0, start_percent=0.0, end_percent=1.0, update_ratio=0.5,
                                                  autocast="bf16"))
-        stg.sample_stg(guider, {"samples": torch.zeros(1, 4, 8, 8)}, 1, STEPS, "euler", "normal")
+        guidance.sample_with_guider(guider, {"samples": torch.zeros(1, 4, 8, 8)}, 1, STEPS, "euler", "normal")
     assert [r.guided for r in guider.records] == [False, True, False, True]
     assert guider.guided_steps() == [1, 3]
     assert all(r.grad_norms[0] > 0 for r in guider.records if r.guided)
 
 
-def test_sdxl_context_and_pooled(comfy, stg, decoders, safety, tiny):
+def test_sdxl_context_and_pooled(comfy, stg, decoders, guidance, safety, tiny):
     """SDXL: both the cross-attention context and the pooled vector are guided (inference-tensor weights)."""
     import tiny_checkpoint
 
@@ -220,7 +228,7 @@ def test_sdxl_context_and_pooled(comfy, stg, decoders, safety, tiny):
     guider = stg.make_guider(model, positive, negative, 5.0, decoder,
                              safety.ColourStatisticScore("brightness", threshold=-10.0), settings)
     with torch.inference_mode():
-        stg.sample_stg(guider, {"samples": torch.zeros(1, 4, 8, 8)}, 0, 2, "euler", "normal")
+        guidance.sample_with_guider(guider, {"samples": torch.zeros(1, 4, 8, 8)}, 0, 2, "euler", "normal")
     assert guider.records[0].updated == [True]
     state = guider.state
     assert state.embeds[0].shape == (1, 77, 2048)
@@ -231,7 +239,7 @@ def test_sdxl_context_and_pooled(comfy, stg, decoders, safety, tiny):
     assert positive[0][0].shape == (1, 77, 2048) and "model_conds" not in positive[0][1]
 
     with pytest.raises(ValueError, match="pooled"):
-        stg.STGGuider(tiny[0], decoder, safety.ColourStatisticScore(), stg.STGSettings(guide_pooled=True))
+        stg.Guider_STG(tiny[0], decoder, safety.ColourStatisticScore(), stg.STGSettings(guide_pooled=True))
 
 
 def test_guider_node_with_custom_sampling(comfy):
@@ -311,7 +319,7 @@ def test_schedule_step_and_update_ratio(stg):
 
 
 @pytest.mark.parametrize("ratio", [1.0, 0.5])
-def test_two_evaluation_samplers_update_once_per_step(comfy, stg, decoders, safety, tiny, ratio):
+def test_two_evaluation_samplers_update_once_per_step(comfy, stg, decoders, guidance, safety, tiny, ratio):
     """heun, dpm_2 and dpmpp_2s_ancestral evaluate the model twice per step: they update as many times, on
     the same schedule steps, as euler (update_ratio counts steps, not evaluations)."""
     model, _clip, vae, positive, negative = tiny
@@ -322,7 +330,7 @@ def test_two_evaluation_samplers_update_once_per_step(comfy, stg, decoders, safe
                                  safety.ColourStatisticScore("brightness", threshold=-10.0),
                                  stg.STGSettings(rho=1.0, start_percent=0.0, end_percent=1.0, update_ratio=ratio))
         with torch.inference_mode():
-            stg.sample_stg(guider, {"samples": torch.zeros(1, 4, 8, 8)}, 2, STEPS, sampler, "normal")
+            guidance.sample_with_guider(guider, {"samples": torch.zeros(1, 4, 8, 8)}, 2, STEPS, sampler, "normal")
         found[sampler] = (guider.guided_steps(), len(guider.records), guider.report().splitlines()[0])
     expected_steps = list(range(STEPS)) if ratio == 1.0 else [1, 3]
     # the last step of heun / dpm_2 goes to sigma 0 with one evaluation
