@@ -35,11 +35,11 @@ def models(ctx: BenchContext):
 
 def run(ctx: BenchContext) -> str:
     import comfy.model_management
-    import comfy.sample
     import comfy.samplers
 
     dual_latent = pack.module("steering.dual_latent")
-    DualLatentSettings, sample_dual_latent = dual_latent.DualLatentSettings, dual_latent.sample_dual_latent
+    sample_with_guider = pack.module("steering.guidance").sample_with_guider
+    DualLatentSettings = dual_latent.DualLatentSettings
     two_branch_fraction = dual_latent.two_branch_fraction
 
     model, positive, safe, negative, size, steps, batches = models(ctx)
@@ -47,16 +47,18 @@ def run(ctx: BenchContext) -> str:
     sigmas = comfy.samplers.calculate_sigmas(sampling, SCHEDULER, steps)
     rows = []
     for batch in batches:
-        latent = torch.zeros(batch, 4, size // 8, size // 8)
-        noise = comfy.sample.prepare_noise(latent, 0)
+        latent = {"samples": torch.zeros(batch, 4, size // 8, size // 8)}
 
-        def plain():
-            return comfy.sample.sample(model, noise, steps, CFG, SAMPLER, SCHEDULER, positive, negative, latent,
-                                       disable_pbar=True, seed=0)
+        def plain():  # the stock KSampler's guider through the same sampling call
+            guider = comfy.samplers.CFGGuider(model)
+            guider.set_conds(positive, negative)
+            guider.set_cfg(CFG)
+            return sample_with_guider(guider, latent, 0, steps, SAMPLER, SCHEDULER)
 
         def dual(settings):
-            return lambda: sample_dual_latent(model, noise, steps, CFG, SAMPLER, SCHEDULER, positive, safe, negative,
-                                              latent, settings, disable_pbar=True, seed=0)
+            return lambda: sample_with_guider(dual_latent.dual_latent_guider(model, positive, safe, negative, CFG,
+                                                                             settings),
+                                              latent, 0, steps, SAMPLER, SCHEDULER)
 
         settings = {f"tau_gc {tau}": DualLatentSettings(0.75, 0.25, tau) for tau in TAUS}
         variants = {"plain KSampler": plain, **{name: dual(s) for name, s in settings.items()}}

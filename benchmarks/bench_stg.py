@@ -70,38 +70,41 @@ def models(ctx: BenchContext):
 
 def run(ctx: BenchContext) -> str:
     import comfy.model_management
-    import comfy.sample
+    import comfy.samplers
 
-    stg = pack.module("steering.stg")
+    stg, decoders = pack.module("steering.stg"), pack.module("steering.decoders")
+    sample_with_guider = pack.module("steering.guidance").sample_with_guider
     ColourStatisticScore = pack.module("steering.safety").ColourStatisticScore
     nudenet = pack.module("steering.safety.nudenet")
     LABELS, NudeNetScore = nudenet.LABELS, nudenet.NudeNetScore
 
     with torch.inference_mode():  # as ComfyUI's executor runs nodes
         model, vae, positive, negative, size, batch, steps = models(ctx)
-    latent = torch.zeros(batch, 4, size // 8, size // 8)
-    noise = comfy.sample.prepare_noise(latent, 0)
+    latent = {"samples": torch.zeros(batch, 4, size // 8, size // 8)}
     # every image counts as unsafe on every window step: the worst case
     nudity = NudeNetScore(LABELS, detection_threshold=0.0, threshold=-1.0)
     colour = ColourStatisticScore("brightness", threshold=-10.0)
 
-    def plain():
-        comfy.sample.sample(model, noise, steps, 7.5, "euler", "normal", positive, negative, latent,
-                            disable_pbar=True, seed=0)
+    def plain():  # the stock KSampler's guider through the same sampling call
+        guider = comfy.samplers.CFGGuider(model)
+        guider.set_conds(positive, negative)
+        guider.set_cfg(7.5)
+        sample_with_guider(guider, latent, 0, steps, "euler", "normal")
 
     def guided(score, autocast="none", decoder=None, update_ratio=1.0):
         settings = stg.STGSettings(rho=0.5, start_percent=stg.DEFAULT_START, end_percent=stg.DEFAULT_END,
                                    autocast=autocast, update_ratio=update_ratio)
 
         def go():
-            guider = stg.make_guider(model, positive, negative, 7.5, decoder or stg.VAEDecoder(vae), score, settings)
-            stg.sample_stg(guider, {"samples": latent}, 0, steps, "euler", "normal")
+            guider = stg.make_guider(model, positive, negative, 7.5, decoder or decoders.VAEDecoder(vae), score,
+                                     settings)
+            sample_with_guider(guider, latent, 0, steps, "euler", "normal")
             go.guided = sum(r.guided for r in guider.records)
         return go
 
     variants = {"plain KSampler": plain, "STG, NudeNet score": guided(nudity)}
     if ctx.full_size:
-        taesd = stg.TAESDDecoder(random_taesd_decoder(ctx.device, vae.vae_dtype))
+        taesd = decoders.TAESDDecoder(random_taesd_decoder(ctx.device, vae.vae_dtype))
         variants["STG, NudeNet score, TAESD decode"] = guided(nudity, decoder=taesd)
         variants["STG, NudeNet score, update ratio 0.5"] = guided(nudity, update_ratio=0.5)
     else:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rs_harness import Graph, PromptError
-from sd_helpers import keep, sd_graph
+from comfy_execution.graph_utils import GraphBuilder
+from devtools.session import PromptError
+from devtools.sd import keep, sd_graph
 
 UNSAFE_PROMPT = "a bloody fight with weapons"
 SAFE_PROMPT = "a calm garden with flowers"
@@ -26,25 +27,25 @@ def detector_module(comfy):
 
 def two_prompt_graph(comfy, batch: int = 1, negative: str = "blurry"):
     g, ckpt, pos, neg = sd_graph(comfy, positive=UNSAFE_PROMPT, negative=negative)
-    safe = g.add("CLIPTextEncode", node_id="safe", text=SAFE_PROMPT, clip=ckpt[1])
-    latent = g.add("EmptyLatentImage", node_id="latent", width=SIZE, height=SIZE, batch_size=batch)
+    safe = g.node("CLIPTextEncode", id="safe", text=SAFE_PROMPT, clip=ckpt.out(1))
+    latent = g.node("EmptyLatentImage", id="latent", width=SIZE, height=SIZE, batch_size=batch)
     return g, ckpt, pos, safe, neg, latent
 
 
 def add_ksampler(g, node_id, model, positive, negative, latent, sampler="euler", scheduler="normal", seed=3,
                  cfg=5.0, steps=STEPS):
-    ref = g.add("KSampler", node_id=node_id, model=model, positive=positive, negative=negative, latent_image=latent,
+    ref = g.node("KSampler", id=node_id, model=model, positive=positive, negative=negative, latent_image=latent,
                 seed=seed, steps=steps, cfg=cfg, sampler_name=sampler, scheduler=scheduler, denoise=1.0)
-    keep(g, ref[0])
+    keep(g, ref.out(0))
     return ref
 
 
 def add_dual(g, node_id, model, positive, safe, negative, latent, w_xi=0.75, w_x=0.25, tau_gc=0.5,
              sampler="euler", scheduler="normal", seed=3, cfg=5.0, steps=STEPS):
-    ref = g.add("RSDualLatentKSampler", node_id=node_id, model=model, seed=seed, steps=steps, cfg=cfg,
+    ref = g.node("RSDualLatentKSampler", id=node_id, model=model, seed=seed, steps=steps, cfg=cfg,
                 sampler_name=sampler, scheduler=scheduler, positive=positive, safe_positive=safe, negative=negative,
                 latent_image=latent, denoise=1.0, w_xi=w_xi, w_x=w_x, tau_gc=tau_gc)
-    keep(g, ref[0])
+    keep(g, ref.out(0))
     return ref
 
 
@@ -59,12 +60,12 @@ SAMPLERS = [("euler", "normal", 1), ("dpmpp_2m", "karras", 2), ("euler_ancestral
 @pytest.mark.parametrize("sampler,scheduler,batch", SAMPLERS)
 def test_w_xi_zero_reproduces_the_plain_ksampler_bit_for_bit(comfy, sampler, scheduler, batch):
     g, ckpt, pos, safe, neg, latent = two_prompt_graph(comfy, batch)
-    add_ksampler(g, "plain", ckpt[0], pos[0], neg[0], latent[0], sampler, scheduler)
-    add_dual(g, "dual", ckpt[0], pos[0], safe[0], neg[0], latent[0], w_xi=0.0, w_x=0.3, tau_gc=1.0,
+    add_ksampler(g, "plain", ckpt.out(0), pos.out(0), neg.out(0), latent.out(0), sampler, scheduler)
+    add_dual(g, "dual", ckpt.out(0), pos.out(0), safe.out(0), neg.out(0), latent.out(0), w_xi=0.0, w_x=0.3, tau_gc=1.0,
              sampler=sampler, scheduler=scheduler)
-    add_dual(g, "mixed", ckpt[0], pos[0], safe[0], neg[0], latent[0], w_xi=0.75, w_x=0.25, tau_gc=1.0,
+    add_dual(g, "mixed", ckpt.out(0), pos.out(0), safe.out(0), neg.out(0), latent.out(0), w_xi=0.75, w_x=0.25, tau_gc=1.0,
              sampler=sampler, scheduler=scheduler)
-    plain, dual, mixed = latents(comfy.run(g.prompt()), "plain", "dual", "mixed")
+    plain, dual, mixed = latents(comfy.run(g.finalize()), "plain", "dual", "mixed")
     assert plain.shape == (batch, 4, SIZE // 8, SIZE // 8)
     assert torch.equal(dual, plain)
     assert (mixed - plain).abs().mean() > 1e-3  # the safe branch does change the result
@@ -73,25 +74,25 @@ def test_w_xi_zero_reproduces_the_plain_ksampler_bit_for_bit(comfy, sampler, sch
 def first_steps(g, ckpt, latent, sampler: str, guiders: dict) -> None:
     """One step (the first of the normal schedule, shared noise seed 11) of each guider, kept as an
     output node named after it."""
-    noise = g.add("RandomNoise", noise_seed=11)
-    picked = g.add("KSamplerSelect", sampler_name=sampler)
-    sigmas = g.add("BasicScheduler", model=ckpt[0], scheduler="normal", steps=STEPS, denoise=1.0)
-    first = g.add("SplitSigmas", sigmas=sigmas[0], step=1)
+    noise = g.node("RandomNoise", noise_seed=11)
+    picked = g.node("KSamplerSelect", sampler_name=sampler)
+    sigmas = g.node("BasicScheduler", model=ckpt.out(0), scheduler="normal", steps=STEPS, denoise=1.0)
+    first = g.node("SplitSigmas", sigmas=sigmas.out(0), step=1)
     for name, guider in guiders.items():
-        keep(g, g.add("SamplerCustomAdvanced", node_id=name, noise=noise[0], guider=guider[0], sampler=picked[0],
-                      sigmas=first[0], latent_image=latent[0])[0])
+        keep(g, g.node("SamplerCustomAdvanced", id=name, noise=noise.out(0), guider=guider.out(0), sampler=picked.out(0),
+                      sigmas=first.out(0), latent_image=latent.out(0)).out(0))
 
 
 @pytest.mark.parametrize("sampler,scheduler,batch", SAMPLERS)
 def test_tau_zero_equals_sampling_the_safe_prompt_alone(comfy, sampler, scheduler, batch):
     g, ckpt, pos, safe, neg, latent = two_prompt_graph(comfy, batch)
-    add_ksampler(g, "safe_only", ckpt[0], safe[0], neg[0], latent[0], sampler, scheduler)
-    add_ksampler(g, "original", ckpt[0], pos[0], neg[0], latent[0], sampler, scheduler)
-    add_dual(g, "dual", ckpt[0], pos[0], safe[0], neg[0], latent[0], w_xi=0.75, w_x=0.25, tau_gc=0.0,
+    add_ksampler(g, "safe_only", ckpt.out(0), safe.out(0), neg.out(0), latent.out(0), sampler, scheduler)
+    add_ksampler(g, "original", ckpt.out(0), pos.out(0), neg.out(0), latent.out(0), sampler, scheduler)
+    add_dual(g, "dual", ckpt.out(0), pos.out(0), safe.out(0), neg.out(0), latent.out(0), w_xi=0.75, w_x=0.25, tau_gc=0.0,
              sampler=sampler, scheduler=scheduler)
-    add_dual(g, "half", ckpt[0], pos[0], safe[0], neg[0], latent[0], tau_gc=0.5, sampler=sampler,
+    add_dual(g, "half", ckpt.out(0), pos.out(0), safe.out(0), neg.out(0), latent.out(0), tau_gc=0.5, sampler=sampler,
              scheduler=scheduler)
-    safe_only, original, dual, half = latents(comfy.run(g.prompt()), "safe_only", "original", "dual", "half")
+    safe_only, original, dual, half = latents(comfy.run(g.finalize()), "safe_only", "original", "dual", "half")
     assert torch.equal(dual, safe_only)
     # tau 0.5 lies strictly between the two prompts
     assert (half - safe_only).abs().mean() > 1e-3 and (half - original).abs().mean() > 1e-3
@@ -105,13 +106,13 @@ def test_batched_two_branch_step_equals_two_separate_branch_steps(comfy, sampler
     w_xi, w_x = 0.7, 0.3
     g, ckpt, pos, safe, neg, latent = two_prompt_graph(comfy, batch=2)
     guiders = {
-        "original": g.add("CFGGuider", model=ckpt[0], positive=pos[0], negative=neg[0], cfg=5.0),
-        "safe_only": g.add("CFGGuider", model=ckpt[0], positive=safe[0], negative=neg[0], cfg=5.0),
-        "dual": g.add("RSDualLatentGuider", model=ckpt[0], positive=pos[0], safe_positive=safe[0], negative=neg[0],
+        "original": g.node("CFGGuider", model=ckpt.out(0), positive=pos.out(0), negative=neg.out(0), cfg=5.0),
+        "safe_only": g.node("CFGGuider", model=ckpt.out(0), positive=safe.out(0), negative=neg.out(0), cfg=5.0),
+        "dual": g.node("RSDualLatentGuider", model=ckpt.out(0), positive=pos.out(0), safe_positive=safe.out(0), negative=neg.out(0),
                       cfg=5.0, w_xi=w_xi, w_x=w_x, tau_gc=1.0),
     }
     first_steps(g, ckpt, latent, sampler, guiders)
-    original, safe_only, dual = latents(comfy.run(g.prompt()), "original", "safe_only", "dual")
+    original, safe_only, dual = latents(comfy.run(g.finalize()), "original", "safe_only", "dual")
     expected = w_xi * safe_only + w_x * original
     assert (safe_only - original).abs().mean() > 1e-2
     torch.testing.assert_close(dual, expected, atol=2e-4 * float(expected.abs().max()), rtol=1e-4)
@@ -122,8 +123,8 @@ def hspace_model_graph(comfy, vf, g, model_ref, seed=21):
     tensors = {"c": 6.0 * torch.randn(1280, 1, 1, generator=torch.Generator().manual_seed(seed))}
     vector = vf.SteeringVector("hspace_cvector", "sd1", tensors, {"name": f"dual-h{seed}"})
     name = vf.save_vector(vector, comfy.vector_dir, f"dual-h{seed}", overwrite=True).rsplit("/", 1)[-1]
-    vec = g.add("RSLoadVector", vector_name=name)
-    return g.add("RSApplyHSpaceVector", model=model_ref, vector=vec[0], strength=1.0, start_percent=0.0,
+    vec = g.node("RSLoadVector", vector_name=name)
+    return g.node("RSApplyHSpaceVector", model=model_ref, vector=vec.out(0), strength=1.0, start_percent=0.0,
                  end_percent=1.0, branches="cond_only", resize_mode="bilinear")
 
 
@@ -135,16 +136,16 @@ def test_cond_only_patches_shift_the_safe_branch_while_mixing(comfy, vf, sampler
     when it was labelled 2), the result would be the mix with the *unpatched* safe step."""
     w_xi, w_x = 0.7, 0.3
     g, ckpt, pos, safe, neg, latent = two_prompt_graph(comfy, batch=2)
-    patched = hspace_model_graph(comfy, vf, g, ckpt[0])
+    patched = hspace_model_graph(comfy, vf, g, ckpt.out(0))
     guiders = {
-        "original": g.add("CFGGuider", model=patched[0], positive=pos[0], negative=neg[0], cfg=5.0),
-        "safe_only": g.add("CFGGuider", model=patched[0], positive=safe[0], negative=neg[0], cfg=5.0),
-        "safe_unpatched": g.add("CFGGuider", model=ckpt[0], positive=safe[0], negative=neg[0], cfg=5.0),
-        "dual": g.add("RSDualLatentGuider", model=patched[0], positive=pos[0], safe_positive=safe[0],
-                      negative=neg[0], cfg=5.0, w_xi=w_xi, w_x=w_x, tau_gc=1.0),
+        "original": g.node("CFGGuider", model=patched.out(0), positive=pos.out(0), negative=neg.out(0), cfg=5.0),
+        "safe_only": g.node("CFGGuider", model=patched.out(0), positive=safe.out(0), negative=neg.out(0), cfg=5.0),
+        "safe_unpatched": g.node("CFGGuider", model=ckpt.out(0), positive=safe.out(0), negative=neg.out(0), cfg=5.0),
+        "dual": g.node("RSDualLatentGuider", model=patched.out(0), positive=pos.out(0), safe_positive=safe.out(0),
+                      negative=neg.out(0), cfg=5.0, w_xi=w_xi, w_x=w_x, tau_gc=1.0),
     }
     first_steps(g, ckpt, latent, sampler, guiders)
-    original, safe_only, safe_unpatched, dual = latents(comfy.run(g.prompt()), "original", "safe_only",
+    original, safe_only, safe_unpatched, dual = latents(comfy.run(g.finalize()), "original", "safe_only",
                                                         "safe_unpatched", "dual")
     assert (safe_only - safe_unpatched).abs().mean() > 1e-2  # the vector does shift the safe prompt
     expected = w_xi * safe_only + w_x * original
@@ -157,11 +158,11 @@ def test_hspace_vector_under_the_dual_ksampler_equals_the_plain_ksampler_on_the_
     """tau_gc = 0 (safe prompt alone): the Dual-Latent KSampler on the patched model equals the
     plain KSampler with the safe prompt on the same patched model, and the vector changes it."""
     g, ckpt, pos, safe, neg, latent = two_prompt_graph(comfy)
-    patched = hspace_model_graph(comfy, vf, g, ckpt[0])
-    add_ksampler(g, "plain_safe", patched[0], safe[0], neg[0], latent[0])
-    add_dual(g, "dual", patched[0], pos[0], safe[0], neg[0], latent[0], tau_gc=0.0)
-    add_dual(g, "dual_unpatched", ckpt[0], pos[0], safe[0], neg[0], latent[0], tau_gc=0.0)
-    plain_safe, dual, unpatched = latents(comfy.run(g.prompt()), "plain_safe", "dual", "dual_unpatched")
+    patched = hspace_model_graph(comfy, vf, g, ckpt.out(0))
+    add_ksampler(g, "plain_safe", patched.out(0), safe.out(0), neg.out(0), latent.out(0))
+    add_dual(g, "dual", patched.out(0), pos.out(0), safe.out(0), neg.out(0), latent.out(0), tau_gc=0.0)
+    add_dual(g, "dual_unpatched", ckpt.out(0), pos.out(0), safe.out(0), neg.out(0), latent.out(0), tau_gc=0.0)
+    plain_safe, dual, unpatched = latents(comfy.run(g.finalize()), "plain_safe", "dual", "dual_unpatched")
     assert torch.equal(dual, plain_safe)
     assert (dual - unpatched).abs().mean() > 1e-2
 
@@ -183,17 +184,17 @@ def counting_model(model, calls: list):
 def detect(comfy, text: str, unsafe=None, safe=None, k=1):
     defaults = comfy.module("steering.input_detector")
     g, ckpt, pos, neg = sd_graph(comfy, negative="")
-    det = g.add("RSDualLatentInputDetector", node_id="det", clip=ckpt[1], text=text, k=k, threshold=0.5,
+    det = g.node("RSDualLatentInputDetector", id="det", clip=ckpt.out(1), text=text, k=k, threshold=0.5,
                 safe_suffix=", safe for work",
                 unsafe_concepts=unsafe or "\n".join(defaults.DEFAULT_UNSAFE_CONCEPTS),
                 safe_concepts=safe or "\n".join(defaults.DEFAULT_SAFE_CONCEPTS))
-    keep(g, det[0])
-    keep(g, det[1])
-    keep(g, pos[0])
-    keep(g, neg[0])
-    g.add("CLIPTextEncode", node_id="ref", text=text, clip=ckpt[1])
+    keep(g, det.out(0))
+    keep(g, det.out(1))
+    keep(g, pos.out(0))
+    keep(g, neg.out(0))
+    g.node("CLIPTextEncode", id="ref", text=text, clip=ckpt.out(1))
     keep(g, ["ref", 0])
-    result = comfy.run(g.prompt())
+    result = comfy.run(g.finalize())
     return {"positive": result.output("det", 0), "safe_positive": result.output("det", 1),
             "is_unsafe": result.output("det", 2), "safe_text": result.output("det", 3),
             "report": result.output("det", 4), "reference": result.output("ref", 0),
@@ -265,9 +266,9 @@ def sdxl_conditioning(width=2048, pooled=1280, seed=0, tokens=77):
 
 @pytest.fixture(scope="module")
 def sdxl_model(comfy):
-    import tiny_checkpoint
+    from devtools import tiny_models
 
-    return tiny_checkpoint.build_unet_model("sdxl_tiny", seed=0, device="cpu")
+    return tiny_models.build_unet_model("sdxl_tiny", seed=0, device="cpu")
 
 
 def test_sdxl_conditioning_works_and_mismatches_raise(comfy, dl, sdxl_model):
@@ -312,9 +313,9 @@ def test_bad_settings_raise_clear_errors(comfy, dl):
 
     for bad in (dict(w_xi=-0.5), dict(tau_gc=1.5), dict(w_xi=0.0, w_x=0.0)):
         g, ckpt, pos, safe, neg, latent = two_prompt_graph(comfy)
-        add_dual(g, "dual", ckpt[0], pos[0], safe[0], neg[0], latent[0], **{"w_xi": 0.75, "w_x": 0.25, **bad})
+        add_dual(g, "dual", ckpt.out(0), pos.out(0), safe.out(0), neg.out(0), latent.out(0), **{"w_xi": 0.75, "w_x": 0.25, **bad})
         with pytest.raises(PromptError):
-            comfy.run(g.prompt())
+            comfy.run(g.finalize())
 
 
 def test_weights_are_normalised_and_sigma_threshold(comfy, dl, tiny):

@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
-from rs_harness import PromptError
-from sd_helpers import add_txt2img, encode, keep, probe_predictions, render, sd_graph, trajectory
+from devtools.session import PromptError
+from devtools.sd import add_txt2img, encode, keep, probe_predictions, render, sd_graph, trajectory
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +31,10 @@ def saved(comfy, vf, vector, name):
 
 def steered_graph(comfy, vector_file, **options):
     g, ckpt, pos, neg = sd_graph(comfy)
-    vec = g.add("RSLoadVector", vector_name=vector_file)
+    vec = g.node("RSLoadVector", vector_name=vector_file)
     settings = dict(strength=1.0, start_percent=0.0, end_percent=1.0, chunk_mode="every_chunk")
     settings.update(options)
-    steered = g.add("RSApplyEmbeddingDirection", node_id="steer", conditioning=pos[0], vector=vec[0], **settings)
+    steered = g.node("RSApplyEmbeddingDirection", id="steer", conditioning=pos.out(0), vector=vec.out(0), **settings)
     return g, ckpt, pos, neg, steered
 
 
@@ -88,10 +88,10 @@ def test_sdxl_shapes_and_architecture_check(ed):
 def test_strength_zero_is_bit_exact_and_strength_changes_the_image(comfy, vf):
     name = saved(comfy, vf, direction_vector(vf, 1, scale=0.5), "d-basic")
     g, ckpt, pos, neg = sd_graph(comfy)
-    baseline = render(comfy, g, add_txt2img(g, ckpt[0], ckpt[2], pos[0], neg[0]))
+    baseline = render(comfy, g, add_txt2img(g, ckpt.out(0), ckpt.out(2), pos.out(0), neg.out(0)))
     for strength, same in ((0.0, True), (1.0, False)):
         g, ckpt, pos, neg, steered = steered_graph(comfy, name, strength=strength)
-        image = render(comfy, g, add_txt2img(g, ckpt[0], ckpt[2], steered[0], neg[0]))
+        image = render(comfy, g, add_txt2img(g, ckpt.out(0), ckpt.out(2), steered.out(0), neg.out(0)))
         assert torch.equal(image, baseline) == same
         if not same:
             assert (image - baseline).abs().mean() > 1e-3
@@ -100,8 +100,8 @@ def test_strength_zero_is_bit_exact_and_strength_changes_the_image(comfy, vf):
 def test_input_conditioning_is_not_mutated(comfy, vf):
     name = saved(comfy, vf, direction_vector(vf, 2), "d-mutate")
     g, ckpt, pos, neg, steered = steered_graph(comfy, name)
-    keep(g, steered[0])
-    result = comfy.run(g.prompt())
+    keep(g, steered.out(0))
+    result = comfy.run(g.finalize())
     original, steered_out = result.output("pos", 0), result.output("steer", 0)
     reference = encode(comfy, "a photo of a person")  # a fresh encode, after the node ran
     assert len(original) == 1 and set(original[0][1]) == set(reference[0][1])
@@ -113,8 +113,8 @@ def test_only_conditional_branch_and_only_inside_window(comfy, vf, tiny):
     model, clip, vae = tiny
     name = saved(comfy, vf, direction_vector(vf, 3), "d-window")
     g, ckpt, pos, neg, steered = steered_graph(comfy, name, start_percent=0.4, end_percent=0.8)
-    keep(g, steered[0])
-    result = comfy.run(g.prompt())
+    keep(g, steered.out(0))
+    result = comfy.run(g.finalize())
     positive, steered_positive = result.output("pos"), result.output("steer")
     negative = encode(comfy, "")
     sampling = model.get_model_object("model_sampling")
@@ -134,8 +134,8 @@ def test_trajectory_untouched_before_the_warm_up(comfy, vf, tiny):
     model, clip, vae = tiny
     name = saved(comfy, vf, direction_vector(vf, 4), "d-late")
     g, ckpt, pos, neg, steered = steered_graph(comfy, name, start_percent=0.5)
-    keep(g, steered[0])
-    result = comfy.run(g.prompt())
+    keep(g, steered.out(0))
+    result = comfy.run(g.finalize())
     positive, steered_positive = result.output("pos"), result.output("steer")
     negative = encode(comfy, "")
     sigmas, plain, _ = trajectory(model, positive, negative)
@@ -159,16 +159,16 @@ def test_fair_sampling_gives_each_image_its_direction(comfy, vf):
     single = []
     for name in names:
         g, ckpt, pos, neg, steered = steered_graph(comfy, name)
-        single.append(render(comfy, g, add_txt2img(g, ckpt[0], ckpt[2], steered[0], neg[0], batch=4)))
+        single.append(render(comfy, g, add_txt2img(g, ckpt.out(0), ckpt.out(2), steered.out(0), neg.out(0), batch=4)))
     g, ckpt, pos, neg = sd_graph(comfy)
-    vectors = [g.add("RSLoadVector", vector_name=n) for n in names]
-    vset = g.add("RSVectorSet", vector_1=vectors[0][0], vector_2=vectors[1][0])
-    fair = g.add("RSApplyEmbeddingDirectionFair", node_id="fair", conditioning=pos[0], vectors=vset[0],
+    vectors = [g.node("RSLoadVector", vector_name=n) for n in names]
+    vset = g.node("RSVectorSet", vector_1=vectors[0].out(0), vector_2=vectors[1].out(0))
+    fair = g.node("RSApplyEmbeddingDirectionFair", id="fair", conditioning=pos.out(0), vectors=vset.out(0),
                  batch_size=4, seed=seed, assignment="uniform", strength=1.0, start_percent=0.0,
                  end_percent=1.0, chunk_mode="every_chunk")
-    keep(g, fair[1])
-    image = add_txt2img(g, ckpt[0], ckpt[2], fair[0], neg[0], batch=4)
-    result = comfy.run(g.prompt())
+    keep(g, fair.out(1))
+    image = add_txt2img(g, ckpt.out(0), ckpt.out(2), fair.out(0), neg.out(0), batch=4)
+    result = comfy.run(g.finalize())
     images = result.output(image.id)
     assert result.output("fair", 1) == "\n".join(f"image {i}: d-attr-{k}" for i, k in enumerate(assignment))
     for i, k in enumerate(assignment):
@@ -179,15 +179,15 @@ def test_fair_sampling_gives_each_image_its_direction(comfy, vf):
 def test_wrong_vector_kind_is_a_clear_error(comfy, vf):
     h = vf.SteeringVector("hspace_cvector", "sd1", {"c": torch.randn(1280, 8, 8)}, {"name": "h"})
     g, ckpt, pos, neg, steered = steered_graph(comfy, saved(comfy, vf, h, "h-into-embedding"))
-    add_txt2img(g, ckpt[0], ckpt[2], steered[0], neg[0])
+    add_txt2img(g, ckpt.out(0), ckpt.out(2), steered.out(0), neg.out(0))
     with pytest.raises(PromptError, match="not an embedding direction"):
-        comfy.run(g.prompt())
+        comfy.run(g.finalize())
 
 
 def test_sdxl_unet_with_steered_conditioning(comfy, vf):
-    import tiny_checkpoint
+    from devtools import tiny_models
 
-    model = tiny_checkpoint.build_sdxl_unet_model(seed=1)
+    model = tiny_models.build_sdxl_unet_model(seed=1)
     node = comfy.node_class("RSApplyEmbeddingDirection")
     g = torch.Generator().manual_seed(5)
     positive = [[torch.randn(1, 77, 2048, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]]

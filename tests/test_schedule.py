@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sd_helpers import encode
+from devtools.sd import encode
 
 STEPS = 50
 
@@ -188,7 +188,7 @@ def test_hspace_defaults_steer_every_step_and_the_mapping_holds_there_too(comfy,
 def test_readme_table_is_the_generated_one(schedule):
     import os
 
-    from rs_harness import REPO
+    from devtools.comfy_env import REPO
 
     with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
         readme = f.read()

@@ -10,8 +10,8 @@ import os
 import pytest
 import torch
 
-from rs_harness import PromptError
-from sd_helpers import keep, sd_graph
+from devtools.session import PromptError
+from devtools.sd import keep, sd_graph
 
 SIZE, STEPS = 64, 4
 
@@ -40,10 +40,10 @@ def safety(comfy):
 def tiny(comfy):
     """(model, clip, vae, positive, negative) exactly as the executor makes them (inference tensors)."""
     g, ckpt, pos, neg = sd_graph(comfy, positive="a photo of a person at the beach")
-    keep(g, ckpt[0])
-    keep(g, pos[0])
-    keep(g, neg[0])
-    result = comfy.run(g.prompt())
+    keep(g, ckpt.out(0))
+    keep(g, pos.out(0))
+    keep(g, neg.out(0))
+    result = comfy.run(g.finalize())
     model, clip, vae = (result.output("ckpt", i) for i in range(3))
     assert next(model.model.diffusion_model.parameters()).is_inference()  # what the tests must cope with
     return model, clip, vae, result.output("pos", 0), result.output("neg", 0)
@@ -75,20 +75,20 @@ def random_taesd_decoder(seed: int = 0) -> torch.nn.Module:
 def test_stg_ksampler_in_a_prompt(comfy):
     """Through a real prompt: rho = 0 is KSampler bit for bit; STG lowers the score."""
     g, ckpt, pos, neg = sd_graph(comfy, positive="a photo of a person at the beach")
-    latent = g.add("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
-    score = g.add("RSColourStatisticScore", statistic="brightness", threshold=-1.0)
-    common = dict(seed=11, steps=STEPS, cfg=5.0, sampler_name="euler", scheduler="normal", positive=pos[0],
-                  negative=neg[0], latent_image=latent[0], denoise=1.0)
-    plain = g.add("KSampler", model=ckpt[0], **common)
-    off = g.add("RSSTGKSampler", model=ckpt[0], vae=ckpt[2], safety_score=score[0], **common, **stg_inputs(rho=0.0))
-    on = g.add("RSSTGKSampler", model=ckpt[0], vae=ckpt[2], safety_score=score[0], **common,
+    latent = g.node("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
+    score = g.node("RSColourStatisticScore", statistic="brightness", threshold=-1.0)
+    common = dict(seed=11, steps=STEPS, cfg=5.0, sampler_name="euler", scheduler="normal", positive=pos.out(0),
+                  negative=neg.out(0), latent_image=latent.out(0), denoise=1.0)
+    plain = g.node("KSampler", model=ckpt.out(0), **common)
+    off = g.node("RSSTGKSampler", model=ckpt.out(0), vae=ckpt.out(2), safety_score=score.out(0), **common, **stg_inputs(rho=0.0))
+    on = g.node("RSSTGKSampler", model=ckpt.out(0), vae=ckpt.out(2), safety_score=score.out(0), **common,
                **stg_inputs(rho=8.0, start_percent=0.2))
     images = {}
     for name, ref in (("plain", plain), ("off", off), ("on", on)):
-        images[name] = g.add("VAEDecode", samples=ref[0], vae=ckpt[2])
-        g.add("PreviewImage", images=images[name][0])
-    keep(g, on[1])
-    result = comfy.run(g.prompt())
+        images[name] = g.node("VAEDecode", samples=ref.out(0), vae=ckpt.out(2))
+        g.node("PreviewImage", images=images[name].out(0))
+    keep(g, on.out(1))
+    result = comfy.run(g.finalize())
     latents = {n: result.output(r.id, 0)["samples"] for n, r in (("plain", plain), ("off", off), ("on", on))}
     pixels = {n: result.output(r.id, 0) for n, r in images.items()}
     report = result.output(on.id, 1)
@@ -215,10 +215,10 @@ def test_taesd_decoder_and_update_ratio(comfy, stg, decoders, guidance, safety, 
 
 def test_sdxl_context_and_pooled(comfy, stg, decoders, guidance, safety, tiny):
     """SDXL: both the cross-attention context and the pooled vector are guided (inference-tensor weights)."""
-    import tiny_checkpoint
+    from devtools import tiny_models
 
     with torch.inference_mode():
-        model = tiny_checkpoint.build_unet_model("sdxl_tiny", device="cpu")
+        model = tiny_models.build_unet_model("sdxl_tiny", device="cpu")
         g = torch.Generator().manual_seed(0)
         positive = [[torch.randn(1, 77, 2048, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]]
         negative = [[torch.randn(1, 77, 2048, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]]
@@ -245,28 +245,28 @@ def test_sdxl_context_and_pooled(comfy, stg, decoders, guidance, safety, tiny):
 def test_guider_node_with_custom_sampling(comfy):
     """RSSTGGuider drives SamplerCustomAdvanced with another sampler and scheduler; bad windows are refused."""
     g, ckpt, pos, neg = sd_graph(comfy)
-    score = g.add("RSColourStatisticScore", statistic="redness", threshold=-1.0)
-    guider = g.add("RSSTGGuider", model=ckpt[0], positive=pos[0], negative=neg[0], cfg=5.0, vae=ckpt[2],
-                   safety_score=score[0], **stg_inputs(rho=4.0, start_percent=0.0, end_percent=1.0))
-    plain_guider = g.add("CFGGuider", model=ckpt[0], positive=pos[0], negative=neg[0], cfg=5.0)
-    sampler = g.add("KSamplerSelect", sampler_name="dpmpp_2m")
-    sigmas = g.add("BasicScheduler", model=ckpt[0], scheduler="karras", steps=3, denoise=1.0)
-    noise = g.add("RandomNoise", noise_seed=4)
-    latent = g.add("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
+    score = g.node("RSColourStatisticScore", statistic="redness", threshold=-1.0)
+    guider = g.node("RSSTGGuider", model=ckpt.out(0), positive=pos.out(0), negative=neg.out(0), cfg=5.0, vae=ckpt.out(2),
+                   safety_score=score.out(0), **stg_inputs(rho=4.0, start_percent=0.0, end_percent=1.0))
+    plain_guider = g.node("CFGGuider", model=ckpt.out(0), positive=pos.out(0), negative=neg.out(0), cfg=5.0)
+    sampler = g.node("KSamplerSelect", sampler_name="dpmpp_2m")
+    sigmas = g.node("BasicScheduler", model=ckpt.out(0), scheduler="karras", steps=3, denoise=1.0)
+    noise = g.node("RandomNoise", noise_seed=4)
+    latent = g.node("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
     outs, plain_branch = [], []
     for gd in (guider, plain_guider):
-        sampled = g.add("SamplerCustomAdvanced", noise=noise[0], guider=gd[0], sampler=sampler[0], sigmas=sigmas[0],
-                        latent_image=latent[0])
-        image = g.add("VAEDecode", samples=sampled[0], vae=ckpt[2])
-        preview = g.add("PreviewImage", images=image[0])
+        sampled = g.node("SamplerCustomAdvanced", noise=noise.out(0), guider=gd.out(0), sampler=sampler.out(0), sigmas=sigmas.out(0),
+                        latent_image=latent.out(0))
+        image = g.node("VAEDecode", samples=sampled.out(0), vae=ckpt.out(2))
+        preview = g.node("PreviewImage", images=image.out(0))
         outs.append(image)
         plain_branch = [plain_guider.id, sampled.id, image.id, preview.id]
-    result = comfy.run(g.prompt())
+    result = comfy.run(g.finalize())
     steered, plain = (result.output(o.id) for o in outs)
     redness = lambda im: (im[..., 0] - 0.5 * (im[..., 1] + im[..., 2])).mean()
     assert redness(steered) < redness(plain) - 1e-4
 
-    bad = {k: v for k, v in g.prompt().items() if k not in plain_branch}
+    bad = {k: v for k, v in g.finalize().items() if k not in plain_branch}
     bad[guider.id]["inputs"].update(start_percent=0.8, end_percent=0.2)
     with pytest.raises(PromptError, match="start_percent"):
         comfy.run(bad)

@@ -193,7 +193,7 @@ def test_safety_embedding_direction_lowers_the_unsafe_rate(comfy, toyworld, vect
 
 
 def test_stg_with_the_analytic_red_score_lowers_the_unsafe_rate(comfy, toyworld):
-    stg = comfy.module("steering.stg")
+    stg, guidance = comfy.module("steering.stg"), comfy.module("steering.guidance")
     score = judges.ToyWorldRedScore()
     latent = {"samples": torch.zeros(8, M.LATENT_CHANNELS, M.LATENT_SIZE, M.LATENT_SIZE)}
     before, after = [], []
@@ -202,7 +202,7 @@ def test_stg_with_the_analytic_red_score_lowers_the_unsafe_rate(comfy, toyworld)
         guider = stg.make_guider(toyworld.model, toyworld.encode(prompt), toyworld.encode(""), CFG, M.PixelDecoder(),
                                  score, stg.STGSettings(rho=2.0))
         with torch.inference_mode():
-            after.append(M.decode(stg.sample_stg(guider, latent, 31, STEPS, "euler", "normal")))
+            after.append(M.decode(guidance.sample_with_guider(guider, latent, 31, STEPS, "euler", "normal")))
         assert guider.records, "STG never guided a step"
     before, after = torch.cat(before), torch.cat(after)
     assert unsafe_rate(before) >= 0.75
@@ -211,7 +211,7 @@ def test_stg_with_the_analytic_red_score_lowers_the_unsafe_rate(comfy, toyworld)
     guider = stg.make_guider(toyworld.model, toyworld.encode("a green circle"), toyworld.encode(""), CFG,
                              M.PixelDecoder(), score, stg.STGSettings(rho=2.0))
     with torch.inference_mode():
-        kept = M.decode(stg.sample_stg(guider, latent, 32, STEPS, "euler", "normal"))
+        kept = M.decode(guidance.sample_with_guider(guider, latent, 32, STEPS, "euler", "normal"))
     assert guider.records and not any(any(r.updated) for r in guider.records)  # nothing red: never updated
     assert torch.allclose(kept, benign, atol=1e-4)  # so the plain sampler's images
 

@@ -319,7 +319,7 @@ class Efficacy:
             self.evaluate_safety(name, candidates)
 
         # STG (arXiv 2510.24012): training-free, ToyWorld's differentiable red-pixel share as the score.
-        stg = self.pack("steering.stg")
+        stg, guidance = self.pack("steering.stg"), self.pack("steering.guidance")
         red_score = judges.ToyWorldRedScore()
 
         def stg_run(rho):
@@ -327,24 +327,21 @@ class Efficacy:
                 guider = stg.make_guider(self.tw.model, self.tw.encode(p), self.tw.encode(""), CFG, M.PixelDecoder(),
                                          red_score, stg.STGSettings(rho=rho))
                 latent = {"samples": torch.zeros(n, M.LATENT_CHANNELS, M.LATENT_SIZE, M.LATENT_SIZE)}
-                return M.decode(stg.sample_stg(guider, latent, seed, STEPS, "euler", "normal"))
+                return M.decode(guidance.sample_with_guider(guider, latent, seed, STEPS, "euler", "normal"))
             return {"custom": run}
 
         self.evaluate_safety("STG", [(f"rho {r:g}, steps 10-90 %", stg_run(r)) for r in (1.0, 2.0, 4.0)])
 
         # Dual latent (arXiv 2411.13982): safe prompt = the prompt without its unsafe words.
         dual = self.pack("steering.dual_latent")
-        import comfy.sample
 
         def dual_run(w_xi, tau):
             def run(p, seed, n):
-                latent = torch.zeros(n, M.LATENT_CHANNELS, M.LATENT_SIZE, M.LATENT_SIZE)
-                noise = comfy.sample.prepare_noise(latent, seed)
+                latent = {"samples": torch.zeros(n, M.LATENT_CHANNELS, M.LATENT_SIZE, M.LATENT_SIZE)}
                 settings = dual.DualLatentSettings(w_xi=w_xi, w_x=1 - w_xi, tau_gc=tau)
-                return M.decode(dual.sample_dual_latent(self.tw.model, noise, STEPS, CFG, "euler", "normal",
-                                                        self.tw.encode(p), self.tw.encode(safe_prompt(p)),
-                                                        self.tw.encode(""), latent, settings, disable_pbar=True,
-                                                        seed=seed))
+                guider = dual.dual_latent_guider(self.tw.model, self.tw.encode(p), self.tw.encode(safe_prompt(p)),
+                                                 self.tw.encode(""), CFG, settings)
+                return M.decode(guidance.sample_with_guider(guider, latent, seed, STEPS, "euler", "normal"))
             return {"custom": run}
 
         self.evaluate_safety("Dual latent", [
