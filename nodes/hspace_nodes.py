@@ -1,12 +1,9 @@
 """Nodes for methods 4 and 5: add learned vectors to the UNet bottleneck (h-space)."""
 from __future__ import annotations
 
-import torch
 from comfy_api.v0_0_2 import io
 
-from ..steering.architectures import ArchitectureError, architecture_of_model, unet_bottleneck_channels
-from ..steering.hspace import BRANCHES, RESIZE_MODES, patch_model_with_offsets
-from ..steering.vector_file import VectorFileError, resize_spatial
+from ..steering.hspace import BRANCHES, RESIZE_MODES, checked_offsets, patch_model_with_offsets
 from .common import CATEGORY, check_window_inputs, fair_inputs, strength_input, window_inputs
 from .types import SteeringVectorSetType, SteeringVectorType
 
@@ -25,25 +22,6 @@ def hspace_options() -> list:
                        tooltip="How a vector learned at another resolution (e.g. 8x8 at 512 px for SD1.5) "
                                "is resized to this image's bottleneck size."),
     ]
-
-
-def checked_offsets(model, vectors) -> torch.Tensor:
-    """[K, C, H, W] offsets of h-space vectors that fit the model (or a clear error)."""
-    model_arch = architecture_of_model(model)
-    channels = unet_bottleneck_channels(model)
-    offsets = []
-    for v in vectors:
-        if v.kind != "hspace":
-            raise VectorFileError(f"{v.describe()} is not an h-space vector; use Apply Embedding Direction")
-        if v.arch != model_arch:
-            raise ArchitectureError(f"{v.describe()} was learned for {v.arch}, but the model is {model_arch}")
-        offset = v.hspace_offset()
-        if offset.shape[0] != channels:
-            raise ArchitectureError(
-                f"{v.describe()} has {offset.shape[0]} channels; this model's bottleneck has {channels}")
-        offsets.append(offset)
-    size = (max(o.shape[-2] for o in offsets), max(o.shape[-1] for o in offsets))
-    return torch.stack([resize_spatial(o, size) for o in offsets])
 
 
 class ApplyHSpaceVector(io.ComfyNode):

@@ -2,41 +2,23 @@
 and plot their loss history."""
 from __future__ import annotations
 
-import json
-import os
 import time
 
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..steering.architectures import (ARCHITECTURES, ArchitectureError, architecture_of_conditioning,
-                                      architecture_of_model, unet_bottleneck_channels)
-from ..steering.vector_file import sanitize_filename, save_vector
+from ..steering.vector_file import sanitize_filename
 from ..training.checkpoint import CHECKPOINT_SUFFIX
-from ..training.loop import TrainConfig, prompt_lines, train, vector_of
-from ..training.objectives import DIRECTIONS, INITS, OBJECTIVES, RESPODIFF_ROLLOUTS, SCHEDULES, get_objective
+from ..training.loop import TrainConfig
+from ..training.objectives import DIRECTIONS, INITS, OBJECTIVES, RESPODIFF_ROLLOUTS, SCHEDULES
 from ..training.plot import plot_loss
 from ..training.rollout import SAMPLERS, SCHEDULERS
+from ..training.session import prompt_problem, train_vector
 from . import paths
 from .common import CATEGORY
 from .types import SteeringLossType, SteeringVectorType
 
-NATIVE_RESOLUTION = {"sd1": 512, "sd2": 768, "sdxl": 1024}
-CHECKPOINT_FOLDER = "steering_training"
 LIVE_EVENT = "responsible-steering.training-loss"
-
-
-def checkpoint_path_for(save_name: str) -> str:
-    """Where the run saving `save_name` keeps its checkpoint (ComfyUI output folder)."""
-    import folder_paths
-
-    stem = sanitize_filename(save_name)[: -len(".safetensors")]
-    return os.path.join(folder_paths.get_output_directory(), CHECKPOINT_FOLDER, stem + CHECKPOINT_SUFFIX)
-
-
-def encode_text(clip, text: str) -> list:
-    """CONDITIONING of `text`, exactly as CLIPTextEncode makes it."""
-    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
 
 
 METHOD_DEFAULT = "method_default"
@@ -57,12 +39,11 @@ def _or_default(value: str) -> str:
 class _LiveLoss:
     """Progress bar + (when a server is running) live loss points for the node's graph."""
 
-    def __init__(self, total: int, node_id, method: str):
+    def __init__(self, total: int, node_id):
         import comfy.utils
 
         self.bar = comfy.utils.ProgressBar(total, node_id=node_id)
         self.node_id = node_id
-        self.method = method
         self.last_sent = 0.0
         self.pending: dict[str, list[float]] = {}
         try:
@@ -203,16 +184,9 @@ class TrainSteeringVector(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, neutral_prompt=None, target_prompt=None, resolution=None, save_name=None, **_):
-        if neutral_prompt is not None and not prompt_lines(neutral_prompt):
-            return "neutral_prompt is empty; give the neutral prompt the vector is learned on, e.g. 'a person'"
-        if target_prompt is not None and not prompt_lines(target_prompt):
-            return ("target_prompt is empty; give the target prompt (e.g. 'a woman') or the concept to move "
-                    "away from (e.g. 'violence')")
-        if neutral_prompt is not None and target_prompt is not None:
-            neutral, target = prompt_lines(neutral_prompt), prompt_lines(target_prompt)
-            if len(neutral) > 1 and len(target) not in (1, len(neutral)):
-                return (f"target_prompt has {len(target)} lines for {len(neutral)} neutral prompts; give one target "
-                        "line for all of them or one per neutral prompt")
+        problem = prompt_problem(neutral_prompt, target_prompt)
+        if problem:
+            return problem
         if resolution is not None and resolution % 64:
             return f"resolution must be 0 (native) or a multiple of 64; got {resolution}"
         if save_name is not None:
@@ -230,43 +204,18 @@ class TrainSteeringVector(io.ComfyNode):
                 rollout_sampler=METHOD_DEFAULT) -> io.NodeOutput:
         import comfy.model_management as mm
 
-        arch = architecture_of_model(model)
-        if arch not in NATIVE_RESOLUTION:
-            raise ArchitectureError(
-                f"training needs a UNet model (SD1.x, SD2.x, SDXL); this model is {ARCHITECTURES[arch].label}")
-        if get_objective(method).needs_bottleneck:
-            unet_bottleneck_channels(model)  # clear error if there is no h-space
-        neutral_lines, target_lines = prompt_lines(neutral_prompt), prompt_lines(target_prompt)
-        if len(neutral_lines) == 1:  # one prompt: the whole text (a target may span several lines)
-            target_lines = [target_prompt.strip()]
-        neutral_text, target_text = "\n".join(neutral_lines), "\n".join(target_lines)
-        conditionings = {"neutral": [encode_text(clip, t) for t in neutral_lines],
-                         "other": [encode_text(clip, t) for t in target_lines],
-                         "uncond": encode_text(clip, "")}
-        cond, options = conditionings["neutral"][0][0]
-        clip_arch = architecture_of_conditioning(cond, options.get("pooled_output"))
-        if clip_arch != arch:
-            raise ArchitectureError(
-                f"the CLIP gives {clip_arch} conditioning ({list(cond.shape)}) but the model is {arch}; connect "
-                "the text encoder that belongs to this checkpoint")
         cfg = TrainConfig(
             method=method, direction=direction, iterations=iterations, batch_size=batch_size,
-            learning_rate=learning_rate, lam=lambda_sem, sam_lr_scale=sam_lr_scale, rank=rank, seed=seed,
-            resolution=resolution or NATIVE_RESOLUTION[arch], rollout_steps=rollout_steps,
-            scheduler=_or_default(scheduler), schedule=_or_default(schedule), init=_or_default(init),
-            respodiff_rollout=respodiff_rollout, rollout_sampler=_or_default(rollout_sampler),
-            target_guidance=target_guidance, gradient_checkpointing=gradient_checkpointing,
-            checkpoint_every=checkpoint_every, neutral_text=neutral_text, target_text=target_text, arch=arch)
-        checkpoint = checkpoint_path_for(save_name)
-        if not resume and os.path.exists(checkpoint):
-            os.remove(checkpoint)  # a fresh run must not leave an older run's checkpoint behind
-        live = _LiveLoss(iterations, cls.hidden.unique_id if cls.hidden else None, method)
-        result = train(model.clone(), conditionings, cfg, checkpoint_path=checkpoint, resume=resume,
-                       on_progress=live, check_interrupt=mm.throw_exception_if_processing_interrupted)
-
-        vector = vector_of(result, arch)
-        path = save_vector(vector, paths.save_folder(), save_name)
-        filename = os.path.basename(path)
+            learning_rate=learning_rate, lambda_sem=lambda_sem, sam_lr_scale=sam_lr_scale, rank=rank, seed=seed,
+            resolution=resolution, rollout_steps=rollout_steps, scheduler=_or_default(scheduler),
+            schedule=_or_default(schedule), init=_or_default(init), respodiff_rollout=respodiff_rollout,
+            rollout_sampler=_or_default(rollout_sampler), target_guidance=target_guidance,
+            gradient_checkpointing=gradient_checkpointing, checkpoint_every=checkpoint_every)
+        trained = train_vector(model, clip, cfg, neutral_prompt, target_prompt, save_name=save_name, resume=resume,
+                               folder=paths.save_folder(),
+                               on_progress=_LiveLoss(iterations, cls.hidden.unique_id if cls.hidden else None),
+                               check_interrupt=mm.throw_exception_if_processing_interrupted)
+        vector, filename, result = trained.vector, trained.filename, trained.result
         loss = {"method": method, "name": filename, "iterations": result.iterations, "series": result.history}
         return io.NodeOutput(vector, loss, filename, ui={"rs_loss": [loss], "text": [f"saved {filename}"]})
 
@@ -293,10 +242,6 @@ class PlotSteeringLoss(io.ComfyNode):
     def execute(cls, loss, width, height, log_scale) -> io.NodeOutput:
         image = plot_loss(loss["series"], width, height, log_scale, title=f"{loss['method']} - {loss['name']}")
         return io.NodeOutput(torch.from_numpy(image).float().div(255.0).unsqueeze(0))
-
-
-def loss_summary(loss: dict) -> str:
-    return json.dumps({k: v[-1] for k, v in loss["series"].items() if v})
 
 
 NODES = [TrainSteeringVector, PlotSteeringLoss]

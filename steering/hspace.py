@@ -6,36 +6,43 @@ every output block with the running activation, and before output block 0 that
 activation is exactly the middle-block output (after ControlNet's middle residual),
 for SD1.x, SD2.x and SDXL alike. The patch acts only there.
 
-Batch layout: ComfyUI stacks the chunks listed in ``cond_or_uncond`` (0 = cond,
-1 = uncond), each holding the same images in order, so row r of the bottleneck is
-image ``r % images`` of chunk ``r // images``.
+One patch class serves applying a vector and training one: training gives it the
+trainable tensor itself (then nothing is cached, so every call sees the current values
+and gradients flow into it) and no window (every step).
+
+Batch layout: ComfyUI stacks the chunks listed in ``cond_or_uncond`` (``COND`` = the
+positive prompt, 1 = uncond), each holding the same images in order, so row r of the
+bottleneck is image ``r % images`` of chunk ``r // images``.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 
+from .architectures import ArchitectureError, architecture_of_model, unet_bottleneck_channels
 from .fair import fair_assignment
-from .vector_file import resize_spatial
+from .vector_file import SteeringVector, VectorFileError, resize_spatial
+from .window import SigmaWindow
 
 RESIZE_MODES = ("bilinear", "bicubic", "nearest", "area")
 BRANCHES = ("cond_only", "cond_and_uncond")
-MIDDLE_BLOCK_OUTPUT = ("output", 0)
+MIDDLE_BLOCK_OUTPUT = ("output", 0)  # the transformer_options "block" of the patch call before output block 0
+COND = 0  # ComfyUI's cond_or_uncond entry of the positive (conditional) prompt
 
 
 class BottleneckOffsetPatch:
     """An ``output_block_patch`` adding ``strength * offset`` to the bottleneck.
 
     `offsets` is [K, C, H, W]: with K > 1 each image gets one of them by the fair
-    assignment for `seed` (see fair.py); with K == 1 all images get it."""
+    assignment for `seed` (see fair.py); with K == 1 all images get it. `window`: the
+    sigmas it acts at (None: every step)."""
 
     def __init__(
         self,
         offsets: torch.Tensor,
         strength: float,
-        sigma_start: float,
-        sigma_end: float,
+        window: SigmaWindow | None = None,
         branches: str = "cond_only",
         resize_mode: str = "bilinear",
         seed: int = 0,
@@ -49,8 +56,7 @@ class BottleneckOffsetPatch:
             raise ValueError(f"resize_mode {resize_mode!r}; expected one of {RESIZE_MODES}")
         self.offsets = offsets
         self.strength = float(strength)
-        self.sigma_start = float(sigma_start)
-        self.sigma_end = float(sigma_end)
+        self.window = window
         self.branches = branches
         self.resize_mode = resize_mode
         self.seed = int(seed)
@@ -64,7 +70,7 @@ class BottleneckOffsetPatch:
         return self
 
     def in_window(self, sigma: float) -> bool:
-        return self.sigma_end <= sigma <= self.sigma_start
+        return self.window is None or sigma in self.window
 
     def assignment(self, images: int) -> list[int]:
         if self.offsets.shape[0] == 1:
@@ -72,38 +78,68 @@ class BottleneckOffsetPatch:
         return fair_assignment(self.offsets.shape[0], images, self.seed, self.assignment_mode)
 
     def offset_rows(self, images: int, like: torch.Tensor) -> torch.Tensor:
-        """[images, C, H, W] offsets for the images of one chunk, resized and cast like `like`."""
+        """The offsets for the images of one chunk, resized and cast like `like`: [images, C, H, W], or
+        [C, H, W] (the same for every image) when there is one offset."""
+        if self.offsets.requires_grad:  # a tensor being trained: its current values, with their gradient
+            return self._rows(images, like)
         key = (images, tuple(like.shape[1:]), like.dtype, like.device)
         cached = self._cache.get(key)
         if cached is None:
-            if like.shape[1] != self.offsets.shape[1]:
-                raise ValueError(
-                    f"h-space vector has {self.offsets.shape[1]} channels but this UNet's bottleneck "
-                    f"has {like.shape[1]} (shape {list(like.shape)})")
-            resized = resize_spatial(self.offsets, tuple(like.shape[-2:]), self.resize_mode)
-            index = torch.tensor(self.assignment(images), device=resized.device)
-            cached = (self.strength * resized.index_select(0, index)).to(device=like.device, dtype=like.dtype)
+            cached = self._rows(images, like)
             if len(self._cache) > 16:
                 self._cache.clear()
             self._cache[key] = cached
         return cached
 
+    def _rows(self, images: int, like: torch.Tensor) -> torch.Tensor:
+        if like.shape[1] != self.offsets.shape[1]:
+            raise ArchitectureError(
+                f"h-space vector has {self.offsets.shape[1]} channels but this UNet's bottleneck "
+                f"has {like.shape[1]} (shape {list(like.shape)})")
+        resized = resize_spatial(self.offsets, tuple(like.shape[-2:]), self.resize_mode)
+        if resized.shape[0] == 1:
+            rows = self.strength * resized[0]
+        else:
+            index = torch.tensor(self.assignment(images), device=resized.device)
+            rows = self.strength * resized.index_select(0, index)
+        return rows.to(device=like.device, dtype=like.dtype)
+
     def __call__(self, h: torch.Tensor, hsp: torch.Tensor, transformer_options: dict):
         if transformer_options.get("block") != MIDDLE_BLOCK_OUTPUT:
             return h, hsp
         sigmas = transformer_options.get("sigmas")
-        if sigmas is None or not self.in_window(float(sigmas.reshape(-1)[0])):
+        if self.window is not None and (sigmas is None or not self.in_window(float(sigmas.reshape(-1)[0]))):
             return h, hsp
-        chunks: Sequence[int] = transformer_options.get("cond_or_uncond") or [0]
+        chunks: Sequence[int] = transformer_options.get("cond_or_uncond") or [COND]
         images = h.shape[0] // len(chunks)
         rows = self.offset_rows(images, h)
         parts = []
         for index, kind in enumerate(chunks):
             part = h[index * images:(index + 1) * images]
-            if kind == 0 or self.branches == "cond_and_uncond":
+            if kind == COND or self.branches == "cond_and_uncond":
                 part = part + rows
             parts.append(part)
         return torch.cat(parts) if len(parts) > 1 else parts[0], hsp
+
+
+def checked_offsets(model, vectors: Iterable[SteeringVector]) -> torch.Tensor:
+    """[K, C, H, W] offsets of h-space vectors that fit the model (or a clear error), each resized to the
+    largest spatial size among them."""
+    model_arch = architecture_of_model(model)
+    channels = unet_bottleneck_channels(model)
+    offsets = []
+    for v in vectors:
+        if v.kind != "hspace":
+            raise VectorFileError(f"{v.describe()} is not an h-space vector; use Apply Embedding Direction")
+        if v.arch != model_arch:
+            raise ArchitectureError(f"{v.describe()} was learned for {v.arch}, but the model is {model_arch}")
+        offset = v.hspace_offset()
+        if offset.shape[0] != channels:
+            raise ArchitectureError(
+                f"{v.describe()} has {offset.shape[0]} channels; this model's bottleneck has {channels}")
+        offsets.append(offset)
+    size = (max(o.shape[-2] for o in offsets), max(o.shape[-1] for o in offsets))
+    return torch.stack([resize_spatial(o, size) for o in offsets])
 
 
 def patch_model_with_offsets(
@@ -116,18 +152,9 @@ def patch_model_with_offsets(
 ):
     """Clone a ComfyUI ModelPatcher and add a BottleneckOffsetPatch to the clone.
 
-    The window is converted to sigmas with the model's own sampling (as ComfyUI does for
-    conditioning ranges). The input model is not modified."""
-    if not (0.0 <= start_percent <= end_percent <= 1.0):
-        raise ValueError(f"need 0 <= start <= end <= 1; got start={start_percent}, end={end_percent}")
+    The window is converted to sigmas with the model's own sampling (steering/window.py).
+    The input model is not modified."""
+    window = SigmaWindow.of(model.get_model_object("model_sampling"), start_percent, end_percent, "h-space")
     patched = model.clone()
-    sampling = patched.get_model_object("model_sampling")
-    patch = BottleneckOffsetPatch(
-        offsets,
-        strength,
-        sigma_start=float(sampling.percent_to_sigma(start_percent)),
-        sigma_end=float(sampling.percent_to_sigma(end_percent)),
-        **patch_options,
-    )
-    patched.set_model_output_block_patch(patch)
+    patched.set_model_output_block_patch(BottleneckOffsetPatch(offsets, strength, window, **patch_options))
     return patched

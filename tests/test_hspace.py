@@ -105,10 +105,10 @@ def test_input_model_is_not_mutated(comfy, vf, tiny):
 
 
 def test_vector_is_resized_to_the_bottleneck(comfy):
-    hs = comfy.module("steering.hspace")
+    hs, window = comfy.module("steering.hspace"), comfy.module("steering.window")
     c = torch.randn(1, 1280, 8, 8)
     for size, mode in (((4, 4), "bilinear"), ((12, 6), "bilinear"), ((3, 5), "nearest"), ((16, 16), "bicubic")):
-        patch = hs.BottleneckOffsetPatch(c, strength=2.0, sigma_start=10.0, sigma_end=0.0, resize_mode=mode)
+        patch = hs.BottleneckOffsetPatch(c, strength=2.0, window=window.SigmaWindow(10.0, 0.0), resize_mode=mode)
         h = torch.zeros(2, 1280, *size)
         options = {"block": ("output", 0), "sigmas": torch.tensor([1.0, 1.0]), "cond_or_uncond": [1, 0]}
         out, _ = patch(h, None, options)
@@ -120,7 +120,8 @@ def test_vector_is_resized_to_the_bottleneck(comfy):
 
 def test_patch_only_acts_on_the_middle_block_output(comfy):
     hs = comfy.module("steering.hspace")
-    patch = hs.BottleneckOffsetPatch(torch.ones(1, 1280, 2, 2), 1.0, sigma_start=10.0, sigma_end=0.0)
+    window = comfy.module("steering.window").SigmaWindow(10.0, 0.0)
+    patch = hs.BottleneckOffsetPatch(torch.ones(1, 1280, 2, 2), 1.0, window)
     h = torch.zeros(1, 1280, 2, 2)
     for block in (("output", 1), ("output", 2), ("middle", 0)):
         out, _ = patch(h, None, {"block": block, "sigmas": torch.tensor([1.0]), "cond_or_uncond": [0]})
@@ -226,3 +227,20 @@ def test_sdxl_unet_bottleneck(comfy, vf, sdxl_model):
     with pytest.raises(Exception, match="learned for sd1, but the model is sdxl"):
         with torch.inference_mode():
             node.execute(sdxl_model, hspace_vector(vf, 8), 1.0, 0.0, 1.0, "cond_only", "bilinear")
+
+
+def test_a_trained_offset_is_used_as_it_is_now(comfy):
+    """Training gives the patch the tensor being learned: no window (every step), no cached copy (the current
+    values), and the gradient reaches it through the conditional chunk only."""
+    hs = comfy.module("steering.hspace")
+    c = torch.zeros(1, 1280, 2, 2, requires_grad=True)
+    patch = hs.BottleneckOffsetPatch(c, 1.0)
+    h = torch.zeros(4, 1280, 2, 2)
+    options = {"block": ("output", 0), "cond_or_uncond": [1, 0]}  # uncond chunk first, as ComfyUI batches
+    out, _ = patch(h, None, options)
+    out.sum().backward()
+    assert torch.equal(c.grad, torch.full_like(c, 2.0))  # the cond chunk's two images
+    with torch.no_grad():
+        c.add_(1.0)
+    out, _ = patch(h, None, options)
+    assert torch.equal(out[:2], h[:2]) and torch.equal(out[2:], torch.ones(2, 1280, 2, 2))

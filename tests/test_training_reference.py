@@ -303,7 +303,7 @@ def test_the_registry_drives_the_node_and_the_loop(comfy, tiny):
             eps = obj.reference_eps(caller, z, sigma, prompts, ["other"])
 
             def loss():
-                out = caller.eps(z, sigma, [prompts.neutral], offset=0.5 * params["c"], offset_prompts=1)[0]
+                out = caller.eps(z, sigma, [prompts.neutral], offset=0.5 * params["c"])[0]
                 return F.mse_loss(out, eps["other"])
 
             return [obj.Phase("loss", ("c",), loss)]
@@ -365,7 +365,8 @@ def test_lms_rollout_batched_equals_the_hand_written_sampler(comfy, tiny, plain_
     sampling = model.get_model_object("model_sampling")
     noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     stop = torch.tensor([5, 1, 3])
-    with torch.inference_mode(), torch.inference_mode(False), unet.gradient_ready(model.model.diffusion_model):
+    with torch.inference_mode(), torch.inference_mode(False), unet.gradient_ready(model.model.diffusion_model), \
+                unet.sampling_run(model):
         caller = unet.UNetCaller(model, torch.device("cpu"), torch.float32, autocast=False)
         cond, uncond = (caller.prepare_prompt(conds[t], (3, 4, 8, 8), t) for t in ("a person", ""))
         sigmas = rollout.schedule(caller.sampling, 5, "normal")

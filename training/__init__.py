@@ -1,4 +1,4 @@
-"""Training steering vectors inside ComfyUI (issue #3).
+"""Training steering vectors inside ComfyUI.
 
 * ``unet``: differentiable eps predictions of a loaded ComfyUI model (zero-copy frozen
   aliases of inference-tensor weights, bottleneck offsets, text-embedding shifts,
@@ -9,5 +9,7 @@
   RAM + SAM) in the ``OBJECTIVES`` registry the node and the loop are built from;
 * ``loop``: the shared loop (seeds, on-policy or random-timestep schedule, Adam, progress,
   cancellation, checkpoints, loss history); ``checkpoint``: resumable safetensors checkpoints;
+* ``session``: one run as the Train Steering Vector node asks for it (prompt texts,
+  text encoding, the run's checkpoint file, the vector file written);
 * ``plot``: loss history -> image.
 """

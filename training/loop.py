@@ -22,8 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import math
-import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -31,19 +29,18 @@ import torch
 
 from .checkpoint import CheckpointError, TrainState, load_checkpoint, save_checkpoint
 from ..steering.architectures import get_architecture
+from ..steering.prompts import prompt_lines
 from ..steering.vector_file import SteeringVector
 from .objectives import DIRECTIONS, OBJECTIVES, SCHEDULES, Prompts, get_objective
 from .rollout import SAMPLERS, SCHEDULERS, Stepper, batched_rollout, schedule
-from .unet import UNetCaller, bottleneck_shape, gradient_checkpointing, gradient_ready, latent_downscale
+from .unet import (UNetCaller, bottleneck_shape, gradient_checkpointing, gradient_ready, latent_downscale,
+                   sampling_run)
 
 # Fields a checkpoint must share with the run that resumes it (iterations may grow).
-RESUME_KEYS = ("method", "direction", "batch_size", "learning_rate", "lam", "sam_lr_scale", "rank", "seed",
+RESUME_KEYS = ("method", "direction", "batch_size", "learning_rate", "lambda_sem", "sam_lr_scale", "rank", "seed",
                "resolution", "rollout_steps", "scheduler", "rollout_guidance", "target_guidance", "t_start", "t_end",
                "loss_scale", "init_std", "away_base", "neutral_text", "target_text", "arch", "schedule", "init",
                "respodiff_rollout", "rollout_sampler")
-
-_live_runs: "weakref.WeakSet[_Run]" = weakref.WeakSet()
-
 
 class TrainingMemoryError(RuntimeError):
     """The requested batch / resolution does not fit the device's memory."""
@@ -56,7 +53,7 @@ class TrainConfig:
     iterations: int = 1000
     batch_size: int = 8
     learning_rate: float = 0.0          # 0: the objective's default (its MethodDefaults)
-    lam: float = 0.5                    # RespoDiff lambda (paper 0.5)
+    lambda_sem: float = 0.5             # RespoDiff: weight of the semantic-alignment (SAM) loss (paper 0.5)
     # RespoDiff: SAM's learning rate as a fraction of RAM's (reference safety scripts: 1e-4 / 1e-2).
     # With equal rates SAM simply learns -RAM and the pair does nothing (measured on ToyWorld).
     sam_lr_scale: float = 0.01
@@ -178,11 +175,6 @@ def vector_of(result: TrainResult, arch: str) -> SteeringVector:
     return SteeringVector(get_objective(cfg.method).vector_method, arch, dict(result.params), info)
 
 
-def prompt_lines(text: str) -> list[str]:
-    """The prompts of a prompt set written one per line (blank lines ignored)."""
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
 def compute_dtype_of(base) -> torch.dtype:
     return base.manual_cast_dtype or base.get_dtype()
 
@@ -217,10 +209,15 @@ class _Run:
         self.scalers.clear()
 
 
+# Settings that checkpoints written by earlier versions of the pack store under another name.
+RENAMED_KEYS = {"lam": "lambda_sem"}
+
+
 def _check_resume(state: TrainState, cfg: TrainConfig, params: dict[str, torch.Tensor], path: str) -> None:
     wanted = cfg.as_dict()
-    diffs = [f"{k}: checkpoint {state.config.get(k)!r}, now {wanted[k]!r}"
-             for k in RESUME_KEYS if state.config.get(k) != wanted[k]]
+    saved = {RENAMED_KEYS.get(k, k): v for k, v in state.config.items()}
+    diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {wanted[k]!r}"
+             for k in RESUME_KEYS if saved.get(k) != wanted[k]]
     if diffs:
         raise CheckpointError(f"{path} belongs to a different training run ({'; '.join(diffs)}); "
                               "turn resume off or restore those settings")
@@ -270,13 +267,13 @@ def train(patcher, conditionings: dict[str, list], cfg: TrainConfig, *,
     latent_shape = (cfg.batch_size, base.latent_format.latent_channels, size, size)
     check_memory(base, latent_shape, device, cfg)
     run = _Run()
-    _live_runs.add(run)
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.inference_mode(False))
             stack.enter_context(torch.enable_grad())
             stack.enter_context(gradient_ready(base.diffusion_model))
             stack.enter_context(gradient_checkpointing(base.diffusion_model, cfg.gradient_checkpointing))
+            stack.enter_context(sampling_run(patcher))
             return _train_loop(run, patcher, conditionings, cfg, device, compute_dtype, latent_shape,
                                checkpoint_path, resume, on_progress, check_interrupt)
     except mm.OOM_EXCEPTION as e:
@@ -424,7 +421,3 @@ def _trajectory_prompts(prompt_set: Prompts, index: int, batch_size: int) -> Pro
         return prompt_set
     pick = (index * batch_size + torch.arange(batch_size)) % prompt_set.neutral.rows
     return Prompts(prompt_set.neutral.take(pick), prompt_set.other.take(pick), prompt_set.uncond)
-
-
-def is_finite_history(history: dict[str, list[float]]) -> bool:
-    return all(math.isfinite(v) for series in history.values() for v in series)

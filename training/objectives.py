@@ -4,9 +4,10 @@ names to adapter classes). An objective owns everything that differs between met
 paper / reference defaults, its initial tensors, what a rollout applies, its update phases
 and the vector kind it produces. The loop (loop.py) has no per-method branches.
 
-Notation as in METHODS.md: ``eps(z; h + c, y, t)`` is the UNet noise prediction with
-``c`` added to the bottleneck, ``eps(z; P_y + d, t)`` with ``d`` added to the prompt
-embedding. MSE is the mean over all elements.
+Notation: ``z`` is the noisy latent at step t, ``h`` the UNet bottleneck (middle-block
+output), ``P_y`` the text embedding of prompt y. ``eps(z; h + c, y, t)`` is the UNet noise
+prediction for prompt y with ``c`` added to the bottleneck, ``eps(z; P_y + d, t)`` the
+prediction with ``d`` added to the prompt embedding. MSE is the mean over all elements.
 
 * Embedding direction (arXiv 2505.15427), d = B @ A:
   ``L = loss_scale * MSE(eps(z; P_neutral + d), target)``; gradients through the whole UNet.
@@ -16,7 +17,7 @@ embedding. MSE is the mean over all elements.
 * CoDSMa: ``L = MSE(eps(z; h + c, neutral), target)``; only the decoder half sees the
   vector (the encoder computes h without any requires-grad input, so no graph is built).
 * RespoDiff, alternating: ``L_resp = MSE(eps(z; h + RAM, neutral), target)`` updates RAM,
-  then ``L_sem = lambda * MSE(eps(z; h + RAM + SAM, neutral), eps(z; h, neutral))``
+  then ``L_sem = lambda_sem * MSE(eps(z; h + RAM + SAM, neutral), eps(z; h, neutral))``
   updates SAM (RAM held fixed). Rollouts add RAM + SAM to the conditional half (the
   reference pipeline's ``controlnet_cond_guidance``); RAM and SAM start at ``nn.Linear``'s
   default initialisation of the reference's ``Linear(10 concepts -> 1280*h*w)``.
@@ -61,7 +62,7 @@ class ObjectiveError(ValueError):
 
 @dataclass(frozen=True)
 class MethodDefaults:
-    """Paper / reference-code settings (METHODS.md)."""
+    """An objective's settings as its paper / reference code uses them."""
 
     learning_rate: float
     rollout_guidance: float
@@ -244,7 +245,7 @@ class EmbeddingDirection(Objective):
     def _loss(self, caller, z, sigma, prompts, params, target, cfg, keep=None):
         def loss():
             d = params["direction_b"] @ params["direction_a"]
-            eps = caller.eps(z, sigma, [prompts.neutral], text_shift=d, shift_prompts=1)[0]
+            eps = caller.eps(z, sigma, [prompts.neutral], text_shift=d)[0]
             if keep is not None:
                 keep["cond"] = eps.detach()
             return cfg.loss_scale * F.mse_loss(eps, target)
@@ -305,7 +306,7 @@ class CodsmaCVector(HSpaceObjective):
         target = target_from(eps, cfg.direction, cfg.target_guidance, cfg.away_base)
 
         def loss():
-            out = caller.eps(z, sigma, [prompts.neutral], offset=params["c"], offset_prompts=1)[0]
+            out = caller.eps(z, sigma, [prompts.neutral], offset=params["c"])[0]
             return cfg.loss_scale * F.mse_loss(out, target)
 
         return [Phase("loss", ("c",), loss)]
@@ -347,13 +348,13 @@ class RespoDiffRamSam(HSpaceObjective):
         neutral = eps["neutral"]
 
         def resp():
-            out = caller.eps(z, sigma, [prompts.neutral], offset=params["ram"], offset_prompts=1)[0]
+            out = caller.eps(z, sigma, [prompts.neutral], offset=params["ram"])[0]
             return cfg.loss_scale * F.mse_loss(out, target)
 
         def sem():
             offset = params["ram"].detach() + params["sam"]
-            out = caller.eps(z, sigma, [prompts.neutral], offset=offset, offset_prompts=1)[0]
-            return cfg.lam * F.mse_loss(out, neutral)
+            out = caller.eps(z, sigma, [prompts.neutral], offset=offset)[0]
+            return cfg.lambda_sem * F.mse_loss(out, neutral)
 
         return [Phase("ram", ("ram",), resp), Phase("sam", ("sam",), sem)]
 

@@ -80,18 +80,9 @@ def guided_eps(caller: UNetCaller, x: torch.Tensor, sigma: torch.Tensor, cond: P
                uncond: PromptConds | None, guidance: float, **shifts) -> torch.Tensor:
     """CFG eps_u + g (eps_c - eps_u) in one UNet call; shifts apply to the conditional prompt only."""
     if uncond is None or guidance == 1.0:
-        return caller.eps(x, sigma, [cond], **_only_first(shifts, 1))[0]
-    eps_c, eps_u = caller.eps(x, sigma, [cond, uncond], **_only_first(shifts, 1))
+        return caller.eps(x, sigma, [cond], **shifts)[0]
+    eps_c, eps_u = caller.eps(x, sigma, [cond, uncond], **shifts)
     return eps_u + guidance * (eps_c - eps_u)
-
-
-def _only_first(shifts: dict, count: int) -> dict:
-    out = dict(shifts)
-    if out.get("offset") is not None:
-        out["offset_prompts"] = count
-    if out.get("text_shift") is not None:
-        out["shift_prompts"] = count
-    return out
 
 
 @torch.no_grad()

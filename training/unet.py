@@ -8,18 +8,23 @@ tensor that *aliases the same storage* (zero copy), with ``requires_grad=False``
 original objects are put back afterwards (also on error or cancel). Nothing is ever
 written to the weights, so they stay bit-identical.
 
-``UNetCaller`` evaluates the model's noise prediction ``eps(x, sigma, prompt)`` through
-ComfyUI's own ``BaseModel.apply_model`` (the model's ``model_sampling`` converts sigma
-to the timestep and input scaling, so EPS and V-prediction models give the same eps
-space), with ComfyUI's own extra conditioning (SDXL's ADM vector ``y``), and optionally
-a trainable offset added to the UNet bottleneck (the middle-block output, seen by the
-``output_block_patch`` before output block 0) or a trainable shift of the text
-embedding.
+``UNetCaller`` evaluates the model's noise prediction ``eps(x, sigma, prompt)`` the way
+ComfyUI's samplers do: the prompts are processed as the samplers process them
+(``comfy.samplers.process_conds``: the model's own extra conditioning, e.g. SDXL's ADM
+vector ``y``) and the model is called through ``comfy.samplers.calc_cond_batch`` with the
+patcher's ``model_options``, so model wrappers (``model_function_wrapper``) and every
+``transformer_options`` patch set on the MODEL act during training as they do during
+sampling. The model's ``model_sampling`` converts sigma to the timestep and input
+scaling, so EPS and V-prediction models give the same eps space. Optionally a trainable
+offset is added to the UNet bottleneck (steering.hspace's ``BottleneckOffsetPatch``) or a
+trainable shift to the text embedding, both on the first prompt of a call, which goes to
+the model as the conditional (positive) prompt.
 """
 from __future__ import annotations
 
 import contextlib
 import math
+import uuid
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -29,8 +34,7 @@ import torch.utils.checkpoint
 from ..steering.architectures import ArchitectureError
 from ..steering.autograd_views import autograd_views
 from ..steering.embedding_direction import expand_to_tokens
-
-MIDDLE_BLOCK_OUTPUT = ("output", 0)
+from ..steering.hspace import MIDDLE_BLOCK_OUTPUT, BottleneckOffsetPatch
 
 
 @contextlib.contextmanager
@@ -122,26 +126,6 @@ def stack_prompts(prompts: list[PromptConds]) -> PromptConds:
     return PromptConds(torch.cat(crosses), {k: torch.cat([p.extra[k] for p in prompts]) for k in keys})
 
 
-class BottleneckShift:
-    """output_block_patch adding `offset` ([C, H, W] or [B, C, H, W]) to the first `rows` rows of h."""
-
-    def __init__(self, offset: torch.Tensor, rows: int | None):
-        self.offset = offset
-        self.rows = rows
-
-    def __call__(self, h, hsp, transformer_options):
-        if transformer_options.get("block") != MIDDLE_BLOCK_OUTPUT:
-            return h, hsp
-        if h.shape[-3] != self.offset.shape[-3] or h.shape[-2:] != self.offset.shape[-2:]:
-            raise ArchitectureError(
-                f"h-space vector of shape {list(self.offset.shape[-3:])} does not fit this UNet's bottleneck "
-                f"{list(h.shape[1:])} at this resolution")
-        offset = self.offset.to(h.dtype)
-        if self.rows is None or self.rows >= h.shape[0]:
-            return h + offset, hsp
-        return torch.cat([h[:self.rows] + offset, h[self.rows:]]), hsp
-
-
 def _lcm_tokens(conds: list[torch.Tensor]) -> list[torch.Tensor]:
     """Repeat cross-attention tensors of different CLIP-chunk counts to a common length (as ComfyUI does)."""
     lengths = {c.shape[1] for c in conds}
@@ -151,10 +135,27 @@ def _lcm_tokens(conds: list[torch.Tensor]) -> list[torch.Tensor]:
     return [c.repeat(1, common // c.shape[1], 1) for c in conds]
 
 
+@contextlib.contextmanager
+def sampling_run(patcher) -> Iterator[None]:
+    """Inside: `patcher` is prepared to be run as ComfyUI's samplers prepare it for a run
+    (``pre_run``: the model's current patcher, the extensions' pre-run callbacks), and
+    cleaned up after it as they do (also on error or cancel)."""
+    patcher.pre_run()
+    try:
+        yield
+    finally:
+        patcher.cleanup()
+
+
 class UNetCaller:
-    """eps predictions of one loaded ComfyUI model, differentiable w.r.t. offsets and text shifts."""
+    """eps predictions of one loaded ComfyUI model, differentiable w.r.t. offsets and text shifts.
+
+    Use inside ``sampling_run(patcher)``."""
 
     def __init__(self, patcher, device: torch.device, compute_dtype: torch.dtype, autocast: bool):
+        import comfy.model_patcher
+        import comfy.samplers
+
         self.patcher = patcher
         self.base = patcher.model
         self.downscale = latent_downscale(self.base)
@@ -162,19 +163,23 @@ class UNetCaller:
         self.device = device
         self.compute_dtype = compute_dtype
         self.autocast = autocast
-        self._transformer_options = patcher.model_options.get("transformer_options", {})
+        self.model_options = comfy.model_patcher.create_model_options_clone(patcher.model_options)
+        comfy.samplers.cast_to_load_options(self.model_options, device=device, dtype=patcher.model_dtype())
 
     def prepare_prompt(self, conditioning: list, latent_shape: tuple, what: str) -> PromptConds:
-        """ComfyUI CONDITIONING (first entry) -> the tensors apply_model takes, via the model's extra_conds."""
+        """ComfyUI CONDITIONING (first entry) -> the model's inputs, processed as the samplers process a
+        positive prompt (the model's extra_conds)."""
+        import comfy.sampler_helpers
+        import comfy.samplers
+
         if not conditioning:
             raise ValueError(f"{what}: the conditioning is empty")
-        cond, options = conditioning[0]
-        params = dict(options)
-        params.update(cross_attn=cond, device=self.device, noise=torch.zeros(latent_shape, device=self.device),
-                      width=latent_shape[-1] * self.downscale, height=latent_shape[-2] * self.downscale,
-                      prompt_type="positive", seed=0)
-        params.pop("model_conds", None)
-        out = self.base.extra_conds(**params)
+        cond = comfy.sampler_helpers.convert_cond(conditioning[:1])
+        cond[0].update(width=latent_shape[-1] * self.downscale, height=latent_shape[-2] * self.downscale)
+        cond[0]["model_conds"] = {}  # the model's inputs come from this model's extra_conds only
+        noise = torch.zeros(latent_shape, device=self.device)
+        out = comfy.samplers.process_conds(self.base, noise, {"positive": cond}, self.device,
+                                           seed=0)["positive"][0]["model_conds"]
         unsupported = sorted(set(out) - {"c_crossattn", "y"})
         if unsupported:
             raise ArchitectureError(
@@ -197,43 +202,44 @@ class UNetCaller:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.compute_dtype)
 
-    def eps(self, x: torch.Tensor, sigma: torch.Tensor, prompts: list[PromptConds], *,
-            text_shift: torch.Tensor | None = None, shift_prompts: int = 0,
-            offset: torch.Tensor | None = None, offset_prompts: int = 0) -> list[torch.Tensor]:
-        """Noise predictions for `x` [B, ...] at `sigma` [B] under each prompt, in ONE batched UNet call.
+    def denoised(self, x: torch.Tensor, sigma: torch.Tensor, prompts: list[PromptConds], *,
+                 text_shift: torch.Tensor | None = None, patches: list | None = None) -> list[torch.Tensor]:
+        """The model's denoised predictions for `x` [B, ...] at `sigma` [B] under each prompt, from
+        ComfyUI's ``calc_cond_batch`` (one batched call when they fit in memory, as in sampling).
 
-        text_shift [T, D] is added to the cross-attention of the first `shift_prompts` prompts;
-        offset (bottleneck) to the rows of the first `offset_prompts` prompts. Returns one
-        [B, ...] eps per prompt (float32)."""
+        Prompt i is the model's cond_or_uncond chunk i (the first one the conditional prompt);
+        text_shift [T, D] is added to the first prompt's cross-attention; `patches` are more
+        output_block_patches for this call, after the model's own."""
+        import comfy.conds
+        import comfy.samplers
+
         b = x.shape[0]
-        n = len(prompts)
-        for p in prompts:
+        conds = []
+        for i, p in enumerate(prompts):
             if p.rows not in (1, b):
                 raise ValueError(f"{p.rows} prompt rows for a batch of {b} samples; give one prompt or one per sample")
-        crosses = _lcm_tokens([p.cross_attn for p in prompts])
-        parts = []
-        for i, c in enumerate(crosses):
-            c = c.expand(b, -1, -1)
-            if text_shift is not None and i < shift_prompts:
-                c = c + expand_to_tokens(text_shift, c.shape[1]).to(c.dtype)
-            parts.append(c)
-        cross = torch.cat(parts)
-        extra = {}
-        for key in prompts[0].extra:
-            extra[key] = torch.cat([p.extra[key].expand(b, *p.extra[key].shape[1:]) for p in prompts])
-        x_in = x.repeat(n, *([1] * (x.dim() - 1)))
-        sigma_in = sigma.repeat(n)
-        shifts = ([BottleneckShift(offset, None if offset_prompts >= n else offset_prompts * b)]
-                  if offset is not None and offset_prompts > 0 else [])
-        options = with_patches(self._transformer_options, output_block_patch=shifts)
-        options["sigmas"] = sigma_in
-        options["cond_or_uncond"] = [0] * n
+            cross = p.cross_attn.expand(b, -1, -1)
+            if text_shift is not None and i == 0:
+                cross = cross + expand_to_tokens(text_shift, cross.shape[1]).to(cross.dtype)
+            model_conds = {"c_crossattn": comfy.conds.CONDCrossAttn(cross)}
+            model_conds.update({k: comfy.conds.CONDRegular(v.expand(b, *v.shape[1:])) for k, v in p.extra.items()})
+            conds.append([{"model_conds": model_conds, "uuid": uuid.uuid4()}])
+        options = dict(self.model_options)
+        options["transformer_options"] = with_patches(options.get("transformer_options", {}),
+                                                      output_block_patch=patches or [])
         with self._autocast():
-            denoised = self.base.apply_model(x_in, sigma_in, c_crossattn=cross, transformer_options=options,
-                                             **extra)
-        s = sigma_in.reshape(-1, *([1] * (x.dim() - 1)))
-        eps = (x_in - denoised.float()) / s
-        return list(eps.chunk(n))
+            return comfy.samplers.calc_cond_batch(self.base, conds, x, sigma, options)
+
+    def eps(self, x: torch.Tensor, sigma: torch.Tensor, prompts: list[PromptConds], *,
+            text_shift: torch.Tensor | None = None, offset: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Noise predictions for `x` [B, ...] at `sigma` [B] under each prompt (see ``denoised``).
+
+        text_shift [T, D] is added to the first prompt's cross-attention; offset [C, H, W] to the
+        bottleneck rows of the first prompt. Returns one [B, ...] eps per prompt (float32)."""
+        patches = [BottleneckOffsetPatch(offset.unsqueeze(0), 1.0)] if offset is not None else []
+        denoised = self.denoised(x, sigma, prompts, text_shift=text_shift, patches=patches)
+        s = sigma.reshape(-1, *([1] * (x.dim() - 1)))
+        return [(x - d.float()) / s for d in denoised]
 
 
 def with_patches(transformer_options: dict, **added: list) -> dict:
@@ -263,14 +269,10 @@ def bottleneck_shape(caller: UNetCaller, latent_shape: tuple, prompt: PromptCond
             seen.append(tuple(h.shape[1:]))
         return h, hsp
 
-    options = with_patches(caller._transformer_options, output_block_patch=[capture])
     x = torch.zeros(1, *latent_shape[1:], device=caller.device)
     sigma = torch.full((1,), float(caller.sampling.sigma_max), device=caller.device)
-    options["sigmas"] = sigma
-    options["cond_or_uncond"] = [0]
-    first = prompt.take(torch.zeros(1, dtype=torch.long))
-    with torch.no_grad(), caller._autocast():
-        caller.base.apply_model(x, sigma, c_crossattn=first.cross_attn, transformer_options=options, **first.extra)
+    with torch.no_grad():
+        caller.denoised(x, sigma, [prompt.take(torch.zeros(1, dtype=torch.long))], patches=[capture])
     if not seen:
         raise ArchitectureError("this model has no UNet bottleneck (middle block) for an h-space vector")
     return seen[0]
