@@ -79,7 +79,7 @@ def run(ctx: BenchContext) -> str:
         base = model.model
         dtype = base.manual_cast_dtype or base.get_dtype()
         latent = (batch, base.latent_format.latent_channels, resolution // 8, resolution // 8)
-        with torch.inference_mode(False), unet.gradient_ready(base.diffusion_model):
+        with torch.inference_mode(False), unet.gradient_ready(base.diffusion_model), unet.sampling_run(model):
             caller = unet.UNetCaller(model, device, dtype, autocast=dtype != torch.float32)
             cond, uncond = (caller.prepare_prompt(conds[k], latent, k) for k in ("neutral", "uncond"))
             sigmas = rollout.schedule(caller.sampling, steps)

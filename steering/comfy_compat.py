@@ -19,15 +19,15 @@ decode) run inside :func:`gradient_pass`:
   meets an inference tensor it cannot save, the error names the flags that turn dynamic
   VRAM off (:class:`CompatError`).
 
-The UNet bottleneck hook (h-space vectors) is :func:`set_middle_block_patch`: upstream's
-``set_model_middle_block_after_patch`` where it exists, else the first output block's
-patch on ``h`` (ComfyUI 0.3.75 has no middle hook); both see the same ``h``.
+The UNet bottleneck hook (h-space vectors, applied and trained) is :func:`bottleneck_patch`:
+upstream's middle-block-after patch where it exists, else the first output block's patch
+on ``h`` (ComfyUI 0.3.75 has no middle hook); both see the same ``h``.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Callable, Iterator
+from typing import Iterator, Protocol
 
 import torch
 
@@ -106,35 +106,53 @@ def has_middle_block_hook(patcher) -> bool:
     return callable(getattr(patcher, "set_model_middle_block_after_patch", None))
 
 
-BottleneckFn = Callable[[torch.Tensor, dict], torch.Tensor]
+class Bottleneck(Protocol):
+    """What acts on the UNet bottleneck: ``shift(h, transformer_options) -> h`` (and optionally
+    ``to(device)``, which ComfyUI calls on model patches when it moves the model)."""
+
+    def shift(self, h: torch.Tensor, transformer_options: dict) -> torch.Tensor: ...
 
 
-def middle_block_patch(fn: BottleneckFn) -> Callable[[dict], dict]:
-    """`fn(h, transformer_options) -> h` as upstream's middle-block-after patch: it gets one dict
-    (h, x, emb, context, y, timesteps, transformer_options) and returns {"h": ...}."""
-    def patch(args: dict) -> dict:
-        return {**args, "h": fn(args["h"], args["transformer_options"])}
-    return patch
+class MiddleBlockPatch:
+    """A Bottleneck as upstream's middle-block-after patch: called with one dict (h, x, emb, context,
+    y, timesteps, transformer_options) after the middle block; returns it with the new "h"."""
+
+    def __init__(self, bottleneck: Bottleneck):
+        self.bottleneck = bottleneck
+
+    def to(self, device):
+        move = getattr(self.bottleneck, "to", None)
+        if callable(move):
+            move(device)
+        return self
+
+    def __call__(self, args: dict) -> dict:
+        return {**args, "h": self.bottleneck.shift(args["h"], args["transformer_options"])}
 
 
-def first_output_block_patch(fn: BottleneckFn) -> Callable:
-    """`fn` as an output-block patch that acts once, at the first output block, on `h` -- the
-    middle block's output, before the skip connection is concatenated."""
-    def patch(h: torch.Tensor, hsp: torch.Tensor, transformer_options: dict):
+class FirstOutputBlockPatch(MiddleBlockPatch):
+    """A Bottleneck as an output-block patch acting once, before output block 0, on `h`: the middle
+    block's output before the skip connection is concatenated (ComfyUI 0.3.75 has no middle hook)."""
+
+    def __call__(self, h: torch.Tensor, hsp: torch.Tensor, transformer_options: dict):
         if transformer_options.get("block") != FIRST_OUTPUT_BLOCK:
             return h, hsp
-        return fn(h, transformer_options), hsp
-    return patch
+        return self.bottleneck.shift(h, transformer_options), hsp
 
 
-def set_middle_block_patch(patcher, fn: BottleneckFn, prefer_hook: bool = True) -> str:
-    """Install `fn(h, transformer_options) -> h` on the UNet bottleneck of `patcher` (a clone the
-    caller owns). Returns which route was taken: "middle_block_after_patch" or "output_block_patch"."""
+def bottleneck_patch(patcher, bottleneck: Bottleneck, prefer_hook: bool = True) -> tuple[str, MiddleBlockPatch]:
+    """(transformer_options patch kind, patch) that applies `bottleneck` on `patcher`'s UNet: upstream's
+    middle-block hook where it exists (and `prefer_hook`), else the first output block's patch."""
     if prefer_hook and has_middle_block_hook(patcher):
-        patcher.set_model_middle_block_after_patch(middle_block_patch(fn))
-        return "middle_block_after_patch"
-    patcher.set_model_output_block_patch(first_output_block_patch(fn))
-    return "output_block_patch"
+        return "middle_block_after_patch", MiddleBlockPatch(bottleneck)
+    return "output_block_patch", FirstOutputBlockPatch(bottleneck)
+
+
+def set_bottleneck_patch(patcher, bottleneck: Bottleneck, prefer_hook: bool = True) -> str:
+    """Install `bottleneck` on `patcher` (a clone the caller owns); returns the patch kind used."""
+    kind, patch = bottleneck_patch(patcher, bottleneck, prefer_hook)
+    patcher.set_model_patch(patch, kind)  # ModelPatcher.set_model_patch: 0.3.75 and 0.38
+    return kind
 
 
 # ---------------------------------------------------------------- V3 schema

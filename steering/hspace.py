@@ -1,10 +1,10 @@
 """h-space steering (CoDSMa c-vectors, RespoDiff RAM+SAM, SDisc): add a vector to the
 UNet bottleneck, i.e. the middle-block output, at every step inside a sigma window.
 
-ComfyUI 0.3.75 has no middle-block hook; its ``output_block_patch`` is called before
-every output block with the running activation, and before output block 0 that
-activation is exactly the middle-block output (after ControlNet's middle residual),
-for SD1.x, SD2.x and SDXL alike. The patch acts only there.
+Where ComfyUI has a middle-block hook (upstream 0.38) the patch runs there; ComfyUI 0.3.75
+has none, and the patch runs as the ``output_block_patch`` before output block 0, whose
+running activation is exactly the middle-block output (after ControlNet's middle
+residual), for SD1.x, SD2.x and SDXL alike (steering/comfy_compat.py picks the route).
 
 One patch class serves applying a vector and training one: training gives it the
 trainable tensor itself (then nothing is cached, so every call sees the current values
@@ -21,18 +21,19 @@ from typing import Iterable, Sequence
 import torch
 
 from .architectures import ArchitectureError, architecture_of_model, unet_bottleneck_channels
+from .comfy_compat import FIRST_OUTPUT_BLOCK, set_bottleneck_patch
 from .fair import fair_assignment
 from .vector_file import SteeringVector, VectorFileError, resize_spatial
 from .window import SigmaWindow
 
 RESIZE_MODES = ("bilinear", "bicubic", "nearest", "area")
 BRANCHES = ("cond_only", "cond_and_uncond")
-MIDDLE_BLOCK_OUTPUT = ("output", 0)  # the transformer_options "block" of the patch call before output block 0
+MIDDLE_BLOCK_OUTPUT = FIRST_OUTPUT_BLOCK  # the "block" of the output-block patch call that sees the middle output
 COND = 0  # ComfyUI's cond_or_uncond entry of the positive (conditional) prompt
 
 
 class BottleneckOffsetPatch:
-    """An ``output_block_patch`` adding ``strength * offset`` to the bottleneck.
+    """Adds ``strength * offset`` to the bottleneck (``shift``; installed by comfy_compat's bottleneck patch).
 
     `offsets` is [K, C, H, W]: with K > 1 each image gets one of them by the fair
     assignment for `seed` (see fair.py); with K == 1 all images get it. `window`: the
@@ -104,12 +105,11 @@ class BottleneckOffsetPatch:
             rows = self.strength * resized.index_select(0, index)
         return rows.to(device=like.device, dtype=like.dtype)
 
-    def __call__(self, h: torch.Tensor, hsp: torch.Tensor, transformer_options: dict):
-        if transformer_options.get("block") != MIDDLE_BLOCK_OUTPUT:
-            return h, hsp
+    def shift(self, h: torch.Tensor, transformer_options: dict) -> torch.Tensor:
+        """The bottleneck `h` [rows, C, H, W] with the offsets added to the chosen chunks' rows."""
         sigmas = transformer_options.get("sigmas")
         if self.window is not None and (sigmas is None or not self.in_window(float(sigmas.reshape(-1)[0]))):
-            return h, hsp
+            return h
         chunks: Sequence[int] = transformer_options.get("cond_or_uncond") or [COND]
         images = h.shape[0] // len(chunks)
         rows = self.offset_rows(images, h)
@@ -119,7 +119,7 @@ class BottleneckOffsetPatch:
             if kind == COND or self.branches == "cond_and_uncond":
                 part = part + rows
             parts.append(part)
-        return torch.cat(parts) if len(parts) > 1 else parts[0], hsp
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 def checked_offsets(model, vectors: Iterable[SteeringVector]) -> torch.Tensor:
@@ -148,13 +148,15 @@ def patch_model_with_offsets(
     strength: float,
     start_percent: float,
     end_percent: float,
+    prefer_hook: bool = True,
     **patch_options,
 ):
     """Clone a ComfyUI ModelPatcher and add a BottleneckOffsetPatch to the clone.
 
     The window is converted to sigmas with the model's own sampling (steering/window.py).
-    The input model is not modified."""
+    `prefer_hook`: use ComfyUI's middle-block hook where it has one (False: always the output-block
+    route; both give the same images). The input model is not modified."""
     window = SigmaWindow.of(model.get_model_object("model_sampling"), start_percent, end_percent, "h-space")
     patched = model.clone()
-    patched.set_model_output_block_patch(BottleneckOffsetPatch(offsets, strength, window, **patch_options))
+    set_bottleneck_patch(patched, BottleneckOffsetPatch(offsets, strength, window, **patch_options), prefer_hook)
     return patched

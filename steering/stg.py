@@ -52,6 +52,7 @@ import comfy.samplers
 from . import guidance
 from .architectures import ArchitectureError, architecture_of_model, get_architecture
 from .autograd_views import autograd_views, grad_input
+from .comfy_compat import gradient_pass
 from .safety.base import SafetyScore, ScoreResult
 from .window import SigmaWindow, check_window
 
@@ -353,7 +354,8 @@ class Guider_STG(comfy.samplers.CFGGuider):
                 if pooled is None:
                     raise ArchitectureError("guide_pooled: embedding_gradient needs the pooled vectors")
                 heads = [grad_input(y[:, :self.pooled_width]).requires_grad_(True) for y in pooled]
-            with torch.enable_grad(), autograd_views(*self._grad_modules()), _autocast(x.device, s.autocast):
+            with torch.enable_grad(), gradient_pass(self.model_patcher, *self.decoder.patchers()), \
+                    autograd_views(*self._grad_modules()), _autocast(x.device, s.autocast):
                 full_pooled = None
                 if heads:
                     full_pooled = [torch.cat([h, grad_input(y[:, self.pooled_width:])], 1)

@@ -26,10 +26,11 @@ class ModelSampling(Protocol):
 def check_window(start_percent: float, end_percent: float, what: str = "steering") -> None:
     """Refuse anything but finite 0 <= start <= end <= 1 (NaN fails every comparison)."""
     if not (0.0 <= start_percent <= 1.0 and 0.0 <= end_percent <= 1.0):
-        raise WindowError(f"the {what} window's start and end must lie in [0, 1]; got start={start_percent}, "
-                          f"end={end_percent}")
+        raise WindowError(f"the {what} window: start_percent and end_percent must lie in [0, 1]; got "
+                          f"start_percent={start_percent}, end_percent={end_percent}")
     if start_percent > end_percent:
-        raise WindowError(f"the {what} window's start ({start_percent}) must not be after its end ({end_percent})")
+        raise WindowError(f"the {what} window: start_percent ({start_percent}) must not be after end_percent "
+                          f"({end_percent})")
 
 
 def window_problem(start_percent: float, end_percent: float) -> str | None:

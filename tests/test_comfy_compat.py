@@ -83,17 +83,67 @@ def test_unsaveable_tensor_under_dynamic_vram_names_the_flag(compat):
     assert not isinstance(info.value, compat.CompatError)
 
 
+class AddOffset:
+    """A bottleneck shift with an independent expected value: h + offset."""
+
+    def __init__(self, offset):
+        self.offset = offset
+
+    def shift(self, h, transformer_options):
+        return h + self.offset
+
+
 def test_both_bottleneck_routes_see_the_same_h(compat):
     g = torch.Generator().manual_seed(0)
     h, hsp = torch.randn(2, 8, 4, 4, generator=g), torch.randn(2, 8, 4, 4, generator=g)
-    offset = torch.randn(8, 1, 1, generator=g)
-    fn = lambda x, options: x + offset  # noqa: E731
+    bottleneck = AddOffset(torch.randn(8, 1, 1, generator=g))
     options = {"block": ("output", 0)}
-    via_hook = compat.middle_block_patch(fn)({"h": h, "x": None, "transformer_options": options})["h"]
-    via_output, hsp_out = compat.first_output_block_patch(fn)(h, hsp, options)
-    assert torch.equal(via_hook, h + offset) and torch.equal(via_output, h + offset) and hsp_out is hsp
-    later_h, later_hsp = compat.first_output_block_patch(fn)(h, hsp, {"block": ("output", 1)})
+    via_hook = compat.MiddleBlockPatch(bottleneck)({"h": h, "x": None, "transformer_options": options})["h"]
+    via_output, hsp_out = compat.FirstOutputBlockPatch(bottleneck)(h, hsp, options)
+    assert torch.equal(via_hook, h + bottleneck.offset) and torch.equal(via_output, h + bottleneck.offset)
+    assert hsp_out is hsp
+    later_h, later_hsp = compat.FirstOutputBlockPatch(bottleneck)(h, hsp, {"block": ("output", 1)})
     assert later_h is h and later_hsp is hsp  # acts once, at the first output block only
+
+
+def test_the_route_follows_the_hook(compat, tiny):
+    model = tiny[0]
+    kind, _ = compat.bottleneck_patch(model, AddOffset(0.0))
+    assert kind == ("middle_block_after_patch" if compat.has_middle_block_hook(model) else "output_block_patch")
+    assert compat.bottleneck_patch(model, AddOffset(0.0), prefer_hook=False)[0] == "output_block_patch"
+
+
+def test_middle_hook_and_output_block_fallback_give_identical_images(comfy, tiny):
+    """Apply H-Space Vector through both routes. Where this ComfyUI has no middle-block hook (0.3.75) the
+    hook route IS the fallback, so the comparison then shows only that the fallback is what ships."""
+    hs, compat = comfy.module("steering.hspace"), comfy.module("steering.comfy_compat")
+    model = tiny[0]
+    offsets = 4.0 * torch.randn(1, 1280, 4, 4, generator=torch.Generator().manual_seed(3))
+    images = {}
+    for prefer_hook in (True, False):
+        patched = hs.patch_model_with_offsets(model, offsets, 1.0, 0.0, 1.0, prefer_hook=prefer_hook)
+        images[prefer_hook] = sample_with(patched, tiny)
+    plain = sample_with(model, tiny)
+    assert not torch.equal(images[False], plain), "the vector changed nothing: the comparison would be empty"
+    assert torch.equal(images[True], images[False])
+    if not compat.has_middle_block_hook(model):
+        print("this ComfyUI has no set_model_middle_block_after_patch: both runs used the output-block fallback")
+
+
+def sample_with(model, tiny) -> torch.Tensor:
+    """Sample the tiny checkpoint's model object in-process (euler, 3 steps, 64 px) and decode."""
+    import comfy.sample as sample
+    import nodes
+
+    _, clip, vae = tiny
+    positive = nodes.CLIPTextEncode().encode(clip, "a photo of a person")[0]
+    negative = nodes.CLIPTextEncode().encode(clip, "")[0]
+    latent = torch.zeros(1, 4, 8, 8)
+    with torch.inference_mode():
+        noise = sample.prepare_noise(latent, 7)
+        out = sample.sample(model, noise, 3, 5.0, "euler", "normal", positive, negative, latent, seed=7,
+                            disable_pbar=True)
+        return vae.decode(out).clone()
 
 
 def test_schema_options_match_this_comfyui(compat):

@@ -81,7 +81,7 @@ def test_sdxl_shapes_and_architecture_check(ed):
     assert out[0][1]["pooled_output"] is pooled
     with pytest.raises(ValueError, match=r"direction is for sd1 but the conditioning is \[1, 77, 2048\] \(sdxl\)"):
         ed.apply_embedding_direction([[cond, {"pooled_output": pooled}]], [torch.randn(77, 768)], "sd1", 1.0, 0.0, 1.0)
-    with pytest.raises(ValueError, match=r"start \(0\.8\) must not be after its end \(0\.2\)"):
+    with pytest.raises(ValueError, match=r"start_percent \(0\.8\) must not be after end_percent \(0\.2\)"):
         ed.apply_embedding_direction([[cond, {}]], [d], "sdxl", 1.0, 0.8, 0.2)
 
 

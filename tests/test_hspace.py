@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
-from rs_harness import PromptError
-from sd_helpers import add_txt2img, keep, probe_predictions, render, sd_graph, trajectory
+from devtools.session import PromptError
+from devtools.sd import add_txt2img, keep, probe_predictions, render, sd_graph, trajectory
 
 
 def hspace_vector(vf, seed: int, spatial=(4, 4), scale: float = 4.0, arch: str = "sd1", method="hspace_cvector"):
@@ -24,27 +24,27 @@ def saved(comfy, vf, vector, name: str) -> str:
 
 def patched_graph(comfy, vector_file: str, **options):
     g, ckpt, pos, neg = sd_graph(comfy)
-    vec = g.add("RSLoadVector", vector_name=vector_file)
+    vec = g.node("RSLoadVector", vector_name=vector_file)
     settings = dict(strength=1.0, start_percent=0.0, end_percent=1.0, branches="cond_only", resize_mode="bilinear")
     settings.update(options)
-    model = g.add("RSApplyHSpaceVector", node_id="apply", model=ckpt[0], vector=vec[0], **settings)
+    model = g.node("RSApplyHSpaceVector", id="apply", model=ckpt.out(0), vector=vec.out(0), **settings)
     return g, ckpt, pos, neg, model
 
 
 def patched_model(comfy, vector_file: str, **options):
     g, ckpt, pos, neg, model = patched_graph(comfy, vector_file, **options)
-    keep(g, model[0])
-    return comfy.run(g.prompt()).output("apply", 0)
+    keep(g, model.out(0))
+    return comfy.run(g.finalize()).output("apply", 0)
 
 
 def test_changes_image_and_strength_zero_is_bit_exact(comfy, vf):
     name = saved(comfy, vf, hspace_vector(vf, 1), "h-basic")
     g, ckpt, pos, neg = sd_graph(comfy)
-    baseline = render(comfy, g, add_txt2img(g, ckpt[0], ckpt[2], pos[0], neg[0]))
+    baseline = render(comfy, g, add_txt2img(g, ckpt.out(0), ckpt.out(2), pos.out(0), neg.out(0)))
 
     for strength, same in ((0.0, True), (1.0, False)):
         g, ckpt, pos, neg, model = patched_graph(comfy, name, strength=strength)
-        image = render(comfy, g, add_txt2img(g, model[0], ckpt[2], pos[0], neg[0]))
+        image = render(comfy, g, add_txt2img(g, model.out(0), ckpt.out(2), pos.out(0), neg.out(0)))
         assert image.shape == baseline.shape == (1, 64, 64, 3)
         if same:
             assert torch.equal(image, baseline)
@@ -60,7 +60,7 @@ def test_only_conditional_branch_and_only_inside_window(comfy, vf, tiny):
     probes = [sigma_start * 1.5, sigma_start, (sigma_start * sigma_end) ** 0.5, sigma_end, sigma_end * 0.5]
     inside = [False, True, True, True, False]
 
-    from sd_helpers import encode
+    from devtools.sd import encode
     positive, negative = encode(comfy, "a photo of a person"), encode(comfy, "")
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     plain = probe_predictions(model, positive, negative, x, probes)
@@ -79,7 +79,7 @@ def test_only_conditional_branch_and_only_inside_window(comfy, vf, tiny):
 
 def test_trajectory_untouched_before_window(comfy, vf, tiny):
     model, clip, vae = tiny
-    from sd_helpers import encode
+    from devtools.sd import encode
     positive, negative = encode(comfy, "a photo of a person"), encode(comfy, "")
     name = saved(comfy, vf, hspace_vector(vf, 3), "h-late")
     sigmas, plain, _ = trajectory(model, positive, negative)
@@ -111,7 +111,7 @@ def test_vector_is_resized_to_the_bottleneck(comfy):
         patch = hs.BottleneckOffsetPatch(c, strength=2.0, window=window.SigmaWindow(10.0, 0.0), resize_mode=mode)
         h = torch.zeros(2, 1280, *size)
         options = {"block": ("output", 0), "sigmas": torch.tensor([1.0, 1.0]), "cond_or_uncond": [1, 0]}
-        out, _ = patch(h, None, options)
+        out = patch.shift(h, options)
         kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
         expected = 2.0 * torch.nn.functional.interpolate(c, size=size, mode=mode, **kwargs)[0]
         assert torch.equal(out[0], h[0]), "uncond chunk (first here) must stay"
@@ -119,9 +119,10 @@ def test_vector_is_resized_to_the_bottleneck(comfy):
 
 
 def test_patch_only_acts_on_the_middle_block_output(comfy):
-    hs = comfy.module("steering.hspace")
+    """On the output-block route (ComfyUI 0.3.75) the patch acts before output block 0 only."""
+    hs, compat = comfy.module("steering.hspace"), comfy.module("steering.comfy_compat")
     window = comfy.module("steering.window").SigmaWindow(10.0, 0.0)
-    patch = hs.BottleneckOffsetPatch(torch.ones(1, 1280, 2, 2), 1.0, window)
+    patch = compat.FirstOutputBlockPatch(hs.BottleneckOffsetPatch(torch.ones(1, 1280, 2, 2), 1.0, window))
     h = torch.zeros(1, 1280, 2, 2)
     for block in (("output", 1), ("output", 2), ("middle", 0)):
         out, _ = patch(h, None, {"block": block, "sigmas": torch.tensor([1.0]), "cond_or_uncond": [0]})
@@ -137,7 +138,7 @@ def test_respodiff_applies_ram_and_sam_together(comfy, vf):
     images = []
     for vector, name in ((ram_sam, "h-respodiff"), (summed, "h-respodiff-sum")):
         g, ckpt, pos, neg, model = patched_graph(comfy, saved(comfy, vf, vector, name))
-        images.append(render(comfy, g, add_txt2img(g, model[0], ckpt[2], pos[0], neg[0])))
+        images.append(render(comfy, g, add_txt2img(g, model.out(0), ckpt.out(2), pos.out(0), neg.out(0))))
     assert torch.equal(images[0], images[1])
 
 
@@ -155,13 +156,13 @@ def test_fair_sampling_assigns_one_vector_per_image(comfy, vf):
     single = []
     for name in names:
         g, ckpt, pos, neg, model = patched_graph(comfy, name)
-        single.append(render(comfy, g, add_txt2img(g, model[0], ckpt[2], pos[0], neg[0], batch=4)))
+        single.append(render(comfy, g, add_txt2img(g, model.out(0), ckpt.out(2), pos.out(0), neg.out(0), batch=4)))
     g, ckpt, pos, neg = sd_graph(comfy)
-    vectors = [g.add("RSLoadVector", vector_name=n) for n in names]
-    vset = g.add("RSVectorSet", vector_1=vectors[0][0], vector_2=vectors[1][0])
-    model = g.add("RSApplyHSpaceVectorFair", model=ckpt[0], vectors=vset[0], seed=seed, assignment="uniform",
+    vectors = [g.node("RSLoadVector", vector_name=n) for n in names]
+    vset = g.node("RSVectorSet", vector_1=vectors[0].out(0), vector_2=vectors[1].out(0))
+    model = g.node("RSApplyHSpaceVectorFair", model=ckpt.out(0), vectors=vset.out(0), seed=seed, assignment="uniform",
                   strength=1.0, start_percent=0.0, end_percent=1.0, branches="cond_only", resize_mode="bilinear")
-    fair = render(comfy, g, add_txt2img(g, model[0], ckpt[2], pos[0], neg[0], batch=4))
+    fair = render(comfy, g, add_txt2img(g, model.out(0), ckpt.out(2), pos.out(0), neg.out(0), batch=4))
 
     for i, k in enumerate(assignment):
         assert torch.allclose(fair[i], single[k][i], atol=1e-4), f"image {i} should use vector {k}"
@@ -184,27 +185,27 @@ def test_errors_name_what_was_expected(comfy, vf):
                                   {"direction": torch.randn(77, 768)}, {"name": "d"})
     name = saved(comfy, vf, direction, "d-wrong-node")
     g, ckpt, pos, neg, model = patched_graph(comfy, name)
-    add_txt2img(g, model[0], ckpt[2], pos[0], neg[0])
+    add_txt2img(g, model.out(0), ckpt.out(2), pos.out(0), neg.out(0))
     with pytest.raises(PromptError, match="not an h-space vector"):
-        comfy.run(g.prompt())
+        comfy.run(g.finalize())
 
     sdxl_vector = saved(comfy, vf, hspace_vector(vf, 6, arch="sdxl"), "h-sdxl-on-sd1")
     g, ckpt, pos, neg, model = patched_graph(comfy, sdxl_vector)
-    add_txt2img(g, model[0], ckpt[2], pos[0], neg[0])
+    add_txt2img(g, model.out(0), ckpt.out(2), pos.out(0), neg.out(0))
     with pytest.raises(PromptError, match="learned for sdxl, but the model is sd1"):
-        comfy.run(g.prompt())
+        comfy.run(g.finalize())
 
     g, ckpt, pos, neg, model = patched_graph(comfy, name, start_percent=0.9, end_percent=0.2)
-    add_txt2img(g, model[0], ckpt[2], pos[0], neg[0])
+    add_txt2img(g, model.out(0), ckpt.out(2), pos.out(0), neg.out(0))
     with pytest.raises(PromptError, match="must not be after end_percent"):
-        comfy.run(g.prompt())
+        comfy.run(g.finalize())
 
 
 @pytest.fixture(scope="module")
 def sdxl_model(comfy):
-    import tiny_checkpoint
+    from devtools import tiny_models
 
-    return tiny_checkpoint.build_sdxl_unet_model()
+    return tiny_models.build_sdxl_unet_model()
 
 
 def sdxl_conditioning(seed: int):
@@ -237,10 +238,10 @@ def test_a_trained_offset_is_used_as_it_is_now(comfy):
     patch = hs.BottleneckOffsetPatch(c, 1.0)
     h = torch.zeros(4, 1280, 2, 2)
     options = {"block": ("output", 0), "cond_or_uncond": [1, 0]}  # uncond chunk first, as ComfyUI batches
-    out, _ = patch(h, None, options)
+    out = patch.shift(h, options)
     out.sum().backward()
     assert torch.equal(c.grad, torch.full_like(c, 2.0))  # the cond chunk's two images
     with torch.no_grad():
         c.add_(1.0)
-    out, _ = patch(h, None, options)
+    out = patch.shift(h, options)
     assert torch.equal(out[:2], h[:2]) and torch.equal(out[2:], torch.ones(2, 1280, 2, 2))

@@ -363,3 +363,48 @@ def test_settings_refuse_nan_and_inf(stg, name):
         with pytest.raises(ValueError, match=name):
             stg.STGSettings(**{name: bad}).check()
     stg.STGSettings(**{name: 0.5}).check()
+
+
+def test_in_training_handling_changes_no_bit_of_the_gradient(comfy, stg, decoders, safety, tiny, monkeypatch):
+    """STG's embedding gradient with the version layer's in-training mode forced on (ComfyUI 0.3.75 has no such
+    flag) equals the one with it off, bit for bit; the decode inside the gradient pass sees the mode on."""
+    import comfy.model_management as mm
+    from comfy.samplers import KSAMPLER
+
+    compat = comfy.module("steering.comfy_compat")
+    model, _clip, vae, positive, negative = tiny
+    seen = []
+
+    class RecordingDecoder(decoders.VAEDecoder):
+        def __call__(self, x0, base_model):
+            seen.append(getattr(mm, "in_training", "absent"))
+            return super().__call__(x0, base_model)
+
+    def gradient(forced: bool) -> list[torch.Tensor]:
+        monkeypatch.setattr(compat, "IN_TRAINING_OVERRIDE", forced)
+        guider = stg.make_guider(model, positive, negative, 5.0, RecordingDecoder(vae),
+                                 safety.ColourStatisticScore("redness", threshold=-10.0), stg.STGSettings(rho=1.0))
+        found = {}
+
+        def probe(model_k, noise, sigmas, extra_args=None, callback=None, disable=None):
+            g = model_k.inner_model
+            x = noise * sigmas[0]
+            t = sigmas[0] * noise.new_ones([noise.shape[0]])
+            found["grads"] = g.embedding_gradient(x, t, extra_args["model_options"],
+                                                  g.initial_state(x.shape[0]).embeds).grads
+            return noise
+
+        latent = torch.zeros(1, 4, SIZE // 8, SIZE // 8)
+        with torch.inference_mode():
+            noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
+            guider.sample(noise, latent, KSAMPLER(probe), torch.tensor([6.0, 0.0]), seed=0)
+        return found["grads"]
+
+    before = getattr(mm, "in_training", "absent")
+    on = gradient(True)
+    assert True in seen
+    seen.clear()
+    off = gradient(False)
+    assert seen and True not in seen
+    assert float(on[0].norm()) > 0 and all(torch.equal(a, b) for a, b in zip(on, off))
+    assert getattr(mm, "in_training", "absent") == before

@@ -10,8 +10,9 @@ import os
 import pytest
 import torch
 
-from rs_harness import Graph, PromptError
-from sd_helpers import add_txt2img, load_tiny_objects, render, sd_graph
+from comfy_execution.graph_utils import GraphBuilder
+from devtools.session import PromptError
+from devtools.sd import add_txt2img, load_tiny_objects, render, sd_graph
 
 METHODS = ("codsma_cvector", "respodiff_ram_sam", "embedding_direction")
 # The tiny random-weight model's prompts barely differ, so the target is close: smaller steps
@@ -29,18 +30,18 @@ def train_inputs(**overrides) -> dict:
 
 
 def train_graph(comfy, **overrides):
-    g = Graph()
-    ckpt = g.add("CheckpointLoaderSimple", node_id="ckpt", ckpt_name=comfy.checkpoint_name)
-    g.add("RSTrainSteeringVector", node_id="train", model=ckpt[0], clip=ckpt[1], **train_inputs(**overrides))
+    g = GraphBuilder(prefix="")
+    ckpt = g.node("CheckpointLoaderSimple", id="ckpt", ckpt_name=comfy.checkpoint_name)
+    g.node("RSTrainSteeringVector", id="train", model=ckpt.out(0), clip=ckpt.out(1), **train_inputs(**overrides))
     return g
 
 
 def run_training(comfy, plot: bool = False, **overrides) -> dict:
     g = train_graph(comfy, **overrides)
     if plot:
-        image = g.add("RSPlotSteeringLoss", node_id="plot", loss=["train", 1], width=320, height=160, log_scale=True)
-        g.add("PreviewImage", images=image[0])
-    result = comfy.run(g.prompt())
+        image = g.node("RSPlotSteeringLoss", id="plot", loss=["train", 1], width=320, height=160, log_scale=True)
+        g.node("PreviewImage", images=image.out(0))
+    result = comfy.run(g.finalize())
     return {"vector": result.output("train", 0), "loss": result.output("train", 1),
             "filename": result.output("train", 2), "ui": result.ui.get("train", {}),
             "model": result.output("ckpt", 0), "plot": result.output("plot", 0) if plot else None}
@@ -125,20 +126,20 @@ def test_trained_vectors_change_the_image(comfy, trained):
     hspace_file = trained["runs"]["codsma_cvector"]["filename"]
     direction_file = trained["runs"]["embedding_direction"]["filename"]
     g, ckpt, pos, neg = sd_graph(comfy)
-    baseline = render(comfy, g, add_txt2img(g, ckpt[0], ckpt[2], pos[0], neg[0], steps=2))
+    baseline = render(comfy, g, add_txt2img(g, ckpt.out(0), ckpt.out(2), pos.out(0), neg.out(0), steps=2))
 
     g, ckpt, pos, neg = sd_graph(comfy)
-    vec = g.add("RSLoadVector", vector_name=hspace_file)
-    model = g.add("RSApplyHSpaceVector", model=ckpt[0], vector=vec[0], strength=1.0, start_percent=0.0,
+    vec = g.node("RSLoadVector", vector_name=hspace_file)
+    model = g.node("RSApplyHSpaceVector", model=ckpt.out(0), vector=vec.out(0), strength=1.0, start_percent=0.0,
                   end_percent=1.0, branches="cond_only", resize_mode="bilinear")
-    steered = render(comfy, g, add_txt2img(g, model[0], ckpt[2], pos[0], neg[0], steps=2))
+    steered = render(comfy, g, add_txt2img(g, model.out(0), ckpt.out(2), pos.out(0), neg.out(0), steps=2))
     assert (steered - baseline).abs().mean() > 1e-4
 
     g, ckpt, pos, neg = sd_graph(comfy)
-    vec = g.add("RSLoadVector", vector_name=direction_file)
-    cond = g.add("RSApplyEmbeddingDirection", conditioning=pos[0], vector=vec[0], strength=1.0, start_percent=0.0,
+    vec = g.node("RSLoadVector", vector_name=direction_file)
+    cond = g.node("RSApplyEmbeddingDirection", conditioning=pos.out(0), vector=vec.out(0), strength=1.0, start_percent=0.0,
                  end_percent=1.0, chunk_mode="every_chunk")
-    steered = render(comfy, g, add_txt2img(g, ckpt[0], ckpt[2], cond[0], neg[0], steps=2))
+    steered = render(comfy, g, add_txt2img(g, ckpt.out(0), ckpt.out(2), cond.out(0), neg.out(0), steps=2))
     assert not torch.equal(steered, baseline)
 
 
@@ -272,10 +273,10 @@ def test_bad_inputs_give_clear_errors(comfy):
 
 
 def test_mismatched_model_and_clip(comfy, tiny):
-    import tiny_checkpoint
+    from devtools import tiny_models
 
     node = comfy.node_class("RSTrainSteeringVector")
-    sdxl = tiny_checkpoint.build_unet_model("sdxl_tiny", device="cpu")
+    sdxl = tiny_models.build_unet_model("sdxl_tiny", device="cpu")
     with torch.inference_mode(), pytest.raises(Exception, match="CLIP gives sd1 conditioning .* model is sdxl"):
         node.execute(model=sdxl, clip=tiny[1], **train_inputs(save_name="mismatch"))
 
@@ -299,10 +300,10 @@ def plain_eps(unet, sampling, z, k, context, offset=None):
 def plain_unet(tiny):
     """A second copy of the tiny UNet loaded OUTSIDE inference mode (normal autograd)."""
     import comfy.sd
-    import rs_harness
+    from devtools import session as rs_session
 
     assert not torch.is_inference_mode_enabled()
-    model = comfy.sd.load_checkpoint_guess_config(rs_harness.tiny_checkpoint_path(), output_vae=False,
+    model = comfy.sd.load_checkpoint_guess_config(rs_session.tiny_checkpoint_path(), output_vae=False,
                                                   output_clip=False)[0]
     return model.model.diffusion_model.requires_grad_(False)
 
@@ -397,10 +398,10 @@ def test_batched_rollout_equals_one_run_per_sample(comfy, tiny):
 
 def test_sdxl_architecture_trains(comfy):
     """SDXL (2048-wide text, ADM vector y) through the same loop, on a directly built SDXL UNet."""
-    import tiny_checkpoint
+    from devtools import tiny_models
 
     loop = comfy.module("training.loop")
-    model = tiny_checkpoint.build_unet_model("sdxl_tiny", device="cpu")
+    model = tiny_models.build_unet_model("sdxl_tiny", device="cpu")
     g = torch.Generator().manual_seed(0)
 
     def cond():
@@ -470,3 +471,30 @@ def test_a_wrapper_that_halves_eps_quarters_the_loss(comfy, tiny):
     first, first_halved = plain.history["loss"][0], halved.history["loss"][0]
     assert first > 0
     assert math.isclose(first_halved, first / 4, rel_tol=1e-4), (first, first_halved)
+
+
+@pytest.mark.parametrize("method", ["codsma_cvector", "embedding_direction"])
+def test_in_training_handling_changes_no_bit(comfy, tiny, monkeypatch, method):
+    """The version layer's in-training mode (forced on here, where ComfyUI 0.3.75 has no such flag) is active
+    during every UNet call of training, leaves vector and loss bit for bit as with it off, and is gone after."""
+    import comfy.model_management as mm
+
+    compat = comfy.module("steering.comfy_compat")
+    seen = []
+
+    def record(apply_model, args):
+        seen.append(getattr(mm, "in_training", "absent"))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    runs = {}
+    for forced in (True, False):
+        monkeypatch.setattr(compat, "IN_TRAINING_OVERRIDE", forced)
+        patched = tiny[0].clone()
+        patched.set_model_unet_function_wrapper(record)
+        seen.clear()
+        runs[forced] = train_direct(comfy, tiny, patched, method=method)
+        assert seen and set(seen) == ({True} if forced else {getattr(mm, "in_training", "absent")}), set(seen)
+    assert runs[True].history == runs[False].history
+    assert runs[True].params.keys() == runs[False].params.keys()
+    assert all(torch.equal(runs[True].params[k], runs[False].params[k]) for k in runs[True].params)
+    assert getattr(mm, "in_training", "absent") == "absent" or not mm.in_training

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rs_harness import PromptError
+from devtools.session import PromptError
 from test_training import InterruptAfter, checkpoint_file, plain_unet, run_training  # noqa: F401 (fixture)
 
 

@@ -29,6 +29,7 @@ import torch
 
 from .checkpoint import CheckpointError, TrainState, load_checkpoint, save_checkpoint
 from ..steering.architectures import get_architecture
+from ..steering.comfy_compat import gradient_pass
 from ..steering.prompts import prompt_lines
 from ..steering.vector_file import SteeringVector
 from .objectives import DIRECTIONS, OBJECTIVES, SCHEDULES, Prompts, get_objective
@@ -271,6 +272,7 @@ def train(patcher, conditionings: dict[str, list], cfg: TrainConfig, *,
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.inference_mode(False))
             stack.enter_context(torch.enable_grad())
+            stack.enter_context(gradient_pass(patcher))
             stack.enter_context(gradient_ready(base.diffusion_model))
             stack.enter_context(gradient_checkpointing(base.diffusion_model, cfg.gradient_checkpointing))
             stack.enter_context(sampling_run(patcher))

@@ -34,7 +34,8 @@ import torch.utils.checkpoint
 from ..steering.architectures import ArchitectureError
 from ..steering.autograd_views import autograd_views
 from ..steering.embedding_direction import expand_to_tokens
-from ..steering.hspace import MIDDLE_BLOCK_OUTPUT, BottleneckOffsetPatch
+from ..steering.comfy_compat import bottleneck_patch
+from ..steering.hspace import BottleneckOffsetPatch
 
 
 @contextlib.contextmanager
@@ -203,13 +204,14 @@ class UNetCaller:
         return torch.autocast(self.device.type, dtype=self.compute_dtype)
 
     def denoised(self, x: torch.Tensor, sigma: torch.Tensor, prompts: list[PromptConds], *,
-                 text_shift: torch.Tensor | None = None, patches: list | None = None) -> list[torch.Tensor]:
+                 text_shift: torch.Tensor | None = None, bottleneck=None) -> list[torch.Tensor]:
         """The model's denoised predictions for `x` [B, ...] at `sigma` [B] under each prompt, from
         ComfyUI's ``calc_cond_batch`` (one batched call when they fit in memory, as in sampling).
 
         Prompt i is the model's cond_or_uncond chunk i (the first one the conditional prompt);
-        text_shift [T, D] is added to the first prompt's cross-attention; `patches` are more
-        output_block_patches for this call, after the model's own."""
+        text_shift [T, D] is added to the first prompt's cross-attention; `bottleneck` (an object with
+        ``shift(h, transformer_options) -> h``) acts on the UNet bottleneck for this call, after the
+        model's own patches there."""
         import comfy.conds
         import comfy.samplers
 
@@ -225,8 +227,11 @@ class UNetCaller:
             model_conds.update({k: comfy.conds.CONDRegular(v.expand(b, *v.shape[1:])) for k, v in p.extra.items()})
             conds.append([{"model_conds": model_conds, "uuid": uuid.uuid4()}])
         options = dict(self.model_options)
-        options["transformer_options"] = with_patches(options.get("transformer_options", {}),
-                                                      output_block_patch=patches or [])
+        added = {}
+        if bottleneck is not None:
+            kind, patch = bottleneck_patch(self.patcher, bottleneck)
+            added[kind] = [patch]
+        options["transformer_options"] = with_patches(options.get("transformer_options", {}), **added)
         with self._autocast():
             return comfy.samplers.calc_cond_batch(self.base, conds, x, sigma, options)
 
@@ -236,8 +241,8 @@ class UNetCaller:
 
         text_shift [T, D] is added to the first prompt's cross-attention; offset [C, H, W] to the
         bottleneck rows of the first prompt. Returns one [B, ...] eps per prompt (float32)."""
-        patches = [BottleneckOffsetPatch(offset.unsqueeze(0), 1.0)] if offset is not None else []
-        denoised = self.denoised(x, sigma, prompts, text_shift=text_shift, patches=patches)
+        shift = BottleneckOffsetPatch(offset.unsqueeze(0), 1.0) if offset is not None else None
+        denoised = self.denoised(x, sigma, prompts, text_shift=text_shift, bottleneck=shift)
         s = sigma.reshape(-1, *([1] * (x.dim() - 1)))
         return [(x - d.float()) / s for d in denoised]
 
@@ -264,15 +269,17 @@ def bottleneck_shape(caller: UNetCaller, latent_shape: tuple, prompt: PromptCond
     """[C, H, W] of the UNet bottleneck for latents of `latent_shape`, from one probe call."""
     seen: list[tuple] = []
 
-    def capture(h, hsp, transformer_options):
-        if transformer_options.get("block") == MIDDLE_BLOCK_OUTPUT and not seen:
-            seen.append(tuple(h.shape[1:]))
-        return h, hsp
+    class Capture:
+        @staticmethod
+        def shift(h, transformer_options):
+            if not seen:
+                seen.append(tuple(h.shape[1:]))
+            return h
 
     x = torch.zeros(1, *latent_shape[1:], device=caller.device)
     sigma = torch.full((1,), float(caller.sampling.sigma_max), device=caller.device)
     with torch.no_grad():
-        caller.denoised(x, sigma, [prompt.take(torch.zeros(1, dtype=torch.long))], patches=[capture])
+        caller.denoised(x, sigma, [prompt.take(torch.zeros(1, dtype=torch.long))], bottleneck=Capture())
     if not seen:
         raise ArchitectureError("this model has no UNet bottleneck (middle block) for an h-space vector")
     return seen[0]

@@ -293,7 +293,7 @@ class Efficacy:
                 ("c-vector (CoDSMa)", fit.FitSpec("codsma_safety", "codsma_cvector", "away_from_concept",
                                                   NEUTRAL_TRAIN, ["red"], {"target_guidance": CFG})),
                 ("RespoDiff (RAM + SAM)", fit.FitSpec("respodiff_safety", "respodiff_ram_sam", "away_from_concept",
-                                                      NEUTRAL_TRAIN, ["red"], {"target_guidance": CFG, "lam": 0.5}))):
+                                                      NEUTRAL_TRAIN, ["red"], {"target_guidance": CFG, "lambda_sem": 0.5}))):
             offset = self.learn(spec).hspace_offset()[None]
             self.evaluate_safety(name, [(f"strength {s:g}", {"model": self.hspace_model(offset, s)})
                                         for s in (0.5, 1.0, 2.0, 3.0, 5.0)])
@@ -305,7 +305,7 @@ class Efficacy:
         for name, method in (("Embedding direction, paired rewrites (ours)", "embedding_direction"),
                              ("c-vector, paired rewrites (ours)", "codsma_cvector"),
                              ("RespoDiff, paired rewrites (ours)", "respodiff_ram_sam")):
-            settings = {"target_guidance": 1.0, **({"lam": 0.5} if method == "respodiff_ram_sam" else {})}
+            settings = {"target_guidance": 1.0, **({"lambda_sem": 0.5} if method == "respodiff_ram_sam" else {})}
             vector = self.learn(fit.FitSpec(f"{slug(method)}_rewrites", method, "toward_target",
                                             UNSAFE_TRAIN + BENIGN_TRAIN, rewrites, settings))
             if vector.kind == "embedding":
@@ -379,7 +379,7 @@ class Efficacy:
         self.fair_ceiling = m["content_kept"]
 
         methods = (("Fair sampling, c-vectors (CoDSMa)", "codsma_cvector", dict(long)),
-                   ("Fair sampling, RespoDiff (RAM + SAM)", "respodiff_ram_sam", {"lam": 0.5, **long}),
+                   ("Fair sampling, RespoDiff (RAM + SAM)", "respodiff_ram_sam", {"lambda_sem": 0.5, **long}),
                    ("Fair sampling, embedding directions", "embedding_direction", {"target_guidance": CFG}))
         for name, method, settings in methods:
             vectors = [self.learn(fit.FitSpec(f"{slug(method)}_fair_{b}", method, "toward_target", FAIR_TRAIN,

@@ -27,7 +27,7 @@ class FitSpec:
     direction: str              # toward_target, away_from_concept
     neutral: list[str]          # the prompt set (each sample draws one)
     target: list[str]           # one target / concept for all, or one per neutral prompt
-    settings: dict = field(default_factory=dict)  # other TrainConfig fields (iterations, lam, ...)
+    settings: dict = field(default_factory=dict)  # other TrainConfig fields (iterations, lambda_sem, ...)
 
     def describe(self) -> str:
         extra = ", ".join(f"{k} {v}" for k, v in sorted(self.settings.items()))
