@@ -51,14 +51,6 @@ def _model_management():
     return comfy.model_management
 
 
-# ---------------------------------------------------------------- interrupts
-
-def interrupt_exception() -> type[BaseException]:
-    """ComfyUI's interrupt exception (comfy/model_management.py): an ``Exception`` in 0.3.75,
-    a ``BaseException`` in 0.38, so ``except Exception`` does not see it upstream."""
-    return _model_management().InterruptProcessingException
-
-
 # ---------------------------------------------------------------- dynamic VRAM
 
 def is_dynamic(patcher) -> bool:

@@ -23,14 +23,17 @@ class ModelSampling(Protocol):
     def percent_to_sigma(self, percent: float) -> float: ...
 
 
-def check_window(start_percent: float, end_percent: float, what: str = "steering") -> None:
-    """Refuse anything but finite 0 <= start <= end <= 1 (NaN fails every comparison)."""
+def check_window(start_percent: float, end_percent: float, what: str | None = None) -> None:
+    """Refuse anything but finite 0 <= start <= end <= 1 (NaN fails every comparison). `what` names
+    the method in the message (e.g. "STG")."""
     if not (0.0 <= start_percent <= 1.0 and 0.0 <= end_percent <= 1.0):
-        raise WindowError(f"the {what} window: start_percent and end_percent must lie in [0, 1]; got "
-                          f"start_percent={start_percent}, end_percent={end_percent}")
-    if start_percent > end_percent:
-        raise WindowError(f"the {what} window: start_percent ({start_percent}) must not be after end_percent "
-                          f"({end_percent})")
+        problem = (f"start_percent and end_percent must lie in [0, 1]; got start_percent={start_percent}, "
+                   f"end_percent={end_percent}")
+    elif start_percent > end_percent:
+        problem = f"start_percent ({start_percent}) must not be after end_percent ({end_percent})"
+    else:
+        return
+    raise WindowError(problem if what is None else f"the {what} window: {problem}")
 
 
 def window_problem(start_percent: float, end_percent: float) -> str | None:
@@ -56,7 +59,7 @@ class SigmaWindow:
 
     @classmethod
     def of(cls, model_sampling: ModelSampling, start_percent: float, end_percent: float,
-           what: str = "steering") -> "SigmaWindow":
+           what: str | None = None) -> "SigmaWindow":
         check_window(start_percent, end_percent, what)
         return cls(percent_sigma(model_sampling, start_percent), percent_sigma(model_sampling, end_percent))
 

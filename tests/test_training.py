@@ -473,7 +473,7 @@ def test_a_wrapper_that_halves_eps_quarters_the_loss(comfy, tiny):
     assert math.isclose(first_halved, first / 4, rel_tol=1e-4), (first, first_halved)
 
 
-@pytest.mark.parametrize("method", ["codsma_cvector", "embedding_direction"])
+@pytest.mark.parametrize("method", ["codsma_cvector", "respodiff_ram_sam", "embedding_direction"])
 def test_in_training_handling_changes_no_bit(comfy, tiny, monkeypatch, method):
     """The version layer's in-training mode (forced on here, where ComfyUI 0.3.75 has no such flag) is active
     during every UNet call of training, leaves vector and loss bit for bit as with it off, and is gone after."""
