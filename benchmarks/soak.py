@@ -70,17 +70,28 @@ def finish(g, vae, samples, score=None):
         g.node("PreviewImage", images=image.out(0))
 
 
+def node(g: GraphBuilder, class_type: str, bad: dict, **inputs):
+    """Add a `class_type` node with `inputs`, each of which `bad` (the soak's invalid values) may override."""
+    return g.node(class_type, **{**inputs, **bad})
+
+
+def vector_graph(ckpt_name: str, vector: str):
+    """The base graph plus a Load Vector node for `vector`: (graph, ckpt, pos, neg, latent, vector node)."""
+    g = GraphBuilder(prefix="")
+    ckpt, pos, neg, latent = base(g, ckpt_name)
+    return g, ckpt, pos, neg, latent, g.node("RSLoadVector", vector_name=vector)
+
+
 def dual_latent(ckpt_name, seed, **bad):
     g = GraphBuilder(prefix="")
     ckpt, pos, neg, latent = base(g, ckpt_name)
     det = g.node("RSDualLatentInputDetector", clip=ckpt.out(1), text=bad.pop("text", f"a person with a gun {seed}"),
                 unsafe_concepts="blood\nviolence\nweapons", safe_concepts="a cat\na person", k=3, threshold=0.5,
                 safe_suffix=", safe for work")
-    inputs = dict(model=ckpt.out(0), seed=seed, steps=STEPS, cfg=5.0, sampler_name="euler", scheduler="normal",
-                  positive=det.out(0), safe_positive=det.out(1), negative=neg.out(0), latent_image=latent.out(0), denoise=1.0,
-                  w_xi=0.75, w_x=0.25, tau_gc=0.5)
-    inputs.update(bad)
-    samples = g.node("RSDualLatentKSampler", **inputs)
+    samples = node(g, "RSDualLatentKSampler", bad,
+        model=ckpt.out(0), seed=seed, steps=STEPS, cfg=5.0, sampler_name="euler", scheduler="normal",
+        positive=det.out(0), safe_positive=det.out(1), negative=neg.out(0), latent_image=latent.out(0), denoise=1.0,
+        w_xi=0.75, w_x=0.25, tau_gc=0.5)
     finish(g, ckpt.out(2), samples.out(0))
     return g.finalize()
 
@@ -89,36 +100,29 @@ def stg(ckpt_name, seed, **bad):
     g = GraphBuilder(prefix="")
     ckpt, pos, neg, latent = base(g, ckpt_name)
     score = g.node("RSColourStatisticScore", statistic="redness", threshold=-1.0)
-    inputs = dict(model=ckpt.out(0), seed=seed, steps=STEPS, cfg=5.0, sampler_name="euler", scheduler="normal",
-                  positive=pos.out(0), negative=neg.out(0), latent_image=latent.out(0), denoise=1.0, vae=ckpt.out(2),
-                  safety_score=score.out(0), rho=0.5, start_percent=0.0, end_percent=0.5, update_ratio=1.0,
-                  prior_weight=0.0, rebase=False, guide_pooled=False, decoder="vae", autocast="none")
-    inputs.update(bad)
-    samples = g.node("RSSTGKSampler", **inputs)
+    samples = node(g, "RSSTGKSampler", bad,
+        model=ckpt.out(0), seed=seed, steps=STEPS, cfg=5.0, sampler_name="euler", scheduler="normal",
+        positive=pos.out(0), negative=neg.out(0), latent_image=latent.out(0), denoise=1.0, vae=ckpt.out(2),
+        safety_score=score.out(0), rho=0.5, start_percent=0.0, end_percent=0.5, update_ratio=1.0, prior_weight=0.0,
+        rebase=False, guide_pooled=False, decoder="vae", autocast="none")
     finish(g, ckpt.out(2), samples.out(0), score.out(0))
     return g.finalize()
 
 
 def hspace(ckpt_name, seed, vector="soak_cvector.safetensors", **bad):
-    g = GraphBuilder(prefix="")
-    ckpt, pos, neg, latent = base(g, ckpt_name)
-    vec = g.node("RSLoadVector", vector_name=vector)
-    inputs = dict(model=ckpt.out(0), vector=vec.out(0), strength=1.0, start_percent=0.0, end_percent=1.0,
-                  branches="cond_only", resize_mode="bilinear")
-    inputs.update(bad)
-    model = g.node("RSApplyHSpaceVector", **inputs)
+    g, ckpt, pos, neg, latent, vec = vector_graph(ckpt_name, vector)
+    model = node(g, "RSApplyHSpaceVector", bad,
+        model=ckpt.out(0), vector=vec.out(0), strength=1.0, start_percent=0.0, end_percent=1.0, branches="cond_only",
+        resize_mode="bilinear")
     finish(g, ckpt.out(2), ksampler(g, model.out(0), pos.out(0), neg.out(0), latent.out(0), seed).out(0))
     return g.finalize()
 
 
 def embedding(ckpt_name, seed, vector="soak_embedding.safetensors", **bad):
-    g = GraphBuilder(prefix="")
-    ckpt, pos, neg, latent = base(g, ckpt_name)
-    vec = g.node("RSLoadVector", vector_name=vector)
-    inputs = dict(conditioning=pos.out(0), vector=vec.out(0), strength=1.0, start_percent=0.3, end_percent=1.0,
-                  chunk_mode="every_chunk")
-    inputs.update(bad)
-    cond = g.node("RSApplyEmbeddingDirection", **inputs)
+    g, ckpt, pos, neg, latent, vec = vector_graph(ckpt_name, vector)
+    cond = node(g, "RSApplyEmbeddingDirection", bad,
+        conditioning=pos.out(0), vector=vec.out(0), strength=1.0, start_percent=0.3, end_percent=1.0,
+        chunk_mode="every_chunk")
     score = g.node("RSColourStatisticScore", statistic="brightness", threshold=0.5)
     image = g.node("VAEDecode", samples=ksampler(g, ckpt.out(0), cond.out(0), neg.out(0), latent.out(0), seed).out(0), vae=ckpt.out(2))
     g.node("PreviewAny", source=g.node("RSDetectUnsafe", images=image.out(0), safety_score=score.out(0)).out(3))
@@ -128,21 +132,18 @@ def embedding(ckpt_name, seed, vector="soak_embedding.safetensors", **bad):
 def train(ckpt_name, seed, method="codsma_cvector", save_name="soak_cvector", iterations=2, **bad):
     g = GraphBuilder(prefix="")
     ckpt = g.node("CheckpointLoaderSimple", ckpt_name=ckpt_name)
-    inputs = dict(model=ckpt.out(0), clip=ckpt.out(1), method=method, direction="toward_target", neutral_prompt="a person",
-                  target_prompt="a woman", iterations=iterations, batch_size=1, learning_rate=0.0, lambda_sem=0.5,
-                  rank=1, seed=seed, resolution=SIZE, rollout_steps=2, scheduler="ddim_uniform",
-                  target_guidance=0.0, gradient_checkpointing=False, checkpoint_every=1000, resume=False,
-                  save_name=save_name)
-    inputs.update(bad)
-    g.node("RSTrainSteeringVector", **inputs)
+    node(g, "RSTrainSteeringVector", bad,
+        model=ckpt.out(0), clip=ckpt.out(1), method=method, direction="toward_target", neutral_prompt="a person",
+        target_prompt="a woman", iterations=iterations, batch_size=1, learning_rate=0.0, lambda_sem=0.5, rank=1,
+        seed=seed, resolution=SIZE, rollout_steps=2, scheduler="ddim_uniform", target_guidance=0.0,
+        gradient_checkpointing=False, checkpoint_every=1000, resume=False, save_name=save_name)
     return g.finalize()
 
 
 def nudenet_score(ckpt_name, seed, **bad):
     g = GraphBuilder(prefix="")
-    inputs = dict(label_preset="stg_nudity", custom_labels="", detection_threshold=0.25, threshold=0.0)
-    inputs.update(bad)
-    score = g.node("RSNudeNetScore", **inputs)
+    score = node(g, "RSNudeNetScore", bad,
+        label_preset="stg_nudity", custom_labels="", detection_threshold=0.25, threshold=0.0)
     image = g.node("EmptyImage", width=32, height=32, batch_size=1, color=seed % 0xFFFFFF)
     g.node("RSSafetyRate", images=image.out(0), safety_score=score.out(0))
     return g.finalize()

@@ -20,10 +20,28 @@ def comfy(tmp_path_factory) -> ComfySession:
     return ComfySession(str(tmp_path_factory.mktemp("comfy-base")))
 
 
-@pytest.fixture(scope="module")
-def vf(comfy):
-    """The pack's steering.vector_file, as ComfyUI loaded it."""
-    return comfy.module("steering.vector_file")
+def pack_module(dotted_name: str):
+    """A module-scoped fixture returning the pack's module `dotted_name` (e.g. "steering.stg") as
+    ComfyUI loaded it; the fixture's name is the name it is assigned to here."""
+    @pytest.fixture(scope="module")
+    def module(comfy):
+        return comfy.module(dotted_name)
+
+    module.__doc__ = f"The pack's {dotted_name}, as ComfyUI loaded it."
+    return module
+
+
+vf = pack_module("steering.vector_file")
+ed = pack_module("steering.embedding_direction")
+stg = pack_module("steering.stg")
+guidance = pack_module("steering.guidance")
+decoders = pack_module("steering.decoders")
+safety = pack_module("steering.safety")
+nudenet = pack_module("steering.safety.nudenet")
+clip_scores = pack_module("steering.safety.clip_scores")
+dl = pack_module("steering.dual_latent")
+detector_module = pack_module("steering.input_detector")
+paths = pack_module("nodes.paths")
 
 
 @pytest.fixture(scope="module")

@@ -15,16 +15,6 @@ SAFE_PROMPT = "a calm garden with flowers"
 SIZE, STEPS = 64, 4
 
 
-@pytest.fixture(scope="module")
-def dl(comfy):
-    return comfy.module("steering.dual_latent")
-
-
-@pytest.fixture(scope="module")
-def detector_module(comfy):
-    return comfy.module("steering.input_detector")
-
-
 def two_prompt_graph(comfy, batch: int = 1, negative: str = "blurry"):
     g, ckpt, pos, neg = sd_graph(comfy, positive=UNSAFE_PROMPT, negative=negative)
     safe = g.node("CLIPTextEncode", id="safe", text=SAFE_PROMPT, clip=ckpt.out(1))

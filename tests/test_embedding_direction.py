@@ -2,18 +2,11 @@
 conditional branch, long prompts, SDXL shapes, fair sampling, through real graphs."""
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
 from devtools.session import PromptError
 from devtools.sd import add_txt2img, encode, keep, probe_predictions, render, sd_graph, trajectory
-
-
-@pytest.fixture(scope="module")
-def ed(comfy):
-    return comfy.module("steering.embedding_direction")
 
 
 def direction_vector(vf, seed: int, arch: str = "sd1", scale: float = 1.0, name: str | None = None):
@@ -147,33 +140,86 @@ def test_trajectory_untouched_before_the_warm_up(comfy, vf, tiny):
         assert torch.equal(plain[i], shifted[i]) == (i in before), f"step {i}"
 
 
-def test_fair_sampling_gives_each_image_its_direction(comfy, vf):
-    names = [saved(comfy, vf, direction_vector(vf, 20 + k, scale=0.5, name=f"d-attr-{k}"), f"d-attr-{k}")
-             for k in range(2)]
-    def expected(seed):  # the documented rule, computed independently
-        rng = random.Random(seed)
-        return [rng.randrange(2) for _ in range(4)]
+FAIR_BATCH, FAIR_STEPS = 4, 2
 
-    seed = next(s for s in range(100) if len(set(expected(s))) == 2)
-    assignment = expected(seed)
-    single = []
-    for name in names:
-        g, ckpt, pos, neg, steered = steered_graph(comfy, name)
-        single.append(render(comfy, g, add_txt2img(g, ckpt.out(0), ckpt.out(2), steered.out(0), neg.out(0), batch=4)))
+
+def fair_reports(comfy, files: list[str], seeds, mode: str = "uniform", batch: int = FAIR_BATCH) -> list[str]:
+    """The assignment text of the fair embedding node over the vector files `files`, for each seed (the node
+    alone; nothing is sampled)."""
     g, ckpt, pos, neg = sd_graph(comfy)
-    vectors = [g.node("RSLoadVector", vector_name=n) for n in names]
-    vset = g.node("RSVectorSet", vector_1=vectors[0].out(0), vector_2=vectors[1].out(0))
-    fair = g.node("RSApplyEmbeddingDirectionFair", id="fair", conditioning=pos.out(0), vectors=vset.out(0),
-                 batch_size=4, seed=seed, assignment="uniform", strength=1.0, start_percent=0.0,
-                 end_percent=1.0, chunk_mode="every_chunk")
-    keep(g, fair.out(1))
-    image = add_txt2img(g, ckpt.out(0), ckpt.out(2), fair.out(0), neg.out(0), batch=4)
+    vectors = [g.node("RSLoadVector", vector_name=f) for f in files]
+    vset = g.node("RSVectorSet", **{f"vector_{k + 1}": v.out(0) for k, v in enumerate(vectors)})
+    fair = [g.node("RSApplyEmbeddingDirectionFair", id=f"fair{seed}", conditioning=pos.out(0), vectors=vset.out(0),
+                   batch_size=batch, seed=seed, assignment=mode, strength=1.0, start_percent=0.0, end_percent=1.0,
+                   chunk_mode="every_chunk") for seed in seeds]
+    for node in fair:
+        keep(g, node.out(1))
     result = comfy.run(g.finalize())
-    images = result.output(image.id)
-    assert result.output("fair", 1) == "\n".join(f"image {i}: d-attr-{k}" for i, k in enumerate(assignment))
-    for i, k in enumerate(assignment):
-        assert torch.allclose(images[i], single[k][i], atol=1e-4), f"image {i} should use direction {k}"
-        assert (images[i] - single[1 - k][i]).abs().mean() > 1e-3
+    return [result.output(f"fair{seed}", 1) for seed in seeds]
+
+
+def report_of(names: list[str], chosen: list[int]) -> str:
+    """The node's assignment text for image i getting the vector named names[chosen[i]]."""
+    return "\n".join(f"image {i}: {names[k]}" for i, k in enumerate(chosen))
+
+
+def seed_using_all(reports: list[str], names: list[str]) -> int:
+    """The first seed (index into `reports`) whose assignment uses every vector."""
+    used = [{line.split(": ", 1)[1] for line in report.splitlines()} for report in reports]
+    seed = next((s for s, u in enumerate(used) if u == set(names)), None)
+    assert seed is not None, f"no seed of {len(reports)} used all of {names}: {reports}"
+    return seed
+
+
+def vector_of_each_image(fair: torch.Tensor, single: list[torch.Tensor]) -> list[int]:
+    """For each image of a fair batch, the index of the one single-vector batch whose image at the same index
+    it reproduces (the same noise; only the vector differs); fails unless exactly one does."""
+    chosen = []
+    for i in range(fair.shape[0]):
+        close = [k for k, images in enumerate(single) if torch.allclose(fair[i], images[i], atol=1e-4)]
+        assert len(close) == 1, f"image {i} reproduces the single-vector runs {close}; expected exactly one"
+        for k, images in enumerate(single):
+            if k != close[0]:
+                assert (fair[i] - images[i]).abs().mean() > 1e-3, f"image {i}: vectors {close[0]} and {k} agree"
+        chosen.append(close[0])
+    return chosen
+
+
+def test_fair_sampling_gives_each_image_its_direction(comfy, vf):
+    """Which direction each image got is read off the images (each equals the same image rendered with one
+    direction only), not recomputed: the node's report must say the same, a uniform draw that uses both
+    directions reproduces, and balanced mode gives each of the 2 directions 2 of the 4 images."""
+    names = [f"d-attr-{k}" for k in range(2)]
+    files = [saved(comfy, vf, direction_vector(vf, 20 + k, scale=0.5, name=name), name) for k, name in enumerate(names)]
+    reports = fair_reports(comfy, files, range(8))
+    assert len(set(reports)) > 1, "every seed gave the same assignment"
+    assert fair_reports(comfy, files, range(8)) == reports, "the same seed must give the same assignment"
+    seed = seed_using_all(reports, names)
+
+    g, ckpt, pos, neg = sd_graph(comfy)
+    vectors = [g.node("RSLoadVector", vector_name=f) for f in files]
+
+    def txt2img(conditioning):
+        return add_txt2img(g, ckpt.out(0), ckpt.out(2), conditioning, neg.out(0), batch=FAIR_BATCH, steps=FAIR_STEPS)
+
+    single = [txt2img(g.node("RSApplyEmbeddingDirection", conditioning=pos.out(0), vector=v.out(0), strength=1.0,
+                             start_percent=0.0, end_percent=1.0, chunk_mode="every_chunk").out(0)) for v in vectors]
+    vset = g.node("RSVectorSet", vector_1=vectors[0].out(0), vector_2=vectors[1].out(0))
+    fair, images = {}, {}
+    for mode in ("uniform", "balanced"):
+        fair[mode] = g.node("RSApplyEmbeddingDirectionFair", conditioning=pos.out(0), vectors=vset.out(0),
+                            batch_size=FAIR_BATCH, seed=seed, assignment=mode, strength=1.0, start_percent=0.0,
+                            end_percent=1.0, chunk_mode="every_chunk")
+        keep(g, fair[mode].out(1))
+        images[mode] = txt2img(fair[mode].out(0))
+    result = comfy.run(g.finalize())
+    single = [result.output(image.id) for image in single]
+
+    uniform = vector_of_each_image(result.output(images["uniform"].id), single)
+    assert result.output(fair["uniform"].id, 1) == report_of(names, uniform) == reports[seed]
+    balanced = vector_of_each_image(result.output(images["balanced"].id), single)
+    assert result.output(fair["balanced"].id, 1) == report_of(names, balanced)
+    assert sorted(balanced.count(k) for k in range(2)) == [2, 2]
 
 
 def test_wrong_vector_kind_is_a_clear_error(comfy, vf):

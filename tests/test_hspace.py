@@ -2,13 +2,13 @@
 on a directly built SDXL-architecture UNet, through real ComfyUI graphs."""
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
 from devtools.session import PromptError
 from devtools.sd import add_txt2img, keep, probe_predictions, render, sd_graph, trajectory
+from test_embedding_direction import (FAIR_BATCH, FAIR_STEPS, direction_vector, fair_reports, report_of,
+                                      seed_using_all, vector_of_each_image)
 
 
 def hspace_vector(vf, seed: int, spatial=(4, 4), scale: float = 4.0, arch: str = "sd1", method="hspace_cvector"):
@@ -142,31 +142,37 @@ def test_respodiff_applies_ram_and_sam_together(comfy, vf):
     assert torch.equal(images[0], images[1])
 
 
-def expected_assignment(seed: int, count: int, batch: int) -> list[int]:
-    """The documented rule, computed independently: image i gets draw i of random.Random(seed)."""
-    rng = random.Random(seed)
-    return [rng.randrange(count) for _ in range(batch)]
-
-
 def test_fair_sampling_assigns_one_vector_per_image(comfy, vf):
-    names = [saved(comfy, vf, hspace_vector(vf, 10 + k, scale=6.0), f"h-attr-{k}") for k in range(2)]
-    seed = next(s for s in range(100) if len(set(expected_assignment(s, 2, 4))) == 2)
-    assignment = expected_assignment(seed, 2, 4)
+    """Which vector each image got is read off the images (each equals the same image rendered with one vector
+    only), not recomputed: it must be what the fair embedding node reports for the same seed and mode (the two
+    fair nodes agree), for a uniform draw that uses both vectors and for balanced mode (2 images each)."""
+    files = [saved(comfy, vf, hspace_vector(vf, 10 + k, scale=6.0), f"h-attr-{k}") for k in range(2)]
+    names = [f"h-attr-direction-{k}" for k in range(2)]
+    directions = [saved(comfy, vf, direction_vector(vf, 30 + k, name=name), name) for k, name in enumerate(names)]
+    reports = fair_reports(comfy, directions, range(8))
+    seed = seed_using_all(reports, names)
+    (balanced_report,) = fair_reports(comfy, directions, [seed], "balanced")
 
-    single = []
-    for name in names:
-        g, ckpt, pos, neg, model = patched_graph(comfy, name)
-        single.append(render(comfy, g, add_txt2img(g, model.out(0), ckpt.out(2), pos.out(0), neg.out(0), batch=4)))
     g, ckpt, pos, neg = sd_graph(comfy)
-    vectors = [g.node("RSLoadVector", vector_name=n) for n in names]
-    vset = g.node("RSVectorSet", vector_1=vectors[0].out(0), vector_2=vectors[1].out(0))
-    model = g.node("RSApplyHSpaceVectorFair", model=ckpt.out(0), vectors=vset.out(0), seed=seed, assignment="uniform",
-                  strength=1.0, start_percent=0.0, end_percent=1.0, branches="cond_only", resize_mode="bilinear")
-    fair = render(comfy, g, add_txt2img(g, model.out(0), ckpt.out(2), pos.out(0), neg.out(0), batch=4))
+    vectors = [g.node("RSLoadVector", vector_name=f) for f in files]
+    settings = dict(strength=1.0, start_percent=0.0, end_percent=1.0, branches="cond_only", resize_mode="bilinear")
 
-    for i, k in enumerate(assignment):
-        assert torch.allclose(fair[i], single[k][i], atol=1e-4), f"image {i} should use vector {k}"
-        assert (fair[i] - single[1 - k][i]).abs().mean() > 1e-3
+    def txt2img(model):
+        return add_txt2img(g, model, ckpt.out(2), pos.out(0), neg.out(0), batch=FAIR_BATCH, steps=FAIR_STEPS)
+
+    single = [txt2img(g.node("RSApplyHSpaceVector", model=ckpt.out(0), vector=v.out(0), **settings).out(0))
+              for v in vectors]
+    vset = g.node("RSVectorSet", vector_1=vectors[0].out(0), vector_2=vectors[1].out(0))
+    images = {mode: txt2img(g.node("RSApplyHSpaceVectorFair", model=ckpt.out(0), vectors=vset.out(0), seed=seed,
+                                   assignment=mode, **settings).out(0)) for mode in ("uniform", "balanced")}
+    result = comfy.run(g.finalize())
+    single = [result.output(image.id) for image in single]
+
+    uniform = vector_of_each_image(result.output(images["uniform"].id), single)
+    assert report_of(names, uniform) == reports[seed]
+    balanced = vector_of_each_image(result.output(images["balanced"].id), single)
+    assert report_of(names, balanced) == balanced_report
+    assert sorted(balanced.count(k) for k in range(2)) == [2, 2]
 
 
 def test_balanced_assignment_is_even_for_every_prefix(comfy):

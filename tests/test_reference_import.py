@@ -20,6 +20,16 @@ def ri(comfy):
     return comfy.module("steering.reference_import")
 
 
+def assert_import_fails(comfy, reference_file: str, concept: str, message: str) -> None:
+    """Importing `reference_file` (under the vectors folder) with save=False is refused with `message`."""
+    g = GraphBuilder(prefix="")
+    imported = g.node("RSImportReferenceVectors", reference_file=reference_file, format="auto", concept=concept,
+                     save=False)
+    g.node("PreviewAny", source=imported.out(1))
+    with pytest.raises(PromptError, match=message):
+        comfy.run(g.finalize())
+
+
 def test_embedding_direction_file_converts_exactly(ri, reference_vectors_dir):
     path = os.path.join(reference_vectors_dir, "embedding-direction_safe-direction.pth")
     raw = torch.load(path, map_location="cpu", weights_only=True)
@@ -82,12 +92,7 @@ def test_import_node_converts_files_in_the_vector_folder(comfy, reference_vector
     assert os.path.isfile(os.path.join(comfy.vector_dir, "sdisc_female.safetensors"))
     assert "sdisc_female.safetensors" in result.output("import", 1)
 
-    g = GraphBuilder(prefix="")
-    imported = g.node("RSImportReferenceVectors", reference_file="unet.pth", format="auto", concept="purple",
-                     save=False)
-    g.node("PreviewAny", source=imported.out(1))
-    with pytest.raises(PromptError, match="concept 'purple' is not in unet.pth"):
-        comfy.run(g.finalize())
+    assert_import_fails(comfy, "unet.pth", "purple", "concept 'purple' is not in unet.pth")
 
 
 # ---------------------------------------------------------------------------- RespoDiff RAM + SAM
@@ -210,9 +215,4 @@ def test_import_node_reports_the_detected_respodiff_format(comfy, tmp_path):
     zero = os.path.join(comfy.vector_dir, "zero_run")
     os.makedirs(zero)
     torch.save({RAM_KEY: torch.zeros(ROWS, 0), SAM_KEY: torch.zeros(ROWS, 0)}, os.path.join(zero, "unet.pth"))
-    g = GraphBuilder(prefix="")
-    imported = g.node("RSImportReferenceVectors", reference_file="zero_run/unet.pth", format="auto", concept="",
-                     save=False)
-    g.node("PreviewAny", source=imported.out(1))
-    with pytest.raises(PromptError, match="no concept columns"):
-        comfy.run(g.finalize())
+    assert_import_fails(comfy, "zero_run/unet.pth", "", "no concept columns")

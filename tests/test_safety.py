@@ -16,21 +16,6 @@ from devtools.session import PromptError
 MAX_ABS_DIFF = {}
 
 
-@pytest.fixture(scope="module")
-def nudenet(comfy):
-    return comfy.module("steering.safety.nudenet")
-
-
-@pytest.fixture(scope="module")
-def clip_scores(comfy):
-    return comfy.module("steering.safety.clip_scores")
-
-
-@pytest.fixture(scope="module")
-def paths(comfy):
-    return comfy.module("nodes.paths")
-
-
 def onnx_path() -> str:
     spec = importlib.util.find_spec("nudenet")
     if spec is None:

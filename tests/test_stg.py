@@ -17,26 +17,6 @@ SIZE, STEPS = 64, 4
 
 
 @pytest.fixture(scope="module")
-def stg(comfy):
-    return comfy.module("steering.stg")
-
-
-@pytest.fixture(scope="module")
-def decoders(comfy):
-    return comfy.module("steering.decoders")
-
-
-@pytest.fixture(scope="module")
-def guidance(comfy):
-    return comfy.module("steering.guidance")
-
-
-@pytest.fixture(scope="module")
-def safety(comfy):
-    return comfy.module("steering.safety")
-
-
-@pytest.fixture(scope="module")
 def tiny(comfy):
     """(model, clip, vae, positive, negative) exactly as the executor makes them (inference tensors)."""
     g, ckpt, pos, neg = sd_graph(comfy, positive="a photo of a person at the beach")
@@ -149,21 +129,32 @@ def test_window_threshold_and_persistence(comfy, stg, decoders, guidance, safety
     assert final[high] < final_plain[high] - 1e-3
 
 
+def at_first_step(guider, probe) -> None:
+    """Run `guider` over sigmas 6 -> 0 from a zero latent with seeded noise, in inference mode as the executor
+    does, with a sampler that only calls probe(guider, x, t, model_options) at the first sigma."""
+    from comfy.samplers import KSAMPLER
+
+    def sampler(model_k, noise, sigmas, extra_args=None, callback=None, disable=None):
+        x = noise * sigmas[0]
+        t = sigmas[0] * noise.new_ones([noise.shape[0]])
+        probe(model_k.inner_model, x, t, extra_args["model_options"])
+        return noise
+
+    latent = torch.zeros(1, 4, SIZE // 8, SIZE // 8)
+    with torch.inference_mode():
+        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
+        guider.sample(noise, latent, KSAMPLER(sampler), torch.tensor([6.0, 0.0]), seed=0)
+
+
 def test_gradient_matches_finite_differences(comfy, stg, decoders, safety, tiny):
     """d score / d embedding from the guided pass equals a central finite difference along a random
     direction, computed inside inference mode as in the executor."""
-    import comfy.samplers
-
     model, _clip, vae, positive, negative = tiny
     guider = stg.make_guider(model, positive, negative, 5.0, decoders.VAEDecoder(vae),
                              safety.ColourStatisticScore("redness", threshold=-10.0), stg.STGSettings(rho=1.0))
     found = {}
 
-    def probe(model_k, noise, sigmas, extra_args=None, callback=None, disable=None):
-        g = model_k.inner_model
-        x = noise * sigmas[0]
-        t = sigmas[0] * noise.new_ones([noise.shape[0]])
-        options = extra_args["model_options"]
+    def probe(g, x, t, options):
         embeds = g.initial_state(x.shape[0]).embeds
         grads = g.embedding_gradient(x, t, options, embeds).grads
         # half along the gradient (a float32 score needs a derivative well above its rounding), half random
@@ -175,12 +166,8 @@ def test_gradient_matches_finite_differences(comfy, stg, decoders, safety, tiny)
         found["analytic"] = float((grads[0] * direction).sum())
         found["numeric"] = float((values[0] - values[1]) / (2 * eps))
         found["grad_norm"] = float(grads[0].norm())
-        return noise
 
-    latent = torch.zeros(1, 4, SIZE // 8, SIZE // 8)
-    with torch.inference_mode():
-        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
-        guider.sample(noise, latent, comfy.samplers.KSAMPLER(probe), torch.tensor([6.0, 0.0]), seed=0)
+    at_first_step(guider, probe)
     assert found["grad_norm"] > 0
     assert found["analytic"] == pytest.approx(found["numeric"], rel=0.02), found
 
@@ -369,7 +356,6 @@ def test_in_training_handling_changes_no_bit_of_the_gradient(comfy, stg, decoder
     """STG's embedding gradient with the version layer's in-training mode forced on (ComfyUI 0.3.75 has no such
     flag) equals the one with it off, bit for bit; the decode inside the gradient pass sees the mode on."""
     import comfy.model_management as mm
-    from comfy.samplers import KSAMPLER
 
     compat = comfy.module("steering.comfy_compat")
     model, _clip, vae, positive, negative = tiny
@@ -386,18 +372,10 @@ def test_in_training_handling_changes_no_bit_of_the_gradient(comfy, stg, decoder
                                  safety.ColourStatisticScore("redness", threshold=-10.0), stg.STGSettings(rho=1.0))
         found = {}
 
-        def probe(model_k, noise, sigmas, extra_args=None, callback=None, disable=None):
-            g = model_k.inner_model
-            x = noise * sigmas[0]
-            t = sigmas[0] * noise.new_ones([noise.shape[0]])
-            found["grads"] = g.embedding_gradient(x, t, extra_args["model_options"],
-                                                  g.initial_state(x.shape[0]).embeds).grads
-            return noise
+        def probe(g, x, t, options):
+            found["grads"] = g.embedding_gradient(x, t, options, g.initial_state(x.shape[0]).embeds).grads
 
-        latent = torch.zeros(1, 4, SIZE // 8, SIZE // 8)
-        with torch.inference_mode():
-            noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
-            guider.sample(noise, latent, KSAMPLER(probe), torch.tensor([6.0, 0.0]), seed=0)
+        at_first_step(guider, probe)
         return found["grads"]
 
     before = getattr(mm, "in_training", "absent")

@@ -158,21 +158,27 @@ class InterruptAfter:
             comfy.model_management.interrupt_current_processing(True)
 
 
-def test_cancel_leaves_a_named_checkpoint_and_resume_equals_an_uninterrupted_run(comfy):
+def cancelled_training(comfy, after: int, save_name: str, **settings):
+    """Run training that Cancel interrupts after `after` iterations (the prompt must fail with "interrupted");
+    returns the checkpoint it left. The progress hook and the interrupt flag are reset whatever happens."""
     from comfy import model_management, utils as comfy_utils
 
-    settings = dict(method="codsma_cvector", iterations=2, rollout_steps=2, seed=5, learning_rate=0.02)
-    full = run_training(comfy, save_name="resume_full", **settings)
-
-    comfy_utils.set_progress_bar_global_hook(InterruptAfter(1))
+    comfy_utils.set_progress_bar_global_hook(InterruptAfter(after))
     try:
         with pytest.raises(PromptError, match="interrupted"):
-            run_training(comfy, save_name="resume_cut", **settings)
+            run_training(comfy, save_name=save_name, **settings)
     finally:
         comfy_utils.set_progress_bar_global_hook(None)
         model_management.interrupt_current_processing(False)
+    return comfy.module("training.checkpoint").load_checkpoint(checkpoint_file(comfy, save_name))
+
+
+def test_cancel_leaves_a_named_checkpoint_and_resume_equals_an_uninterrupted_run(comfy):
+    settings = dict(method="codsma_cvector", iterations=2, rollout_steps=2, seed=5, learning_rate=0.02)
+    full = run_training(comfy, save_name="resume_full", **settings)
+
+    ckpt = cancelled_training(comfy, 1, "resume_cut", **settings)
     assert not any(f.startswith("resume_cut") for f in os.listdir(comfy.vector_dir)), "a vector file was written"
-    ckpt = comfy.module("training.checkpoint").load_checkpoint(checkpoint_file(comfy, "resume_cut"))
     assert ckpt.iteration == 1 and len(ckpt.history["loss"]) == 1
     gc.collect()
     alive = [t for t in gc.get_objects() if issubclass(type(t), torch.Tensor) and t.requires_grad

@@ -19,8 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from devtools.session import PromptError
-from test_training import InterruptAfter, checkpoint_file, plain_unet, run_training  # noqa: F401 (fixture)
+from test_training import cancelled_training, plain_unet, run_training  # noqa: F401 (fixture)
 
 
 def encode(clip, texts):
@@ -332,20 +331,11 @@ def test_the_registry_drives_the_node_and_the_loop(comfy, tiny):
 # ----------------------------------------------------------------------------- resume inside a trajectory
 
 def test_on_policy_cancel_inside_a_trajectory_resumes_exactly(comfy):
-    from comfy import model_management, utils as comfy_utils
-
     # 4 steps: window 1..3 (3 updates per trajectory); cancelled after update 2, inside the first trajectory
     settings = dict(method="embedding_direction", direction="away_from_concept", iterations=5, rollout_steps=4,
                     seed=2, learning_rate=0.1, target_prompt="violence")
     full = run_training(comfy, save_name="onpolicy_full", **settings)
-    comfy_utils.set_progress_bar_global_hook(InterruptAfter(2))
-    try:
-        with pytest.raises(PromptError, match="interrupted"):
-            run_training(comfy, save_name="onpolicy_cut", **settings)
-    finally:
-        comfy_utils.set_progress_bar_global_hook(None)
-        model_management.interrupt_current_processing(False)
-    state = comfy.module("training.checkpoint").load_checkpoint(checkpoint_file(comfy, "onpolicy_cut"))
+    state = cancelled_training(comfy, 2, "onpolicy_cut", **settings)
     assert state.iteration == 2 and tuple(state.trajectory["x"].shape) == (2, 4, 8, 8)
     resumed = run_training(comfy, save_name="onpolicy_cut", resume=True, **settings)
     assert resumed["loss"]["series"] == full["loss"]["series"]
