@@ -104,7 +104,7 @@ def architecture_of_conditioning(cond, pooled=None) -> str:
 
 def architecture_of_model(model) -> str:
     """Name the architecture of a ComfyUI ModelPatcher (or BaseModel)."""
-    import comfy.supported_models as sm
+    from .comfy_compat import model_config_classes
 
     base = getattr(model, "model", model)
     config = getattr(base, "model_config", None)
@@ -112,7 +112,7 @@ def architecture_of_model(model) -> str:
         if classes and isinstance(config, classes):
             return name
     for name, class_names in MODEL_CONFIG_CLASSES.items():
-        classes = tuple(getattr(sm, c) for c in class_names if hasattr(sm, c))
+        classes = model_config_classes(class_names)
         if classes and isinstance(config, classes):
             return name
     raise ArchitectureError(

@@ -147,6 +147,21 @@ def set_bottleneck_patch(patcher, bottleneck: Bottleneck, prefer_hook: bool = Tr
     return kind
 
 
+# ---------------------------------------------------------------- models
+
+def latent_downscale(base_model) -> int:
+    """Image pixels per latent pixel: the latent format's ``spacial_downscale_ratio`` (comfy/latent_formats.py
+    of newer ComfyUI, and models built outside comfy.supported_models), else SD's VAE factor 8 (0.3.75)."""
+    return int(getattr(base_model.latent_format, "spacial_downscale_ratio", 8))
+
+
+def model_config_classes(names) -> tuple[type, ...]:
+    """The comfy.supported_models classes of `names` that this ComfyUI has (the list grows with versions)."""
+    import comfy.supported_models as sm
+
+    return tuple(getattr(sm, name) for name in names if hasattr(sm, name))
+
+
 # ---------------------------------------------------------------- V3 schema
 
 def schema_options(**options) -> dict:

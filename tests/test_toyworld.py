@@ -105,19 +105,18 @@ def test_comfyui_samples_what_the_prompt_asks_for(toyworld):
 
 
 def test_bottleneck_patch_applies_to_toyworld(comfy, toyworld):
-    """The pack's BottleneckOffsetPatch at ("output", 0) sees ToyWorld's bottleneck."""
-    hspace = comfy.module("steering.hspace")
+    """The pack's BottleneckOffsetPatch, installed as the h-space node installs it, sees ToyWorld's bottleneck."""
+    hspace, compat = comfy.module("steering.hspace"), comfy.module("steering.comfy_compat")
     offsets = torch.zeros(1, *M.BOTTLENECK_SHAPE)
     seen = []
 
     class Probe(hspace.BottleneckOffsetPatch):
-        def __call__(self, h, hsp, transformer_options):
-            if transformer_options.get("block") == hspace.MIDDLE_BLOCK_OUTPUT:
-                seen.append(tuple(h.shape[1:]))
-            return super().__call__(h, hsp, transformer_options)
+        def shift(self, h, transformer_options):
+            seen.append(tuple(h.shape[1:]))
+            return super().shift(h, transformer_options)
 
     patched = toyworld.model.clone()
-    patched.set_model_output_block_patch(Probe(offsets, 1.0, 1e9, 0.0))
+    compat.set_bottleneck_patch(patched, Probe(offsets, 1.0))
     plain = sample(toyworld, "a green circle", 3, n=2)
     probed = sample(toyworld, "a green circle", 3, n=2, model=patched)
     assert seen and set(seen) == {M.BOTTLENECK_SHAPE}

@@ -29,12 +29,12 @@ import torch
 
 from .checkpoint import CheckpointError, TrainState, load_checkpoint, save_checkpoint
 from ..steering.architectures import get_architecture
-from ..steering.comfy_compat import gradient_pass
+from ..steering.comfy_compat import gradient_pass, latent_downscale
 from ..steering.prompts import prompt_lines
 from ..steering.vector_file import SteeringVector
 from .objectives import DIRECTIONS, OBJECTIVES, SCHEDULES, Prompts, get_objective
 from .rollout import SAMPLERS, SCHEDULERS, Stepper, batched_rollout, schedule
-from .unet import (UNetCaller, bottleneck_shape, gradient_checkpointing, gradient_ready, latent_downscale,
+from .unet import (UNetCaller, bottleneck_shape, gradient_checkpointing, gradient_ready,
                    sampling_run)
 
 # Fields a checkpoint must share with the run that resumes it (iterations may grow).

@@ -34,7 +34,7 @@ import torch.utils.checkpoint
 from ..steering.architectures import ArchitectureError
 from ..steering.autograd_views import autograd_views
 from ..steering.embedding_direction import expand_to_tokens
-from ..steering.comfy_compat import bottleneck_patch
+from ..steering.comfy_compat import bottleneck_patch, latent_downscale
 from ..steering.hspace import BottleneckOffsetPatch
 
 
@@ -257,12 +257,6 @@ def with_patches(transformer_options: dict, **added: list) -> dict:
             patches.setdefault(kind, []).extend(fns)
     options["patches"] = patches
     return options
-
-
-def latent_downscale(base) -> int:
-    """Image pixels per latent pixel: the latent format's ``spacial_downscale_ratio`` where it has one
-    (newer ComfyUI, and models built outside comfy.supported_models), else SD's VAE factor 8."""
-    return int(getattr(base.latent_format, "spacial_downscale_ratio", 8))
 
 
 def bottleneck_shape(caller: UNetCaller, latent_shape: tuple, prompt: PromptConds) -> tuple[int, int, int]:
