@@ -126,13 +126,18 @@ def sd1_state_dict(seed: int = 0, dtype: torch.dtype = torch.float16) -> dict[st
 
 
 def write_sd1_checkpoint(path: str, seed: int = 0) -> str:
-    """Write the tiny SD1 checkpoint atomically (the pack's own safetensors writer); returns the path."""
-    from devtools import pack
+    """Write the tiny SD1 checkpoint atomically (a temporary folder beside it, then a rename); returns the path.
+    The pack is not loaded here: ComfyUI must load it later from the test's custom_nodes folder."""
+    from safetensors.torch import save_file
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    return pack.module("steering.vector_file").write_safetensors_atomically(
-        sd1_state_dict(seed), path, {"generator": "responsible-steering tiny_checkpoint",
-                                     "format": CHECKPOINT_FORMAT_VERSION, "seed": str(seed)})
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".tiny-sd1-") as tmp:
+        written = os.path.join(tmp, os.path.basename(path))
+        save_file(sd1_state_dict(seed), written, metadata={"generator": "responsible-steering tiny_checkpoint",
+                                                            "format": CHECKPOINT_FORMAT_VERSION, "seed": str(seed)})
+        os.replace(written, path)
+    return path
 
 
 def ensure_sd1_checkpoint(directory: str, seed: int = 0) -> str:
