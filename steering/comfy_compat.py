@@ -26,7 +26,6 @@ on ``h`` (ComfyUI 0.3.75 has no middle hook); both see the same ``h``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from typing import Iterator, Protocol
 
 import torch
@@ -160,15 +159,3 @@ def model_config_classes(names) -> tuple[type, ...]:
     import comfy.supported_models as sm
 
     return tuple(getattr(sm, name) for name in names if hasattr(sm, name))
-
-
-# ---------------------------------------------------------------- V3 schema
-
-def schema_options(**options) -> dict:
-    """The optional io.Schema fields this ComfyUI knows (e.g. ``search_aliases``, added after 0.3.75
-    in comfy_api/latest/_io.py); the others are dropped rather than raising TypeError."""
-    from comfy_api.latest import io
-
-    known = {f.name for f in dataclasses.fields(io.Schema)}
-    return {k: v for k, v in options.items() if k in known}
-
