@@ -21,14 +21,13 @@ from typing import Iterable, Sequence
 import torch
 
 from .architectures import ArchitectureError, architecture_of_model, unet_bottleneck_channels
-from .comfy_compat import FIRST_OUTPUT_BLOCK, set_bottleneck_patch
+from .comfy_compat import set_bottleneck_patch
 from .fair import fair_assignment
 from .vector_file import SteeringVector, VectorFileError, resize_spatial
 from .window import SigmaWindow
 
 RESIZE_MODES = ("bilinear", "bicubic", "nearest", "area")
 BRANCHES = ("cond_only", "cond_and_uncond")
-MIDDLE_BLOCK_OUTPUT = FIRST_OUTPUT_BLOCK  # the "block" of the output-block patch call that sees the middle output
 COND = 0  # ComfyUI's cond_or_uncond entry of the positive (conditional) prompt
 
 

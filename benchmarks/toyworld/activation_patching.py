@@ -33,7 +33,7 @@ def swapped_model(model, other_context: torch.Tensor, swap: str):
 
     if swap not in SWAPS:
         raise ValueError(f"swap {swap!r}; expected one of {SWAPS}")
-    middle_block_output = pack.module("steering.hspace").MIDDLE_BLOCK_OUTPUT
+    middle_block_output = pack.module("steering.comfy_compat").FIRST_OUTPUT_BLOCK
     with_patches = pack.module("training.unet").with_patches
     take_skips = swap in ("bottleneck_and_skips", "decoder_context")
 
