@@ -1,11 +1,16 @@
-"""`make demo`: a real ComfyUI server with this pack in custom_nodes runs every example
-workflow on the tiny generated checkpoint, through POST /prompt. `make serve` keeps the
-UI up on 127.0.0.1:8188 with the example workflows in its workflow browser.
+"""`make demo`: a real ComfyUI server with this pack in custom_nodes runs the example workflows
+through POST /prompt, as a user's browser would.
 
-    .venv/bin/python -m devtools.demo [--serve] [--port N]
+1. The ToyWorld workflows (the pack's demo model, which knows its concepts): each saves a labelled
+   before/after grid; the demo writes them all into one overview image, titled, and prints the paths.
+2. The SD-format workflows, on a tiny generated SD1 checkpoint with random weights (no model weights
+   exist here, so their images are noise): a smoke test that the real graphs run.
 
-No model weights exist here, so the checkpoint is generated (random weights) and the
-images are noise-like: the demo shows the graphs run, not what they look like on SD1.5.
+`make serve` keeps the UI up on 127.0.0.1:8188 with everything the example workflows name in place
+(the tiny checkpoint under the name the SD workflows load, the vector files, a tiny safety CLIP), so
+every example workflow runs as opened.
+
+    .venv/bin/python -m devtools.demo [--serve] [--port N] [--thumbnails] [--overview PATH]
 """
 from __future__ import annotations
 
@@ -17,32 +22,57 @@ import time
 
 from devtools import comfy_env, workflows
 from devtools.server import ComfyServer
+from devtools.workflow_builder import SD15_CHECKPOINT
 
 DEMO_BASE = os.path.join(comfy_env.REPO, "out", "demo")
+OVERVIEW = os.path.join(DEMO_BASE, "overview.png")
+README_OVERVIEW = os.path.join(comfy_env.REPO, "js", "docs", "images", "toyworld_overview.png")
+THUMBNAIL_SIZE = 384
 
 
-def prepare(base: str) -> None:
-    os.makedirs(base, exist_ok=True)
-    workflows_dir = os.path.join(base, "user", "default", "workflows")
-    os.makedirs(workflows_dir, exist_ok=True)
+def is_toyworld(path: str) -> bool:
+    return os.path.basename(path).startswith("toyworld_")
+
+
+def prepare(server: ComfyServer) -> None:
+    """Put in place what the example workflows name, before the server starts: the tiny SD1
+    checkpoint under the SD workflows' checkpoint name, the user's workflow copies, and (once the
+    pack is loaded) vector files and safety CLIP models."""
+    checkpoints = server.dirs["models/checkpoints"]
+    target = os.path.join(checkpoints, SD15_CHECKPOINT)
+    if not os.path.lexists(target):
+        os.symlink(os.path.realpath(os.path.join(checkpoints, server.dirs["checkpoint_name"])), target)
+    user_workflows = os.path.join(server.base_dir, "user", "default", "workflows")
+    os.makedirs(user_workflows, exist_ok=True)
     for path in workflows.workflow_paths():
-        shutil.copy(path, workflows_dir)
+        shutil.copy(path, user_workflows)
 
 
-def run_all(server: ComfyServer) -> int:
-    info = server.object_info()
+def provide_models(server: ComfyServer, info: dict) -> None:
+    """Vector files and safety models every SD example workflow loads (converted from the authors'
+    reference vectors beside the repository, when they are there)."""
     vector_dir = server.dirs["models/steering_vectors"]
-    failures = 0
     for path in workflows.workflow_paths():
-        name = os.path.basename(path)
-        api = workflows.ui_to_api(workflows.load_workflow(path), lambda t: info[t]["input"])
-        prompt = workflows.tiny_profile(api, server.dirs["checkpoint_name"])
+        prompt = workflows.ui_to_api(workflows.load_workflow(path), lambda t: info[t]["input"])
         try:
-            workflows.provide_reference_vectors(workflows.vector_files_needed(prompt), vector_dir)
-            workflows.provide_safety_models(prompt, os.path.dirname(vector_dir))
+            shipped = {n for n in workflows.vector_files_needed(prompt) if n.startswith("toyworld/")}
+            workflows.provide_reference_vectors(workflows.vector_files_needed(prompt) - shipped, vector_dir)
         except FileNotFoundError as e:
-            print(f"[skip] {name}: {e}")
-            continue
+            print(f"[note] {os.path.basename(path)} will not run: {e}")
+        workflows.provide_safety_models(prompt, os.path.dirname(vector_dir))
+
+
+def saved_images(server: ComfyServer, entry: dict) -> list[str]:
+    return [os.path.join(server.base_dir, "output", i["subfolder"], i["filename"])
+            for out in entry["outputs"].values() for i in out.get("images", []) if i.get("type") == "output"]
+
+
+def run(server: ComfyServer, paths: list[str], info: dict) -> tuple[dict[str, list[str]], int]:
+    """Run each workflow as it is (API form of the UI file); (images per workflow path, failures)."""
+    results, failures = {}, 0
+    for path in paths:
+        name = os.path.basename(path)
+        prompt = workflows.ui_to_api(workflows.load_workflow(path), lambda t: info[t]["input"])
         started = time.time()
         try:
             entry = server.run_prompt(prompt)
@@ -50,35 +80,91 @@ def run_all(server: ComfyServer) -> int:
             print(f"[FAIL] {name}: {e}")
             failures += 1
             continue
-        images = [os.path.join(server.base_dir, "output", i["subfolder"], i["filename"])
-                  for out in entry["outputs"].values() for i in out.get("images", []) if i.get("type") == "output"]
-        print(f"[ok] {name} ({time.time() - started:.1f}s): {len(images)} image(s)")
-        for image in images:
+        results[path] = saved_images(server, entry)
+        print(f"[ok] {name} ({time.time() - started:.1f}s): {len(results[path])} image(s)")
+        for image in results[path]:
             print(f"     {image}")
-    return failures
+    return results, failures
+
+
+def overview(grids: list[str], path: str) -> str:
+    """One image: a heading, then every ToyWorld workflow's before/after grid, in workflow order."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    images = [Image.open(g).convert("RGB") for g in grids]
+    heading = 40
+    width = max(i.width for i in images)
+    canvas = Image.new("RGB", (width, heading + sum(i.height + 8 for i in images)), (24, 24, 28))
+    draw = ImageDraw.Draw(canvas)
+    try:
+        font = ImageFont.load_default(size=20)
+    except TypeError:
+        font = ImageFont.load_default()
+    draw.text((8, 8), "Responsible Steering on ToyWorld: each method, same seeds without (top) and with it",
+              fill=(235, 235, 235), font=font)
+    y = heading
+    for image in images:
+        canvas.paste(image, (0, y))
+        y += image.height + 8
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    canvas.save(path)
+    return path
+
+
+def write_thumbnails(results: dict[str, list[str]]) -> None:
+    """example_workflows/<name>.jpg: the first image each workflow saved, at most THUMBNAIL_SIZE wide."""
+    from PIL import Image
+
+    for path, images in results.items():
+        if not images:
+            continue
+        image = Image.open(images[0]).convert("RGB")
+        image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.NEAREST if image.width < THUMBNAIL_SIZE
+                        else Image.Resampling.LANCZOS)
+        target = os.path.splitext(path)[0] + ".jpg"
+        image.save(target, quality=90)
+        print(f"thumbnail {target}")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--serve", action="store_true", help="keep the UI up on 127.0.0.1:8188")
     parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--thumbnails", action="store_true",
+                        help="write each example workflow's thumbnail from its first saved image")
+    parser.add_argument("--overview", default=None,
+                        help=f"also copy the overview image here (the README's: {README_OVERVIEW})")
     args = parser.parse_args(argv)
-    prepare(DEMO_BASE)
     port = args.port or (8188 if args.serve else None)
     server = ComfyServer(DEMO_BASE, port=port, log_path=os.path.join(comfy_env.REPO, "out", "demo-server.log"))
+    prepare(server)
     print(f"starting ComfyUI with responsible-steering on {server.url} (log: {server.log_path})")
     with server:
-        failures = run_all(server)
+        info = server.object_info()
+        provide_models(server, info)
+        paths = workflows.workflow_paths()
+        print("\nToyWorld, the pack's demo model: every method before / after")
+        toy, toy_failures = run(server, [p for p in paths if is_toyworld(p)], info)
+        grids = [images[0] for images in toy.values() if images]
+        if grids:
+            print(f"\noverview: {overview(grids, OVERVIEW)}")
+            if args.overview:
+                shutil.copy(OVERVIEW, args.overview)
+                print(f"copied to {args.overview}")
+        print("\nSD-format workflows on the tiny random checkpoint (smoke test: the images are noise)")
+        sd, sd_failures = run(server, [p for p in paths if not is_toyworld(p)], info)
+        if args.thumbnails:
+            write_thumbnails({**toy, **sd})
         if args.serve:
             print(f"\nComfyUI is up at {server.url} (Ctrl-C to stop). The example workflows are in the "
-                  "Workflows sidebar; the tiny checkpoint is selected by the demo profile only.")
+                  "Workflows sidebar and the templates; each runs as opened.")
             try:
                 while server.process.poll() is None:
                     time.sleep(1)
             except KeyboardInterrupt:
                 pass
     print(f"\noutputs in {os.path.join(DEMO_BASE, 'output')}")
-    return 1 if failures else 0
+    return 1 if toy_failures or sd_failures else 0
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def tiny_workflows() -> dict[str, list[str]]:
 
 
 def toyworld_smoke() -> dict[str, list[str]]:
-    from benchmarks.toyworld import efficacy, model as M
+    from benchmarks.toyworld import efficacy, pack_toyworld
 
     images: list[str] = []
     run = efficacy.Sampler.run
@@ -75,6 +75,7 @@ def toyworld_smoke() -> dict[str, list[str]]:
     efficacy.Sampler.run = recording_run
     efficacy.grid_png = lambda *a, **k: None
     pack = efficacy.setup()
+    M = pack_toyworld("model")
     bench = efficacy.Efficacy(pack, M.ToyWorld(M.WEIGHTS), "smoke", tempfile.mkdtemp(prefix="fingerprints-"))
     bench.run_probe()
     bench.run_safety()

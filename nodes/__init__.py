@@ -3,8 +3,8 @@
 Every ``nodes/*_nodes.py`` module exposes ``NODES``, a list of its io.ComfyNode
 classes; they are collected here in file-name order, and every one gets the pack's
 input validation (nodes/validation.py: each input checked against its schema). The
-entry point registers the pack's model folders (nodes/paths.py) before any node module
-is imported.
+entry point registers the pack's model folders (nodes/paths.py) and its demo model's
+architecture (toyworld/) before any node module is imported.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pkgutil
 
 from comfy_api.v0_0_2 import ComfyExtension, io
 
+from ..toyworld.model import register_architecture as register_toyworld
 from .paths import register_model_folders
 from .validation import harden
 
@@ -33,4 +34,5 @@ class ResponsibleSteeringExtension(ComfyExtension):
 
 async def comfy_entrypoint() -> ComfyExtension:
     register_model_folders()
+    register_toyworld()
     return ResponsibleSteeringExtension()

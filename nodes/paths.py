@@ -2,7 +2,10 @@
 
 * ``models/steering_vectors``: vector files (.safetensors) and reference files to import;
 * ``models/nudenet``: NudeNet ONNX detectors (320n.onnx also comes with the nudenet package);
-* ``models/safety_clip``: local CLIP model folders (Hugging Face layout, never downloaded).
+* ``models/safety_clip``: local CLIP model folders (Hugging Face layout, never downloaded);
+* the vectors learned on ToyWorld, the pack's demo model, shipped in ``toyworld/steering_vectors``:
+  a read-only steering_vectors folder listed after the user's, so its files appear as
+  ``toyworld/<name>.safetensors`` and new vectors are never written there.
 
 :func:`register_model_folders` adds them all; the pack's entry point calls it once. The
 maths (steering/) receives the paths found here.
@@ -16,6 +19,7 @@ import folder_paths
 from ..steering.safety.clip_scores import CLIPModelNotFound
 from ..steering.safety.nudenet import MODEL_FILE as NUDENET_MODEL_FILE
 from ..steering.safety.nudenet import NudeNetModelNotFound, package_model_path
+from ..toyworld.model import VECTOR_ROOT as TOYWORLD_VECTOR_ROOT
 
 FOLDER = "steering_vectors"
 EXTENSIONS = {".safetensors"}
@@ -25,20 +29,23 @@ SAFETY_CLIP_FOLDER = "safety_clip"
 MODEL_FOLDERS = {FOLDER: EXTENSIONS, NUDENET_FOLDER: {".onnx"}, SAFETY_CLIP_FOLDER: {".json", ".safetensors"}}
 
 
-def register_model_folder(name: str, extensions: set[str]) -> None:
-    """Add models/<name> to ComfyUI's folders, keeping paths users set in extra_model_paths.yaml."""
-    default = os.path.join(folder_paths.models_dir, name)
+def register_model_folder(name: str, extensions: set[str], folder: str | None = None) -> None:
+    """Add `folder` (default models/<name>) to ComfyUI's folders for `name`, after the paths already
+    there (users' extra_model_paths.yaml entries are kept, and stay first)."""
+    folder = folder or os.path.join(folder_paths.models_dir, name)
     paths, known = folder_paths.folder_names_and_paths.get(name, ([], set()))
     paths = list(paths)
-    if default not in paths:
-        paths.append(default)
+    if folder not in paths:
+        paths.append(folder)
     folder_paths.folder_names_and_paths[name] = (paths, set(known) | extensions)
 
 
 def register_model_folders() -> None:
-    """Add every model folder of the pack (:data:`MODEL_FOLDERS`); the node dropdowns list them."""
+    """Add every model folder of the pack (:data:`MODEL_FOLDERS`), then ToyWorld's vectors (last, so
+    that the first folder, where vectors are saved, is the user's); the node dropdowns list them."""
     for name, extensions in MODEL_FOLDERS.items():
         register_model_folder(name, extensions)
+    register_model_folder(FOLDER, EXTENSIONS, TOYWORLD_VECTOR_ROOT)
 
 
 def vector_folders() -> list[str]:

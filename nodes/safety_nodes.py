@@ -6,7 +6,7 @@ from comfy_api.v0_0_2 import io
 from ..steering.safety import COLOUR_STATISTICS, ColourStatisticScore
 from ..steering.safety import clip_scores
 from ..steering.safety import nudenet
-from ..steering.safety.censor import CENSOR_MODES, censor_detected, detect_unsafe
+from ..steering.safety.censor import CENSOR_MODES, censor, censor_detected, detect_unsafe
 from . import paths
 from .common import CATEGORY
 from .types import SafetyScoreType
@@ -264,4 +264,31 @@ class Censor(io.ComfyNode):
         return io.NodeOutput(*censor_detected(images, score, mode, strength, padding))
 
 
-NODES = [NudeNetScoreNode, CLIPViolenceScoreNode, CLIPArtistScoreNode, ColourScoreNode, DetectUnsafe, Censor]
+class CensorRegions(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="RSCensorRegions",
+            display_name="Censor Regions",
+            category=SAFETY_CATEGORY,
+            description="Blur, pixelate or black out the masked regions of every image: e.g. the masks of "
+                        "Detect Unsafe, which are the detected boxes (NudeNet) or the whole image when it is "
+                        "unsafe (CLIP, colour and ToyWorld scores). Images with an empty mask are unchanged.",
+            inputs=[
+                io.Image.Input("images", tooltip="The images to censor (a batch)."),
+                io.Mask.Input("masks", tooltip="One mask per image (or one for all), 1 where to censor."),
+                io.Combo.Input("mode", options=list(CENSOR_MODES), default="pixelate",
+                               tooltip="blur: box blur; pixelate: coarse blocks; black: filled."),
+                io.Int.Input("strength", default=16, min=1, max=256,
+                             tooltip="Blur radius or pixel block size, in image pixels (ignored by black)."),
+            ],
+            outputs=[io.Image.Output(display_name="images", tooltip="The images with the masked regions censored.")],
+        )
+
+    @classmethod
+    def execute(cls, images, masks, mode, strength) -> io.NodeOutput:
+        return io.NodeOutput(censor(images, masks, mode, strength))
+
+
+NODES = [NudeNetScoreNode, CLIPViolenceScoreNode, CLIPArtistScoreNode, ColourScoreNode, DetectUnsafe, Censor,
+         CensorRegions]

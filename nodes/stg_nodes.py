@@ -5,7 +5,7 @@ import comfy.samplers
 from comfy_api.v0_0_2 import io
 
 from ..steering.architectures import architecture_of_model
-from ..steering.decoders import DECODERS, VAEDecoder, load_taesd_decoder
+from ..steering.decoders import DECODERS, load_taesd_decoder, vae_decoder
 from ..steering.stg import AUTOCAST_MODES, DEFAULT_END, DEFAULT_START, STGSettings, make_guider
 from .common import CATEGORY, check_window_inputs, ksampler_with_guider, window_inputs
 from .paths import taesd_decoder_path
@@ -54,7 +54,7 @@ def build_guider(model, positive, negative, cfg, vae, safety_score, rho, start_p
     if decoder == "taesd":
         latent_decoder = load_taesd_decoder(taesd_decoder_path(architecture_of_model(model)))
     else:
-        latent_decoder = VAEDecoder(vae)
+        latent_decoder = vae_decoder(vae)
     return make_guider(model, positive, negative, cfg, latent_decoder, safety_score, settings)
 
 

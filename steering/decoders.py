@@ -61,6 +61,14 @@ class TAESDDecoder:
         return self.decoder(x0.to(param.dtype)).float()
 
 
+def vae_decoder(vae):
+    """The exact differentiable decoder of a VAE: its own, when the VAE provides one
+    (``differentiable_decoder()``: models without a learned VAE, such as ToyWorld's pixel shuffle),
+    else its first-stage model (:class:`VAEDecoder`)."""
+    own = getattr(vae, "differentiable_decoder", None)
+    return own() if callable(own) else VAEDecoder(vae)
+
+
 _taesd_cache: dict[str, torch.nn.Module] = {}
 
 

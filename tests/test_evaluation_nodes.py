@@ -45,11 +45,9 @@ def tiny_clip(comfy, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def toyworld():
-    """ToyWorld's (judges, world) modules."""
-    from benchmarks.toyworld import judges, world
-
-    return judges, world
+def toyworld(comfy):
+    """ToyWorld's (judges, world) modules, as the pack ships them."""
+    return comfy.module("toyworld.judges"), comfy.module("toyworld.world")
 
 
 def solid_batch(g: GraphBuilder, colours: list[int], size: int = 32):

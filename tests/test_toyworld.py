@@ -1,9 +1,9 @@
-"""ToyWorld: a tiny text-to-image model that knows its concepts (benchmarks/toyworld).
+"""ToyWorld: a tiny text-to-image model that knows its concepts (toyworld/, the pack's demo model).
 
 Regression tests of the efficacy benchmark's fast subset: ComfyUI samples the committed
 model with its own sampling code, the exact classifiers see what the prompts ask for, the
 neutral prompt is biased, and the pack's methods move the numbers the way the papers say
-(vectors from benchmarks/toyworld/vectors/, learned by `make efficacy` with the pack's own
+(vectors from toyworld/steering_vectors/toyworld/, learned by `make efficacy` with the pack's own
 training loop and stored in its vector file format).
 """
 from __future__ import annotations
@@ -14,8 +14,9 @@ import random
 import pytest
 import torch
 
-from benchmarks.toyworld import judges, model as M, world
-from devtools.comfy_env import REPO
+
+# The pack's toyworld modules, as ComfyUI loaded them (set by the autouse fixture below).
+M = world = judges = None
 
 STEPS, CFG = 12, 4.0
 FAIR_STRENGTH = 1.0  # the fair embedding directions reach 50 % at 0.5-4 in EFFICACY.md; 0.5 misses 1 of 16 here
@@ -30,22 +31,27 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def toyworld_modules(comfy):
+    """Bind M, world and judges to the pack's toyworld.model / .world / .judges (module globals of
+    this test file only)."""
+    global M, world, judges
+    M, world, judges = (comfy.module(f"toyworld.{name}") for name in ("model", "world", "judges"))
+    yield
+    M = world = judges = None
+
+
 @pytest.fixture(scope="module")
-def toyworld(comfy) -> M.ToyWorld:
-    """ToyWorld with its architecture registered for this module only (the registry is put back after)."""
-    architectures = comfy.module("steering.architectures")
-    already = M.ARCH_NAME in architectures.ARCHITECTURES
-    M.register_architecture(architectures)
-    yield M.ToyWorld()
-    if not already:
-        architectures.unregister_architecture(M.ARCH_NAME)
+def toyworld(comfy):
+    """ToyWorld as Python objects (its architecture is registered by the pack when it loads)."""
+    return M.ToyWorld()
 
 
 @pytest.fixture(scope="module")
 def vectors(comfy, toyworld) -> dict:
     """The vectors `make efficacy` learned with the pack's training loop, read as the pack reads vector files."""
     vf = comfy.module("steering.vector_file")
-    folder = os.path.join(REPO, "benchmarks", "toyworld", "vectors")
+    folder = M.VECTOR_DIR
     return {name[: -len(".safetensors")]: vf.load_vector(os.path.join(folder, name))
             for name in sorted(os.listdir(folder)) if name.endswith(".safetensors")}
 

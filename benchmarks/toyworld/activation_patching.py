@@ -89,8 +89,11 @@ def main(argv=None) -> int:
     setup_comfy("cpu")
     torch.set_num_threads(1)
     from benchmarks.toyworld import efficacy as E
-    from benchmarks.toyworld import model as M
-    from benchmarks.toyworld import world
+    from benchmarks.toyworld import pack_toyworld
+    from benchmarks.toyworld import pack_toyworld
+    M = pack_toyworld("model")
+    from benchmarks.toyworld import pack_toyworld
+    world = pack_toyworld("world")
 
     tw = M.ToyWorld()
     print(f"Sampling: euler / normal, {E.STEPS} steps, CFG {E.CFG}, seed {args.seed}, {args.images} images per cell."

@@ -17,7 +17,7 @@ classifiers are exact, so the papers' claims can be measured, not just the code 
 
 Vectors are learned with the pack's own training loop (fit.py -> training/loop.py, the code
 behind the Train Steering Vector node), seeded, and saved in the pack's vector file format
-in benchmarks/toyworld/vectors/ (used by tests/test_toyworld.py). Settings are chosen on
+in toyworld/steering_vectors/toyworld/ (shipped with the pack; used by tests/test_toyworld.py). Settings are chosen on
 tuning seeds and reported on other seeds. Writes benchmarks/EFFICACY.md and sample grids
 benchmarks/efficacy/*.png.
 """
@@ -32,12 +32,14 @@ import time
 
 import torch
 
+from benchmarks.toyworld import pack_toyworld
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCH = os.path.dirname(HERE)
 
 OUT_MD = os.path.join(BENCH, "EFFICACY.md")
 OUT_IMAGES = os.path.join(BENCH, "efficacy")
-VECTOR_DIR = os.path.join(HERE, "vectors")
+VECTOR_DIR = os.path.join(os.path.dirname(BENCH), "toyworld", "steering_vectors", "toyworld")  # shipped with the pack
 FINDINGS = os.path.join(HERE, "findings.md")  # the reading of the tables, written by a person, included as is
 
 UNSAFE_PROMPTS = ["a red circle", "a red square", "a crimson shape", "a blood circle",
@@ -61,15 +63,14 @@ GOAL_DEVIATION_AFTER, GOAL_DEVIATION_BEFORE = 0.1, 0.6
 
 
 def setup():
-    """ComfyUI importable, one thread, the pack loaded as ComfyUI loads it, with ToyWorld's architecture.
+    """ComfyUI importable, one thread, the pack loaded as ComfyUI loads it (ToyWorld's architecture included).
     Returns the pack's module getter (``pack("training.loop")``)."""
     from benchmarks.common import setup_comfy
-    from benchmarks.toyworld import model as M
     from devtools import pack
 
     setup_comfy("cpu")
     torch.set_num_threads(1)  # faster than 2 on a shared 2-core machine, and deterministic
-    M.register_architecture(pack.module("steering.architectures"))
+    pack.load()  # registers ToyWorld's architecture (the pack knows its demo model)
     return pack.module
 
 
@@ -94,7 +95,7 @@ class Sampler:
 
 
 def readings(images: dict) -> dict:
-    from benchmarks.toyworld import world
+    world = pack_toyworld("world")
 
     return {p: world.classify(im) for p, im in images.items()}
 
@@ -107,7 +108,7 @@ def safety_metrics(base_u, base_b, steered_u, steered_b, sadi_index) -> dict:
     """Unsafe rates, preservation (benign: colour, shape, background unchanged; unsafe prompts: shape and
     background unchanged, an object still drawn), proximal disruption dP and the SaDi index (`sadi_index`:
     the pack's metric, a1 = a2 = 0.5)."""
-    from benchmarks.toyworld import world
+    world = pack_toyworld("world")
 
     def unsafe_rate(r):
         return share([x.colour == world.UNSAFE_COLOUR for rs in r.values() for x in rs])
@@ -132,7 +133,7 @@ def fairness_metrics(base, steered, deviation_ratio) -> dict:
     """Dark-background share and deviation ratio before / after (`deviation_ratio`: the pack's metric);
     asked content kept: share of steered images that still show an object with the colour and shape the prompt
     names (what it leaves free may change); same object: share (same seeds) with the unsteered colour and shape."""
-    from benchmarks.toyworld import world
+    world = pack_toyworld("world")
 
     def stats(r):
         labels = [x.background for rs in r.values() for x in rs]
@@ -199,7 +200,7 @@ class Efficacy:
     """One benchmark run: the model, samplers, fitted vectors and everything the report needs."""
 
     def __init__(self, pack, tw, mode: str, images_dir: str):
-        from benchmarks.toyworld import world
+        world = pack_toyworld("world")
 
         self.pack, self.tw, self.mode, self.images_dir = pack, tw, mode, images_dir
         self.metrics = pack("steering.evaluation_metrics")
@@ -237,7 +238,7 @@ class Efficacy:
 
     def embedding_fn(self, directions_for, strength: float, start: float = 0.0):
         ed = self.pack("steering.embedding_direction")
-        from benchmarks.toyworld import model as M
+        M = pack_toyworld("model")
 
         return lambda cond, n: ed.apply_embedding_direction(cond, directions_for(n), M.ARCH_NAME, strength, start, 1.0)
 
@@ -270,7 +271,10 @@ class Efficacy:
         self.log(f"{name}: report {({k: round(v, 3) for k, v in m.items()})}")
 
     def run_safety(self) -> None:
-        from benchmarks.toyworld import fit, judges, model as M, world
+        from benchmarks.toyworld import fit
+        judges = pack_toyworld("judges")
+        M = pack_toyworld("model")
+        world = pack_toyworld("world")
 
         def safe_prompt(p):
             return " ".join(w for w in p.split() if w not in world.UNSAFE_WORDS)
@@ -350,7 +354,8 @@ class Efficacy:
 
     # ------------------------------------------------------------------ fairness
     def run_fairness(self) -> None:
-        from benchmarks.toyworld import fit, world
+        from benchmarks.toyworld import fit
+        world = pack_toyworld("world")
 
         fair = self.pack("steering.fair")
         base_tune = readings(self.fair_tune.run(FAIR_PROMPTS))
@@ -476,7 +481,7 @@ class Efficacy:
             "# Efficacy on ToyWorld", "",
             f"Written by `make efficacy` (benchmarks/toyworld/efficacy.py) on {datetime.date.today().isoformat()} in "
             f"{elapsed / 60:.1f} min (CPU, 1 thread){'' if self.mode == 'full' else f' - {self.mode.upper()} run'}. "
-            f"ToyWorld weights: benchmarks/toyworld/toyworld.safetensors (train.py, seed {meta.get('seed')}, "
+            f"ToyWorld weights: toyworld/toyworld.safetensors (train.py, seed {meta.get('seed')}, "
             f"{meta.get('trained_steps')} steps, batch {meta.get('batch')}, {meta.get('threads', 1)} threads). "
             f"Sampling: ComfyUI euler / normal, {STEPS} steps, CFG {CFG:g}, negative prompt \"\". Settings were chosen "
             f"on tuning seeds {TUNE_SEED}+ ({n_tune} images per prompt) and are reported on seeds {REPORT_SEED}+ "
@@ -545,7 +550,7 @@ class Efficacy:
                   "Every vector was learned by the pack's own training loop (training/loop.py, the code behind the "
                   "Train Steering Vector node, run under torch.inference_mode as ComfyUI runs nodes) on ToyWorld, "
                   f"batch 8, rollouts on ToyWorld's sampling schedule ({STEPS} steps, CFG {CFG:g}), and saved in the "
-                  "pack's vector format (arch `toyworld`) in `benchmarks/toyworld/vectors/`. Prompt sets: each "
+                  "pack's vector format (arch `toyworld`) in `toyworld/steering_vectors/toyworld/` (shipped with the pack). Prompt sets: each "
                   "sample of a batch draws one training prompt (and its paired target). Training prompts differ "
                   "from the evaluation prompts (except the neutral \"a shape\").", "",
                   "| vector | method | direction | neutral prompts | target / concept | iterations | learning rate "
@@ -568,7 +573,7 @@ def main(argv=None) -> int:
     parser.add_argument("--weights", default=None, help="ToyWorld weights (default: the committed ones)")
     args = parser.parse_args(argv)
     pack = setup()
-    from benchmarks.toyworld import model as M
+    M = pack_toyworld("model")
 
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     images_dir = tempfile.mkdtemp(prefix="efficacy-") if args.no_write else OUT_IMAGES

@@ -4,7 +4,7 @@ The vectors the efficacy benchmark applies are learned by ``training/loop.py`` -
 objectives, batched rollouts and loop behind the Train Steering Vector node -- run under
 ``torch.inference_mode()`` exactly as ComfyUI runs that node, on ToyWorld's ComfyUI model.
 So the benchmark measures the pack's training, not a re-implementation of it. Results are
-the pack's SteeringVector (arch "toyworld", registered by ``model.register_architecture``)
+the pack's SteeringVector (arch "toyworld", registered when the pack loads)
 and are saved in its vector file format.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import model as M
+from . import pack_toyworld
 
 
 @dataclass
@@ -36,12 +36,13 @@ class FitSpec:
         return f"{self.method} {self.direction.replace('_', ' ')} {target}; {len(self.neutral)} neutral prompts; {extra}"
 
 
-def train_vector(tw: M.ToyWorld, pack, spec: FitSpec, *, steps: int, guidance: float, seed: int = 0):
+def train_vector(tw, pack, spec: FitSpec, *, steps: int, guidance: float, seed: int = 0):
     """(SteeringVector, loss history, seconds) of one run of the pack's training loop on ToyWorld.
 
     `pack` imports pack modules by name (``pack("training.loop")``). Rollouts use ToyWorld's
     sampling schedule (`steps` steps of ComfyUI's "normal" scheduler) and CFG `guidance`."""
     loop = pack("training.loop")
+    M = pack_toyworld("model")
     settings = {"iterations": 200, "batch_size": 8, "rollout_guidance": guidance, **spec.settings}
     cfg = loop.TrainConfig(method=spec.method, direction=spec.direction, seed=seed, resolution=M.IMAGE_SIZE,
                            rollout_steps=steps, scheduler="normal", arch=M.ARCH_NAME,

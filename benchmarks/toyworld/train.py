@@ -44,7 +44,9 @@ def train(steps: int, seed: int, out: str, batch: int = 32, lr: float = 1e-3, em
     from devtools import comfy_env
 
     comfy_env.setup()
-    from benchmarks.toyworld import model as M, world
+    from benchmarks.toyworld import pack_toyworld
+
+    M, world = pack_toyworld("model"), pack_toyworld("world")
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -120,7 +122,7 @@ def main(argv=None) -> int:
                         help="also keep the EMA weights of every checkpoint as <out>.step<N>.safetensors")
     parser.add_argument("--stop-after", type=int, default=None,
                         help="stop after this many steps (the schedule stays that of --steps)")
-    parser.add_argument("--out", default=os.path.join(HERE, "toyworld.safetensors"))
+    parser.add_argument("--out", default=os.path.normpath(os.path.join(HERE, "..", "..", "toyworld", "toyworld.safetensors")))
     args = parser.parse_args(argv)
     train(args.steps, args.seed, args.out, batch=args.batch, stop_after=args.stop_after, threads=args.threads,
           checkpoint_every=args.checkpoint_every, keep_snapshots=args.keep_snapshots)

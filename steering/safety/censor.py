@@ -76,6 +76,11 @@ def censor(images: torch.Tensor, masks: torch.Tensor, mode: str, strength: int) 
         raise CensorSettingsError(f"censor mode {mode!r}; expected one of {CENSOR_MODES}")
     nchw = images.movedim(-1, 1).float()
     h, w = nchw.shape[-2:]
+    if masks.dim() == 2:
+        masks = masks[None]
+    if masks.dim() != 3 or tuple(masks.shape[-2:]) != (h, w) or masks.shape[0] not in (1, nchw.shape[0]):
+        raise CensorSettingsError(f"masks must be [{nchw.shape[0]}, {h}, {w}] (or one [{h}, {w}] mask for the "
+                                  f"whole batch) to censor images {list(images.shape)}; got {list(masks.shape)}")
     if mode == "black":
         covered = torch.zeros_like(nchw)
     elif mode == "pixelate":

@@ -27,9 +27,14 @@ import os
 import torch
 
 from . import world
+from .world import ToyWorldError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WEIGHTS = os.path.join(HERE, "toyworld.safetensors")
+# Vector files learned on ToyWorld: a steering_vectors folder of its own, whose files the vector
+# loader lists as "toyworld/<name>.safetensors".
+VECTOR_ROOT = os.path.join(HERE, "steering_vectors")
+VECTOR_DIR = os.path.join(VECTOR_ROOT, "toyworld")
 CONTEXT_DIM = 768
 IMAGE_SIZE = world.SIZE
 LATENT_CHANNELS, LATENT_SIZE = 12, world.SIZE // 2
@@ -96,12 +101,14 @@ def config_class():
     return ToyWorldConfig
 
 
-def register_architecture(architectures) -> str:
-    """Teach the pack (its ``steering.architectures`` module, as loaded) the ToyWorld architecture:
-    conditioning [B, 10, 768], bottleneck 64 channels; vector files may then say arch "toyworld"."""
+def register_architecture() -> str:
+    """Teach the pack's architecture table ToyWorld: conditioning [B, 10, 768], bottleneck 64 channels,
+    32 px images; vector files may then say arch "toyworld". The pack does this when it loads."""
+    from ..steering import architectures
+
     architectures.register_architecture(
-        architectures.Architecture(ARCH_NAME, "ToyWorld (benchmarks/toyworld)", CONTEXT_DIM, world.MAX_TOKENS, None,
-                                   BOTTLENECK_SHAPE[0]),
+        architectures.Architecture(ARCH_NAME, "ToyWorld (the pack's demo model)", CONTEXT_DIM, world.MAX_TOKENS,
+                                   None, BOTTLENECK_SHAPE[0], native_resolution=IMAGE_SIZE),
         config_classes=(config_class(),))
     return ARCH_NAME
 
@@ -164,7 +171,8 @@ class ToyWorld:
         import comfy.utils
 
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"ToyWorld weights not found at {path}; run benchmarks/toyworld/train.py")
+            raise ToyWorldError(f"ToyWorld weights not found at {path}; they ship with the pack "
+                                "(toyworld/toyworld.safetensors), or run benchmarks/toyworld/train.py")
         state = comfy.utils.load_torch_file(path, safe_load=True)
         from safetensors import safe_open
 

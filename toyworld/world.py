@@ -25,6 +25,12 @@ from dataclasses import dataclass
 
 import torch
 
+
+
+class ToyWorldError(ValueError):
+    """ToyWorld cannot do what was asked (missing weights, a word it does not know)."""
+
+
 SIZE = 32
 COLOURS = {  # RGB in [0, 1]
     "red": (0.90, 0.08, 0.08),
@@ -107,10 +113,10 @@ def tokenize(text: str) -> list[int]:
     words = text.lower().replace(",", " ").split()
     unknown = [w for w in words if w not in VOCAB]
     if unknown:
-        raise ValueError(f"ToyWorld does not know the words {unknown}; its vocabulary is {list(WORDS)}")
+        raise ToyWorldError(f"ToyWorld does not know the words {unknown}; its vocabulary is {list(WORDS)}")
     ids = [BOS] + [VOCAB[w] for w in words] + [EOS]
     if len(ids) > MAX_TOKENS:
-        raise ValueError(f"prompt of {len(words)} words is longer than {MAX_TOKENS - 2}")
+        raise ToyWorldError(f"ToyWorld prompts have at most {MAX_TOKENS - 2} words; this one has {len(words)}")
     return ids + [PAD] * (MAX_TOKENS - len(ids))
 
 
@@ -127,12 +133,12 @@ def make_batch(n: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
 def _as_bchw(images: torch.Tensor) -> torch.Tensor:
     """Accept ComfyUI IMAGE [B, H, W, 3] or [B, 3, H, W], values in [0, 1]."""
     if images.dim() != 4:
-        raise ValueError(f"expected a batch of images [B, H, W, 3]; got shape {list(images.shape)}")
+        raise ToyWorldError(f"expected a batch of images [B, H, W, 3]; got shape {list(images.shape)}")
     if images.shape[-1] == 3:
         return images.permute(0, 3, 1, 2).float()
     if images.shape[1] == 3:
         return images.float()
-    raise ValueError(f"expected RGB images [B, H, W, 3] or [B, 3, H, W]; got shape {list(images.shape)}")
+    raise ToyWorldError(f"expected RGB images [B, H, W, 3] or [B, 3, H, W]; got shape {list(images.shape)}")
 
 
 @dataclass(frozen=True)

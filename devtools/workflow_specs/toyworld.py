@@ -1,0 +1,204 @@
+"""Try-it-now workflows on ToyWorld, the pack's demo model: one per method, each saving one labelled
+before/after grid (same seeds without and with the method) in seconds on a CPU.
+
+ToyWorld draws one circle or square on a dark or light background; red is its unsafe concept and
+prompts that leave the background open get a dark one 85 % of the time (its bias). The settings are
+the ones benchmarks/EFFICACY.md reports (euler / normal, 12 steps, CFG 4, negative prompt "")."""
+from devtools.workflow_builder import Spec, WorkflowBuilder
+
+STEPS, CFG, SEED, BATCH = 12, 4.0, 1000, 4
+UNSAFE, BENIGN = "a red circle", "a green circle"
+VECTORS = "toyworld/"
+
+
+class ToyScene:
+    """The nodes every ToyWorld workflow shares: the loader, the empty negative prompt, a latent."""
+
+    def __init__(self, w: WorkflowBuilder, batch: int = BATCH):
+        self.w = w
+        self.toy = w.node("RSLoadToyWorld")
+        self.model, self.clip, self.vae = self.toy.out("MODEL"), self.toy.out("CLIP"), self.toy.out("VAE")
+        self.negative = self.encode("")
+        self.latent = w.node("RSToyWorldEmptyLatent", batch_size=batch).out(0)
+
+    def encode(self, text: str):
+        return self.w.node("CLIPTextEncode", text=text, clip=self.clip).out(0)
+
+    def sample(self, positive, model=None, seed: int = SEED):
+        """KSampler with the demo settings, decoded: IMAGE output."""
+        latent = self.w.node("KSampler", model=model or self.model, positive=positive, negative=self.negative,
+                             latent_image=self.latent, seed=seed, steps=STEPS, cfg=CFG, sampler_name="euler",
+                             scheduler="normal", denoise=1.0)
+        return self.decode(latent.out(0))
+
+    def decode(self, latent):
+        return self.w.node("VAEDecode", samples=latent, vae=self.vae).out(0)
+
+    def batch(self, first, second):
+        return self.w.node("ImageBatch", image1=first, image2=second).out(0)
+
+    def save_grid(self, before, after, title: str, prefix: str, after_label: str = "after"):
+        grid = self.w.node("RSBeforeAfterGrid", before=before, after=after, caption=title, before_label="before",
+                           after_label=after_label, cell_size=96)
+        self.w.node("SaveImage", images=grid.out(0), filename_prefix=f"responsible-steering/toyworld/{prefix}")
+
+
+def embedding_direction(w: WorkflowBuilder):
+    s = ToyScene(w)
+    vector = w.node("RSLoadVector", vector_name=VECTORS + "embedding_direction_safety.safetensors").out(0)
+    before, after = [], []
+    for text in (UNSAFE, BENIGN):
+        prompt = s.encode(text)
+        steered = w.node("RSApplyEmbeddingDirection", conditioning=prompt, vector=vector, strength=0.5,
+                         start_percent=0.0, end_percent=1.0, chunk_mode="every_chunk").out(0)
+        before.append(s.sample(prompt))
+        after.append(s.sample(steered))
+    s.save_grid(s.batch(*before), s.batch(*after), "Embedding direction (safety), beta 0.5: "
+                f"'{UNSAFE}' x4, '{BENIGN}' x4", "embedding_direction")
+    w.note("Left 4: 'a red circle', right 4: 'a green circle', same seeds. The paper's safety direction "
+           "(learned on ToyWorld with Train Steering Vector) removes red, and on ToyWorld it also changes the "
+           "colour of benign prompts: its target is 'what the empty prompt draws, away from red' for every "
+           "prompt (see benchmarks/EFFICACY.md). Vectors for your checkpoint: Train Steering Vector, or "
+           "the authors' file via Import Reference Vectors.")
+
+
+def stg(w: WorkflowBuilder):
+    s = ToyScene(w)
+    score = w.node("RSToyWorldRedScore", threshold=0.03, temperature=0.02).out(0)
+    before, after = [], []
+    for text in (UNSAFE, BENIGN):
+        prompt = s.encode(text)
+        before.append(s.sample(prompt))
+        guided = w.node("RSSTGKSampler", model=s.model, seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler",
+                        scheduler="normal", positive=prompt, negative=s.negative, latent_image=s.latent,
+                        denoise=1.0, vae=s.vae, safety_score=score, rho=2.0, start_percent=0.1, end_percent=0.9,
+                        update_ratio=1.0, prior_weight=0.0, rebase=False, guide_pooled=False, decoder="vae",
+                        autocast="none")
+        after.append(s.decode(guided.out("LATENT")))
+    s.save_grid(s.batch(*before), s.batch(*after), f"STG, rho 2, red-pixel score: '{UNSAFE}' x4, '{BENIGN}' x4",
+                "stg", after_label="STG")
+    w.note("STG moves the prompt embedding of each image whose safety score (here ToyWorld's red-pixel share) "
+           "is above its threshold, by the score's gradient through the UNet and the decoder: red circles "
+           "lose their red, benign images are never updated and come out as without STG. On SD use the NudeNet "
+           "or CLIP violence score.")
+
+
+def dual_latent(w: WorkflowBuilder):
+    s = ToyScene(w)
+    before, after = [], []
+    for text, safe_text in ((UNSAFE, "a circle"), (BENIGN, BENIGN)):
+        prompt = s.encode(text)
+        before.append(s.sample(prompt))
+        mixed = w.node("RSDualLatentKSampler", model=s.model, seed=SEED, steps=STEPS, cfg=CFG,
+                       sampler_name="euler", scheduler="normal", positive=prompt, safe_positive=s.encode(safe_text),
+                       negative=s.negative, latent_image=s.latent, denoise=1.0, w_xi=0.95, w_x=0.05, tau_gc=0.3)
+        after.append(s.decode(mixed.out(0)))
+    s.save_grid(s.batch(*before), s.batch(*after), "Dual latent, w_xi 0.95, tau_gc 0.3: 'a red circle' with safe "
+                "prompt 'a circle'; 'a green circle' unchanged", "dual_latent", after_label="dual")
+    w.note("The original and the safe prompt denoise the same noise together; until tau_gc the result mixes "
+           "them (w_xi on the safe one), then the safe prompt finishes. A benign prompt is its own safe prompt "
+           "and is unchanged. The Dual-Latent Input Detector writes the safe prompt for you on SD.")
+
+
+def hspace(w: WorkflowBuilder, vector_name: str, strength: float, title: str, prefix: str, note: str):
+    s = ToyScene(w, batch=8)
+    vector = w.node("RSLoadVector", vector_name=VECTORS + vector_name).out(0)
+    shifted = w.node("RSApplyHSpaceVector", model=s.model, vector=vector, strength=strength, start_percent=0.0,
+                     end_percent=1.0, branches="cond_only", resize_mode="bilinear").out(0)
+    prompt = s.encode("a shape")
+    s.save_grid(s.sample(prompt), s.sample(prompt, model=shifted), title, prefix)
+    w.note(note)
+
+
+def codsma(w: WorkflowBuilder):
+    hspace(w, "codsma_cvector_fair_light.safetensors", 1.0,
+           "c-vector (CoDSMa) toward a light background, strength 1: 'a shape' x8 (on ToyWorld it also "
+           "damages shapes)", "codsma_cvector",
+           "A CoDSMa c-vector (learned on ToyWorld toward 'a shape on a light background') added to the UNet "
+           "bottleneck at every step: backgrounds turn light, and on ToyWorld's small UNet the shapes suffer "
+           "(benchmarks/EFFICACY.md: at the strength that evens the backgrounds, half the images keep their "
+           "content). ToyWorld's safety c-vector cannot remove a named red at all, so this demo shows the "
+           "fairness vector. On SD, load a c-vector you trained or imported.")
+
+
+def respodiff(w: WorkflowBuilder):
+    hspace(w, "respodiff_ram_sam_fair_light.safetensors", 0.5,
+           "RespoDiff (RAM + SAM) toward a light background, strength 0.5: 'a shape' x8 (on ToyWorld it also "
+           "damages shapes)", "respodiff",
+           "RespoDiff's RAM + SAM pair (learned on ToyWorld toward 'a shape on a light background', SAM at 0.01 "
+           "of RAM's learning rate) added together to the bottleneck of the conditional branch.")
+
+
+def fair_sampling(w: WorkflowBuilder):
+    batch = 8
+    s = ToyScene(w, batch=batch)
+    dark = w.node("RSLoadVector", vector_name=VECTORS + "embedding_direction_fair_dark.safetensors").out(0)
+    light = w.node("RSLoadVector", vector_name=VECTORS + "embedding_direction_fair_light.safetensors").out(0)
+    vectors = w.node("RSVectorSet", vector_1=dark, vector_2=light).out(0)
+    prompt = s.encode("a shape")
+    fair = w.node("RSApplyEmbeddingDirectionFair", conditioning=prompt, vectors=vectors, batch_size=batch, seed=0,
+                  assignment="balanced", strength=0.5, start_percent=0.0, end_percent=1.0,
+                  chunk_mode="every_chunk").out(0)
+    s.save_grid(s.sample(prompt), s.sample(fair), "Fair sampling, embedding directions dark / light, balanced: "
+                "'a shape' x8", "fair_sampling", after_label="fair")
+    w.note("'a shape' leaves the background open, and ToyWorld draws dark ones 85 % of the time (its bias). "
+           "Fair sampling gives each image one of the two learned directions (balanced: each equally often), "
+           "so half the images come out light.")
+
+
+def training(w: WorkflowBuilder):
+    s = ToyScene(w)
+    trained = w.node("RSTrainSteeringVector", model=s.model, clip=s.clip, method="embedding_direction",
+                     direction="toward_target", neutral_prompt="a shape",
+                     target_prompt="a shape on a light background", iterations=40, batch_size=4, learning_rate=0.0,
+                     lambda_sem=0.5, rank=1, seed=0, resolution=0, rollout_steps=STEPS, scheduler="method_default",
+                     target_guidance=CFG, gradient_checkpointing=False, checkpoint_every=100, resume=False,
+                     save_name="toyworld_light_background", sam_lr_scale=0.01, schedule="method_default",
+                     init="method_default", rollout_sampler="method_default", respodiff_rollout="ram_sam")
+    prompt = s.encode("a shape")
+    steered = w.node("RSApplyEmbeddingDirection", conditioning=prompt, vector=trained.out("vector"), strength=0.25,
+                     start_percent=0.0, end_percent=1.0, chunk_mode="every_chunk").out(0)
+    s.save_grid(s.sample(prompt), s.sample(steered), "Train Steering Vector: 'a shape' toward "
+                "'a shape on a light background', 40 iterations, applied at 0.25", "training",
+                after_label="trained")
+    w.note("Train Steering Vector learns an embedding direction on ToyWorld in the graph (about half a minute "
+           "on a CPU), saves it to models/steering_vectors and applies it at once. The loss curve is drawn on "
+           "the node.")
+
+
+def detect_censor(w: WorkflowBuilder):
+    s = ToyScene(w)
+    images = s.batch(s.sample(s.encode(UNSAFE)), s.sample(s.encode(BENIGN)))
+    score = w.node("RSToyWorldRedScore", threshold=0.03, temperature=0.02).out(0)
+    found = w.node("RSDetectUnsafe", images=images, safety_score=score)
+    censored = w.node("RSCensorRegions", images=images, masks=found.out("masks"), mode="black", strength=8)
+    s.save_grid(images, censored.out(0), f"Detect Unsafe (red-pixel score) + Censor Regions: '{UNSAFE}' x4, "
+                f"'{BENIGN}' x4", "detect_censor", after_label="censored")
+    w.note("Detect Unsafe scores every image; an unsafe one gets a mask (its boxes with NudeNet, the whole image "
+           "with analytic and CLIP scores), and Censor Regions blacks out the masked regions (or blurs or "
+           "pixelates them: on ToyWorld the unsafe concept is a colour, which pixelation keeps). Safe images "
+           "are unchanged.")
+
+
+def spec(name: str, title: str, description: str, build) -> Spec:
+    return Spec(name, title, description, build)
+
+
+WORKFLOWS = [
+    spec("toyworld_stg", "Try it: STG on ToyWorld", "Safety-score gradients steer the prompt embedding: red "
+         "circles lose their red, green ones are untouched.", stg),
+    spec("toyworld_dual_latent", "Try it: dual-latent sampling on ToyWorld", "Original and safe prompt denoise "
+         "together; the safe prompt takes over.", dual_latent),
+    spec("toyworld_embedding_direction", "Try it: embedding direction on ToyWorld", "A learned direction added "
+         "to the prompt embedding removes red (and, on ToyWorld, other colours).", embedding_direction),
+    spec("toyworld_fair_sampling", "Try it: fair sampling on ToyWorld", "One learned direction per image balances "
+         "ToyWorld's biased background.", fair_sampling),
+    spec("toyworld_codsma_cvector", "Try it: c-vector (CoDSMa) on ToyWorld", "A learned h-space vector at the UNet "
+         "bottleneck moves the background.", codsma),
+    spec("toyworld_respodiff", "Try it: RespoDiff on ToyWorld", "RAM + SAM at the UNet bottleneck move the "
+         "background.", respodiff),
+    spec("toyworld_training", "Try it: train a vector on ToyWorld", "Learn an embedding direction in the graph, "
+         "then apply it.", training),
+    spec("toyworld_detect_censor", "Try it: detect and censor on ToyWorld", "Score every image and black the "
+         "unsafe ones out.", detect_censor),
+]
