@@ -67,23 +67,28 @@ def pack_node_classes() -> list:
     return pack.module("nodes").all_nodes()
 
 
+def read(path: str) -> str | None:
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args(argv)
-    stale = []
-    for path, text in locale_files(pack_node_classes()).items():
-        if args.check:
-            if not os.path.exists(path) or open(path, encoding="utf-8").read() != text:
-                stale.append(path)
-            continue
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+    files = locale_files(pack_node_classes())
+    if args.check:
+        stale = [path for path, text in files.items() if read(path) != text]
+        for path in stale:
+            print(f"stale: {os.path.relpath(path, REPO)} (run python -m devtools.build_locales)")
+        return 1 if stale else 0
+    os.makedirs(LOCALE_DIR, exist_ok=True)
+    for path, text in files.items():
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
         print(f"wrote {os.path.relpath(path, REPO)}")
-    if stale:
-        print("stale (run python -m devtools.build_locales):", *stale, sep="\n  ")
-        return 1
     return 0
 
 
