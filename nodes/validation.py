@@ -231,8 +231,15 @@ def _vector_file_hint(value: Any) -> str | None:
     return f"not found; looked in {paths.vector_folders()}"
 
 
+def _nudenet_model_hint(value: Any) -> str | None:
+    from . import paths
+
+    return f"not installed. {paths.nudenet_download_hint(str(value))}"
+
+
 MISSING_FILE_HINTS: dict[str, Callable[[Any], str | None]] = {
-    "clip_model": _clip_model_hint, "vector_name": _vector_file_hint, "reference_file": _vector_file_hint}
+    "clip_model": _clip_model_hint, "model_name": _nudenet_model_hint, "vector_name": _vector_file_hint,
+    "reference_file": _vector_file_hint}
 """Combo inputs that list files: where the file was looked for, when the value is not among them."""
 
 
@@ -357,7 +364,7 @@ def harden(cls):
         schema = node_schema(cls)
         problems = schema_problems(input_specs(schema), kwargs, at_execute=False)
         own = _own_check(own_validate, cls, kwargs, tolerate_errors=bool(problems))
-        if own and own not in problems:
+        if own and not any(own in problem for problem in problems):  # e.g. a missing file's hint says it already
             problems.append(own)
         return True if not problems else _message(schema, problems)
 
@@ -379,7 +386,7 @@ def harden(cls):
         values = checked_values(args, kwargs)
         problems = schema_problems(input_specs(schema), values, at_execute=True)
         own = _own_check(own_validate, cls, values, tolerate_errors=bool(problems))
-        if own:
+        if own and not any(own in problem for problem in problems):
             problems.append(own)
         if problems:
             raise InputValidationError(_message(schema, problems))
