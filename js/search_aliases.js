@@ -5,17 +5,14 @@
 // the field (upstream 0.38), /object_info carries them as `search_aliases`, which newer frontends
 // search natively. Older ComfyUI (0.3.75) drops the field, so the aliases also travel in the pack's
 // locale (locales/<lang>/nodeDefs.json, generated from the schemas, served at /i18n):
-//   1. before the node definitions are registered, each pack node without `search_aliases` gets
-//      them from the locale (English plus the user's language);
+//   1. before the node definitions are registered, each node without `search_aliases` whose locale
+//      entry has them gets them (English plus the user's language; whatever folder name the pack
+//      was installed under);
 //   2. frontends whose node search ignores `search_aliases` (1.32.9 searches only name and
 //      display_name) get alias matches added to the search service's results, ranked after
 //      results whose name or display name contains the query and before purely fuzzy ones.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-
-const PACK_PREFIX = "RS";
-const isPackNode = (def) => typeof def?.name === "string" && def.name.startsWith(PACK_PREFIX)
-  && String(def.python_module ?? "").includes("responsible-steering");
 
 function userLocale() {
   try {
@@ -64,15 +61,17 @@ export function addAliasSearch() {
   const original = proto.searchNode;
   const searchNode = function (query, filters = [], options, extra = {}) {
     const found = original.call(this, query, filters, undefined, extra);
-    if (!query || !query.trim()) return options?.limit ? found.slice(0, options.limit) : found;
+    const limited = (results) => (options?.limit ? results.slice(0, options.limit) : results);
+    if (!query || !query.trim()) return limited(found);
     const q = query.toLocaleLowerCase();
     const seen = new Set(found.map((d) => d.name));
     const wildcard = (extra?.matchWildcards ?? true) ? "*" : undefined;
     const byAlias = (this.nodeFuseSearch.data ?? []).filter((def) => !seen.has(def.name) && aliasMatches(def, query)
       && filters.every((f) => f.filterDef.matches(def, f.value, { wildcard })));
+    if (!byAlias.length) return limited(found);  // other searches keep the frontend's own order
     const direct = (d) => [d.name, d.display_name].some((t) => String(t ?? "").toLocaleLowerCase().includes(q));
     const results = [...found.filter(direct), ...byAlias, ...found.filter((d) => !direct(d))];
-    return options?.limit ? results.slice(0, options.limit) : results;
+    return limited(results);
   };
   searchNode.rsAliases = true;
   proto.searchNode = searchNode;
@@ -82,11 +81,11 @@ export function addAliasSearch() {
 app.registerExtension({
   name: "responsible-steering.search-aliases",
   async addCustomNodeDefs(defs) {
-    const missing = Object.values(defs).filter((def) => isPackNode(def) && !def.search_aliases?.length);
-    if (!missing.length) return;
     try {
       const aliases = await localeAliases();
-      for (const def of missing) if (aliases[def.name]) def.search_aliases = aliases[def.name];
+      for (const [name, words] of Object.entries(aliases)) {
+        if (defs[name] && !defs[name].search_aliases?.length) defs[name].search_aliases = words;
+      }
     } catch (error) {
       console.warn("responsible-steering: search aliases not loaded", error);
     }
