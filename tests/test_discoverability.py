@@ -14,6 +14,7 @@ import pytest
 
 from devtools import build_locales
 from devtools.comfy_env import REPO
+from devtools.sd import encode
 from devtools.server import ComfyServer
 from test_frontend import CHROMIUM, frontend  # noqa: F401  (the frontend fixture: both frontends)
 
@@ -162,7 +163,7 @@ def test_missing_clip_model_says_what_to_download_and_where(comfy):
     message = node_class(comfy, "RSCLIPScore").validate_inputs(clip_model="no-such-clip", prompt="a cat")
     assert message.startswith("CLIP Score: ")
     assert "'no-such-clip'" in message
-    assert "https://huggingface.co/openai/clip-vit-large-patch14" in message
+    assert message.count("https://huggingface.co/openai/clip-vit-large-patch14") == 1  # said once, not per check
     assert "models/safety_clip/<name>/" in message
 
 
@@ -185,15 +186,33 @@ def test_missing_nudenet_model_says_what_to_install_and_where(comfy, tmp_path, m
     assert str(folder) in message
 
 
-def test_missing_taesd_decoder_says_what_to_download_and_where(comfy):
+def widget_defaults(cls) -> dict:
+    return {i.id: i.default for i in cls.define_schema().inputs if getattr(i, "default", None) is not None}
+
+
+def test_missing_taesd_decoder_says_what_to_download_and_where(comfy, tiny):
     import folder_paths
 
     assert not [n for n in folder_paths.get_filename_list("vae_approx") if n.startswith("taesd_decoder.")]
+    model, _clip, vae = tiny
+    positive, negative = encode(comfy, "a cat"), encode(comfy, "")
+    guider = node_class(comfy, "RSSTGGuider")
+    score = comfy.module("steering.safety").ColourStatisticScore("brightness", threshold=0.0)
+    values = {**widget_defaults(guider), "model": model, "positive": positive, "negative": negative, "vae": vae,
+              "safety_score": score, "decoder": "taesd"}
     with pytest.raises(FileNotFoundError) as info:
-        comfy.module("nodes.paths").taesd_decoder_path("sd1")
+        guider.execute(**values)
     message = str(info.value)
+    assert message.startswith("STG Guider: TAESD decoder taesd_decoder.safetensors (or .pth) not found")
     assert "taesd_decoder.pth" in message and "https://github.com/madebyollin/taesd" in message
     assert "models/vae_approx/" in message and "decoder = vae" in message
+
+
+def test_missing_nudenet_file_in_a_saved_workflow_says_where_to_get_it(comfy):
+    score = node_class(comfy, "RSNudeNetScore")
+    message = score.validate_inputs(**{**widget_defaults(score), "model_name": "640m.onnx"})
+    assert message.startswith("NudeNet Safety Score: input 'model_name' expects one of ")
+    assert "https://github.com/notAI-tech/NudeNet/releases" in message and "models/nudenet/" in message
 
 
 # ---------------------------------------------------------------------------- the frontends' node search
