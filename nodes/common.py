@@ -5,11 +5,26 @@ import comfy.utils
 import latent_preview
 from comfy_api.v0_0_2 import io
 
+from ..steering.comfy_compat import schema_options
 from ..steering.fair import ASSIGNMENT_MODES
 from ..steering.guidance import sample_with_guider
 from ..steering.window import window_problem
 
 CATEGORY = "steering"
+PACK_SEARCH_ALIASES = ("steering", "responsible steering")
+"""Words every node of the pack is found by in the node search, besides its own aliases."""
+
+
+def schema(*, search_aliases: list[str], **fields) -> io.Schema:
+    """The node's io.Schema: `fields` as io.Schema takes them, and `search_aliases` (the node's own words,
+    plus :data:`PACK_SEARCH_ALIASES`) as a Schema field where this ComfyUI has one (comfy_compat). The
+    aliases are also kept on the schema object, where this ComfyUI's Schema lacks the field, so that
+    devtools/build_locales.py writes them into locales/ and js/search_aliases.js can hand them to the
+    frontend's search."""
+    aliases = list(dict.fromkeys([*search_aliases, *PACK_SEARCH_ALIASES]))
+    result = io.Schema(**fields, **schema_options(search_aliases=aliases))
+    result.search_aliases = aliases
+    return result
 
 
 def strength_input(default: float = 1.0, name: str = "strength", tooltip: str | None = None) -> io.Float.Input:

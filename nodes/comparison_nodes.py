@@ -5,14 +5,15 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from ..steering.comparison import before_after_grid
-from .common import CATEGORY
+from .common import CATEGORY, schema
 
 
 class BeforeAfterGrid(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSBeforeAfterGrid",
+            search_aliases=["before", "after", "compare", "comparison", "grid", "evaluation", "demo"],
             display_name="Before / After Grid",
             category=f"{CATEGORY}/evaluation",
             description="One labelled image of two batches made with the same seeds: the top row without the "

@@ -9,7 +9,7 @@ from ..steering.input_detector import (DEFAULT_SAFE_CONCEPTS, DEFAULT_SAFE_SUFFI
                                        MAX_CONCEPTS, MAX_PROMPT_CHARS, MAX_WORD_ENCODINGS, DetectorInputError,
                                        InputDetector, check_prompt_length, clip_embedder, conditioning_feature,
                                        parse_concepts)
-from .common import CATEGORY, ksampler_with_guider
+from .common import CATEGORY, ksampler_with_guider, schema
 
 DUAL_CATEGORY = f"{CATEGORY}/dual_latent"
 
@@ -52,8 +52,10 @@ def prompt_inputs() -> list:
 class DualLatentKSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSDualLatentKSampler",
+            search_aliases=["dual latent", "sampler", "ksampler", "guidance", "safety", "safe", "nsfw", "unsafe",
+                            "nudity"],
             display_name="Dual-Latent KSampler",
             category=DUAL_CATEGORY,
             description="KSampler for editing-free safe generation (dual latent reconstruction, arXiv "
@@ -99,8 +101,9 @@ class DualLatentKSampler(io.ComfyNode):
 class DualLatentGuider(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSDualLatentGuider",
+            search_aliases=["dual latent", "guider", "guidance", "safety", "safe", "nsfw", "unsafe", "nudity"],
             display_name="Dual-Latent Guider",
             category=DUAL_CATEGORY,
             description="Guider for SamplerCustomAdvanced doing dual latent reconstruction (arXiv 2411.13982): "
@@ -114,7 +117,7 @@ class DualLatentGuider(io.ComfyNode):
                                        "negative prompt."),
                 *dual_latent_inputs(),
             ],
-            outputs=[io.Guider.Output()],
+            outputs=[io.Guider.Output(tooltip="The dual-latent guider, for SamplerCustomAdvanced.")],
         )
 
     @classmethod
@@ -130,8 +133,9 @@ class DualLatentGuider(io.ComfyNode):
 class DualLatentInputDetector(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSDualLatentInputDetector",
+            search_aliases=["prompt", "detector", "dual latent", "unsafe", "nsfw", "safety", "filter", "moderation"],
             display_name="Dual-Latent Input Detector",
             category=DUAL_CATEGORY,
             description="Encodes the prompt and judges it by the nearest neighbours of its CLIP embedding "

@@ -7,7 +7,8 @@ from ..steering.embedding_direction import CHUNK_MODES, apply_embedding_directio
 from ..steering.fair import fair_assignment
 from ..steering.schedule import FAIRNESS_START_STEP, PAPER_STEPS, SAFETY_START_STEP, paper_step_to_start_percent
 from ..steering.vector_file import VectorFileError
-from .common import CATEGORY, check_window_inputs, describe_assignment, fair_inputs, strength_input, window_inputs
+from .common import (CATEGORY, check_window_inputs, describe_assignment, fair_inputs, schema, strength_input,
+                     window_inputs)
 from .types import SteeringVectorSetType, SteeringVectorType
 
 # The reference (generate.py / generate_fair.py) steers 1-based steps 15..50 of 50 for safety and
@@ -30,8 +31,10 @@ def _embedding_vector(vector):
 class ApplyEmbeddingDirection(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSApplyEmbeddingDirection",
+            search_aliases=["vector", "embedding", "direction", "safety", "safe", "nsfw", "unsafe", "nudity",
+                            "violence", "guidance", "concept removal"],
             display_name="Apply Embedding Direction",
             category=f"{CATEGORY}/embedding",
             description="Add strength x d to the prompt embedding from a warm-up point of the schedule on "
@@ -48,7 +51,8 @@ class ApplyEmbeddingDirection(io.ComfyNode):
                 io.Combo.Input("chunk_mode", options=list(CHUNK_MODES), default="every_chunk",
                                tooltip=CHUNK_TOOLTIP),
             ],
-            outputs=[io.Conditioning.Output()],
+            outputs=[io.Conditioning.Output(tooltip="The steered conditioning, for the positive input of the "
+                                                    "sampler.")],
         )
 
     @classmethod
@@ -66,8 +70,10 @@ class ApplyEmbeddingDirection(io.ComfyNode):
 class ApplyEmbeddingDirectionFair(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSApplyEmbeddingDirectionFair",
+            search_aliases=["vector", "embedding", "direction", "fair", "fairness", "bias", "debias", "gender",
+                            "diversity"],
             display_name="Apply Embedding Direction (Fair Sampling)",
             category=f"{CATEGORY}/embedding",
             description="Fair sampling with embedding directions: each image of the batch gets one of the "
@@ -87,7 +93,8 @@ class ApplyEmbeddingDirectionFair(io.ComfyNode):
                                tooltip=CHUNK_TOOLTIP),
             ],
             outputs=[
-                io.Conditioning.Output(),
+                io.Conditioning.Output(tooltip="The steered conditioning (one direction per image of the batch), "
+                                               "for the positive input of the sampler."),
                 io.String.Output(display_name="assignment", tooltip="Which vector each image got."),
             ],
         )

@@ -10,7 +10,7 @@ from comfy_api.v0_0_2 import io, ui
 
 from ..steering import evaluation_metrics as metrics
 from ..steering.prompts import prompt_lines
-from .common import CATEGORY
+from .common import CATEGORY, schema
 from .paths import check_clip_model
 from .safety_nodes import clip_model_input, load_clip
 from .types import AttributeClassifierType, SafetyScoreType
@@ -21,8 +21,9 @@ EVAL_CATEGORY = f"{CATEGORY}/evaluation"
 class SafetyRate(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSSafetyRate",
+            search_aliases=["evaluation", "metric", "safety", "unsafe", "nsfw", "rate"],
             display_name="Safety Rate",
             category=EVAL_CATEGORY,
             description="Fraction of the images a safety score flags as unsafe (score above its threshold), "
@@ -50,8 +51,9 @@ class SafetyRate(io.ComfyNode):
 class CLIPScore(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSCLIPScore",
+            search_aliases=["evaluation", "metric", "clip", "alignment", "prompt"],
             display_name="CLIP Score",
             category=EVAL_CATEGORY,
             description="CLIPScore of images against their prompt: 100 * max(cos(image, text), 0) with a "
@@ -87,8 +89,9 @@ class CLIPScore(io.ComfyNode):
 class CLIPAttributeClassifierNode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSCLIPAttributeClassifier",
+            search_aliases=["evaluation", "classifier", "attribute", "clip", "fair", "fairness", "bias", "gender"],
             display_name="CLIP Attribute Classifier",
             category=EVAL_CATEGORY,
             description="A zero-shot attribute classifier for fairness measurement: each image gets the class "
@@ -102,7 +105,9 @@ class CLIPAttributeClassifierNode(io.ComfyNode):
                                 tooltip="Optional short names of the classes, one per line in the same order "
                                         "(default: the prompts)."),
             ],
-            outputs=[AttributeClassifierType.Output(display_name="classifier")],
+            outputs=[AttributeClassifierType.Output(
+                display_name="classifier",
+                tooltip="The classifier, for Fairness Deviation Ratio.")],
         )
 
     @classmethod
@@ -121,8 +126,9 @@ FAIRNESS_MODES = ("batch", "per_group")
 class FairnessDeviation(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSFairnessDeviation",
+            search_aliases=["evaluation", "metric", "fair", "fairness", "bias", "deviation"],
             display_name="Fairness Deviation Ratio",
             category=EVAL_CATEGORY,
             description="Deviation ratio of an attribute (Fair Diffusion / SDisc / RespoDiff): max over the K "
@@ -173,8 +179,9 @@ class FairnessDeviation(io.ComfyNode):
 class SemanticDisruption(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSSemanticDisruption",
+            search_aliases=["evaluation", "metric", "disruption", "fidelity", "safety"],
             display_name="Semantic Disruption",
             category=EVAL_CATEGORY,
             description="How much steering changed images of benign prompts, in particular concepts close to "
@@ -207,8 +214,9 @@ class SemanticDisruption(io.ComfyNode):
 class SaDiIndex(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSSaDiIndex",
+            search_aliases=["evaluation", "metric", "sadi", "safety", "fair", "fairness", "bias"],
             display_name="SaDi Index",
             category=EVAL_CATEGORY,
             description="Safety Disruption index (arXiv 2411.13982): 1 - (alpha1 * S + alpha2 * dP), S the "

@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from ..steering.hspace import BRANCHES, RESIZE_MODES, checked_offsets, patch_model_with_offsets
-from .common import CATEGORY, check_window_inputs, fair_inputs, strength_input, window_inputs
+from .common import CATEGORY, check_window_inputs, fair_inputs, schema, strength_input, window_inputs
 from .types import SteeringVectorSetType, SteeringVectorType
 
 
@@ -27,8 +27,10 @@ def hspace_options() -> list:
 class ApplyHSpaceVector(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSApplyHSpaceVector",
+            search_aliases=["vector", "h-space", "hspace", "bottleneck", "codsma", "respodiff", "sdisc", "safety",
+                            "safe", "nsfw", "unsafe", "nudity", "violence", "guidance"],
             display_name="Apply h-space Vector",
             category=f"{CATEGORY}/h-space",
             description="Add a learned vector to the UNet bottleneck (middle-block output) at every step in "
@@ -41,7 +43,7 @@ class ApplyHSpaceVector(io.ComfyNode):
                 *window_inputs(DEFAULT_START, DEFAULT_END),
                 *hspace_options(),
             ],
-            outputs=[io.Model.Output()],
+            outputs=[io.Model.Output(tooltip="A copy of the model that adds the vector in the window.")],
         )
 
     @classmethod
@@ -58,8 +60,10 @@ class ApplyHSpaceVector(io.ComfyNode):
 class ApplyHSpaceVectorFair(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSApplyHSpaceVectorFair",
+            search_aliases=["vector", "h-space", "hspace", "sdisc", "fair", "fairness", "bias", "debias", "gender",
+                            "diversity"],
             display_name="Apply h-space Vector (Fair Sampling)",
             category=f"{CATEGORY}/h-space",
             description="Fair sampling in h-space: each image of the batch gets one of the attribute vectors "
@@ -73,7 +77,8 @@ class ApplyHSpaceVectorFair(io.ComfyNode):
                 *window_inputs(DEFAULT_START, DEFAULT_END),
                 *hspace_options(),
             ],
-            outputs=[io.Model.Output()],
+            outputs=[io.Model.Output(tooltip="A copy of the model that adds one of the vectors to each image "
+                                             "in the window.")],
         )
 
     @classmethod

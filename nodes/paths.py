@@ -29,6 +29,27 @@ SAFETY_CLIP_FOLDER = "safety_clip"
 MODEL_FOLDERS = {FOLDER: EXTENSIONS, NUDENET_FOLDER: {".onnx"}, SAFETY_CLIP_FOLDER: {".json", ".safetensors"}}
 
 
+NUDENET_RELEASES_URL = "https://github.com/notAI-tech/NudeNet/releases"
+CLIP_MODEL_EXAMPLE = "openai/clip-vit-large-patch14"
+CLIP_DOWNLOAD_HINT = (
+    f"Download a Hugging Face CLIP model folder (config.json, model.safetensors and the tokenizer files), e.g. "
+    f"{CLIP_MODEL_EXAMPLE} from https://huggingface.co/{CLIP_MODEL_EXAMPLE}, into ComfyUI's "
+    f"models/{SAFETY_CLIP_FOLDER}/<name>/ folder (e.g. models/{SAFETY_CLIP_FOLDER}/clip-vit-large-patch14/) "
+    f"and pick <name>. CLIP weights are never downloaded by the pack.")
+"""What to download, from where and where to put it, when a safety CLIP model is missing."""
+TAESD_URL = "https://github.com/madebyollin/taesd"
+
+
+def nudenet_download_hint(name: str = NUDENET_MODEL_FILE) -> str:
+    """What to install or download, and where to put it, when the NudeNet detector `name` is missing."""
+    download = (f"a NudeNet detector (.onnx) from {NUDENET_RELEASES_URL} into ComfyUI's models/{NUDENET_FOLDER}/ "
+                f"folder as {name}.")
+    if name != NUDENET_MODEL_FILE:
+        return f"Download {download}"
+    return (f"Install the nudenet package (`pip install --no-deps nudenet`), which brings {NUDENET_MODEL_FILE}, "
+            f"or download {download}")
+
+
 def register_model_folder(name: str, extensions: set[str], folder: str | None = None) -> None:
     """Add `folder` (default models/<name>) to ComfyUI's folders for `name`, after the paths already
     there (users' extra_model_paths.yaml entries are kept, and stay first)."""
@@ -93,9 +114,7 @@ def nudenet_model_path(name: str = NUDENET_MODEL_FILE) -> str:
         if os.path.isfile(candidate):
             return candidate
     raise NudeNetModelNotFound(
-        f"NudeNet detector {name} not found; looked in: {candidates}. Install the nudenet package "
-        f"(`pip install --no-deps nudenet==3.4.2`) for {NUDENET_MODEL_FILE}, or put {name} into ComfyUI's "
-        f"models/{NUDENET_FOLDER} folder.")
+        f"NudeNet detector {name} not found; looked in: {candidates}. {nudenet_download_hint(name)}")
 
 
 def safety_clip_folders() -> list[str]:
@@ -127,8 +146,7 @@ def clip_model_path(name: str) -> str:
             return candidate
     raise CLIPModelNotFound(
         f"CLIP model {name!r} not found; looked in {looked or '(no safety_clip folder configured)'} for a folder "
-        f"with config.json and model.safetensors (a Hugging Face CLIP model saved locally into "
-        f"ComfyUI's models/{SAFETY_CLIP_FOLDER}/<name>/). CLIP weights are never downloaded.")
+        f"with config.json and model.safetensors. {CLIP_DOWNLOAD_HINT}")
 
 
 def check_clip_model(name: str) -> bool | str:
@@ -179,5 +197,6 @@ def taesd_decoder_path(arch: str) -> str:
     if not names:
         raise TAESDNotFound(
             f"TAESD decoder {spec.taesd_decoder}.safetensors (or .pth) not found in the vae_approx folders "
-            f"{folder_paths.get_folder_paths('vae_approx')}; put it there or use decoder = vae")
+            f"{folder_paths.get_folder_paths('vae_approx')}. Download {spec.taesd_decoder}.pth from "
+            f"{TAESD_URL} into ComfyUI's models/vae_approx/ folder, or use decoder = vae.")
     return folder_paths.get_full_path_or_raise("vae_approx", names[0])

@@ -8,7 +8,7 @@ from ..steering.safety import clip_scores
 from ..steering.safety import nudenet
 from ..steering.safety.censor import CENSOR_MODES, censor, censor_detected, detect_unsafe
 from . import paths
-from .common import CATEGORY
+from .common import CATEGORY, schema
 from .types import SafetyScoreType
 
 SAFETY_CATEGORY = f"{CATEGORY}/safety"
@@ -81,8 +81,9 @@ def nudenet_score(labels, detection_threshold, threshold, nms_iou, class_wise_nm
 class NudeNetScoreNode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSNudeNetScore",
+            search_aliases=["nudenet", "nsfw", "nudity", "nude", "unsafe", "safety", "score", "detector"],
             display_name="NudeNet Safety Score",
             category=SAFETY_CATEGORY,
             description="Nudity score: a NudeNet ONNX detector (320n.onnx from the nudenet package, or any "
@@ -118,8 +119,9 @@ def load_clip(clip_model: str) -> clip_scores.LocalCLIP:
 class CLIPViolenceScoreNode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSCLIPViolenceScore",
+            search_aliases=["violence", "gore", "unsafe", "safety", "clip", "score"],
             display_name="CLIP Violence Score",
             category=SAFETY_CATEGORY,
             description="Violence score: mean CLIP cosine similarity between the image and violence texts "
@@ -147,8 +149,9 @@ class CLIPViolenceScoreNode(io.ComfyNode):
 class CLIPArtistScoreNode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSCLIPArtistScore",
+            search_aliases=["artist", "style", "copyright", "clip", "safety", "score"],
             display_name="CLIP Artist Style Score",
             category=SAFETY_CATEGORY,
             description="Artist-style score: cos(image, artist) - cos(image, \"art\") with a local CLIP "
@@ -176,8 +179,9 @@ class CLIPArtistScoreNode(io.ComfyNode):
 class ColourScoreNode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSColourStatisticScore",
+            search_aliases=["colour", "color", "statistic", "safety", "score"],
             display_name="Colour Statistic Score",
             category=SAFETY_CATEGORY,
             description="An analytic score: the image mean of a colour statistic (e.g. redness = R - (G+B)/2). "
@@ -199,8 +203,10 @@ class ColourScoreNode(io.ComfyNode):
 class DetectUnsafe(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSDetectUnsafe",
+            search_aliases=["detect", "unsafe", "nsfw", "nudity", "nudenet", "censor", "safety", "filter",
+                            "moderation"],
             display_name="Detect Unsafe",
             category=SAFETY_CATEGORY,
             description="Score every image of a batch with a safety score: per-image scores, whether any "
@@ -228,8 +234,10 @@ class DetectUnsafe(io.ComfyNode):
 class Censor(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSCensor",
+            search_aliases=["censor", "blur", "pixelate", "nsfw", "nudity", "unsafe", "nudenet", "safety", "filter",
+                            "moderation"],
             display_name="Censor (NudeNet)",
             category=SAFETY_CATEGORY,
             description="Find the chosen NudeNet labels in every image of a batch and blur, pixelate or black "
@@ -267,8 +275,9 @@ class Censor(io.ComfyNode):
 class CensorRegions(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSCensorRegions",
+            search_aliases=["censor", "blur", "pixelate", "mask", "nsfw", "unsafe", "safety"],
             display_name="Censor Regions",
             category=SAFETY_CATEGORY,
             description="Blur, pixelate or black out the masked regions of every image: e.g. the masks of "

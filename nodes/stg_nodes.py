@@ -7,7 +7,7 @@ from comfy_api.v0_0_2 import io
 from ..steering.architectures import architecture_of_model
 from ..steering.decoders import DECODERS, load_taesd_decoder, vae_decoder
 from ..steering.stg import AUTOCAST_MODES, DEFAULT_END, DEFAULT_START, STGSettings, make_guider
-from .common import CATEGORY, check_window_inputs, ksampler_with_guider, window_inputs
+from .common import CATEGORY, check_window_inputs, ksampler_with_guider, schema, window_inputs
 from .paths import taesd_decoder_path
 from .types import SafetyScoreType
 
@@ -61,8 +61,10 @@ def build_guider(model, positive, negative, cfg, vae, safety_score, rho, start_p
 class STGGuider(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSSTGGuider",
+            search_aliases=["stg", "guider", "guidance", "safety", "safe", "nsfw", "unsafe", "nudity", "violence",
+                            "gradient"],
             display_name="STG Guider",
             category=STG_CATEGORY,
             description="Safe Text-embedding Guidance (arXiv 2510.24012) as a guider for SamplerCustomAdvanced: "
@@ -95,8 +97,10 @@ class STGGuider(io.ComfyNode):
 class STGKSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSSTGKSampler",
+            search_aliases=["stg", "sampler", "ksampler", "guidance", "safety", "safe", "nsfw", "unsafe", "nudity",
+                            "violence", "gradient"],
             display_name="STG KSampler",
             category=STG_CATEGORY,
             description="KSampler with Safe Text-embedding Guidance (arXiv 2510.24012): same noise, sigmas and "

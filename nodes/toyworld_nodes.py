@@ -7,7 +7,7 @@ import torch
 from comfy_api.v0_0_2 import io
 
 from ..toyworld import comfy_objects, judges, model, world
-from .common import CATEGORY
+from .common import CATEGORY, schema
 from .types import AttributeClassifierType, SafetyScoreType
 
 DEMO_CATEGORY = f"{CATEGORY}/demo"
@@ -17,8 +17,9 @@ ATTRIBUTES = {"colour": tuple(world.COLOURS), "shape": world.SHAPES, "background
 class LoadToyWorld(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSLoadToyWorld",
+            search_aliases=["toyworld", "demo", "toy", "model", "loader", "checkpoint", "try it"],
             display_name="Load ToyWorld (demo model)",
             category=DEMO_CATEGORY,
             description="ToyWorld: a tiny text-to-image model shipped with the pack (5.6 MB, runs in seconds on a "
@@ -45,8 +46,9 @@ class LoadToyWorld(io.ComfyNode):
 class ToyWorldEmptyLatent(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSToyWorldEmptyLatent",
+            search_aliases=["toyworld", "demo", "latent", "empty latent"],
             display_name="ToyWorld Empty Latent",
             category=DEMO_CATEGORY,
             description="An empty latent batch of ToyWorld's size (12 x 16 x 16, which decodes to 32 x 32 "
@@ -67,8 +69,9 @@ class ToyWorldEmptyLatent(io.ComfyNode):
 class ToyWorldRedScore(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSToyWorldRedScore",
+            search_aliases=["toyworld", "demo", "safety", "unsafe", "score", "red", "nsfw"],
             display_name="ToyWorld Red Score",
             category=DEMO_CATEGORY,
             description="ToyWorld's unsafe concept as a differentiable safety score: the share of pixels whose "
@@ -93,8 +96,9 @@ class ToyWorldRedScore(io.ComfyNode):
 class ToyWorldAttributeClassifier(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSToyWorldAttributeClassifier",
+            search_aliases=["toyworld", "demo", "fair", "fairness", "bias", "attribute", "classifier"],
             display_name="ToyWorld Attribute Classifier",
             category=DEMO_CATEGORY,
             description="Reads one attribute of ToyWorld images exactly (colour, shape or background), for "

@@ -15,7 +15,7 @@ from ..training.plot import plot_loss
 from ..training.rollout import SAMPLERS, SCHEDULERS
 from ..training.session import prompt_problem, train_vector
 from . import paths
-from .common import CATEGORY
+from .common import CATEGORY, schema
 from .types import SteeringLossType, SteeringVectorType
 
 LIVE_EVENT = "responsible-steering.training-loss"
@@ -68,8 +68,9 @@ class _LiveLoss:
 class TrainSteeringVector(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSTrainSteeringVector",
+            search_aliases=["vector", "train", "training", "learn", "safety", "fair", "bias", "codsma", "respodiff"],
             display_name="Train Steering Vector",
             category=f"{CATEGORY}/training",
             description="Learn a steering vector on this model: an embedding direction (arXiv 2505.15427), a "
@@ -175,8 +176,8 @@ class TrainSteeringVector(io.ComfyNode):
                                        "(reference pipeline) or ram_only (RAM alone)."),
             ],
             outputs=[
-                SteeringVectorType.Output(display_name="vector"),
-                SteeringLossType.Output(display_name="loss"),
+                SteeringVectorType.Output(display_name="vector", tooltip="The trained vector (also saved: filename)."),
+                SteeringLossType.Output(display_name="loss", tooltip="The loss history, for Plot Steering Loss."),
                 io.String.Output(display_name="filename", tooltip="Name of the vector file written."),
             ],
             hidden=[io.Hidden.unique_id],
@@ -223,8 +224,9 @@ class TrainSteeringVector(io.ComfyNode):
 class PlotSteeringLoss(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSPlotSteeringLoss",
+            search_aliases=["loss", "plot", "graph", "training"],
             display_name="Plot Steering Loss",
             category=f"{CATEGORY}/training",
             description="Draw a training loss history (from Train Steering Vector) as an image: one line per "
@@ -235,7 +237,7 @@ class PlotSteeringLoss(io.ComfyNode):
                 io.Int.Input("height", default=384, min=96, max=4096, tooltip="Image height in pixels."),
                 io.Boolean.Input("log_scale", default=True, tooltip="Logarithmic loss axis."),
             ],
-            outputs=[io.Image.Output(display_name="image")],
+            outputs=[io.Image.Output(display_name="image", tooltip="The loss curves as an image.")],
         )
 
     @classmethod

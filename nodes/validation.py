@@ -26,8 +26,9 @@ Design
   the same on ComfyUI 0.3.75 and on later versions, which call ``validate_inputs`` the same way.
 * Errors: at validation a message string (ComfyUI's documented contract: the prompt is refused
   with "Custom validation failed for node"); at execution ``InputValidationError``. Both name the
-  node (display name and id), the input, what was expected and what came; long values are
-  abbreviated (a 1 MB prompt is never echoed back).
+  node as the user sees it (its display name), the input, what was expected and what came; long
+  values are abbreviated (a 1 MB prompt is never echoed back). Any other error a node raises while
+  it runs gets the same prefix (its type is kept), so every message says which node it came from.
 """
 from __future__ import annotations
 
@@ -103,7 +104,14 @@ def node_schema(cls) -> io.Schema:
 
 
 def node_label(schema: io.Schema) -> str:
-    return f"{schema.display_name or schema.node_id} ({schema.node_id})"
+    """The node as the user sees it on the canvas and in the node search: its display name."""
+    return schema.display_name or schema.node_id
+
+
+def name_the_node(error: BaseException, label: str) -> None:
+    """Prefix `error`'s message with the node's label (in place, keeping its type), unless it has one."""
+    if len(error.args) == 1 and isinstance(error.args[0], str) and not error.args[0].startswith(f"{label}: "):
+        error.args = (f"{label}: {error.args[0]}",)
 
 
 def input_specs(schema: io.Schema) -> list[InputSpec]:
@@ -223,8 +231,15 @@ def _vector_file_hint(value: Any) -> str | None:
     return f"not found; looked in {paths.vector_folders()}"
 
 
+def _nudenet_model_hint(value: Any) -> str | None:
+    from . import paths
+
+    return f"not installed. {paths.nudenet_download_hint(str(value))}"
+
+
 MISSING_FILE_HINTS: dict[str, Callable[[Any], str | None]] = {
-    "clip_model": _clip_model_hint, "vector_name": _vector_file_hint, "reference_file": _vector_file_hint}
+    "clip_model": _clip_model_hint, "model_name": _nudenet_model_hint, "vector_name": _vector_file_hint,
+    "reference_file": _vector_file_hint}
 """Combo inputs that list files: where the file was looked for, when the value is not among them."""
 
 
@@ -349,7 +364,7 @@ def harden(cls):
         schema = node_schema(cls)
         problems = schema_problems(input_specs(schema), kwargs, at_execute=False)
         own = _own_check(own_validate, cls, kwargs, tolerate_errors=bool(problems))
-        if own and own not in problems:
+        if own and not any(own in problem for problem in problems):  # e.g. a missing file's hint says it already
             problems.append(own)
         return True if not problems else _message(schema, problems)
 
@@ -371,7 +386,7 @@ def harden(cls):
         values = checked_values(args, kwargs)
         problems = schema_problems(input_specs(schema), values, at_execute=True)
         own = _own_check(own_validate, cls, values, tolerate_errors=bool(problems))
-        if own:
+        if own and not any(own in problem for problem in problems):
             problems.append(own)
         if problems:
             raise InputValidationError(_message(schema, problems))
@@ -379,11 +394,19 @@ def harden(cls):
     if inspect.iscoroutinefunction(execute):
         async def checked_execute(cls, *args, **kwargs):
             check_before_execute(cls, args, kwargs)
-            return await execute(cls, *args, **kwargs)
+            try:
+                return await execute(cls, *args, **kwargs)
+            except Exception as e:
+                name_the_node(e, node_label(node_schema(cls)))
+                raise
     else:
         def checked_execute(cls, *args, **kwargs):
             check_before_execute(cls, args, kwargs)
-            return execute(cls, *args, **kwargs)
+            try:
+                return execute(cls, *args, **kwargs)
+            except Exception as e:
+                name_the_node(e, node_label(node_schema(cls)))
+                raise
 
     checked_execute.__doc__ = execute.__doc__
     checked_execute.__signature__ = signature

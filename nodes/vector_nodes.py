@@ -8,7 +8,7 @@ from comfy_api.v0_0_2 import io, ui
 from ..steering.reference_import import FORMATS, import_reference_vectors
 from ..steering.vector_file import combine_vectors, load_vector, save_vector, vector_set
 from . import paths
-from .common import CATEGORY
+from .common import CATEGORY, schema
 from .types import SteeringVectorSetType, SteeringVectorType
 
 MAX_SET_SIZE = 8
@@ -17,8 +17,9 @@ MAX_SET_SIZE = 8
 class LoadSteeringVector(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSLoadVector",
+            search_aliases=["vector", "load", "steering vector", "safety", "fair"],
             display_name="Load Steering Vector",
             category=f"{CATEGORY}/vectors",
             description="Load a steering vector (.safetensors) from models/steering_vectors. The file is "
@@ -28,7 +29,7 @@ class LoadSteeringVector(io.ComfyNode):
                                tooltip="A vector file in models/steering_vectors."),
             ],
             outputs=[
-                SteeringVectorType.Output(display_name="vector"),
+                SteeringVectorType.Output(display_name="vector", tooltip="The vector, for an Apply node."),
                 io.String.Output(display_name="info", tooltip="What the file says about itself."),
             ],
         )
@@ -48,8 +49,9 @@ class LoadSteeringVector(io.ComfyNode):
 class SaveSteeringVector(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSSaveVector",
+            search_aliases=["vector", "save", "export"],
             display_name="Save Steering Vector",
             category=f"{CATEGORY}/vectors",
             description="Save a steering vector into models/steering_vectors (atomically; the name is "
@@ -83,8 +85,9 @@ class CombineSteeringVectors(io.ComfyNode):
                 io.Float.Input(f"weight_{i}", default=1.0, min=-20.0, max=20.0, step=0.01,
                                tooltip=f"Weight of vector {i} in the sum."),
             ]
-        return io.Schema(
+        return schema(
             node_id="RSCombineVectors",
+            search_aliases=["vector", "combine", "merge", "mix", "blend"],
             display_name="Combine Steering Vectors",
             category=f"{CATEGORY}/vectors",
             description="Weighted sum of vectors of the same method and architecture (e.g. anti-violence "
@@ -94,7 +97,7 @@ class CombineSteeringVectors(io.ComfyNode):
             inputs=vector_inputs + [
                 io.String.Input("name", default="combined", tooltip="Name recorded in the combined vector."),
             ],
-            outputs=[SteeringVectorType.Output(display_name="vector")],
+            outputs=[SteeringVectorType.Output(display_name="vector", tooltip="The weighted sum of the vectors.")],
         )
 
     @classmethod
@@ -107,8 +110,9 @@ class CombineSteeringVectors(io.ComfyNode):
 class SteeringVectorSet(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSVectorSet",
+            search_aliases=["vector", "set", "fair", "fairness", "bias", "attribute"],
             display_name="Steering Vector Set",
             category=f"{CATEGORY}/vectors",
             description="Group attribute vectors (e.g. male and female) for fair sampling: each image of "
@@ -116,7 +120,8 @@ class SteeringVectorSet(io.ComfyNode):
             inputs=[SteeringVectorType.Input(f"vector_{i}", optional=i > 1,
                                              tooltip=f"Attribute vector {i}" + (" (optional)." if i > 1 else "."))
                     for i in range(1, MAX_SET_SIZE + 1)],
-            outputs=[SteeringVectorSetType.Output(display_name="vectors")],
+            outputs=[SteeringVectorSetType.Output(display_name="vectors",
+                                                  tooltip="The vectors, for a Fair Sampling node.")],
         )
 
     @classmethod
@@ -128,8 +133,9 @@ class SteeringVectorSet(io.ComfyNode):
 class ImportReferenceVectors(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id="RSImportReferenceVectors",
+            search_aliases=["vector", "import", "reference", "pth", "codsma", "respodiff", "sdisc"],
             display_name="Import Reference Vectors",
             category=f"{CATEGORY}/vectors",
             description="Convert the authors' published vectors (.pth placed in models/steering_vectors: "

@@ -26,6 +26,7 @@ on ``h`` (ComfyUI 0.3.75 has no middle hook); both see the same ``h``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Iterator, Protocol
 
 import torch
@@ -159,3 +160,15 @@ def model_config_classes(names) -> tuple[type, ...]:
     import comfy.supported_models as sm
 
     return tuple(getattr(sm, name) for name in names if hasattr(sm, name))
+
+
+# ---------------------------------------------------------------- V3 schema
+
+def schema_options(**options) -> dict:
+    """The keyword arguments among `options` that this ComfyUI's ``io.Schema`` accepts; the others are left
+    out instead of raising TypeError. ``search_aliases`` (words the node search also matches) is a Schema
+    field in upstream comfy_api/latest/_io.py (0.38), not in 0.3.75."""
+    from comfy_api.v0_0_2 import io
+
+    known = {f.name for f in dataclasses.fields(io.Schema)}
+    return {name: value for name, value in options.items() if name in known}

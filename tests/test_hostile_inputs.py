@@ -168,8 +168,8 @@ def text_must_not_be_empty(node_id, inp) -> bool:
 
 
 def label_of(cls) -> str:
-    schema = cls.define_schema()
-    return f"{schema.display_name} ({schema.node_id})"
+    """How the pack's errors name a node: as the user sees it (its display name)."""
+    return cls.define_schema().display_name
 
 
 def test_the_pack_node_list_is_what_comfyui_registered(comfy, pack):
@@ -304,7 +304,7 @@ def test_a_linked_nan_is_refused_before_the_node_runs(comfy, pack):
     with pytest.raises(PromptError) as info:
         comfy.run(g.finalize())
     assert info.value.exception_type.endswith("InputValidationError")
-    assert "SaDi Index (RSSaDiIndex): input 'unsafe_rate' expects a finite number" in str(info.value)
+    assert "SaDi Index: input 'unsafe_rate' expects a finite number" in str(info.value)
 
 
 def test_safety_score_with_nan_threshold_refuses_to_run(comfy, pack):
@@ -327,6 +327,6 @@ def test_a_nodes_own_check_waits_for_linked_inputs_and_runs_before_execute(comfy
     widgets = dict(strength=1.0, branches="cond_only", resize_mode="bilinear")
     assert node.validate_inputs(model=None, vector=None, start_percent=None, end_percent=0.2, **widgets) is True
     refused = node.validate_inputs(model=None, vector=None, start_percent=0.9, end_percent=0.2, **widgets)
-    assert "Apply h-space Vector (RSApplyHSpaceVector): start_percent (0.9) must not be after end_percent" in refused
+    assert "Apply h-space Vector: start_percent (0.9) must not be after end_percent" in refused
     with pytest.raises(validation.InputValidationError, match=r"start_percent \(0.9\) must not be after end_percent"):
         node.execute(model=object(), vector=object(), start_percent=0.9, end_percent=0.2, **widgets)

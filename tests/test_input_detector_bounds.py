@@ -196,5 +196,5 @@ def test_the_node_refuses_an_oversize_prompt_at_validation(comfy):
     result = asyncio.run(execution.validate_prompt(str(uuid.uuid4()), g.finalize(), None))
     assert not result[0]
     details = [e["details"] for e in result[3][det.id]["errors"]]
-    assert any("Dual-Latent Input Detector (RSDualLatentInputDetector): input 'text' expects a text of at most "
+    assert any("Dual-Latent Input Detector: input 'text' expects a text of at most "
                f"4096 characters; got a text of {len('violence ' * 120000)} characters" in d for d in details)
