@@ -89,16 +89,19 @@ GEOMETRY = """({id, vue}) => {
     };
 }"""
 
-WAIT_SHOWN = """({id, vue}) => {
-    const node = app.graph.getNodeById(id) ?? app.graph.getNodeById(Number(id));
+# True once the graph widget is shown (in the Vue node, with Vue nodes) and the boxes have not
+# moved for a few frames (Vue nodes settle their size after mounting).
+WAIT_STABLE = """(args) => {
+    const node = app.graph.getNodeById(args.id) ?? app.graph.getNodeById(Number(args.id));
     const el = node?.widgets?.find(w => w.name === 'rs_loss_graph')?.element;
-    if (!el || !el.checkVisibility()) return false;
-    if (vue && !document.querySelector(`.lg-node[data-node-id="${id}"]`)?.contains(el)) return false;
-    const r = el.getBoundingClientRect();
-    return r.width > 0 && r.height > 0 && el.querySelector('canvas').width > 0;
+    if (!el || !el.checkVisibility() || !(el.querySelector('canvas').width > 0)) return false;
+    if (args.vue && !document.querySelector(`.lg-node[data-node-id="${args.id}"]`)?.contains(el)) return false;
+    const g = (""" + GEOMETRY + """)(args);
+    const key = JSON.stringify([g.node, g.widget, g.plot, g.label, g.others]);
+    const last = window.rsLayout;
+    window.rsLayout = {key, frames: last?.key === key ? last.frames + 1 : 0};
+    return g.shown && window.rsLayout.frames >= 5;
 }"""
-
-NEXT_FRAMES = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))"
 
 
 def close_dialogs(page) -> None:
@@ -124,14 +127,21 @@ def set_vue_nodes(page, enabled: bool) -> bool:
     return bool(previous)
 
 
-def shot(page, box) -> tuple[np.ndarray, tuple[float, float]]:
-    """Screenshot of the node's box: RGB pixels and the box's top-left corner on screen."""
-    left, top = max(0.0, box[0]), max(0.0, box[1])
-    right, bottom = min(VIEWPORT["width"], box[2]), min(VIEWPORT["height"], box[3])
-    assert right - left > 50 and bottom - top > 50, f"the node is off screen: {box}"
-    page.evaluate(NEXT_FRAMES)
-    png = page.screenshot(clip={"x": left, "y": top, "width": right - left, "height": bottom - top})
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int), (left, top)
+def shot(page, args) -> tuple[dict, np.ndarray, tuple[float, float]]:
+    """Geometry and a screenshot of the node's box (RGB pixels and its top-left corner on screen),
+    taken once the layout is still and checked to be unchanged after the screenshot."""
+    for _ in range(3):
+        page.wait_for_function(WAIT_STABLE, arg=args, timeout=30_000)
+        geo = page.evaluate(GEOMETRY, args)
+        box = geo["node"]
+        assert box is not None, "the node has no element on screen"
+        left, top = max(0.0, box[0]), max(0.0, box[1])
+        right, bottom = min(VIEWPORT["width"], box[2]), min(VIEWPORT["height"], box[3])
+        assert right - left > 50 and bottom - top > 50, f"the node is off screen: {box}"
+        png = page.screenshot(clip={"x": left, "y": top, "width": right - left, "height": bottom - top})
+        if page.evaluate(GEOMETRY, args) == geo:
+            return geo, np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int), (left, top)
+    raise AssertionError("the node's layout keeps moving")
 
 
 def region(pixels: np.ndarray, origin, box, inset: int = 2) -> np.ndarray:
@@ -161,7 +171,6 @@ def intersects(a, b) -> bool:
 
 
 def check_layout(geo: dict) -> None:
-    assert geo["node"] is not None, "the node has no element on screen"
     assert inside(geo["widget"], geo["node"]), f"graph widget {geo['widget']} outside the node {geo['node']}"
     assert inside(geo["plot"], geo["widget"]) and inside(geo["label"], geo["widget"]), geo
     assert geo["others"], "the node's other widgets were not found"
@@ -187,12 +196,11 @@ def test_a_training_run_shows_its_loss_curve_and_saved_file_on_the_node(frontend
         save_name = f"loss_graph_{version}_{'vue' if vue else 'classic'}"
         node_id = page.evaluate(BUILD_GRAPH, {"ckpt": server.dirs["checkpoint_name"], "saveName": save_name})
         args = {"id": node_id, "vue": vue}
-        page.wait_for_function(WAIT_SHOWN, arg=args, timeout=30_000)
+        page.wait_for_function(WAIT_STABLE, arg=args, timeout=30_000)
         close_dialogs(page)
-        before = page.evaluate(GEOMETRY, args)
+        before, pixels, origin = shot(page, args)
         check_layout(before)
         assert before["serialized"] == before["widgetCount"] - 1, "the graph widget is in widgets_values"
-        pixels, origin = shot(page, before["node"])
         assert not curve_columns(region(pixels, origin, before["plot"])).any(), "curve colour before any training"
         assert before["text"] == "" and bright_pixels(region(pixels, origin, before["label"], 0)) == 0
 
@@ -204,6 +212,7 @@ def test_a_training_run_shows_its_loss_curve_and_saved_file_on_the_node(frontend
                                arg=node_id, timeout=150_000)
         entry = server.get(f"/history/{prompt_id}")[prompt_id]
         assert entry["status"]["status_str"] == "success", entry["status"]
+        assert "rs_loss_graph" not in entry["prompt"][2][node_id]["inputs"], "the graph widget went into the prompt"
         shown = entry["outputs"][node_id]
         filename = shown["rs_loss"][0]["name"]
         history = shown["rs_loss"][0]["series"]
@@ -215,12 +224,10 @@ def test_a_training_run_shows_its_loss_curve_and_saved_file_on_the_node(frontend
         assert live[-1]["detail"]["iteration"] == 3 and live[-1]["series"] == history, \
             "the live points (websocket) did not build the same curve as the result"
 
-        page.wait_for_function(WAIT_SHOWN, arg=args, timeout=30_000)
-        after = page.evaluate(GEOMETRY, args)
+        after, pixels, origin = shot(page, args)
         check_layout(after)
         assert after["series"] == history
         assert after["text"] == f"saved {filename}"
-        pixels, origin = shot(page, after["node"])
         columns = curve_columns(region(pixels, origin, after["plot"]))
         assert columns.mean() > 0.6, \
             f"the curve covers {columns.mean():.0%} of the plot's width (colour {CURVE} +-{TOLERANCE})"
