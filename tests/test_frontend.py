@@ -105,24 +105,33 @@ def test_workflow_loads_in_the_frontend_as_we_convert_it(frontend, path):
     assert got == normalise(expected), json.dumps(result["output"], indent=1)[:2000]
 
 
-def test_training_node_draws_its_loss_history(frontend):
-    """The loss graph extension: the node's result (ui.rs_loss) becomes the drawn series,
-    the node grows to make room, and the polyline maps the losses into the box."""
+def test_training_node_shows_its_loss_history_in_a_widget(frontend):
+    """The loss graph extension: Train Steering Vector gets a DOM widget after its own widgets that
+    is never serialized; the node's result (ui.rs_loss, ui.text) becomes the widget's series and
+    file-name line; the polyline maps the losses into the box."""
     page, _, errors = frontend
     state = page.evaluate("""async () => {
         const graph = await import('/extensions/responsible-steering/training_loss_graph.js');
         const node = LiteGraph.createNode('RSTrainSteeringVector');
         app.graph.add(node);
-        const before = node.size[1];
-        node.onExecuted({rs_loss: [{series: {loss: [1.0, 0.1, 0.01]}}]});
-        const ctx = document.createElement('canvas').getContext('2d');
-        node.onDrawForeground(ctx);
+        const widget = node.widgets.find(w => w.name === graph.WIDGET_NAME);
+        const last = node.widgets[node.widgets.length - 1] === widget;
+        const values = node.serialize().widgets_values;
+        node.onExecuted({rs_loss: [{name: 'v.safetensors', series: {loss: [1.0, 0.1, 0.01]}}],
+                         text: ['saved v.safetensors']});
         const poly = graph.lossPolylines({loss: [1.0, 0.1, 0.01]}, 100, 50, true);
-        return {series: node.rsLossSeries, grew: node.size[1] > before, points: poly.lines.loss,
-                min: poly.min, max: poly.max};
+        const result = {last, serialized: values.length, widgets: node.widgets.length,
+                        series: widget.rsState.series, text: widget.element.textContent,
+                        fits: node.size[1] >= node.computeSize()[1], points: poly.lines.loss,
+                        min: poly.min, max: poly.max};
+        app.graph.remove(node);
+        return result;
     }""")
+    assert state["last"], "the graph widget is not below the node's own widgets"
+    assert state["serialized"] == state["widgets"] - 1, "the graph widget is serialized into widgets_values"
     assert state["series"] == {"loss": [1.0, 0.1, 0.01]}
-    assert state["grew"]
+    assert state["text"] == "saved v.safetensors"
+    assert state["fits"]
     assert state["points"] == [[0, 0], [50, 25], [100, 50]]
     assert abs(state["min"] - 0.01) < 1e-9 and abs(state["max"] - 1.0) < 1e-9
     assert not [e for e in errors if "loss graph" in e or "responsible" in e.lower()], errors
