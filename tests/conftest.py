@@ -44,6 +44,18 @@ detector_module = pack_module("steering.input_detector")
 paths = pack_module("nodes.paths")
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (put back after): several times faster than two on a shared 2-core
+    machine, and deterministic."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny(comfy):
     """(model, clip, vae) of the tiny checkpoint, loaded by a real prompt (inference tensors)."""

@@ -19,16 +19,8 @@ import torch
 M = world = judges = None
 
 STEPS, CFG = 12, 4.0
+pytestmark = pytest.mark.usefixtures("one_thread")
 FAIR_STRENGTH = 1.0  # the fair embedding directions reach 50 % at 0.5-4 in EFFICACY.md; 0.5 misses 1 of 16 here
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread is several times faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -16,18 +16,11 @@ from devtools.session import PromptError
 from devtools.workflow_builder import render_workflow
 from devtools.workflow_specs import toyworld as toy_specs
 from devtools.workflows import ui_to_api
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 toy = pytest.fixture(scope="module")(lambda comfy: comfy.module("toyworld.model"))
 world = pytest.fixture(scope="module")(lambda comfy: comfy.module("toyworld.world"))
 comparison = pytest.fixture(scope="module")(lambda comfy: comfy.module("steering.comparison"))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def sampled(g, loader, text: str, batch: int = 4, seed: int = 1000, node_id: str = "image"):
