@@ -16,6 +16,7 @@ from devtools.session import PromptError
 from devtools.workflow_builder import render_workflow
 from devtools.workflow_specs import toyworld as toy_specs
 from devtools.workflows import ui_to_api
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 toy = pytest.fixture(scope="module")(lambda comfy: comfy.module("toyworld.model"))
