@@ -298,11 +298,9 @@ SETTING_WORDS = {"size": "{} px latents", "width": "{} px wide", "height": "{} p
 
 
 def _describe_setting(name: str, values: list) -> str:
-    def word(v):
-        if name == "resolution" and v == 0:
-            return "the model's own"
-        return "on" if v is True else "off" if v is False else str(v)
-    shown = "/".join(word(v) for v in values)
+    if name == "resolution" and values == [0]:
+        return "training at the model's own resolution"
+    shown = "/".join("on" if v is True else "off" if v is False else str(v) for v in values)
     return SETTING_WORDS.get(name, name + " {}").format(shown)
 
 
