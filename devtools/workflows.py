@@ -86,9 +86,20 @@ def load_workflow(path: str) -> dict:
 
 # ---------------------------------------------------------------------------- tiny profile
 
+def template_paths() -> list[str]:
+    """The templates (example_workflows/*.json), in the template browser's order: they run as opened."""
+    return sorted(glob.glob(os.path.join(EXAMPLE_DIR, "*.json")))
+
+
 def workflow_paths() -> list[str]:
-    """Every committed example workflow: the CPU templates, then the real-model copies."""
-    return [p for d in (EXAMPLE_DIR, WORKFLOW_DIR) for p in sorted(glob.glob(os.path.join(d, "*.json")))]
+    """Every committed example workflow: the templates, then the real-model copies (which run on the
+    tiny model with tiny_profile)."""
+    return template_paths() + sorted(glob.glob(os.path.join(WORKFLOW_DIR, "*.json")))
+
+
+def spec_name(workflow: dict) -> str | None:
+    """The name of the spec a built workflow comes from (a template's file name is its title)."""
+    return workflow.get("extra", {}).get("responsible_steering", {}).get("name")
 
 
 QUICK_SIZE = 128

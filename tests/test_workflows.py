@@ -19,7 +19,7 @@ from devtools.workflow_builder import SD15_CHECKPOINT, render_workflow
 from devtools.workflows import load_workflow, ui_to_api
 
 WORKFLOWS = workflows.workflow_paths()
-TEMPLATES = [p for p in WORKFLOWS if os.path.dirname(p) == workflows.EXAMPLE_DIR]
+TEMPLATES = workflows.template_paths()
 PAIRS = [(template, real) for _, template, real in build_workflows.copies() if real]   # CPU template, real copy
 QUICK = [template for template, _ in PAIRS]   # the SD1.5 templates (at the quick settings)
 
@@ -31,7 +31,7 @@ def test_there_is_a_workflow_per_method():
     numbers = [os.path.basename(t).split(" ")[0] for t in TEMPLATES]
     assert numbers == [f"{i:02d}" for i in range(1, len(TEMPLATES) + 1)], numbers
     for template, real in PAIRS:
-        assert load_workflow(template)["extra"]["responsible_steering"]["name"] == os.path.basename(real)[:-5]
+        assert workflows.spec_name(load_workflow(template)) == os.path.basename(real)[:-5]
 
 
 def test_committed_workflows_match_their_specs(comfy):
