@@ -41,6 +41,19 @@ def test_committed_workflows_match_their_specs(comfy):
     assert build_workflows.stale_files(files) == []
 
 
+def test_the_build_removes_only_workflows_without_a_spec(tmp_path, monkeypatch):
+    """Thumbnails (and any other non-JSON file) beside the templates are kept."""
+    examples, real = tmp_path / "example_workflows", tmp_path / "real_model"
+    examples.mkdir(), real.mkdir()
+    for path in (examples / "01 Kept.json", examples / "02 Gone.json", examples / "02 Gone.jpg",
+                 examples / "01 Kept.jpg", real / "gone.json", real / "kept.json"):
+        path.write_text("{}")
+    monkeypatch.setattr(build_workflows, "EXAMPLE_DIR", str(examples))
+    monkeypatch.setattr(build_workflows, "WORKFLOW_DIR", str(real))
+    produced = {str(examples / "01 Kept.json"): "", str(real / "kept.json"): ""}
+    assert build_workflows.stale_files(produced) == [str(examples / "02 Gone.json"), str(real / "gone.json")]
+
+
 def test_the_build_names_node_types_without_a_measured_size(comfy):
     sizes = node_sizes.load()
     spec = next(s for s, _, real in build_workflows.copies() if real and '"type": "KSampler"' in open(real).read())
