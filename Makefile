@@ -26,6 +26,7 @@ efficacy: setup
 	$(PY) -m benchmarks.toyworld.efficacy
 
 workflows: setup
+	$(PY) -m devtools.node_sizes
 	$(PY) -m devtools.build_workflows
 
 clean:

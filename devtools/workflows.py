@@ -1,9 +1,12 @@
-"""Example workflows (workflows/*.json, UI format) as API prompts, and the tiny profile they run
-with in tests, `make demo` and the fingerprints.
+"""Example workflows (UI format) as API prompts, and the tiny profile they run with in tests,
+`make demo` and the fingerprints.
 
-The committed workflows are what users load: real checkpoint names and 512 px, 30
-steps. On the tiny model the same graphs run with a test profile: the checkpoint is
-swapped for the tiny one, latents are 128 px and samplers take at most 4 steps.
+Two copies of every example are committed. example_workflows/ (the folder ComfyUI's template
+browser lists) holds the ones that run as opened on a CPU in about a minute: 128 px latents, at
+most 4 sampling steps, one short training iteration (`quick_inputs`). workflows/real_model/
+(WORKFLOW_DIR) holds the same graphs at the settings for the real SD1.5 model: 512 px, 30-50
+steps, the papers' training runs. On the tiny model either runs with the tiny profile: the
+checkpoint is swapped for the tiny one and the quick settings are applied.
 Vector files the workflows load are converted from the authors' reference vectors.
 """
 from __future__ import annotations
@@ -15,7 +18,8 @@ from typing import Callable
 
 from devtools import comfy_env, pack, tiny_models
 
-WORKFLOW_DIR = os.path.join(comfy_env.REPO, "workflows")
+WORKFLOW_DIR = os.path.join(comfy_env.REPO, "workflows", "real_model")   # real-model settings
+EXAMPLE_DIR = os.path.join(comfy_env.REPO, "example_workflows")           # quick CPU settings (templates)
 REFERENCE_DIR = os.path.normpath(os.path.join(comfy_env.REPO, "..", "shared", "fixtures", "reference-vectors"))
 REFERENCE_FILES = {
     "safe-direction.safetensors": "embedding-direction_safe-direction.pth",
@@ -82,24 +86,46 @@ def load_workflow(path: str) -> dict:
 
 # ---------------------------------------------------------------------------- tiny profile
 
+def template_paths() -> list[str]:
+    """The templates (example_workflows/*.json), in the template browser's order: they run as opened."""
+    return sorted(glob.glob(os.path.join(EXAMPLE_DIR, "*.json")))
+
+
 def workflow_paths() -> list[str]:
-    return sorted(glob.glob(os.path.join(WORKFLOW_DIR, "*.json")))
+    """Every committed example workflow: the templates, then the real-model copies (which run on the
+    tiny model with tiny_profile)."""
+    return template_paths() + sorted(glob.glob(os.path.join(WORKFLOW_DIR, "*.json")))
 
 
-def tiny_profile(prompt: dict, checkpoint_name: str, size: int = 128, max_steps: int = 4) -> dict:
+def spec_name(workflow: dict) -> str | None:
+    """The name of the spec a built workflow comes from (a template's file name is its title)."""
+    return workflow.get("extra", {}).get("responsible_steering", {}).get("name")
+
+
+QUICK_SIZE = 128
+QUICK_STEPS = 4
+
+
+def quick_inputs(class_type: str, inputs: dict, size: int = QUICK_SIZE, max_steps: int = QUICK_STEPS) -> dict:
+    """One node's inputs (widget values; linked inputs are left alone) at the quick CPU settings, in
+    place: latents of size px, at most max_steps sampling steps, one short training iteration at 64 px."""
+    if class_type == "EmptyLatentImage":
+        inputs["width"] = inputs["height"] = size
+    if "steps" in inputs and isinstance(inputs["steps"], int):
+        inputs["steps"] = min(inputs["steps"], max_steps)
+    if class_type == "RSTrainSteeringVector":
+        inputs.update(iterations=1, batch_size=min(inputs["batch_size"], 2), resolution=64,
+                      rollout_steps=min(inputs["rollout_steps"], 2), gradient_checkpointing=False)
+    return inputs
+
+
+def tiny_profile(prompt: dict, checkpoint_name: str, size: int = QUICK_SIZE, max_steps: int = QUICK_STEPS) -> dict:
     """The same graph, sized for the tiny checkpoint on a CPU."""
     prompt = json.loads(json.dumps(prompt))
     for node in prompt.values():
-        inputs = node["inputs"]
         if node["class_type"] == "CheckpointLoaderSimple":
-            inputs["ckpt_name"] = checkpoint_name
-        if node["class_type"] == "EmptyLatentImage":
-            inputs["width"] = inputs["height"] = size
-        if "steps" in inputs and isinstance(inputs["steps"], int):
-            inputs["steps"] = min(inputs["steps"], max_steps)
-        if node["class_type"] == "RSTrainSteeringVector":  # one short training iteration at 64 px
-            inputs.update(iterations=1, batch_size=min(inputs["batch_size"], 2), resolution=64,
-                          rollout_steps=min(inputs["rollout_steps"], 2), gradient_checkpointing=False)
+            node["inputs"]["ckpt_name"] = checkpoint_name
+        quick_inputs(node["class_type"], node["inputs"], size, max_steps)
     return prompt
 
 

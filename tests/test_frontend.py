@@ -18,7 +18,7 @@ from devtools.comfy_env import NEWEST_FRONTEND_DIR, REPO
 from devtools.server import ComfyServer
 from devtools.workflows import load_workflow, ui_to_api
 
-WORKFLOWS = sorted(glob.glob(os.path.join(REPO, "workflows", "*.json")))
+WORKFLOWS = sorted(glob.glob(os.path.join(REPO, "example_workflows", "*.json")) + glob.glob(os.path.join(REPO, "workflows", "real_model", "*.json")))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]

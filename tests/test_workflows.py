@@ -1,5 +1,8 @@
-"""Every example workflow in workflows/ runs on the tiny real checkpoint and makes images:
-in-process through ComfyUI's executor, and through a real server's POST /prompt."""
+"""Every example workflow runs on the tiny real checkpoint and makes images: the templates in
+example_workflows/ as opened (quick CPU settings; the demo server provides the tiny checkpoint under
+the name they load), the real-model copies in workflows/real_model/ with the tiny profile, which turns
+them into exactly the templates; in-process through ComfyUI's executor, and through a real server's
+POST /prompt."""
 from __future__ import annotations
 
 import json
@@ -9,24 +12,89 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from devtools import build_workflows, workflows
+from devtools import build_workflows, node_sizes, workflows
 from devtools.sd import keep
 from devtools.server import ComfyServer
-from devtools.workflow_builder import render_workflow
+from devtools.workflow_builder import SD15_CHECKPOINT, render_workflow
 from devtools.workflows import load_workflow, ui_to_api
 
 WORKFLOWS = workflows.workflow_paths()
+TEMPLATES = workflows.template_paths()
+PAIRS = [(template, real) for _, template, real in build_workflows.copies() if real]   # CPU template, real copy
+QUICK = [template for template, _ in PAIRS]   # the SD1.5 templates (at the quick settings)
 
 
 def test_there_is_a_workflow_per_method():
-    names = {os.path.basename(p) for p in WORKFLOWS}
+    names = {os.path.basename(real) for _, real in PAIRS}
     assert {"embedding_direction_sd15.json", "hspace_vector_sd15.json", "fair_sampling_sdisc_gender.json"} <= names
+    assert sorted(TEMPLATES) == sorted(t for _, t, _ in build_workflows.copies())
+    numbers = [os.path.basename(t).split(" ")[0] for t in TEMPLATES]
+    assert numbers == [f"{i:02d}" for i in range(1, len(TEMPLATES) + 1)], numbers
+    for template, real in PAIRS:
+        assert workflows.spec_name(load_workflow(template)) == os.path.basename(real)[:-5]
 
 
 def test_committed_workflows_match_their_specs(comfy):
-    for spec in build_workflows.all_specs():
-        path = os.path.join(workflows.WORKFLOW_DIR, f"{spec.name}.json")
-        assert open(path).read() == render_workflow(spec, comfy.node_class), f"{path} is stale: make workflows"
+    files = build_workflows.outputs(comfy.node_class)
+    for path, text in files.items():
+        assert os.path.exists(path) and open(path).read() == text, f"{path} is stale: make workflows"
+    assert build_workflows.stale_files(files) == []
+
+
+def test_the_build_removes_only_workflows_without_a_spec(tmp_path, monkeypatch):
+    """Thumbnails (and any other non-JSON file) beside the templates are kept."""
+    examples, real = tmp_path / "example_workflows", tmp_path / "real_model"
+    examples.mkdir(), real.mkdir()
+    for path in (examples / "01 Kept.json", examples / "02 Gone.json", examples / "02 Gone.jpg",
+                 examples / "01 Kept.jpg", real / "gone.json", real / "kept.json"):
+        path.write_text("{}")
+    monkeypatch.setattr(build_workflows, "EXAMPLE_DIR", str(examples))
+    monkeypatch.setattr(build_workflows, "WORKFLOW_DIR", str(real))
+    produced = {str(examples / "01 Kept.json"): "", str(real / "kept.json"): ""}
+    assert build_workflows.stale_files(produced) == [str(examples / "02 Gone.json"), str(real / "gone.json")]
+
+
+def test_the_build_names_node_types_without_a_measured_size(comfy):
+    sizes = node_sizes.load()
+    spec = next(s for s, _, real in build_workflows.copies() if real and '"type": "KSampler"' in open(real).read())
+    del sizes["nodes"]["KSampler"]
+    sizes["nodes"]["VAEDecode"]["schema"] = "measured-for-other-inputs"
+    with pytest.raises(node_sizes.NodeSizesError, match=r"no size for node types \['KSampler'\].*\['VAEDecode'\]"):
+        render_workflow(spec, comfy.node_class, "real", sizes)
+
+
+def widget_inputs(path: str, comfy, class_type: str) -> list[dict]:
+    prompt = ui_to_api(load_workflow(path), comfy.input_spec)
+    return [n["inputs"] for n in prompt.values() if n["class_type"] == class_type]
+
+
+@pytest.mark.parametrize("path,real", PAIRS, ids=[os.path.basename(p) for p, _ in PAIRS])
+def test_templates_are_set_for_a_cpu_and_name_the_real_settings(comfy, path, real):
+    assert [i["ckpt_name"] for i in widget_inputs(path, comfy, "CheckpointLoaderSimple")] == \
+        [SD15_CHECKPOINT] * len(widget_inputs(real, comfy, "CheckpointLoaderSimple"))
+    latents = widget_inputs(path, comfy, "EmptyLatentImage")
+    assert latents and all(i["width"] == i["height"] == 128 for i in latents)
+    assert all(i["width"] == i["height"] == 512 for i in widget_inputs(real, comfy, "EmptyLatentImage"))
+    prompt = ui_to_api(load_workflow(path), comfy.input_spec)
+    steps = [n["inputs"]["steps"] for n in prompt.values() if isinstance(n["inputs"].get("steps"), int)]
+    assert steps and max(steps) <= 4
+    real_prompt = ui_to_api(load_workflow(real), comfy.input_spec)
+    assert min(n["inputs"]["steps"] for n in real_prompt.values() if isinstance(n["inputs"].get("steps"), int)) >= 30
+    for train, real_train in zip(widget_inputs(path, comfy, "RSTrainSteeringVector"),
+                                 widget_inputs(real, comfy, "RSTrainSteeringVector")):
+        assert (train["iterations"], train["resolution"], train["gradient_checkpointing"]) == (1, 64, False)
+        assert train["batch_size"] <= 2 and train["rollout_steps"] <= 2
+        assert real_train["iterations"] >= 1000 and real_train["batch_size"] == 8
+    note = next(n for n in load_workflow(path)["nodes"] if n["type"] == "Note")["widgets_values"][0]
+    assert os.path.relpath(real, workflows.comfy_env.REPO) in note and "512 px latents" in note
+
+
+@pytest.mark.parametrize("path,real", PAIRS, ids=[os.path.basename(p) for p, _ in PAIRS])
+def test_the_tiny_profile_turns_the_real_copy_into_the_template(comfy, path, real):
+    template = ui_to_api(load_workflow(path), comfy.input_spec)
+    real = ui_to_api(load_workflow(real), comfy.input_spec)
+    assert workflows.tiny_profile(real, SD15_CHECKPOINT) == template
+    assert workflows.tiny_profile(template, SD15_CHECKPOINT) == template
 
 
 def test_a_run_gives_the_whole_list_of_a_list_output(comfy):
@@ -52,10 +120,13 @@ def saved_images(comfy, ui_outputs: dict) -> list[str]:
     return files
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=[os.path.basename(p) for p in WORKFLOWS])
-def test_workflow_runs_in_process(comfy, path):
+@pytest.mark.parametrize("path", QUICK, ids=[os.path.basename(p) for p in QUICK])
+def test_template_runs_in_process_as_opened(comfy, path):
     workflow = load_workflow(path)
-    prompt = workflows.tiny_profile(ui_to_api(workflow, comfy.input_spec), comfy.checkpoint_name)
+    prompt = ui_to_api(workflow, comfy.input_spec)
+    for node in prompt.values():   # the only change: the tiny checkpoint in place of SD1.5
+        if node["class_type"] == "CheckpointLoaderSimple":
+            node["inputs"]["ckpt_name"] = comfy.checkpoint_name
     try:
         workflows.provide_reference_vectors(workflows.vector_files_needed(prompt), comfy.vector_dir)
     except FileNotFoundError as e:

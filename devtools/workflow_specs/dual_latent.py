@@ -51,10 +51,10 @@ def input_detector(w: WorkflowBuilder):
 
 
 WORKFLOWS = [
-    Spec("dual_latent_user_safe_prompt", "Dual-latent safe generation with your own safe prompt (SD1.5)",
+    Spec("dual_latent_user_safe_prompt", "Dual-latent, your safe prompt",
          "Editing-free safe generation (arXiv 2411.13982): the original prompt keeps the global context, "
          "your safe rewrite decides the content.", user_safe_prompt),
-    Spec("dual_latent_input_detector", "Dual-latent safe generation with the input detector (SD1.5)",
+    Spec("dual_latent_input_detector", "Dual-latent, input detector",
          "A nearest-neighbour detector flags unsafe prompts and writes the safe prompt; the Dual-Latent Guider "
          "mixes both branches in SamplerCustomAdvanced.", input_detector),
 ]

@@ -75,11 +75,11 @@ def detect_and_censor(w: WorkflowBuilder):
 
 
 WORKFLOWS = [
-    Spec("stg_nudity_sd15", "STG against nudity on SD1.5",
+    Spec("stg_nudity_sd15", "STG against nudity",
          "Safe Text-embedding Guidance with the NudeNet score: unsafe images are steered during sampling.",
          stg_nudity),
-    Spec("stg_violence_clip", "STG against violence with CLIP",
+    Spec("stg_violence_clip", "STG against violence (CLIP)",
          "The STG Guider with a CLIP violence score, through SamplerCustomAdvanced.", stg_violence),
-    Spec("detect_and_censor", "Detect and censor",
+    Spec("detect_and_censor", "Detect and censor nudity",
          "Score a batch with NudeNet, report it, and pixelate the detected regions.", detect_and_censor),
 ]

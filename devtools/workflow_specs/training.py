@@ -72,13 +72,13 @@ def safe_embedding(w: WorkflowBuilder):
 
 
 WORKFLOWS = [
-    Spec("train_fairness_pair_codsma", "Train a fairness pair (man / woman) and sample fairly (SD1.5)",
+    Spec("train_fairness_pair_codsma", "Train a fairness pair",
          "Learn CoDSMa c-vectors for 'a man' and 'a woman' in the graph, then give each image one of them.",
          fairness_pair),
-    Spec("train_anti_violence_codsma", "Train an anti-violence c-vector and apply it (SD1.5)",
+    Spec("train_anti_violence_codsma", "Train an anti-violence vector",
          "Learn a CoDSMa c-vector away from 'violence' in the graph and add it to the UNet bottleneck.",
          anti_violence),
-    Spec("train_safe_embedding_direction", "Train a safe embedding direction and apply it (SD1.5)",
+    Spec("train_safe_embedding_direction", "Train a safety direction",
          "Learn an embedding direction away from unsafe concepts in the graph and add it to the prompt.",
          safe_embedding),
 ]

@@ -56,13 +56,13 @@ def fair_sampling_sdisc(w: WorkflowBuilder):
 
 
 WORKFLOWS = [
-    Spec("embedding_direction_sd15", "Embedding direction (SD1.5)",
-         "Steer the prompt embedding away from unsafe content with a learned direction (arXiv 2505.15427).",
+    Spec("embedding_direction_sd15", "Embedding safety direction",
+         "A learned safety direction (arXiv 2505.15427) is added to the prompt embedding on SD1.5.",
          embedding_direction, needs_reference_vectors=True),
-    Spec("hspace_vector_sd15", "h-space vector (SD1.5)",
-         "Add a learned vector to the UNet bottleneck (CoDSMa / RespoDiff / SDisc).",
+    Spec("hspace_vector_sd15", "h-space vector (anti-sexual)",
+         "A learned vector (CoDSMa, RespoDiff or SDisc) is added to the SD1.5 UNet bottleneck.",
          hspace_vector, needs_reference_vectors=True),
-    Spec("fair_sampling_sdisc_gender", "Fair sampling with the SDisc gender vectors (SD1.5)",
-         "One attribute vector per image, drawn with a seed, to balance gender across a batch.",
+    Spec("fair_sampling_sdisc_gender", "Fair sampling by gender",
+         "Each image of the batch gets one SDisc attribute vector (female or male), drawn with a seed.",
          fair_sampling_sdisc, needs_reference_vectors=True),
 ]
