@@ -31,7 +31,7 @@ THUMBNAIL_SIZE = 384
 
 
 def is_toyworld(path: str) -> bool:
-    return os.path.basename(path).startswith("toyworld_")
+    return (workflows.spec_name(workflows.load_workflow(path)) or "").startswith("toyworld_")
 
 
 def prepare(server: ComfyServer) -> None:
@@ -44,7 +44,7 @@ def prepare(server: ComfyServer) -> None:
         os.symlink(os.path.realpath(os.path.join(checkpoints, server.dirs["checkpoint_name"])), target)
     user_workflows = os.path.join(server.base_dir, "user", "default", "workflows")
     os.makedirs(user_workflows, exist_ok=True)
-    for path in workflows.workflow_paths():
+    for path in workflows.template_paths():
         shutil.copy(path, user_workflows)
 
 
@@ -52,11 +52,10 @@ def provide_models(server: ComfyServer, info: dict) -> None:
     """Vector files and safety models every SD example workflow loads (converted from the authors'
     reference vectors beside the repository, when they are there)."""
     vector_dir = server.dirs["models/steering_vectors"]
-    for path in workflows.workflow_paths():
+    for path in workflows.template_paths():
         prompt = workflows.ui_to_api(workflows.load_workflow(path), lambda t: info[t]["input"])
         try:
-            shipped = {n for n in workflows.vector_files_needed(prompt) if n.startswith("toyworld/")}
-            workflows.provide_reference_vectors(workflows.vector_files_needed(prompt) - shipped, vector_dir)
+            workflows.provide_reference_vectors(workflows.vector_files_needed(prompt), vector_dir)
         except FileNotFoundError as e:
             print(f"[note] {os.path.basename(path)} will not run: {e}")
         workflows.provide_safety_models(prompt, os.path.dirname(vector_dir))
@@ -112,15 +111,20 @@ def overview(grids: list[str], path: str) -> str:
 
 
 def write_thumbnails(results: dict[str, list[str]]) -> None:
-    """example_workflows/<name>.jpg: the first image each workflow saved, at most THUMBNAIL_SIZE wide."""
+    """example_workflows/<template name>.jpg (what the template browser requests): the first image each
+    template saved, fitted into a THUMBNAIL_SIZE square (small images enlarged with sharp pixels)."""
     from PIL import Image
 
     for path, images in results.items():
         if not images:
             continue
         image = Image.open(images[0]).convert("RGB")
-        image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.NEAREST if image.width < THUMBNAIL_SIZE
-                        else Image.Resampling.LANCZOS)
+        scale = THUMBNAIL_SIZE / max(image.size)
+        resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample)
+        square = Image.new("RGB", (THUMBNAIL_SIZE, THUMBNAIL_SIZE), (24, 24, 28))
+        square.paste(image, ((THUMBNAIL_SIZE - image.width) // 2, (THUMBNAIL_SIZE - image.height) // 2))
+        image = square
         target = os.path.splitext(path)[0] + ".jpg"
         image.save(target, quality=90)
         print(f"thumbnail {target}")
@@ -142,7 +146,7 @@ def main(argv=None) -> int:
     with server:
         info = server.object_info()
         provide_models(server, info)
-        paths = workflows.workflow_paths()
+        paths = workflows.template_paths()
         print("\nToyWorld, the pack's demo model: every method before / after")
         toy, toy_failures = run(server, [p for p in paths if is_toyworld(p)], info)
         grids = [images[0] for images in toy.values() if images]

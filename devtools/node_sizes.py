@@ -93,9 +93,11 @@ def check(sizes: dict, types: set[str], node_class: Callable[[str], Any]) -> Non
 # ---------------------------------------------------------------------------- the browser
 
 @contextlib.contextmanager
-def open_frontend(root: str | None, settings: dict | None = None, viewport=VIEWPORT) -> Iterator[tuple]:
+def open_frontend(root: str | None, settings: dict | None = None, viewport=VIEWPORT,
+                  prepare: Callable[[Any], None] | None = None) -> Iterator[tuple]:
     """A real ComfyUI server (serving the frontend at root, None = the pinned one) with the pack, and a
-    headless Chromium page on it with the app loaded: yields (page, server, page errors)."""
+    headless Chromium page on it with the app loaded: yields (page, server, page errors). `prepare(server)`
+    runs before the server starts (e.g. to put models in its folders)."""
     from playwright.sync_api import sync_playwright
 
     from devtools.server import ComfyServer
@@ -108,7 +110,10 @@ def open_frontend(root: str | None, settings: dict | None = None, viewport=VIEWP
         json.dump({**FIRST_RUN_SETTINGS, **(settings or {})}, f)
     home = tempfile.mkdtemp(prefix="rs-browser-home-")
     env = {**os.environ, "HOME": home, "XDG_CONFIG_HOME": home, "XDG_CACHE_HOME": home}
-    with ComfyServer(base, front_end_root=root) as server, sync_playwright() as pw:
+    server = ComfyServer(base, front_end_root=root)
+    if prepare is not None:
+        prepare(server)
+    with server, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS, env=env)
         try:
             page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})

@@ -129,8 +129,13 @@ def tiny_profile(prompt: dict, checkpoint_name: str, size: int = QUICK_SIZE, max
     return prompt
 
 
+SHIPPED_VECTOR_PREFIX = "toyworld/"  # the pack's own vectors (its read-only steering_vectors folder)
+
+
 def vector_files_needed(prompt: dict) -> set[str]:
-    return {n["inputs"]["vector_name"] for n in prompt.values() if n["class_type"] == "RSLoadVector"}
+    """Vector files a prompt loads that must be put in models/steering_vectors (not the pack's own)."""
+    return {n["inputs"]["vector_name"] for n in prompt.values() if n["class_type"] == "RSLoadVector"
+            and not n["inputs"]["vector_name"].startswith(SHIPPED_VECTOR_PREFIX)}
 
 
 def provide_reference_vectors(names: set[str], vector_dir: str, reference_dir: str = REFERENCE_DIR) -> None:

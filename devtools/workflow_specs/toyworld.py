@@ -181,24 +181,25 @@ def detect_censor(w: WorkflowBuilder):
 
 
 def spec(name: str, title: str, description: str, build) -> Spec:
-    return Spec(name, title, description, build)
+    """A ToyWorld template: its own settings run as opened on a CPU, so it has no real-model copy."""
+    return Spec(name, title, description, build, real_model=False)
 
 
 WORKFLOWS = [
-    spec("toyworld_stg", "Try it: STG on ToyWorld", "Safety-score gradients steer the prompt embedding: red "
+    spec("toyworld_stg", "ToyWorld STG", "Safety-score gradients steer the prompt embedding: red "
          "circles lose their red, green ones are untouched.", stg),
-    spec("toyworld_dual_latent", "Try it: dual-latent sampling on ToyWorld", "Original and safe prompt denoise "
+    spec("toyworld_dual_latent", "ToyWorld dual latent", "Original and safe prompt denoise "
          "together; the safe prompt takes over.", dual_latent),
-    spec("toyworld_embedding_direction", "Try it: embedding direction on ToyWorld", "A learned direction added "
+    spec("toyworld_embedding_direction", "ToyWorld safety direction", "A learned direction added "
          "to the prompt embedding removes red (and, on ToyWorld, other colours).", embedding_direction),
-    spec("toyworld_fair_sampling", "Try it: fair sampling on ToyWorld", "One learned direction per image balances "
+    spec("toyworld_fair_sampling", "ToyWorld fair sampling", "One learned direction per image balances "
          "ToyWorld's biased background.", fair_sampling),
-    spec("toyworld_codsma_cvector", "Try it: c-vector (CoDSMa) on ToyWorld", "A learned h-space vector at the UNet "
+    spec("toyworld_codsma_cvector", "ToyWorld c-vector (CoDSMa)", "A learned h-space vector at the UNet "
          "bottleneck moves the background.", codsma),
-    spec("toyworld_respodiff", "Try it: RespoDiff on ToyWorld", "RAM + SAM at the UNet bottleneck move the "
+    spec("toyworld_respodiff", "ToyWorld RespoDiff", "RAM + SAM at the UNet bottleneck move the "
          "background.", respodiff),
-    spec("toyworld_training", "Try it: train a vector on ToyWorld", "Learn an embedding direction in the graph, "
+    spec("toyworld_training", "ToyWorld train a vector", "Learn an embedding direction in the graph, "
          "then apply it.", training),
-    spec("toyworld_detect_censor", "Try it: detect and censor on ToyWorld", "Score every image and black the "
+    spec("toyworld_detect_censor", "ToyWorld detect and censor", "Score every image and black the "
          "unsafe ones out.", detect_censor),
 ]
