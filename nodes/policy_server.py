@@ -1,0 +1,453 @@
+"""The operator's policy in the running server: every prompt, whoever submits it.
+
+``install()`` (called by the pack's entry point) reads the policy (steering/policy.py) and, when
+there is one, hooks the server through steering/comfy_compat.py:
+
+* a prompt handler (runs on every POST /prompt before ComfyUI validates it) that
+  - runs the word-list detector on every text that reaches a text encoder (the STRING inputs of
+    nodes that output CONDITIONING, and of the nodes that feed them STRING values): ``reject``
+    replaces the prompt by one refusal node whose validation fails with the matched words (the
+    client's POST gets HTTP 400, nothing runs), ``rewrite`` puts the safe rewrite in place,
+    ``log`` only records;
+  - inserts an ``RSPolicyOutputGuard`` on every input of every output node (OUTPUT_NODE: SaveImage,
+    PreviewImage, any custom one) that is fed by an IMAGE (or untyped) output, so no graph reaches an
+    output node with an unscored image: bypassed or missing safety nodes change nothing;
+  - writes one audit record for the prompt; any error of its own refuses the prompt (ComfyUI
+    ignores exceptions of prompt handlers, so the handler never lets one escape);
+* a filter on the server's websocket messages that drops (or blurs) live previews of prompts the
+  detector flagged, or of every prompt;
+* GET /responsible_steering/policy: the active policy's summary for everyone; the whole policy and
+  the latest audit records for an operator (the X-RS-Operator-Token header whose sha256 the policy
+  names).
+
+A policy that cannot be read, validated or built stops the server at start-up (SystemExit with the
+message): ComfyUI only logs exceptions raised by an entry point and would run without the policy.
+The handler is installed first, in refuse-everything mode, for launchers that catch SystemExit.
+"""
+from __future__ import annotations
+
+import collections
+import datetime
+import hashlib
+import hmac
+import json
+import logging
+import os
+import threading
+import uuid
+
+import torch
+
+from ..steering import comfy_compat
+from ..steering import policy as policy_file
+from ..steering.policy import Policy, PolicyError
+from ..steering.safety.base import to_nchw
+from ..steering.safety.censor import censor, detection_masks
+
+GUARD_NODE = "RSPolicyOutputGuard"
+REFUSAL_NODE = "RSPolicyRefusal"
+RECORD_KEY = "responsible_steering"          # extra_pnginfo key (a PNG text chunk) and the guard's ui key
+TOKEN_HEADER = "X-RS-Operator-Token"
+ROUTE = "/responsible_steering/policy"
+RECENT_RECORDS = 200
+FLAGGED_PROMPTS = 10000
+MAX_AUDIT_TEXT = 4096
+REPLACE_GREY = 0.5
+# Text inputs of pack nodes that are concept lists, not prompts (they name the unsafe concepts).
+NOT_PROMPT_TEXTS = {("RSDualLatentInputDetector", "unsafe_concepts"), ("RSDualLatentInputDetector", "safe_concepts"),
+                    ("RSDualLatentInputDetector", "safe_suffix")}
+
+log = logging.getLogger(__name__)
+
+
+class PolicyEnforcementError(RuntimeError):
+    """The policy could not be enforced on an image: the image is not released."""
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class AuditLog:
+    """Append-only JSON Lines: the file is opened with O_APPEND once, and every record is one write."""
+
+    def __init__(self, path: str):
+        self.path = path
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+                              | getattr(os, "O_NONBLOCK", 0), 0o600)
+        except OSError as e:
+            raise PolicyError(path, "audit.path", f"cannot be opened for appending: {e.strerror}") from None
+        import stat
+
+        if not stat.S_ISREG(os.fstat(self.fd).st_mode):
+            os.close(self.fd)
+            raise PolicyError(path, "audit.path", "is not a regular file")
+        self.lock = threading.Lock()
+
+    def write(self, record: dict) -> None:
+        line = (json.dumps(record, sort_keys=True, ensure_ascii=True, allow_nan=False) + "\n").encode()
+        with self.lock:
+            written = os.write(self.fd, line)
+        if written != len(line):
+            raise OSError(f"audit log {self.path}: short write ({written} of {len(line)} bytes)")
+
+
+def build_scores(policy: Policy) -> list:
+    """(spec, SafetyScore) for every score of the policy, built now so that a bad one fails at start-up."""
+    from ..steering.safety import ColourStatisticScore
+
+    built = []
+    for i, spec in enumerate(policy.scores):
+        try:
+            if spec.kind == "colour":
+                score = ColourStatisticScore(spec.options.get("statistic", "redness"), spec.threshold)
+            elif spec.kind == "toyworld_red":
+                from ..toyworld.judges import ToyWorldRedScore
+
+                score = ToyWorldRedScore(spec.threshold, spec.options.get("temperature", 0.02))
+            else:
+                from ..steering.safety import nudenet
+                from . import paths
+
+                settings = dict(nudenet.NUDENET_PACKAGE_SETTINGS, channel_order="rgb")
+                settings["detection_threshold"] = spec.options.get("detection_threshold", settings["detection_threshold"])
+                score = nudenet.NudeNetScore(nudenet.resolve_labels(spec.options.get("labels", "stg_nudity"), ""),
+                                             settings.pop("detection_threshold"), spec.threshold,
+                                             paths.nudenet_model_path(), **settings)
+        except Exception as e:
+            raise PolicyError(policy.path, f"output.scores[{i}]", f"cannot be built: {e}") from None
+        built.append((spec, score))
+    return built
+
+
+class PolicyState:
+    """The policy the server enforces (None: no policy), or the error that stops enforcement."""
+
+    def __init__(self):
+        self.policy: Policy | None = None
+        self.error: str | None = None
+        self.scores: list = []
+        self.audit: AuditLog | None = None
+        self.flagged: collections.OrderedDict = collections.OrderedDict()
+        self.recent: collections.deque = collections.deque(maxlen=RECENT_RECORDS)
+        self.lock = threading.Lock()
+        self.previews_dropped = 0
+        self.server = None
+        self._preview_events: dict | None = None
+
+    def activate(self, policy: Policy | None) -> None:
+        self.policy, self.error, self.scores, self.audit = policy, None, [], None
+        if policy is not None:
+            self.scores = build_scores(policy)
+            self.audit = AuditLog(policy.audit_path)
+
+    def fail(self, message: str) -> None:
+        self.policy, self.error, self.scores, self.audit = None, message, [], None
+
+    def record(self, record: dict) -> None:
+        record = {"time": now(), "policy_sha256": self.policy.sha256, **record}
+        self.audit.write(record)
+        self.recent.append(record)
+
+    def flag(self, prompt_id: str) -> None:
+        with self.lock:
+            self.flagged[prompt_id] = True
+            while len(self.flagged) > FLAGGED_PROMPTS:
+                self.flagged.popitem(last=False)
+
+    def is_flagged(self, prompt_id) -> bool:
+        with self.lock:
+            return prompt_id in self.flagged
+
+
+STATE = PolicyState()
+
+
+# ---------------------------------------------------------------- reading the prompt
+
+def is_link(value) -> bool:
+    return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int))
+            and not isinstance(value[0], bool) and isinstance(value[1], int) and not isinstance(value[1], bool))
+
+
+def declared_types(cls) -> dict[str, str]:
+    """Input name -> declared type name (combos as "COMBO") of a node class."""
+    try:
+        spec = cls.INPUT_TYPES()
+    except Exception:
+        return {}
+    types = {}
+    for group in ("required", "optional"):
+        for name, entry in (spec.get(group) or {}).items():
+            kind = entry[0] if isinstance(entry, (list, tuple)) and entry else entry
+            types[name] = kind if isinstance(kind, str) else "COMBO"
+    return types
+
+
+def output_type(prompt: dict, link) -> str | None:
+    node = prompt.get(str(link[0]))
+    cls = comfy_compat.node_class(node.get("class_type")) if isinstance(node, dict) else None
+    try:
+        return str(cls.RETURN_TYPES[link[1]]) if cls is not None else None
+    except (IndexError, TypeError, AttributeError):
+        return None
+
+
+def encoder_texts(prompt: dict) -> list[tuple[str, str]]:
+    """(node id, input name) of every literal STRING input that reaches a text encoder: of nodes that
+    output CONDITIONING, and of every node that feeds them a STRING (followed upstream)."""
+    found, seen = [], set()
+    pending = []
+    for node_id, node in prompt.items():
+        cls = comfy_compat.node_class(node.get("class_type")) if isinstance(node, dict) else None
+        if cls is not None and "CONDITIONING" in [str(t) for t in getattr(cls, "RETURN_TYPES", ())]:
+            pending.append(str(node_id))
+    while pending:
+        node_id = pending.pop()
+        if node_id in seen:
+            continue
+        seen.add(node_id)
+        node = prompt.get(node_id)
+        cls = comfy_compat.node_class(node.get("class_type")) if isinstance(node, dict) else None
+        if cls is None or not isinstance(node.get("inputs"), dict):
+            continue
+        types = declared_types(cls)
+        for name, value in node["inputs"].items():
+            if isinstance(value, str) and types.get(name) == "STRING" and (node["class_type"], name) not in NOT_PROMPT_TEXTS:
+                found.append((node_id, name))
+            elif is_link(value) and output_type(prompt, value) == "STRING":
+                pending.append(str(value[0]))
+    return sorted(found)
+
+
+def image_links_into_outputs(prompt: dict) -> list[tuple[str, str]]:
+    """(node id, input name) of every input of an output node fed by an IMAGE (or untyped) output, or declared IMAGE."""
+    found = []
+    for node_id, node in prompt.items():
+        cls = comfy_compat.node_class(node.get("class_type")) if isinstance(node, dict) else None
+        if cls is None or getattr(cls, "OUTPUT_NODE", False) is not True or not isinstance(node.get("inputs"), dict):
+            continue
+        types = declared_types(cls)
+        for name, value in node["inputs"].items():
+            if is_link(value) and (output_type(prompt, value) in ("IMAGE", "*") or types.get(name) == "IMAGE"):
+                found.append((str(node_id), name))
+    return found
+
+
+# ---------------------------------------------------------------- the prompt handler
+
+def refusal(json_data, reason: str) -> dict:
+    """The request with its prompt replaced by one refusal node: ComfyUI's validation answers 400 with `reason`."""
+    kept = {k: v for k, v in json_data.items() if k != "prompt"} if isinstance(json_data, dict) else {}
+    return {**kept, "prompt": {"responsible-steering-policy": {"class_type": REFUSAL_NODE, "inputs": {"reason": reason}}}}
+
+
+def enforce(json_data):
+    if STATE.error is not None:
+        return refusal(json_data, STATE.error)
+    policy = STATE.policy
+    if policy is None:
+        return json_data
+    if not isinstance(json_data, dict) or not isinstance(json_data.get("prompt"), dict):
+        return refusal(json_data, "the request has no prompt object; the safety policy refuses it")
+    extra = json_data.setdefault("extra_data", {})
+    if not isinstance(extra, dict) or not isinstance(extra.setdefault("extra_pnginfo", {}), dict):
+        return refusal(json_data, "extra_data and extra_data.extra_pnginfo must be JSON objects")
+    prompt = json_data["prompt"]
+    prompt_id = str(json_data.get("prompt_id") or uuid.uuid4())
+    json_data["prompt_id"] = prompt_id
+    client_id = json_data.get("client_id")
+
+    texts, matched, rewritten = [], [], []
+    for node_id, name in encoder_texts(prompt):
+        text = prompt[node_id]["inputs"][name]
+        words = policy_file.match_words(text, policy.unsafe_words) if policy.input else []
+        texts.append({"node": node_id, "input": name, "text": text[:MAX_AUDIT_TEXT], "matched": words})
+        matched += [w for w in words if w not in matched]
+        if words and policy.input_action == "rewrite":
+            safe = policy_file.rewrite_text(text, words, policy.safe_suffix)
+            prompt[node_id]["inputs"][name] = safe
+            rewritten.append({"node": node_id, "input": name, "text": safe[:MAX_AUDIT_TEXT]})
+    action = policy.input_action if matched else "none"
+    record = {"type": "prompt", "prompt_id": prompt_id, "client_id": client_id, "texts": texts,
+              "input": {"detector": "word_list", "matched": matched, "action": action, "rewritten": rewritten}}
+    if matched and policy.input_action == "reject":
+        STATE.record({**record, "guards": [], "outcome": "rejected"})
+        return refusal(json_data, f"the server's safety policy ({policy.name}) refuses this prompt: it names "
+                                  f"{', '.join(repr(w) for w in matched)}")
+    if matched:
+        STATE.flag(prompt_id)
+
+    guards = []
+    taken = set(prompt)
+    for n, (node_id, name) in enumerate(image_links_into_outputs(prompt)):
+        guard_id = f"rs-policy-guard-{n}"
+        while guard_id in taken:
+            guard_id += "x"
+        taken.add(guard_id)
+        node = prompt[node_id]
+        context = {"prompt_id": prompt_id, "client_id": client_id, "output_node": node_id,
+                   "class_type": node["class_type"], "input": name}
+        prompt[guard_id] = {"class_type": GUARD_NODE,
+                            "inputs": {"images": node["inputs"][name], "context": json.dumps(context)},
+                            "_meta": {"title": "Responsible Steering policy guard"}}
+        node["inputs"][name] = [guard_id, 0]
+        guards.append({"guard": guard_id, "output_node": node_id, "class_type": node["class_type"], "input": name})
+    if policy.pnginfo:
+        extra["extra_pnginfo"][RECORD_KEY] = {"policy_sha256": policy.sha256, "prompt_id": prompt_id, "outputs": {}}
+    else:
+        extra["extra_pnginfo"].pop(RECORD_KEY, None)
+    STATE.record({**record, "guards": guards, "outcome": "queued"})
+    return json_data
+
+
+def on_prompt(json_data):
+    """The prompt handler: never raises (an exception would let the prompt through unguarded)."""
+    try:
+        return enforce(json_data)
+    except Exception as e:
+        log.exception("responsible-steering policy: the prompt handler failed; the prompt is refused")
+        return refusal(json_data, f"the server's safety policy could not be applied to this prompt "
+                                  f"({type(e).__name__}: {e}); it is refused")
+
+
+# ---------------------------------------------------------------- the output guard
+
+def guard_images(images, context: dict, extra_pnginfo) -> tuple[object, list[dict]]:
+    """Score every image of a batch with the policy's scores and censor the flagged ones (each image on its
+    own); returns the images and one record per image (also written to the audit log and the PNG info)."""
+    if STATE.error is not None:
+        raise PolicyEnforcementError(f"{STATE.error}; no image is released")
+    policy = STATE.policy
+    if policy is None or not (isinstance(images, torch.Tensor) and images.ndim == 4 and images.shape[-1] in (3, 4)):
+        return images, []
+    nchw = to_nchw(images).float()
+    b, _, h, w = nchw.shape
+    flags = torch.zeros(b, dtype=torch.bool)
+    mask = torch.zeros(b, h, w)
+    per_image = [{"scores": {}, "thresholds": {}, "labels": []} for _ in range(b)]
+    with torch.no_grad():
+        for spec, score in STATE.scores:
+            result = score.evaluate(nchw)
+            unsafe = result.unsafe.detach().cpu().bool()
+            masks = detection_masks(result.detections, b, h, w, unsafe)
+            for i in range(b):
+                per_image[i]["scores"][spec.label()] = float(result.score[i])
+                per_image[i]["thresholds"][spec.label()] = spec.threshold
+                if unsafe[i]:
+                    per_image[i]["labels"].append(spec.label())
+                    if result.detections:
+                        per_image[i]["labels"] += [d.label for d in result.detections[i]]
+                    if not bool(masks[i].any()):
+                        masks[i] = 1.0          # flagged without a box: the whole image (fail closed)
+            flags |= unsafe
+            mask = torch.maximum(mask, masks * unsafe.view(-1, 1, 1).float())
+    out = images
+    if bool(flags.any()):
+        if policy.censor_mode == "replace":
+            covered = torch.full_like(images, REPLACE_GREY)
+        else:
+            covered = censor(images, mask.to(images.device), policy.censor_mode, policy.censor_strength)
+        out = torch.where(flags.to(images.device).view(-1, 1, 1, 1), covered, images)
+    entry = None
+    if policy.pnginfo and isinstance(extra_pnginfo, dict) and isinstance(extra_pnginfo.get(RECORD_KEY), dict):
+        entry = extra_pnginfo[RECORD_KEY].setdefault("outputs", {}).setdefault(
+            f"{context.get('output_node')}.{context.get('input')}", [])
+    start = len(entry) if entry is not None else 0
+    records = []
+    for i in range(b):
+        records.append({
+            "type": "image", "prompt_id": context.get("prompt_id"), "client_id": context.get("client_id"),
+            "output_node": context.get("output_node"), "class_type": context.get("class_type"),
+            "input": context.get("input"), "index": start + i, "flagged": bool(flags[i]),
+            "action": f"censored ({policy.censor_mode})" if flags[i] else "none", **per_image[i]})
+    for record in records:
+        STATE.record(record)
+    if entry is not None:
+        entry.extend({k: v for k, v in r.items() if k not in ("type", "client_id")} for r in records)
+    return out, [{"time": now(), "policy_sha256": policy.sha256, **r} for r in records]
+
+
+# ---------------------------------------------------------------- previews
+
+def preview_filter(event, data, sid):
+    """The server's websocket messages: live previews of flagged prompts (or all) are dropped or blurred."""
+    if STATE._preview_events is None:
+        STATE._preview_events = comfy_compat.preview_event_types()
+    if event not in STATE._preview_events:
+        return data
+    policy = STATE.policy
+    if policy is None and STATE.error is None:
+        return data
+    if policy is not None and policy.preview_mode == "allow":
+        return data
+    prompt_id = comfy_compat.preview_prompt_id(STATE.server, event, data)
+    if policy is not None and policy.preview_when == "flagged" and prompt_id is not None \
+            and not STATE.is_flagged(prompt_id):
+        return data
+    if policy is not None and policy.preview_mode == "blur":
+        from PIL import ImageFilter
+
+        blurred = comfy_compat.map_preview_image(
+            event, data, lambda image: image.filter(ImageFilter.GaussianBlur(policy.preview_blur_radius)))
+        if blurred is not None:
+            return blurred
+    STATE.previews_dropped += 1
+    return None
+
+
+# ---------------------------------------------------------------- the panel's route
+
+def is_operator(request, policy: Policy) -> bool:
+    token = request.headers.get(TOKEN_HEADER, "")
+    expected = policy.operator_token_sha256
+    return bool(token and expected) and hmac.compare_digest(hashlib.sha256(token.encode()).hexdigest(), expected)
+
+
+async def policy_route(request):
+    from aiohttp import web
+
+    if STATE.error is not None:
+        return web.json_response({"active": True, "error": STATE.error})
+    policy = STATE.policy
+    if policy is None:
+        return web.json_response({"active": False})
+    answer = policy.summary()
+    answer["operator"] = is_operator(request, policy)
+    if answer["operator"]:
+        answer["document"] = {k: v for k, v in policy.document.items() if k != "operator_token_sha256"}
+        answer["path"], answer["audit_path"] = policy.path, policy.audit_path
+        answer["previews_dropped"] = STATE.previews_dropped
+        answer["recent"] = list(STATE.recent)[-50:]
+    return web.json_response(answer)
+
+
+# ---------------------------------------------------------------- installing
+
+def install() -> None:
+    """Read the policy and hook the server (see the module docstring); SystemExit on a policy that cannot
+    be enforced."""
+    import folder_paths
+
+    server = comfy_compat.prompt_server()
+    if server is not None and server is STATE.server:
+        return                      # hooks already on this server (the entry point ran twice)
+    STATE.server = server
+    try:
+        STATE.activate(policy_file.load_policy(folder_paths.get_user_directory()))
+    except PolicyError as e:
+        STATE.fail(str(e))
+    if server is not None:
+        comfy_compat.add_get_route(server, ROUTE, policy_route)
+        if STATE.policy is not None or STATE.error is not None:
+            comfy_compat.add_prompt_handler(server, on_prompt)
+            comfy_compat.filter_server_messages(server, preview_filter)
+    if STATE.error is not None:
+        log.error("%s", STATE.error)
+        raise SystemExit(f"{STATE.error}\nComfyUI does not start with a safety policy it cannot enforce: fix or "
+                         f"remove the file (or ${policy_file.ENV_VAR}).")
+    if STATE.policy is not None:
+        log.info("responsible-steering policy %s (sha256 %s) enforced; audit log %s", STATE.policy.path,
+                 STATE.policy.sha256[:12], STATE.policy.audit_path)
