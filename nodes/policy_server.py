@@ -256,6 +256,7 @@ def enforce(json_data):
     if not isinstance(extra, dict) or not isinstance(extra.setdefault("extra_pnginfo", {}), dict):
         return refusal(json_data, "extra_data and extra_data.extra_pnginfo must be JSON objects")
     prompt = json_data["prompt"]
+    comfy_compat.apply_node_replacements(STATE.server, prompt)
     prompt_id = str(json_data.get("prompt_id") or uuid.uuid4())
     json_data["prompt_id"] = prompt_id
     client_id = json_data.get("client_id")

@@ -241,3 +241,13 @@ def node_class(class_type):
     import nodes
 
     return nodes.NODE_CLASS_MAPPINGS.get(class_type) if isinstance(class_type, str) else None
+
+
+def apply_node_replacements(server_instance, prompt: dict) -> None:
+    """Replace a prompt's unregistered node classes by their registered replacements now, as upstream
+    server.py does only after the prompt handlers ran (``node_replace_manager.apply_replacements``,
+    app/node_replace_manager.py, 0.38): so the handlers see the classes that will run. 0.3.75 has no
+    replacements."""
+    manager = getattr(server_instance, "node_replace_manager", None)
+    if manager is not None and callable(getattr(manager, "apply_replacements", None)):
+        manager.apply_replacements(prompt)

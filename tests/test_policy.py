@@ -129,11 +129,13 @@ def test_word_list_matches_whole_words_and_phrases_and_rewrites_them_away(policy
 def active(server_glue, policy, tmp_path, comfy):
     """The glue's state with a policy (restored afterwards)."""
     state = server_glue.STATE
-    saved = (state.policy, state.error, state.scores, state.audit)
+    saved = (state.policy, state.error, state.scores, state.audit, state.flagged.copy(), list(state.recent))
     document = {**GOOD, "input": {"unsafe_words": ["gore"], "action": "rewrite"}, "audit": {}}
     state.activate(policy.read_policy(write(tmp_path, document)))
     yield state
-    state.policy, state.error, state.scores, state.audit = saved
+    state.policy, state.error, state.scores, state.audit, state.flagged, recent = saved
+    state.recent.clear()
+    state.recent.extend(recent)
 
 
 def plain_prompt() -> dict:
@@ -223,3 +225,37 @@ def test_the_audit_log_gets_whole_lines_from_concurrent_writers(server_glue, tmp
     assert sorted((r["writer"], r["i"]) for r in lines) == [(n, i) for n in range(4) for i in range(100)]
     with pytest.raises(server_glue.PolicyError, match="audit.path"):
         server_glue.AuditLog(str(tmp_path))
+
+
+class PreviewServer:
+    """What the preview filter reads of the server: the prompt it is executing."""
+    last_prompt_id = "running"
+
+
+def test_previews_of_flagged_prompts_are_dropped_or_blurred_others_pass(active, server_glue, policy, tmp_path):
+    import server
+    from PIL import Image, ImageFilter
+
+    kinds = server.BinaryEventTypes
+    image = Image.new("RGB", (16, 16))
+    image.putpixel((8, 8), (255, 0, 0))
+    plain, tagged = ("JPEG", image, 512), (("JPEG", image, 512), {"prompt_id": "other"})
+    saved_server, active.server = active.server, PreviewServer()
+    try:
+        active.activate(policy.read_policy(write(tmp_path, {"version": 1, "previews": {"mode": "suppress"}}, "s.json")))
+        assert server_glue.preview_filter(kinds.UNENCODED_PREVIEW_IMAGE, plain, "c") is plain     # not flagged
+        assert server_glue.preview_filter("progress", {"value": 1}, "c") == {"value": 1}
+        active.flag("running")
+        assert server_glue.preview_filter(kinds.UNENCODED_PREVIEW_IMAGE, plain, "c") is None
+        assert server_glue.preview_filter(kinds.PREVIEW_IMAGE, b"jpeg bytes", "c") is None
+        assert server_glue.preview_filter(kinds.PREVIEW_IMAGE_WITH_METADATA, tagged, "c") is tagged  # its own id
+        active.flag("other")
+        assert server_glue.preview_filter(kinds.PREVIEW_IMAGE_WITH_METADATA, tagged, "c") is None
+        active.activate(policy.read_policy(write(tmp_path, {"version": 1, "previews": {
+            "mode": "blur", "when": "always", "blur_radius": 3}}, "b.json")))
+        fmt, blurred, size = server_glue.preview_filter(kinds.UNENCODED_PREVIEW_IMAGE, plain, "c")
+        expected = image.filter(ImageFilter.GaussianBlur(3))
+        assert (fmt, size) == ("JPEG", 512) and blurred.tobytes() == expected.tobytes()
+        assert server_glue.preview_filter(kinds.PREVIEW_IMAGE, b"jpeg bytes", "c") is None      # cannot blur bytes
+    finally:
+        active.server = saved_server

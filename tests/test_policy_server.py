@@ -247,10 +247,14 @@ def test_rewrite_removes_the_listed_word_before_the_text_encoder(guarded):
     assert [t["text"] for t in record["input"]["rewritten"]] == ["circle"]
 
 
-async def _run_watching(server: ComfyServer, prompt: dict, client_id: str) -> tuple[str, int, int]:
-    """Submit `prompt` with a websocket open for `client_id`: (prompt id, preview frames, progress messages)."""
+async def _run_watching(server: ComfyServer, prompt: dict, client_id: str, metadata: bool) -> tuple[str, int, int]:
+    """Submit `prompt` with a websocket open for `client_id` (one that asks for previews with metadata, as
+    the frontend does, or a plain one): (prompt id, preview frames, progress messages)."""
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(f"ws://127.0.0.1:{server.port}/ws?clientId={client_id}") as ws:
+            if metadata:
+                await ws.send_json({"type": "feature_flags", "data": {"supports_preview_metadata": True}})
+                await asyncio.sleep(0.5)
             async with http.post(server.url + "/prompt", json={"prompt": prompt, "client_id": client_id}) as r:
                 assert r.status == 200, await r.text()
                 prompt_id = (await r.json())["prompt_id"]
@@ -285,13 +289,15 @@ def sd1_prompt(checkpoint: str, text: str, seed: int) -> dict:
     return g.finalize()
 
 
-def test_live_previews_of_a_flagged_prompt_never_reach_the_client(guarded):
+@pytest.mark.parametrize("metadata", [False, True], ids=["plain-client", "metadata-client"])
+def test_live_previews_of_a_flagged_prompt_never_reach_the_client(guarded, metadata):
     checkpoint = guarded.dirs["checkpoint_name"]
+    seed = 10 * metadata
     _, control_frames, control_progress = asyncio.run(
-        _run_watching(guarded, sd1_prompt(checkpoint, "a blue sky", 1), "watcher-1"))
+        _run_watching(guarded, sd1_prompt(checkpoint, "a blue sky", seed + 1), f"watcher-{seed + 1}", metadata))
     assert control_progress >= 3 and control_frames >= 3            # previews are on for benign prompts
     prompt_id, frames, progress = asyncio.run(
-        _run_watching(guarded, sd1_prompt(checkpoint, "a crimson sky", 2), "watcher-2"))
+        _run_watching(guarded, sd1_prompt(checkpoint, "a crimson sky", seed + 2), f"watcher-{seed + 2}", metadata))
     assert progress >= 3 and frames == 0
     record = [r for r in audit_records(guarded.audit_path, prompt_id) if r["type"] == "prompt"][0]
     assert record["input"]["matched"] == ["crimson"]
