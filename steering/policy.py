@@ -235,6 +235,22 @@ def _no_constant(path: str):
     return hook
 
 
+def file_problem(path: str) -> str | None:
+    """What keeps `path` from being read as a file (checked without opening it, so a FIFO never blocks),
+    or None for a regular file."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as e:
+        return f"cannot be read: {e.strerror}"
+    if stat.S_ISDIR(info.st_mode):
+        return "is a directory, not a file"
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file (a device, FIFO or socket)"
+    return None
+
+
 def read_regular_file(path: str, limit: int, error) -> bytes:
     """The bytes of `path` if it is a regular file of at most `limit` bytes; else ``error(problem)`` is raised.
     Checked on the opened descriptor (no race between the check and the read); a FIFO or device is never
