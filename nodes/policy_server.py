@@ -222,6 +222,24 @@ def encoder_texts(prompt: dict) -> list[tuple[str, str]]:
     return sorted(found)
 
 
+def remove_guards(prompt: dict) -> int:
+    """Take out guard nodes the client sent (e.g. a prompt copied from /history): their consumers get the
+    guard's input back. Only the server's own guards, placed afterwards, write records."""
+    guards = {k: v for k, v in prompt.items() if isinstance(v, dict) and v.get("class_type") == GUARD_NODE}
+    for guard_id in guards:
+        del prompt[guard_id]
+    guards = {str(k): v for k, v in guards.items()}
+    for node in prompt.values():
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        for name, value in (inputs.items() if isinstance(inputs, dict) else ()):
+            hops = 0
+            while is_link(value) and str(value[0]) in guards and hops <= len(guards):
+                value = (guards[str(value[0])].get("inputs") or {}).get("images")
+                hops += 1
+            inputs[name] = value
+    return len(guards)
+
+
 def image_links_into_outputs(prompt: dict) -> list[tuple[str, str]]:
     """(node id, input name) of every input of an output node fed by an IMAGE (or untyped) output, or declared IMAGE."""
     found = []
@@ -257,6 +275,7 @@ def enforce(json_data):
         return refusal(json_data, "extra_data and extra_data.extra_pnginfo must be JSON objects")
     prompt = json_data["prompt"]
     comfy_compat.apply_node_replacements(STATE.server, prompt)
+    remove_guards(prompt)
     prompt_id = str(json_data.get("prompt_id") or uuid.uuid4())
     json_data["prompt_id"] = prompt_id
     client_id = json_data.get("client_id")

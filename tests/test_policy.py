@@ -164,6 +164,18 @@ def test_the_handler_guards_every_output_node_and_rewrites_every_encoded_text(ac
     assert active.is_flagged(data["prompt_id"])
 
 
+def test_guards_sent_by_a_client_are_replaced_by_the_servers_own(active, server_glue):
+    first = server_glue.on_prompt({"prompt": plain_prompt(), "client_id": "c"})
+    forged = json.loads(json.dumps(first["prompt"]))
+    for node in forged.values():
+        if node["class_type"] == "RSPolicyOutputGuard":
+            node["inputs"]["context"] = json.dumps({"prompt_id": "someone else's", "output_node": "6"})
+    again = server_glue.on_prompt({"prompt": forged, "client_id": "c"})["prompt"]
+    guards = [v for v in again.values() if v["class_type"] == "RSPolicyOutputGuard"]
+    assert len(guards) == 3 and all(g["inputs"]["images"] == ["5", 0] for g in guards)
+    assert "someone else's" not in json.dumps(again)
+
+
 def test_the_handler_fails_closed(active, server_glue, monkeypatch):
     refused = server_glue.on_prompt({"prompt": plain_prompt(), "extra_data": {"extra_pnginfo": "x"}})
     assert list(refused["prompt"].values())[0]["class_type"] == "RSPolicyRefusal"
