@@ -262,6 +262,12 @@ def refusal(json_data, reason: str) -> dict:
     return {**kept, "prompt": {"responsible-steering-policy": {"class_type": REFUSAL_NODE, "inputs": {"reason": reason}}}}
 
 
+def rejected(json_data, record: dict, reason: str) -> dict:
+    """Audit the prompt as rejected, and refuse it with `reason`."""
+    STATE.record({**record, "guards": [], "outcome": "rejected", "reason": reason})
+    return refusal(json_data, reason)
+
+
 def enforce(json_data):
     if STATE.error is not None:
         return refusal(json_data, STATE.error)
@@ -283,6 +289,12 @@ def enforce(json_data):
     texts, matched, rewritten = [], [], []
     for node_id, name in encoder_texts(prompt):
         text = prompt[node_id]["inputs"][name]
+        if policy.input and len(text) > policy_file.MAX_CHECKED_TEXT:
+            return rejected(json_data, {"type": "prompt", "prompt_id": prompt_id, "client_id": client_id,
+                                        "texts": texts, "input": {"detector": "word_list", "matched": [],
+                                                                  "action": "reject", "rewritten": []}},
+                            f"the server's safety policy checks texts of at most {policy_file.MAX_CHECKED_TEXT} "
+                            f"characters; node {node_id} input '{name}' has {len(text)}")
         words = policy_file.match_words(text, policy.unsafe_words) if policy.input else []
         texts.append({"node": node_id, "input": name, "text": text[:MAX_AUDIT_TEXT], "matched": words})
         matched += [w for w in words if w not in matched]
@@ -294,9 +306,8 @@ def enforce(json_data):
     record = {"type": "prompt", "prompt_id": prompt_id, "client_id": client_id, "texts": texts,
               "input": {"detector": "word_list", "matched": matched, "action": action, "rewritten": rewritten}}
     if matched and policy.input_action == "reject":
-        STATE.record({**record, "guards": [], "outcome": "rejected"})
-        return refusal(json_data, f"the server's safety policy ({policy.name}) refuses this prompt: it names "
-                                  f"{', '.join(repr(w) for w in matched)}")
+        return rejected(json_data, record, f"the server's safety policy ({policy.name}) refuses this prompt: it "
+                                           f"names {', '.join(repr(w) for w in matched)}")
     if matched:
         STATE.flag(prompt_id)
 

@@ -18,6 +18,7 @@ no ComfyUI import: it reads and checks the file and answers questions about text
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -33,6 +34,9 @@ POLICY_FILE = "policy.json"
 AUDIT_FILE = "audit.jsonl"
 
 MAX_POLICY_BYTES = 256 * 1024
+MAX_CHECKED_TEXT = 20000
+"""Longest text the word list is run on; a longer text that reaches a text encoder is refused (the check runs
+in the server's request handler, so its cost is bounded)."""
 MAX_DEPTH = 8
 """Deepest nesting of arrays/objects a policy may have (the schema needs 4)."""
 
@@ -439,6 +443,7 @@ def load_policy(user_directory: str, environ=os.environ) -> Policy | None:
 
 # ---------------------------------------------------------------- the word-list detector
 
+@functools.lru_cache(maxsize=4096)
 def _word_pattern(word: str) -> re.Pattern:
     parts = [re.escape(p) for p in word.lower().split()]
     return re.compile(r"(?<![\w])" + r"\s+".join(parts) + r"(?![\w])", re.IGNORECASE)

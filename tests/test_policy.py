@@ -164,6 +164,18 @@ def test_the_handler_guards_every_output_node_and_rewrites_every_encoded_text(ac
     assert active.is_flagged(data["prompt_id"])
 
 
+def test_a_text_too_long_to_check_is_refused_quickly(active, server_glue, policy):
+    import time
+
+    prompt = plain_prompt()
+    prompt["2"]["inputs"]["text"] = "a cat " * (1024 * 1024 // 6)
+    start = time.monotonic()
+    refused = server_glue.on_prompt({"prompt": prompt})["prompt"]
+    assert time.monotonic() - start < 0.5
+    reason = list(refused.values())[0]["inputs"]["reason"]
+    assert f"at most {policy.MAX_CHECKED_TEXT} characters; node 2 input 'text' has 1048572" in reason
+
+
 def test_guards_sent_by_a_client_are_replaced_by_the_servers_own(active, server_glue):
     first = server_glue.on_prompt({"prompt": plain_prompt(), "client_id": "c"})
     forged = json.loads(json.dumps(first["prompt"]))
