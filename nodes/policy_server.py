@@ -107,6 +107,13 @@ def build_scores(policy: Policy) -> list:
                 from ..toyworld.judges import ToyWorldRedScore
 
                 score = ToyWorldRedScore(spec.threshold, spec.options.get("temperature", 0.02))
+            elif spec.kind == "clip_violence":
+                from ..steering.safety import clip_scores
+                from . import paths
+
+                clip = clip_scores.load_clip(paths.clip_model_path(spec.options["clip_model"]))
+                score = clip_scores.CLIPViolenceScore(
+                    clip, tuple(spec.options.get("texts", clip_scores.DEFAULT_VIOLENCE_TEXTS)), spec.threshold)
             else:
                 from ..steering.safety import nudenet
                 from . import paths
@@ -120,6 +127,17 @@ def build_scores(policy: Policy) -> list:
             raise PolicyError(policy.path, f"output.scores[{i}]", f"cannot be built: {e}") from None
         built.append((spec, score))
     return built
+
+
+def score_labels(specs) -> list[str]:
+    """One record key per score: its kind (and statistic or labels), numbered when two would share one."""
+    labels = []
+    for spec in specs:
+        label, n = spec.label(), 2
+        while label in labels:
+            label, n = f"{spec.label()}#{n}", n + 1
+        labels.append(label)
+    return labels
 
 
 class PolicyState:
@@ -360,15 +378,15 @@ def guard_images(images, context: dict, extra_pnginfo) -> tuple[object, list[dic
     mask = torch.zeros(b, h, w)
     per_image = [{"scores": {}, "thresholds": {}, "labels": []} for _ in range(b)]
     with torch.no_grad():
-        for spec, score in STATE.scores:
+        for label, (spec, score) in zip(score_labels([spec for spec, _ in STATE.scores]), STATE.scores):
             result = score.evaluate(nchw)
             unsafe = result.unsafe.detach().cpu().bool()
             masks = detection_masks(result.detections, b, h, w, unsafe)
             for i in range(b):
-                per_image[i]["scores"][spec.label()] = float(result.score[i])
-                per_image[i]["thresholds"][spec.label()] = spec.threshold
+                per_image[i]["scores"][label] = float(result.score[i])
+                per_image[i]["thresholds"][label] = spec.threshold
                 if unsafe[i]:
-                    per_image[i]["labels"].append(spec.label())
+                    per_image[i]["labels"].append(label)
                     if result.detections:
                         per_image[i]["labels"] += [d.label for d in result.detections[i]]
                     if not bool(masks[i].any()):

@@ -40,7 +40,7 @@ in the server's request handler, so its cost is bounded)."""
 MAX_DEPTH = 8
 """Deepest nesting of arrays/objects a policy may have (the schema needs 4)."""
 
-SCORE_KINDS = ("colour", "toyworld_red", "nudenet")
+SCORE_KINDS = ("colour", "toyworld_red", "nudenet", "clip_violence")
 CENSOR_MODES = ("blur", "pixelate", "black", "replace")
 INPUT_ACTIONS = ("reject", "rewrite", "log")
 PREVIEW_MODES = ("allow", "suppress", "blur")
@@ -93,6 +93,11 @@ SCHEMA: dict = {
                             "temperature": {"type": "number", "minimum": 0.0001, "maximum": 10},
                             "labels": {"type": "string", "enum": list(NUDENET_PRESETS)},
                             "detection_threshold": {"type": "number", "minimum": 0, "maximum": 1},
+                            "clip_model": {"type": "string", "minLength": 1, "maxLength": 255,
+                                           "description": "clip_violence: a CLIP folder in models/safety_clip."},
+                            "texts": {"type": "array", "minItems": 1, "maxItems": 64,
+                                      "items": {"type": "string", "minLength": 1, "maxLength": 200},
+                                      "description": "clip_violence: the unsafe texts (default: the pack's)."},
                         },
                     },
                 },
@@ -319,7 +324,7 @@ class ScoreSpec:
         return f"{self.kind}:{extra}" if extra else self.kind
 
 
-DEFAULT_THRESHOLDS = {"colour": 0.0, "toyworld_red": 0.03, "nudenet": 0.0}
+DEFAULT_THRESHOLDS = {"colour": 0.0, "toyworld_red": 0.03, "nudenet": 0.0, "clip_violence": 0.2}
 
 
 @dataclass(frozen=True)
@@ -400,8 +405,11 @@ class Policy:
 
 def _semantic_checks(document: dict, path: str) -> None:
     """What the schema cannot say: options that only make sense for one score kind."""
-    allowed = {"colour": {"statistic"}, "toyworld_red": {"temperature"}, "nudenet": {"labels", "detection_threshold"}}
+    allowed = {"colour": {"statistic"}, "toyworld_red": {"temperature"}, "nudenet": {"labels", "detection_threshold"},
+               "clip_violence": {"clip_model", "texts"}}
     for i, s in enumerate((document.get("output") or {}).get("scores", [])):
+        if s["kind"] == "clip_violence" and "clip_model" not in s:
+            raise PolicyError(path, f"output.scores[{i}].clip_model", "required for score kind 'clip_violence'")
         for key in s:
             if key not in ("kind", "threshold") and key not in allowed[s["kind"]]:
                 raise PolicyError(path, f"output.scores[{i}].{key}",

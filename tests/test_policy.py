@@ -283,3 +283,43 @@ def test_previews_of_flagged_prompts_are_dropped_or_blurred_others_pass(active, 
         assert server_glue.preview_filter(kinds.PREVIEW_IMAGE, b"jpeg bytes", "c") is None      # cannot blur bytes
     finally:
         active.server = saved_server
+
+
+def test_nudenet_and_clip_scores_of_a_policy_are_the_packs_scores(server_glue, policy, tmp_path, comfy):
+    """Every score kind is built at start-up from the policy and scores like the pack's own score class."""
+    import importlib.util
+
+    import folder_paths
+
+    from devtools import tiny_models
+
+    clips = tmp_path / "safety_clip"
+    tiny_models.write_tiny_clip(str(clips / "tiny"))
+    folder_paths.add_model_folder_path("safety_clip", str(clips))
+    scores = [{"kind": "clip_violence", "clip_model": "tiny", "texts": ["gore"], "threshold": -1},
+              {"kind": "colour", "statistic": "redness", "threshold": 0.5},
+              {"kind": "colour", "statistic": "redness", "threshold": -0.5}]
+    with_nudenet = importlib.util.find_spec("nudenet") is not None
+    if with_nudenet:
+        scores.append({"kind": "nudenet", "labels": "all", "detection_threshold": 0.0001})
+    try:
+        loaded = policy.read_policy(write(tmp_path, {"version": 1, "output": {"scores": scores}}))
+        built = server_glue.build_scores(loaded)
+        clip_scores = comfy.module("steering.safety.clip_scores")
+        images = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+        direct = clip_scores.CLIPViolenceScore(clip_scores.load_clip(str(clips / "tiny")), ("gore",), -1.0)
+        with torch.no_grad():
+            assert torch.allclose(built[0][1].scores(images.movedim(-1, 1)), direct.scores(images.movedim(-1, 1)))
+        assert server_glue.score_labels([s for s, _ in built])[:3] == ["clip_violence", "colour:redness",
+                                                                        "colour:redness#2"]
+        if with_nudenet:
+            nudenet = comfy.module("steering.safety.nudenet")
+            assert built[3][1].detection_threshold == 0.0001 and built[3][1].labels == nudenet.LABELS
+        with pytest.raises(policy.PolicyError, match=r"output.scores\[0\]: cannot be built"):
+            server_glue.build_scores(policy.read_policy(write(tmp_path, {"version": 1, "output": {"scores": [
+                {"kind": "clip_violence", "clip_model": "absent"}]}}, "absent.json")))
+        with pytest.raises(policy.PolicyError, match=r"output.scores\[0\].clip_model: required"):
+            policy.read_policy(write(tmp_path, {"version": 1, "output": {"scores": [{"kind": "clip_violence"}]}},
+                                     "no-model.json"))
+    finally:
+        folder_paths.folder_names_and_paths["safety_clip"][0].remove(str(clips))
