@@ -31,7 +31,11 @@ async function fetchPolicy() {
 
 function describe(policy) {
   const lines = [];
-  if (policy.input) lines.push(`Prompts: every text sent to a text encoder is checked against ${policy.input.words} listed words; on a match: ${policy.input.action}.`);
+  if (policy.input) {
+    const how = policy.input.detector === "nearest_neighbour" ? "by the nearest-neighbour prompt detector"
+      : `against ${policy.input.words} listed words`;
+    lines.push(`Prompts: every text sent to a text encoder is checked ${how}; when flagged: ${policy.input.action}.`);
+  }
   if (policy.output) lines.push(`Images: every image reaching an output node is scored (${policy.output.scores.join(", ")}); flagged images are censored (${policy.output.censor}), each on its own.`);
   if (policy.previews) lines.push(policy.previews.mode === "allow" ? "Live previews: shown." :
     `Live previews: ${policy.previews.mode === "blur" ? "blurred" : "not sent"} for ${policy.previews.when === "always" ? "every prompt" : "prompts whose text was flagged"}.`);

@@ -147,6 +147,7 @@ class PolicyState:
         self.policy: Policy | None = None
         self.error: str | None = None
         self.scores: list = []
+        self.detector = None
         self.audit: AuditLog | None = None
         self.flagged: collections.OrderedDict = collections.OrderedDict()
         self.recent: collections.deque = collections.deque(maxlen=RECENT_RECORDS)
@@ -156,13 +157,14 @@ class PolicyState:
         self._preview_events: dict | None = None
 
     def activate(self, policy: Policy | None) -> None:
-        self.policy, self.error, self.scores, self.audit = policy, None, [], None
+        self.policy, self.error, self.scores, self.audit, self.detector = policy, None, [], None, None
         if policy is not None:
             self.scores = build_scores(policy)
+            self.detector = build_detector(policy)
             self.audit = AuditLog(policy.audit_path)
 
     def fail(self, message: str) -> None:
-        self.policy, self.error, self.scores, self.audit = None, message, [], None
+        self.policy, self.error, self.scores, self.audit, self.detector = None, message, [], None, None
 
     def record(self, record: dict) -> None:
         record = {"time": now(), "policy_sha256": self.policy.sha256, **record}
@@ -280,6 +282,48 @@ def refusal(json_data, reason: str) -> dict:
     return {**kept, "prompt": {"responsible-steering-policy": {"class_type": REFUSAL_NODE, "inputs": {"reason": reason}}}}
 
 
+def check_text(policy: Policy, text: str) -> tuple[list[str], str, dict]:
+    """(what the detector matched: words, or the unsafe concepts among the nearest neighbours; the safe
+    rewrite; evidence for the audit) for one text. Nothing matched: ([], text, {})."""
+    if not policy.input or not text.strip():
+        return [], text, {}
+    if policy.detector == "word_list":
+        words = policy_file.match_words(text, policy.unsafe_words)
+        return words, policy_file.rewrite_text(text, words, policy.safe_suffix) if words else text, {}
+    from ..steering.input_detector import DetectorInputError
+
+    try:
+        detection = STATE.detector.detect(text, policy.safe_suffix)
+    except DetectorInputError as e:
+        return [f"(not checkable: {e})"], "", {}
+    evidence = {"unsafe_share": detection.unsafe_share,
+                "neighbours": [[n.concept, n.unsafe, round(n.similarity, 4)] for n in detection.neighbours]}
+    if not detection.unsafe:
+        return [], text, evidence
+    concepts = [n.concept for n in detection.neighbours if n.unsafe]
+    return concepts, detection.safe_text, {**evidence, "removed_words": detection.flagged_words}
+
+
+def build_detector(policy: Policy):
+    """The nearest-neighbour prompt detector of the policy on its local CLIP (None for a word list)."""
+    if policy.detector != "nearest_neighbour":
+        return None
+    from ..steering import input_detector
+    from ..steering.safety import clip_scores
+    from . import paths
+
+    options = policy.input
+    try:
+        clip = clip_scores.load_clip(paths.clip_model_path(options["clip_model"]))
+        embedder = input_detector.TextEmbedder(lambda text: clip.text_features([text], torch.device("cpu"))[0])
+        return input_detector.InputDetector(
+            embedder, options.get("unsafe_concepts", input_detector.DEFAULT_UNSAFE_CONCEPTS),
+            options.get("safe_concepts", input_detector.DEFAULT_SAFE_CONCEPTS), options.get("k", 3),
+            options.get("threshold", 0.5))
+    except Exception as e:
+        raise PolicyError(policy.path, "input", f"the nearest-neighbour detector cannot be built: {e}") from None
+
+
 def rejected(json_data, record: dict, reason: str) -> dict:
     """Audit the prompt as rejected, and refuse it with `reason`."""
     STATE.record({**record, "guards": [], "outcome": "rejected", "reason": reason})
@@ -305,24 +349,24 @@ def enforce(json_data):
     client_id = json_data.get("client_id")
 
     texts, matched, rewritten = [], [], []
+    detector = policy.detector or "none"
     for node_id, name in encoder_texts(prompt):
         text = prompt[node_id]["inputs"][name]
         if policy.input and len(text) > policy_file.MAX_CHECKED_TEXT:
             return rejected(json_data, {"type": "prompt", "prompt_id": prompt_id, "client_id": client_id,
-                                        "texts": texts, "input": {"detector": "word_list", "matched": [],
+                                        "texts": texts, "input": {"detector": detector, "matched": [],
                                                                   "action": "reject", "rewritten": []}},
                             f"the server's safety policy checks texts of at most {policy_file.MAX_CHECKED_TEXT} "
                             f"characters; node {node_id} input '{name}' has {len(text)}")
-        words = policy_file.match_words(text, policy.unsafe_words) if policy.input else []
-        texts.append({"node": node_id, "input": name, "text": text[:MAX_AUDIT_TEXT], "matched": words})
-        matched += [w for w in words if w not in matched]
-        if words and policy.input_action == "rewrite":
-            safe = policy_file.rewrite_text(text, words, policy.safe_suffix)
+        found, safe, evidence = check_text(policy, text)
+        texts.append({"node": node_id, "input": name, "text": text[:MAX_AUDIT_TEXT], "matched": found, **evidence})
+        matched += [w for w in found if w not in matched]
+        if found and policy.input_action == "rewrite":
             prompt[node_id]["inputs"][name] = safe
             rewritten.append({"node": node_id, "input": name, "text": safe[:MAX_AUDIT_TEXT]})
     action = policy.input_action if matched else "none"
     record = {"type": "prompt", "prompt_id": prompt_id, "client_id": client_id, "texts": texts,
-              "input": {"detector": "word_list", "matched": matched, "action": action, "rewritten": rewritten}}
+              "input": {"detector": detector, "matched": matched, "action": action, "rewritten": rewritten}}
     if matched and policy.input_action == "reject":
         return rejected(json_data, record, f"the server's safety policy ({policy.name}) refuses this prompt: it "
                                            f"names {', '.join(repr(w) for w in matched)}")

@@ -43,6 +43,10 @@ MAX_DEPTH = 8
 SCORE_KINDS = ("colour", "toyworld_red", "nudenet", "clip_violence")
 CENSOR_MODES = ("blur", "pixelate", "black", "replace")
 INPUT_ACTIONS = ("reject", "rewrite", "log")
+DETECTORS = ("word_list", "nearest_neighbour")
+DETECTOR_OPTIONS = {"word_list": {"unsafe_words"},
+                    "nearest_neighbour": {"clip_model", "unsafe_concepts", "safe_concepts", "k", "threshold"}}
+DETECTOR_REQUIRED = {"word_list": "unsafe_words", "nearest_neighbour": "clip_model"}
 PREVIEW_MODES = ("allow", "suppress", "blur")
 PREVIEW_WHEN = ("flagged", "always")
 COLOUR_STATISTIC_NAMES = ("brightness", "red", "green", "blue", "redness")   # steering/safety/colour.py
@@ -67,12 +71,23 @@ SCHEMA: dict = {
                            "(sent as the X-RS-Operator-Token header). Without it nobody gets the operator "
                            "view over HTTP."},
         "input": {
-            "type": "object", "additionalProperties": False, "required": ["unsafe_words", "action"],
-            "description": "The prompt detector run on every text that reaches a text encoder.",
+            "type": "object", "additionalProperties": False, "required": ["action"],
+            "description": "The prompt detector run on every text that reaches a text encoder: a word list, or "
+                           "the Dual-Latent Input Detector's nearest-neighbour classifier on a local CLIP.",
             "properties": {
-                "detector": {"type": "string", "enum": ["word_list"]},
+                "detector": {"type": "string", "enum": list(DETECTORS)},
                 "unsafe_words": {"type": "array", "minItems": 1, "maxItems": 1000,
-                                 "items": {"type": "string", "minLength": 1, "maxLength": 100}},
+                                 "items": {"type": "string", "minLength": 1, "maxLength": 100},
+                                 "description": "word_list: words or phrases (whole words, any case)."},
+                "clip_model": {"type": "string", "minLength": 1, "maxLength": 255,
+                               "description": "nearest_neighbour: a CLIP folder in models/safety_clip."},
+                "unsafe_concepts": {"type": "array", "minItems": 1, "maxItems": 256,
+                                    "items": {"type": "string", "minLength": 1, "maxLength": 200}},
+                "safe_concepts": {"type": "array", "minItems": 1, "maxItems": 256,
+                                  "items": {"type": "string", "minLength": 1, "maxLength": 200}},
+                "k": {"type": "integer", "minimum": 1, "maximum": 100},
+                "threshold": {"type": "number", "minimum": 0, "maximum": 0.99,
+                              "description": "nearest_neighbour: unsafe when the unsafe share of the vote exceeds it."},
                 "action": {"type": "string", "enum": list(INPUT_ACTIONS)},
                 "safe_suffix": {"type": "string", "maxLength": 200,
                                 "description": "Appended to a rewritten text."},
@@ -344,8 +359,12 @@ class Policy:
         return self.document.get("input")
 
     @property
+    def detector(self) -> str | None:
+        return self.input.get("detector", "word_list") if self.input else None
+
+    @property
     def unsafe_words(self) -> list[str]:
-        return list(self.input["unsafe_words"]) if self.input else []
+        return list((self.input or {}).get("unsafe_words", []))
 
     @property
     def input_action(self) -> str | None:
@@ -397,7 +416,8 @@ class Policy:
         """What any user may see: that a policy is active and what it enforces (no words, no token)."""
         return {
             "active": True, "name": self.name, "sha256": self.sha256,
-            "input": {"action": self.input_action, "words": len(self.unsafe_words)} if self.input else None,
+            "input": {"detector": self.detector, "action": self.input_action, "words": len(self.unsafe_words)}
+            if self.input else None,
             "output": {"scores": [s.label() for s in self.scores], "censor": self.censor_mode} if self.scores else None,
             "previews": {"mode": self.preview_mode, "when": self.preview_when},
         }
@@ -407,6 +427,16 @@ def _semantic_checks(document: dict, path: str) -> None:
     """What the schema cannot say: options that only make sense for one score kind."""
     allowed = {"colour": {"statistic"}, "toyworld_red": {"temperature"}, "nudenet": {"labels", "detection_threshold"},
                "clip_violence": {"clip_model", "texts"}}
+    detector_input = document.get("input")
+    if detector_input is not None:
+        detector = detector_input.get("detector", "word_list")
+        if DETECTOR_REQUIRED[detector] not in detector_input:
+            raise PolicyError(path, f"input.{DETECTOR_REQUIRED[detector]}", f"required for detector {detector!r}")
+        for key in detector_input:
+            other = {o for d, options in DETECTOR_OPTIONS.items() if d != detector for o in options}
+            if key in other:
+                raise PolicyError(path, f"input.{key}", f"not an option of detector {detector!r}; its options are "
+                                                        f"{sorted(DETECTOR_OPTIONS[detector])}")
     for i, s in enumerate((document.get("output") or {}).get("scores", [])):
         if s["kind"] == "clip_violence" and "clip_model" not in s:
             raise PolicyError(path, f"output.scores[{i}].clip_model", "required for score kind 'clip_violence'")

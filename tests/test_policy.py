@@ -64,6 +64,10 @@ def test_a_valid_policy_is_read_with_its_hash_and_defaults(policy, tmp_path):
     (lambda d: d.update(version=2), "version", "expected one of [1]"),
     (lambda d: d.update(operator_token_sha256="secret"), "operator_token_sha256", "expected a text matching"),
     (lambda d: d.update(previews=[]), "previews", "expected object; got array"),
+    (lambda d: d["input"].pop("unsafe_words"), "input.unsafe_words", "required for detector 'word_list'"),
+    (lambda d: d["input"].update(k=3), "input.k", "not an option of detector 'word_list'"),
+    (lambda d: d["input"].update(detector="nearest_neighbour"), "input.clip_model",
+     "required for detector 'nearest_neighbour'"),
 ])
 def test_a_wrong_field_names_the_file_the_field_and_the_problem(policy, tmp_path, change, field, problem):
     document = json.loads(json.dumps(GOOD))
@@ -129,11 +133,12 @@ def test_word_list_matches_whole_words_and_phrases_and_rewrites_them_away(policy
 def active(server_glue, policy, tmp_path, comfy):
     """The glue's state with a policy (restored afterwards)."""
     state = server_glue.STATE
-    saved = (state.policy, state.error, state.scores, state.audit, state.flagged.copy(), list(state.recent))
+    saved = (state.policy, state.error, state.scores, state.audit, state.detector, state.flagged.copy(),
+             list(state.recent))
     document = {**GOOD, "input": {"unsafe_words": ["gore"], "action": "rewrite"}, "audit": {}}
     state.activate(policy.read_policy(write(tmp_path, document)))
     yield state
-    state.policy, state.error, state.scores, state.audit, state.flagged, recent = saved
+    state.policy, state.error, state.scores, state.audit, state.detector, state.flagged, recent = saved
     state.recent.clear()
     state.recent.extend(recent)
 
@@ -285,10 +290,40 @@ def test_previews_of_flagged_prompts_are_dropped_or_blurred_others_pass(active, 
         active.server = saved_server
 
 
-def test_nudenet_and_clip_scores_of_a_policy_are_the_packs_scores(server_glue, policy, tmp_path, comfy):
+def test_nudenet_and_clip_scores_of_a_policy_are_the_packs_scores(server_glue, policy, tmp_path, comfy, tiny_clip):
     """Every score kind is built at start-up from the policy and scores like the pack's own score class."""
     import importlib.util
 
+    clips = tmp_path / "safety_clip"
+    scores = [{"kind": "clip_violence", "clip_model": tiny_clip, "texts": ["gore"], "threshold": -1},
+              {"kind": "colour", "statistic": "redness", "threshold": 0.5},
+              {"kind": "colour", "statistic": "redness", "threshold": -0.5}]
+    with_nudenet = importlib.util.find_spec("nudenet") is not None
+    if with_nudenet:
+        scores.append({"kind": "nudenet", "labels": "all", "detection_threshold": 0.0001})
+    loaded = policy.read_policy(write(tmp_path, {"version": 1, "output": {"scores": scores}}))
+    built = server_glue.build_scores(loaded)
+    clip_scores = comfy.module("steering.safety.clip_scores")
+    images = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    direct = clip_scores.CLIPViolenceScore(clip_scores.load_clip(str(clips / "tiny")), ("gore",), -1.0)
+    with torch.no_grad():
+        assert torch.allclose(built[0][1].scores(images.movedim(-1, 1)), direct.scores(images.movedim(-1, 1)))
+    assert server_glue.score_labels([s for s, _ in built])[:3] == ["clip_violence", "colour:redness",
+                                                                    "colour:redness#2"]
+    if with_nudenet:
+        nudenet = comfy.module("steering.safety.nudenet")
+        assert built[3][1].detection_threshold == 0.0001 and built[3][1].labels == nudenet.LABELS
+    with pytest.raises(policy.PolicyError, match=r"output.scores\[0\]: cannot be built"):
+        server_glue.build_scores(policy.read_policy(write(tmp_path, {"version": 1, "output": {"scores": [
+            {"kind": "clip_violence", "clip_model": "absent"}]}}, "absent.json")))
+    with pytest.raises(policy.PolicyError, match=r"output.scores\[0\].clip_model: required"):
+        policy.read_policy(write(tmp_path, {"version": 1, "output": {"scores": [{"kind": "clip_violence"}]}},
+                                 "no-model.json"))
+
+
+@pytest.fixture
+def tiny_clip(tmp_path):
+    """A seeded tiny CLIP in a registered models/safety_clip folder (removed afterwards)."""
     import folder_paths
 
     from devtools import tiny_models
@@ -296,30 +331,33 @@ def test_nudenet_and_clip_scores_of_a_policy_are_the_packs_scores(server_glue, p
     clips = tmp_path / "safety_clip"
     tiny_models.write_tiny_clip(str(clips / "tiny"))
     folder_paths.add_model_folder_path("safety_clip", str(clips))
-    scores = [{"kind": "clip_violence", "clip_model": "tiny", "texts": ["gore"], "threshold": -1},
-              {"kind": "colour", "statistic": "redness", "threshold": 0.5},
-              {"kind": "colour", "statistic": "redness", "threshold": -0.5}]
-    with_nudenet = importlib.util.find_spec("nudenet") is not None
-    if with_nudenet:
-        scores.append({"kind": "nudenet", "labels": "all", "detection_threshold": 0.0001})
-    try:
-        loaded = policy.read_policy(write(tmp_path, {"version": 1, "output": {"scores": scores}}))
-        built = server_glue.build_scores(loaded)
-        clip_scores = comfy.module("steering.safety.clip_scores")
-        images = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
-        direct = clip_scores.CLIPViolenceScore(clip_scores.load_clip(str(clips / "tiny")), ("gore",), -1.0)
-        with torch.no_grad():
-            assert torch.allclose(built[0][1].scores(images.movedim(-1, 1)), direct.scores(images.movedim(-1, 1)))
-        assert server_glue.score_labels([s for s, _ in built])[:3] == ["clip_violence", "colour:redness",
-                                                                        "colour:redness#2"]
-        if with_nudenet:
-            nudenet = comfy.module("steering.safety.nudenet")
-            assert built[3][1].detection_threshold == 0.0001 and built[3][1].labels == nudenet.LABELS
-        with pytest.raises(policy.PolicyError, match=r"output.scores\[0\]: cannot be built"):
-            server_glue.build_scores(policy.read_policy(write(tmp_path, {"version": 1, "output": {"scores": [
-                {"kind": "clip_violence", "clip_model": "absent"}]}}, "absent.json")))
-        with pytest.raises(policy.PolicyError, match=r"output.scores\[0\].clip_model: required"):
-            policy.read_policy(write(tmp_path, {"version": 1, "output": {"scores": [{"kind": "clip_violence"}]}},
-                                     "no-model.json"))
-    finally:
-        folder_paths.folder_names_and_paths["safety_clip"][0].remove(str(clips))
+    yield "tiny"
+    folder_paths.folder_names_and_paths["safety_clip"][0].remove(str(clips))
+
+
+def test_the_nearest_neighbour_detector_rejects_and_rewrites_by_its_neighbours(active, server_glue, policy,
+                                                                                 tmp_path, tiny_clip, comfy):
+    """A text identical to a concept has that concept as its nearest neighbour (similarity 1), whatever the
+    CLIP's weights: "gore" is unsafe, "a cat" safe."""
+    document = {"version": 1, "input": {"detector": "nearest_neighbour", "clip_model": tiny_clip,
+                                        "unsafe_concepts": ["gore"], "safe_concepts": ["a cat"], "k": 1,
+                                        "threshold": 0.5, "action": "rewrite", "safe_suffix": "safe"}}
+    active.activate(policy.read_policy(write(tmp_path, document)))
+    prompt = plain_prompt()
+    prompt["2"]["inputs"]["text"], prompt["3"]["inputs"]["value"] = "gore", "a cat"
+    data = server_glue.on_prompt({"prompt": prompt})
+    record = list(active.recent)[-1]
+    texts = {t["node"]: t for t in record["texts"]}
+    assert texts["2"]["matched"] == ["gore"] and texts["2"]["neighbours"][0][:2] == ["gore", True]
+    assert texts["3"]["matched"] == [] and texts["3"]["neighbours"][0][:2] == ["a cat", False]
+    assert texts["2"]["neighbours"][0][2] == pytest.approx(1.0, abs=1e-4)
+    assert data["prompt"]["2"]["inputs"]["text"] == "safe" and data["prompt"]["3"]["inputs"]["value"] == "a cat"
+    assert record["input"] == {"detector": "nearest_neighbour", "matched": ["gore"], "action": "rewrite",
+                               "rewritten": [{"node": "2", "input": "text", "text": "safe"}]}
+    document["input"]["action"] = "reject"
+    active.activate(policy.read_policy(write(tmp_path, document, "reject.json")))
+    refused = server_glue.on_prompt({"prompt": prompt})["prompt"]
+    assert "it names 'gore'" in list(refused.values())[0]["inputs"]["reason"]
+    document["input"]["clip_model"] = "absent"
+    with pytest.raises(policy.PolicyError, match="input: the nearest-neighbour detector cannot be built"):
+        active.activate(policy.read_policy(write(tmp_path, document, "absent.json")))
