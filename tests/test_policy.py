@@ -236,6 +236,16 @@ def test_the_guard_censors_each_flagged_image_alone(active, server_glue):
     assert [r["index"] for r in pnginfo["responsible_steering"]["outputs"]["9.images"]] == [0, 1, 2]
 
 
+def test_replace_mode_swaps_only_the_flagged_image_for_a_grey_placeholder(active, server_glue, policy, tmp_path):
+    active.activate(policy.read_policy(write(tmp_path, {"version": 1, "output": {
+        "scores": [{"kind": "colour", "statistic": "red", "threshold": 0.5}], "censor": {"mode": "replace"}}})))
+    images = torch.rand(2, 8, 8, 3) * 0.4
+    images[1, ..., 0] = 0.9
+    out, records = server_glue.guard_images(images, {"prompt_id": "p"}, None)
+    assert [r["action"] for r in records] == ["none", "censored (replace)"]
+    assert torch.equal(out[0], images[0]) and torch.equal(out[1], torch.full((8, 8, 3), 0.5))
+
+
 def test_the_audit_log_gets_whole_lines_from_concurrent_writers(server_glue, tmp_path):
     log = server_glue.AuditLog(str(tmp_path / "a" / "audit.jsonl"))
     payload = "x" * 5000
