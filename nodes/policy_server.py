@@ -10,8 +10,9 @@ there is one, hooks the server through steering/comfy_compat.py:
     client's POST gets HTTP 400, nothing runs), ``rewrite`` puts the safe rewrite in place,
     ``log`` only records;
   - inserts an ``RSPolicyOutputGuard`` on every input of every output node (OUTPUT_NODE: SaveImage,
-    PreviewImage, any custom one) that is fed by an IMAGE (or untyped) output, so no graph reaches an
-    output node with an unscored image: bypassed or missing safety nodes change nothing;
+    PreviewImage, any custom one) that is fed by an IMAGE (or untyped) output, and on every IMAGE input of
+    a node that turns images into something else (CreateVideo, VAEEncode), so no graph reaches an output
+    with an unscored image: bypassed or missing safety nodes change nothing; a NaN score flags;
   - writes one audit record for the prompt; any error of its own refuses the prompt (ComfyUI
     ignores exceptions of prompt handlers, so the handler never lets one escape);
 * a filter on the server's websocket messages that drops (or blurs) live previews of prompts the
@@ -32,6 +33,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import threading
 import uuid
@@ -53,6 +55,11 @@ RECENT_RECORDS = 200
 FLAGGED_PROMPTS = 10000
 MAX_AUDIT_TEXT = 4096
 REPLACE_GREY = 0.5
+# Types a node may turn images into that still hold the pictures (guarded where the images go in).
+IMAGE_CARRIERS = {"VIDEO", "LATENT", "*"}
+# The pack's output nodes that only measure images (a number and a text come out, no image is shown or
+# saved): they see the images as generated, so their numbers stay honest under a policy.
+MEASURING_NODES = {"RSSafetyRate", "RSCLIPScore", "RSFairnessDeviation", "RSSemanticDisruption"}
 # Text inputs of pack nodes that are concept lists, not prompts (they name the unsafe concepts).
 NOT_PROMPT_TEXTS = {("RSDualLatentInputDetector", "unsafe_concepts"), ("RSDualLatentInputDetector", "safe_concepts"),
                     ("RSDualLatentInputDetector", "safe_suffix")}
@@ -260,16 +267,26 @@ def remove_guards(prompt: dict) -> int:
     return len(guards)
 
 
-def image_links_into_outputs(prompt: dict) -> list[tuple[str, str]]:
-    """(node id, input name) of every input of an output node fed by an IMAGE (or untyped) output, or declared IMAGE."""
+def guarded_image_links(prompt: dict) -> list[tuple[str, str]]:
+    """(node id, input name) of every input where an image leaves the image pipeline: every input of an
+    output node fed by an IMAGE (or untyped) output or declared IMAGE (except the pack's measuring nodes),
+    and every IMAGE-fed input of a node that turns images into video, latents or an untyped value
+    (CreateVideo -> SaveVideo, VAEEncode -> SaveLatent: scored before they change type)."""
     found = []
     for node_id, node in prompt.items():
         cls = comfy_compat.node_class(node.get("class_type")) if isinstance(node, dict) else None
-        if cls is None or getattr(cls, "OUTPUT_NODE", False) is not True or not isinstance(node.get("inputs"), dict):
+        if cls is None or not isinstance(node.get("inputs"), dict) or node.get("class_type") in MEASURING_NODES:
+            continue
+        is_output = getattr(cls, "OUTPUT_NODE", False) is True
+        returns = {str(t) for t in getattr(cls, "RETURN_TYPES", ())}
+        if not is_output and ("IMAGE" in returns or not returns & IMAGE_CARRIERS):
             continue
         types = declared_types(cls)
         for name, value in node["inputs"].items():
-            if is_link(value) and (output_type(prompt, value) in ("IMAGE", "*") or types.get(name) == "IMAGE"):
+            if not is_link(value):
+                continue
+            source = output_type(prompt, value)
+            if source == "IMAGE" or is_output and (source == "*" or types.get(name) == "IMAGE"):
                 found.append((str(node_id), name))
     return found
 
@@ -375,7 +392,7 @@ def enforce(json_data):
 
     guards = []
     taken = set(prompt)
-    for n, (node_id, name) in enumerate(image_links_into_outputs(prompt)):
+    for n, (node_id, name) in enumerate(guarded_image_links(prompt)):
         guard_id = f"rs-policy-guard-{n}"
         while guard_id in taken:
             guard_id += "x"
@@ -424,10 +441,11 @@ def guard_images(images, context: dict, extra_pnginfo) -> tuple[object, list[dic
     with torch.no_grad():
         for label, (spec, score) in zip(score_labels([spec for spec, _ in STATE.scores]), STATE.scores):
             result = score.evaluate(nchw)
-            unsafe = result.unsafe.detach().cpu().bool()
+            unsafe = result.unsafe.detach().cpu().bool() | torch.isnan(result.score.detach().cpu())
             masks = detection_masks(result.detections, b, h, w, unsafe)
             for i in range(b):
-                per_image[i]["scores"][label] = float(result.score[i])
+                value = float(result.score[i])
+                per_image[i]["scores"][label] = value if math.isfinite(value) else str(value)   # JSON: "nan"
                 per_image[i]["thresholds"][label] = spec.threshold
                 if unsafe[i]:
                     per_image[i]["labels"].append(label)

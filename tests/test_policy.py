@@ -181,6 +181,33 @@ def test_a_text_too_long_to_check_is_refused_quickly(active, server_glue, policy
     assert f"at most {policy.MAX_CHECKED_TEXT} characters; node 2 input 'text' has 1048572" in reason
 
 
+def test_images_turned_into_video_or_latents_are_guarded_before_they_change_type(active, server_glue):
+    prompt = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+              "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+              "3": {"class_type": "CreateVideo", "inputs": {"images": ["2", 0], "fps": 8.0}},
+              "4": {"class_type": "SaveVideo", "inputs": {"video": ["3", 0], "filename_prefix": "v",
+                                                          "format": "auto", "codec": "auto"}}}
+    prompt["5"] = {"class_type": "RSToyWorldRedScore", "inputs": {"threshold": 0.03, "temperature": 0.02}}
+    prompt["6"] = {"class_type": "RSDetectUnsafe", "inputs": {"images": ["2", 0], "safety_score": ["5", 0]}}
+    prompt["7"] = {"class_type": "RSSafetyRate", "inputs": {"images": ["2", 0], "safety_score": ["5", 0]}}
+    prompt["8"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["2", 0], "vae": ["9", 2]}}
+    guarded = server_glue.on_prompt({"prompt": prompt})["prompt"]
+    guards = {json.loads(v["inputs"]["context"])["output_node"]: k
+              for k, v in guarded.items() if v["class_type"] == "RSPolicyOutputGuard"}
+    assert sorted(guards) == ["3", "8"]             # measuring nodes see the images as generated
+    assert all(guarded[g]["inputs"]["images"] == ["2", 0] for g in guards.values())
+    assert guarded["3"]["inputs"]["images"] == [guards["3"], 0] and guarded["8"]["inputs"]["pixels"] == [guards["8"], 0]
+    assert guarded["6"]["inputs"]["images"] == ["2", 0] and guarded["7"]["inputs"]["images"] == ["2", 0]
+    assert guarded["4"]["inputs"]["video"] == ["3", 0]
+
+
+def test_a_score_that_cannot_judge_an_image_flags_it(active, server_glue):
+    images = torch.zeros(2, 8, 8, 3)
+    images[1, 0, 0, 0] = float("nan")
+    out, records = server_glue.guard_images(images, {"prompt_id": "p"}, None)
+    assert [r["flagged"] for r in records] == [False, True]
+
+
 def test_guards_sent_by_a_client_are_replaced_by_the_servers_own(active, server_glue):
     first = server_glue.on_prompt({"prompt": plain_prompt(), "client_id": "c"})
     forged = json.loads(json.dumps(first["prompt"]))
