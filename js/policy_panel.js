@@ -37,6 +37,7 @@ function describe(policy) {
     lines.push(`Prompts: every text sent to a text encoder is checked ${how}; when flagged: ${policy.input.action}.`);
   }
   if (policy.output) lines.push(`Images: every image reaching an output node is scored (${policy.output.scores.join(", ")}); flagged images are censored (${policy.output.censor}), each on its own.`);
+  if (policy.steering) lines.push(`Steering: every sampler's prompt is steered by the operator's embedding direction (${policy.steering.join(", ")}).`);
   if (policy.previews) lines.push(policy.previews.mode === "allow" ? "Live previews: shown." :
     `Live previews: ${policy.previews.mode === "blur" ? "blurred" : "not sent"} for ${policy.previews.when === "always" ? "every prompt" : "prompts whose text was flagged"}.`);
   return lines;

@@ -38,14 +38,41 @@ class PolicyOutputGuard(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, context) -> io.NodeOutput:
-        try:
-            info = json.loads(context)
-        except json.JSONDecodeError:
-            info = None
-        if not isinstance(info, dict):
-            raise policy_server.PolicyEnforcementError(f"policy guard: context must be a JSON object; got {context[:80]!r}")
-        out, records = policy_server.guard_images(images, info, cls.hidden.extra_pnginfo)
+        out, records = policy_server.guard_images(images, parse_context(context), cls.hidden.extra_pnginfo)
         return io.NodeOutput(out, ui={policy_server.RECORD_KEY: records} if records else None)
+
+
+def parse_context(context: str) -> dict:
+    try:
+        info = json.loads(context)
+    except json.JSONDecodeError:
+        info = None
+    if not isinstance(info, dict):
+        raise policy_server.PolicyEnforcementError(f"policy node: context must be a JSON object; got {context[:80]!r}")
+    return info
+
+
+class PolicySteer(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=policy_server.STEER_NODE,
+            display_name="Policy Steering (inserted by the server)",
+            category=POLICY_CATEGORY,
+            description="Inserted by the server's safety policy before every sampler's positive conditioning: "
+                        "adds the policy's embedding direction for the prompt's architecture.",
+            inputs=[
+                io.Conditioning.Input("conditioning", tooltip="The sampler's positive conditioning."),
+                io.String.Input("context", tooltip="Set by the server: the prompt and sampler (JSON)."),
+            ],
+            outputs=[io.Conditioning.Output(display_name="conditioning", tooltip="The steered conditioning.")],
+            is_deprecated=True,
+            not_idempotent=True,
+        )
+
+    @classmethod
+    def execute(cls, conditioning, context) -> io.NodeOutput:
+        return io.NodeOutput(policy_server.steer(conditioning, parse_context(context)))
 
 
 class PolicyRefusal(io.ComfyNode):
@@ -74,4 +101,4 @@ class PolicyRefusal(io.ComfyNode):
         raise policy_server.PolicyEnforcementError(str(reason))
 
 
-NODES = [PolicyOutputGuard, PolicyRefusal]
+NODES = [PolicyOutputGuard, PolicySteer, PolicyRefusal]

@@ -47,6 +47,7 @@ from ..steering.safety.base import to_nchw
 from ..steering.safety.censor import censor, detection_masks
 
 GUARD_NODE = "RSPolicyOutputGuard"
+STEER_NODE = "RSPolicySteer"
 REFUSAL_NODE = "RSPolicyRefusal"
 RECORD_KEY = "responsible_steering"          # extra_pnginfo key (a PNG text chunk) and the guard's ui key
 TOKEN_HEADER = "X-RS-Operator-Token"
@@ -155,6 +156,7 @@ class PolicyState:
         self.error: str | None = None
         self.scores: list = []
         self.detector = None
+        self.steering: dict = {}
         self.audit: AuditLog | None = None
         self.flagged: collections.OrderedDict = collections.OrderedDict()
         self.recent: collections.deque = collections.deque(maxlen=RECENT_RECORDS)
@@ -165,13 +167,16 @@ class PolicyState:
 
     def activate(self, policy: Policy | None) -> None:
         self.policy, self.error, self.scores, self.audit, self.detector = policy, None, [], None, None
+        self.steering = {}
         if policy is not None:
             self.scores = build_scores(policy)
             self.detector = build_detector(policy)
+            self.steering = build_steering(policy)
             self.audit = AuditLog(policy.audit_path)
 
     def fail(self, message: str) -> None:
         self.policy, self.error, self.scores, self.audit, self.detector = None, message, [], None, None
+        self.steering = {}
 
     def record(self, record: dict) -> None:
         record = {"time": now(), "policy_sha256": self.policy.sha256, **record}
@@ -250,9 +255,9 @@ def encoder_texts(prompt: dict) -> list[tuple[str, str]]:
 
 
 def remove_guards(prompt: dict) -> int:
-    """Take out guard nodes the client sent (e.g. a prompt copied from /history): their consumers get the
-    guard's input back. Only the server's own guards, placed afterwards, write records."""
-    guards = {k: v for k, v in prompt.items() if isinstance(v, dict) and v.get("class_type") == GUARD_NODE}
+    """Take out guard and steering nodes the client sent (e.g. a prompt copied from /history): their
+    consumers get the node's input back. Only the server's own, placed afterwards, write records."""
+    guards = {k: v for k, v in prompt.items() if isinstance(v, dict) and v.get("class_type") in (GUARD_NODE, STEER_NODE)}
     for guard_id in guards:
         del prompt[guard_id]
     guards = {str(k): v for k, v in guards.items()}
@@ -261,7 +266,8 @@ def remove_guards(prompt: dict) -> int:
         for name, value in (inputs.items() if isinstance(inputs, dict) else ()):
             hops = 0
             while is_link(value) and str(value[0]) in guards and hops <= len(guards):
-                value = (guards[str(value[0])].get("inputs") or {}).get("images")
+                inserted = guards[str(value[0])].get("inputs") or {}
+                value = inserted.get("images", inserted.get("conditioning"))
                 hops += 1
             inputs[name] = value
     return len(guards)
@@ -289,6 +295,30 @@ def guarded_image_links(prompt: dict) -> list[tuple[str, str]]:
             if source == "IMAGE" or is_output and (source == "*" or types.get(name) == "IMAGE"):
                 found.append((str(node_id), name))
     return found
+
+
+def sampler_positives(prompt: dict) -> list[tuple[str, str]]:
+    """(node id, "positive") of every sampler or guider (a node with a CONDITIONING input named positive
+    that returns no CONDITIONING), where the policy's steering goes in."""
+    found = []
+    for node_id, node in prompt.items():
+        cls = comfy_compat.node_class(node.get("class_type")) if isinstance(node, dict) else None
+        if cls is None or not isinstance(node.get("inputs"), dict):
+            continue
+        value = node["inputs"].get("positive")
+        if "CONDITIONING" not in [str(t) for t in getattr(cls, "RETURN_TYPES", ())] and is_link(value) \
+                and output_type(prompt, value) == "CONDITIONING":
+            found.append((str(node_id), "positive"))
+    return found
+
+
+def insert_node(prompt: dict, taken: set, stem: str, class_type: str, inputs: dict, title: str) -> str:
+    node_id = stem
+    while node_id in taken:
+        node_id += "x"
+    taken.add(node_id)
+    prompt[node_id] = {"class_type": class_type, "inputs": inputs, "_meta": {"title": title}}
+    return node_id
 
 
 # ---------------------------------------------------------------- the prompt handler
@@ -319,6 +349,25 @@ def check_text(policy: Policy, text: str) -> tuple[list[str], str, dict]:
         return [], text, evidence
     concepts = [n.concept for n in detection.neighbours if n.unsafe]
     return concepts, detection.safe_text, {**evidence, "removed_words": detection.flagged_words}
+
+
+def build_steering(policy: Policy) -> dict:
+    """Architecture -> (embedding-direction vector, settings) of the policy, loaded and checked now."""
+    from ..steering.vector_file import load_vector
+    from . import paths
+
+    table = {}
+    for arch, settings in policy.embedding_directions.items():
+        where = f"steering.embedding_direction.{arch}"
+        try:
+            vector = load_vector(paths.vector_file_path(settings["vector"]))
+        except Exception as e:
+            raise PolicyError(policy.path, f"{where}.vector", f"cannot be loaded: {e}") from None
+        if vector.kind != "embedding" or vector.arch != arch:
+            raise PolicyError(policy.path, f"{where}.vector", f"is {vector.describe()}; expected an embedding "
+                                                             f"direction for {arch}")
+        table[arch] = (vector, settings)
+    return table
 
 
 def build_detector(policy: Policy):
@@ -390,26 +439,30 @@ def enforce(json_data):
     if matched:
         STATE.flag(prompt_id)
 
-    guards = []
+    guards, steered = [], []
     taken = set(prompt)
     for n, (node_id, name) in enumerate(guarded_image_links(prompt)):
-        guard_id = f"rs-policy-guard-{n}"
-        while guard_id in taken:
-            guard_id += "x"
-        taken.add(guard_id)
         node = prompt[node_id]
         context = {"prompt_id": prompt_id, "client_id": client_id, "output_node": node_id,
                    "class_type": node["class_type"], "input": name}
-        prompt[guard_id] = {"class_type": GUARD_NODE,
-                            "inputs": {"images": node["inputs"][name], "context": json.dumps(context)},
-                            "_meta": {"title": "Responsible Steering policy guard"}}
+        guard_id = insert_node(prompt, taken, f"rs-policy-guard-{n}", GUARD_NODE,
+                               {"images": node["inputs"][name], "context": json.dumps(context)},
+                               "Responsible Steering policy guard")
         node["inputs"][name] = [guard_id, 0]
         guards.append({"guard": guard_id, "output_node": node_id, "class_type": node["class_type"], "input": name})
+    for n, (node_id, name) in enumerate(sampler_positives(prompt) if STATE.steering else []):
+        node = prompt[node_id]
+        context = {"prompt_id": prompt_id, "client_id": client_id, "node": node_id, "class_type": node["class_type"]}
+        steer_id = insert_node(prompt, taken, f"rs-policy-steer-{n}", STEER_NODE,
+                               {"conditioning": node["inputs"][name], "context": json.dumps(context)},
+                               "Responsible Steering policy steering")
+        node["inputs"][name] = [steer_id, 0]
+        steered.append({"steer": steer_id, "node": node_id, "class_type": node["class_type"]})
     if policy.pnginfo:
         extra["extra_pnginfo"][RECORD_KEY] = {"policy_sha256": policy.sha256, "prompt_id": prompt_id, "outputs": {}}
     else:
         extra["extra_pnginfo"].pop(RECORD_KEY, None)
-    STATE.record({**record, "guards": guards, "outcome": "queued"})
+    STATE.record({**record, "guards": guards, "steering": steered, "outcome": "queued"})
     return json_data
 
 
@@ -479,6 +532,33 @@ def guard_images(images, context: dict, extra_pnginfo) -> tuple[object, list[dic
     if entry is not None:
         entry.extend({k: v for k, v in r.items() if k not in ("type", "client_id")} for r in records)
     return out, [{"time": now(), "policy_sha256": policy.sha256, **r} for r in records]
+
+
+def steer(conditioning, context: dict):
+    """The policy's embedding direction for the conditioning's architecture added to it (unchanged for an
+    architecture the policy names no vector for); one audit record."""
+    if STATE.error is not None:
+        raise PolicyEnforcementError(f"{STATE.error}; nothing is sampled")
+    from ..steering.architectures import ArchitectureError, architecture_of_conditioning
+    from ..steering.embedding_direction import apply_embedding_direction
+
+    try:
+        arch = architecture_of_conditioning(conditioning[0][0], conditioning[0][1].get("pooled_output"))
+    except ArchitectureError:
+        arch = None
+    entry = STATE.steering.get(arch)
+    record = {"type": "steering", "prompt_id": context.get("prompt_id"), "client_id": context.get("client_id"),
+              "node": context.get("node"), "class_type": context.get("class_type"), "arch": arch,
+              "applied": entry is not None}
+    out = conditioning
+    if entry is not None:
+        vector, settings = entry
+        out = apply_embedding_direction(conditioning, [vector.embedding_direction()], arch, settings["strength"],
+                                        settings["start_percent"], settings["end_percent"], "every_chunk")
+        record.update(vector=settings["vector"], strength=settings["strength"])
+    if STATE.policy is not None:
+        STATE.record(record)
+    return out
 
 
 # ---------------------------------------------------------------- previews

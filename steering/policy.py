@@ -134,6 +134,27 @@ SCHEMA: dict = {
                 "blur_radius": {"type": "integer", "minimum": 1, "maximum": 64},
             },
         },
+        "steering": {
+            "type": "object", "additionalProperties": False,
+            "description": "Steering applied to every sampler of every prompt, by the architecture of its prompt.",
+            "properties": {
+                "embedding_direction": {
+                    "type": "object", "maxProperties": 32,
+                    "description": "Architecture name (sd1, sdxl, toyworld, ...) -> an embedding-direction vector "
+                                   "added to every sampler's positive conditioning.",
+                    "additionalProperties": {
+                        "type": "object", "additionalProperties": False, "required": ["vector"],
+                        "properties": {
+                            "vector": {"type": "string", "minLength": 1, "maxLength": 255,
+                                       "description": "A file in models/steering_vectors."},
+                            "strength": {"type": "number", "minimum": -20, "maximum": 20},
+                            "start_percent": {"type": "number", "minimum": 0, "maximum": 1},
+                            "end_percent": {"type": "number", "minimum": 0, "maximum": 1},
+                        },
+                    },
+                },
+            },
+        },
         "audit": {
             "type": "object", "additionalProperties": False,
             "properties": {
@@ -208,14 +229,17 @@ def validate(document: Any, path: str, schema: dict = SCHEMA, where: str = "(top
     if isinstance(document, dict):
         properties = schema.get("properties", {})
         prefix = "" if where == "(top level)" else where + "."
+        if len(document) > schema.get("maxProperties", math.inf):
+            raise PolicyError(path, where, f"expected at most {schema['maxProperties']} keys; got {len(document)}")
+        extra = schema.get("additionalProperties")
         for key in document:
-            if key not in properties and schema.get("additionalProperties") is False:
+            if key not in properties and extra is False:
                 raise PolicyError(path, prefix + key, f"unknown key; expected one of {sorted(properties)}")
         for key in schema.get("required", []):
             if key not in document:
                 raise PolicyError(path, prefix + key, "required but missing")
         for key, value in document.items():
-            validate(value, path, properties.get(key, {}), prefix + key)
+            validate(value, path, properties.get(key, extra if isinstance(extra, dict) else {}), prefix + key)
 
 
 # ---------------------------------------------------------------- reading the file
@@ -405,6 +429,13 @@ class Policy:
         return (self.document.get("previews") or {}).get("blur_radius", 8)
 
     @property
+    def embedding_directions(self) -> dict[str, dict]:
+        """Architecture -> {vector, strength, start_percent, end_percent} (defaults filled in)."""
+        table = (self.document.get("steering") or {}).get("embedding_direction") or {}
+        return {arch: {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0, **entry}
+                for arch, entry in table.items()}
+
+    @property
     def pnginfo(self) -> bool:
         return (self.document.get("audit") or {}).get("pnginfo", True)
 
@@ -420,6 +451,7 @@ class Policy:
             if self.input else None,
             "output": {"scores": [s.label() for s in self.scores], "censor": self.censor_mode} if self.scores else None,
             "previews": {"mode": self.preview_mode, "when": self.preview_when},
+            "steering": sorted(self.embedding_directions) or None,
         }
 
 
@@ -437,6 +469,10 @@ def _semantic_checks(document: dict, path: str) -> None:
             if key in other:
                 raise PolicyError(path, f"input.{key}", f"not an option of detector {detector!r}; its options are "
                                                         f"{sorted(DETECTOR_OPTIONS[detector])}")
+    for arch, entry in ((document.get("steering") or {}).get("embedding_direction") or {}).items():
+        if entry.get("start_percent", 0.0) > entry.get("end_percent", 1.0):
+            raise PolicyError(path, f"steering.embedding_direction.{arch}.start_percent",
+                              "must not be after end_percent")
     for i, s in enumerate((document.get("output") or {}).get("scores", [])):
         if s["kind"] == "clip_violence" and "clip_model" not in s:
             raise PolicyError(path, f"output.scores[{i}].clip_model", "required for score kind 'clip_violence'")

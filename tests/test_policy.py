@@ -64,6 +64,13 @@ def test_a_valid_policy_is_read_with_its_hash_and_defaults(policy, tmp_path):
     (lambda d: d.update(version=2), "version", "expected one of [1]"),
     (lambda d: d.update(operator_token_sha256="secret"), "operator_token_sha256", "expected a text matching"),
     (lambda d: d.update(previews=[]), "previews", "expected object; got array"),
+    (lambda d: d.update(steering={"embedding_direction": {"sd1": {"vector": "v.safetensors", "start_percent": 0.9,
+                                                                  "end_percent": 0.1}}}),
+     "steering.embedding_direction.sd1.start_percent", "must not be after end_percent"),
+    (lambda d: d.update(steering={"embedding_direction": {"sd1": {"strength": 1}}}),
+     "steering.embedding_direction.sd1.vector", "required but missing"),
+    (lambda d: d.update(steering={"embedding_direction": {f"a{i}": {"vector": "v"} for i in range(33)}}),
+     "steering.embedding_direction", "expected at most 32 keys; got 33"),
     (lambda d: d["input"].pop("unsafe_words"), "input.unsafe_words", "required for detector 'word_list'"),
     (lambda d: d["input"].update(k=3), "input.k", "not an option of detector 'word_list'"),
     (lambda d: d["input"].update(detector="nearest_neighbour"), "input.clip_model",
@@ -261,6 +268,22 @@ def test_the_guard_censors_each_flagged_image_alone(active, server_glue):
     redness = (images[:, ..., 0] - images[:, ..., 1:].mean(-1)).flatten(1).mean(1)
     assert [r["scores"]["colour:redness"] for r in records] == pytest.approx(redness.tolist(), abs=1e-6)
     assert [r["index"] for r in pnginfo["responsible_steering"]["outputs"]["9.images"]] == [0, 1, 2]
+
+
+def test_steering_vectors_are_loaded_and_checked_at_start_up(server_glue, policy, tmp_path):
+    def steering(arch, vector):
+        return {"version": 1, "steering": {"embedding_direction": {arch: {"vector": vector}}}}
+
+    table = server_glue.build_steering(policy.read_policy(write(
+        tmp_path, steering("toyworld", "toyworld/embedding_direction_safety.safetensors"))))
+    vector, settings = table["toyworld"]
+    assert vector.kind == "embedding" and (settings["strength"], settings["start_percent"]) == (1.0, 0.0)
+    for arch, name, problem in (("toyworld", "toyworld/codsma_safety.safetensors", "expected an embedding direction"),
+                                ("sd1", "toyworld/embedding_direction_safety.safetensors", "for sd1"),
+                                ("toyworld", "absent.safetensors", "cannot be loaded")):
+        with pytest.raises(policy.PolicyError) as info:
+            server_glue.build_steering(policy.read_policy(write(tmp_path, steering(arch, name), f"{arch}.json")))
+        assert info.value.field == f"steering.embedding_direction.{arch}.vector" and problem in info.value.problem
 
 
 def test_replace_mode_swaps_only_the_flagged_image_for_a_grey_placeholder(active, server_glue, policy, tmp_path):

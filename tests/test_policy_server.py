@@ -25,6 +25,7 @@ from devtools.session import PromptError
 pytestmark = pytest.mark.slow
 
 STEPS = 4
+SAFETY_DIRECTION = "toyworld/embedding_direction_safety.safetensors"   # shipped with the pack
 TOKEN = "operator-secret-for-tests"
 POLICY = {
     "version": 1,
@@ -355,7 +356,8 @@ def rejecting(tmp_path_factory):
     base = str(tmp_path_factory.mktemp("reject"))
     path = os.path.join(base, "operator-policy.json")
     with open(path, "w") as f:
-        json.dump({**POLICY, "input": {"unsafe_words": ["blood"], "action": "reject"}}, f)
+        json.dump({**POLICY, "input": {"unsafe_words": ["blood"], "action": "reject"}, "steering": {
+            "embedding_direction": {"toyworld": {"vector": SAFETY_DIRECTION, "strength": 0.5}}}}, f)
     with started(ComfyServer(base), RESPONSIBLE_STEERING_POLICY=path) as s:
         s.audit_path = os.path.join(base, "audit.jsonl")
         yield s
@@ -375,6 +377,34 @@ def test_reject_answers_the_client_with_the_matched_words_and_writes_nothing(rej
         ("prompt", "rejected", ["blood"], "c1")]
     entry = rejecting.run_prompt(one_text_prompt("a blue circle", "accepted"))   # benign prompts still run
     assert len(entry["outputs"]["save"]["images"]) == 2
+
+
+def test_the_policys_steering_is_applied_to_every_sampler(rejecting, plain):
+    """The policy's embedding direction equals the same direction applied by hand (Apply Embedding Direction,
+    strength 0.5 over the whole schedule) on the server without a policy, bit for bit."""
+    entry = rejecting.run_prompt(one_text_prompt("a blue circle", "policy-steered"))
+    g = GraphBuilder(prefix="")
+    loader = g.node("RSLoadToyWorld")
+    pos = g.node("CLIPTextEncode", text="a blue circle", clip=loader.out(1))
+    vector = g.node("RSLoadVector", vector_name=SAFETY_DIRECTION)
+    steered = g.node("RSApplyEmbeddingDirection", conditioning=pos.out(0), vector=vector.out(0), strength=0.5,
+                     start_percent=0.0, end_percent=1.0, chunk_mode="every_chunk")
+    neg = g.node("CLIPTextEncode", text="", clip=loader.out(1))
+    latent = g.node("RSToyWorldEmptyLatent", batch_size=2)
+    samples = g.node("KSampler", model=loader.out(0), positive=steered.out(0), negative=neg.out(0),
+                     latent_image=latent.out(0), seed=1000, steps=STEPS, cfg=4.0, sampler_name="euler",
+                     scheduler="normal", denoise=1.0)
+    g.node("SaveImage", id="save", images=g.node("VAEDecode", samples=samples.out(0), vae=loader.out(2)).out(0),
+           filename_prefix="by-hand")
+    by_hand = plain.run_prompt(g.finalize())
+    unsteered = plain.run_prompt(one_text_prompt("a blue circle", "unsteered"))
+    got, expected = pixels(saved(rejecting, entry)), pixels(saved(plain, by_hand))
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected))
+    assert not all(np.array_equal(a, b) for a, b in zip(got, pixels(saved(plain, unsteered))))
+    records = audit_records(rejecting.audit_path, prompt_id_of(entry))
+    steering = [r for r in records if r["type"] == "steering"]
+    assert [(r["class_type"], r["arch"], r["applied"], r["vector"]) for r in steering] == [
+        ("KSampler", "toyworld", True, SAFETY_DIRECTION)]
 
 
 @pytest.mark.parametrize("document, field, problem", [
