@@ -4,7 +4,8 @@
 there is one, hooks the server through steering/comfy_compat.py:
 
 * a prompt handler (runs on every POST /prompt before ComfyUI validates it) that
-  - runs the word-list detector on every text that reaches a text encoder (the STRING inputs of
+  - runs the prompt detector (a word list, or the Dual-Latent Input Detector's nearest-neighbour
+    classifier on a local CLIP) on every text that reaches a text encoder (the STRING inputs of
     nodes that output CONDITIONING, and of the nodes that feed them STRING values): ``reject``
     replaces the prompt by one refusal node whose validation fails with the matched words (the
     client's POST gets HTTP 400, nothing runs), ``rewrite`` puts the safe rewrite in place,
@@ -13,6 +14,8 @@ there is one, hooks the server through steering/comfy_compat.py:
     PreviewImage, any custom one) that is fed by an IMAGE (or untyped) output, and on every IMAGE input of
     a node that turns images into something else (CreateVideo, VAEEncode), so no graph reaches an output
     with an unscored image: bypassed or missing safety nodes change nothing; a NaN score flags;
+  - inserts an ``RSPolicySteer`` before every sampler's positive conditioning when the policy names
+    embedding directions (one per architecture, chosen by the conditioning's architecture at run time);
   - writes one audit record for the prompt; any error of its own refuses the prompt (ComfyUI
     ignores exceptions of prompt handlers, so the handler never lets one escape);
 * a filter on the server's websocket messages that drops (or blurs) live previews of prompts the

@@ -46,7 +46,7 @@ class PreviewingServer(ComfyServer):
 
 @contextlib.contextmanager
 def started(server: ComfyServer, **env):
-    """`server` started with `env` added to its environment (one torch thread: the test machine is shared)."""
+    """`server` started with `env` added to its environment (one torch thread: test machines have few cores)."""
     with pytest.MonkeyPatch.context() as mp:
         for key, value in {"OMP_NUM_THREADS": "1", **env}.items():
             mp.setenv(key, value)
