@@ -181,12 +181,15 @@ def add_prompt_handler(server_instance, handler) -> None:
 
 
 def preview_event_types() -> dict[int, str]:
-    """The websocket event types that carry a live preview image (server.py ``BinaryEventTypes``):
-    PREVIEW_IMAGE (encoded bytes), UNENCODED_PREVIEW_IMAGE ((format, PIL image, max size)) and, where it
-    exists (0.3.75 and 0.38), PREVIEW_IMAGE_WITH_METADATA (((format, PIL image, max size), metadata))."""
-    import server
+    """The websocket event types that carry a live preview image (``BinaryEventTypes``: protocol.py in 0.38,
+    server.py in 0.3.75): PREVIEW_IMAGE (encoded bytes), UNENCODED_PREVIEW_IMAGE ((format, PIL image, max
+    size)) and, where it exists (0.3.75 and 0.38), PREVIEW_IMAGE_WITH_METADATA (((format, PIL image, max
+    size), metadata))."""
+    try:
+        from protocol import BinaryEventTypes as kinds
+    except ImportError:
+        from server import BinaryEventTypes as kinds
 
-    kinds = server.BinaryEventTypes
     return {getattr(kinds, name): name for name in ("PREVIEW_IMAGE", "UNENCODED_PREVIEW_IMAGE",
                                                     "PREVIEW_IMAGE_WITH_METADATA") if hasattr(kinds, name)}
 
