@@ -248,25 +248,36 @@ def test_rewrite_removes_the_listed_word_before_the_text_encoder(guarded):
     assert [t["text"] for t in record["input"]["rewritten"]] == ["circle"]
 
 
-def test_concurrent_clients_lose_no_prompt_and_every_image_is_audited_once(guarded):
-    """4 clients submitting 6 prompts each at once (red and green alternating, batch 1)."""
+def _four_clients(server: ComfyServer, round_: int) -> list[str]:
+    """4 clients submitting 6 prompts each at once (red and green alternating, batch 1); waits for all."""
     from concurrent.futures import ThreadPoolExecutor
 
     def client(n: int) -> list[str]:
         ids = []
         for i in range(6):
-            prompt = one_text_prompt("a red circle" if i % 2 else "a green circle", f"load-{n}-{i}")
+            prompt = one_text_prompt("a red circle" if i % 2 else "a green circle", f"load-{round_}-{n}-{i}")
             prompt["4"]["inputs"]["batch_size"] = 1
-            ids.append(guarded.post("/prompt", {"prompt": prompt, "client_id": f"load-{n}"})["prompt_id"])
+            ids.append(server.post("/prompt", {"prompt": prompt, "client_id": f"load-{n}"})["prompt_id"])
         return ids
 
     with ThreadPoolExecutor(4) as pool:
         ids = [i for batch in pool.map(client, range(4)) for i in batch]
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not all(
-            guarded.get(f"/history/{i}").get(i, {}).get("status", {}).get("completed") for i in ids):
+            server.get(f"/history/{i}").get(i, {}).get("status", {}).get("completed") for i in ids):
         time.sleep(0.5)
-    assert len(set(ids)) == 24
+    return ids
+
+
+def test_concurrent_clients_lose_no_prompt_and_every_image_is_audited_once(guarded):
+    import psutil
+
+    process = psutil.Process(guarded.process.pid)
+    ids = _four_clients(guarded, 0)
+    before = process.memory_info().rss
+    ids += _four_clients(guarded, 1)
+    grown = (process.memory_info().rss - before) / 2 ** 20
+    assert len(set(ids)) == 48
     for prompt_id in ids:
         entry = guarded.get(f"/history/{prompt_id}")[prompt_id]
         assert entry["status"]["status_str"] == "success"
@@ -275,6 +286,7 @@ def test_concurrent_clients_lose_no_prompt_and_every_image_is_audited_once(guard
         image = [r for r in records if r["type"] == "image"][0]
         red = "a red circle" in json.dumps(entry["prompt"][2])
         assert image["flagged"] == red and int(pixels(saved(guarded, entry))[0].max() == 0) == red
+    assert grown < 64, f"server RSS grew by {grown:.1f} MiB over 24 guarded prompts"
 
 
 async def _run_watching(server: ComfyServer, prompt: dict, client_id: str, metadata: bool) -> tuple[str, int, int]:
