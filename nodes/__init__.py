@@ -15,6 +15,7 @@ from comfy_api.v0_0_2 import ComfyExtension, io
 
 from ..toyworld.model import register_architecture as register_toyworld
 from .paths import register_model_folders
+from .policy_server import install as install_policy
 from .validation import harden
 
 
@@ -35,4 +36,5 @@ class ResponsibleSteeringExtension(ComfyExtension):
 async def comfy_entrypoint() -> ComfyExtension:
     register_model_folders()
     register_toyworld()
+    install_policy()
     return ResponsibleSteeringExtension()

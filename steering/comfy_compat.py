@@ -172,3 +172,98 @@ def schema_options(**options) -> dict:
 
     known = {f.name for f in dataclasses.fields(io.Schema)}
     return {name: value for name, value in options.items() if name in known}
+
+
+# ---------------------------------------------------------------- the server (prompt handlers, previews)
+
+def prompt_server():
+    """ComfyUI's running PromptServer (server.py ``PromptServer.instance``, 0.3.75 and 0.38), or None when
+    ComfyUI runs without one (in-process tools and tests)."""
+    try:
+        import server
+    except ImportError:
+        return None
+    return getattr(getattr(server, "PromptServer", None), "instance", None)
+
+
+def add_prompt_handler(server_instance, handler) -> None:
+    """Register ``handler(json_data) -> json_data`` for every POST /prompt, before validation
+    (server.py ``add_on_prompt_handler``, 0.3.75 and 0.38). ComfyUI logs and ignores an exception in a
+    handler, so a handler that must fail closed catches its own."""
+    server_instance.add_on_prompt_handler(handler)
+
+
+def preview_event_types() -> dict[int, str]:
+    """The websocket event types that carry a live preview image (``BinaryEventTypes``: protocol.py in 0.38,
+    server.py in 0.3.75): PREVIEW_IMAGE (encoded bytes), UNENCODED_PREVIEW_IMAGE ((format, PIL image, max
+    size)) and, where it exists (0.3.75 and 0.38), PREVIEW_IMAGE_WITH_METADATA (((format, PIL image, max
+    size), metadata))."""
+    try:
+        from protocol import BinaryEventTypes as kinds
+    except ImportError:
+        from server import BinaryEventTypes as kinds
+
+    return {getattr(kinds, name): name for name in ("PREVIEW_IMAGE", "UNENCODED_PREVIEW_IMAGE",
+                                                    "PREVIEW_IMAGE_WITH_METADATA") if hasattr(kinds, name)}
+
+
+def preview_prompt_id(server_instance, event: int, data) -> str | None:
+    """The prompt a preview belongs to: its metadata's prompt_id (PREVIEW_IMAGE_WITH_METADATA), else the
+    prompt the server is executing (``last_prompt_id``, set by main.py's prompt worker before each prompt)."""
+    if preview_event_types().get(event) == "PREVIEW_IMAGE_WITH_METADATA":
+        try:
+            return data[1]["prompt_id"]
+        except (TypeError, KeyError, IndexError):
+            pass
+    return getattr(server_instance, "last_prompt_id", None)
+
+
+def map_preview_image(event: int, data, transform):
+    """The preview `data` with its PIL image replaced by ``transform(image)``; None where the preview holds
+    no PIL image (already encoded bytes)."""
+    name = preview_event_types().get(event)
+    if name == "UNENCODED_PREVIEW_IMAGE":
+        fmt, image, size = data
+        return fmt, transform(image), size
+    if name == "PREVIEW_IMAGE_WITH_METADATA":
+        (fmt, image, size), metadata = data
+        return (fmt, transform(image), size), metadata
+    return None
+
+
+def filter_server_messages(server_instance, keep) -> None:
+    """Every websocket message the server sends passes ``keep(event, data, sid)`` first: it returns the
+    data to send (maybe changed) or None to drop the message. Wraps ``send_sync`` (server.py, 0.3.75 and
+    0.38: the one method the executor, the progress hook and the progress registry send through)."""
+    original = server_instance.send_sync
+
+    def send_sync(event, data, sid=None):
+        data = keep(event, data, sid)
+        if data is not None:
+            original(event, data, sid)
+
+    send_sync.__wrapped__ = original
+    server_instance.send_sync = send_sync
+
+
+def add_get_route(server_instance, path: str, handler) -> None:
+    """An aiohttp GET route on the server (``PromptServer.instance.routes``, 0.3.75 and 0.38); main.py adds
+    these routes to the app after the custom nodes are loaded."""
+    server_instance.routes.get(path)(handler)
+
+
+def node_class(class_type):
+    """The registered node class of a prompt's ``class_type`` (nodes.py ``NODE_CLASS_MAPPINGS``), or None."""
+    import nodes
+
+    return nodes.NODE_CLASS_MAPPINGS.get(class_type) if isinstance(class_type, str) else None
+
+
+def apply_node_replacements(server_instance, prompt: dict) -> None:
+    """Replace a prompt's unregistered node classes by their registered replacements now, as upstream
+    server.py does only after the prompt handlers ran (``node_replace_manager.apply_replacements``,
+    app/node_replace_manager.py, 0.38): so the handlers see the classes that will run. 0.3.75 has no
+    replacements."""
+    manager = getattr(server_instance, "node_replace_manager", None)
+    if manager is not None and callable(getattr(manager, "apply_replacements", None)):
+        manager.apply_replacements(prompt)

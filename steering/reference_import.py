@@ -33,6 +33,7 @@ from typing import Mapping
 
 import torch
 
+from .policy import file_problem
 from .vector_file import SteeringVector, VectorFileError, save_vector
 
 FORMATS = ("auto", "embedding_direction", "sdisc", "respodiff")
@@ -68,6 +69,9 @@ class ReferenceImport:
 
 def load_reference_state(path: str) -> Mapping[str, torch.Tensor]:
     """Weights-only load of a reference .pth; never unpickles arbitrary objects."""
+    problem = file_problem(path)
+    if problem is not None:
+        raise VectorFileError(f"{path} cannot be loaded as a reference file: it {problem}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -133,11 +137,16 @@ def check_concept_dict(concepts: Mapping, source: str = "concept dict") -> dict[
 def find_concept_dict(path: str) -> tuple[dict[str, int], str] | None:
     """The concept dict published beside the file, if any: (dict, its path)."""
     for candidate in sorted(glob.glob(os.path.join(os.path.dirname(path), "*concept_dict*.json"))):
+        problem = file_problem(candidate)
+        if problem is not None:
+            raise VectorFileError(f"{candidate} cannot be read as a concept dict: it {problem}")
         try:
             with open(candidate) as f:
                 data = json.load(f)
         except (OSError, ValueError) as e:
             raise VectorFileError(f"{candidate} is not readable JSON ({e})") from None
+        except RecursionError:
+            raise VectorFileError(f"{candidate} is not readable JSON (it nests too deeply)") from None
         if isinstance(data, dict):
             return check_concept_dict(data, candidate), candidate
     return None

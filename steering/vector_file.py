@@ -30,6 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from .architectures import ArchitectureError, get_architecture
+from .policy import file_problem
 
 FORMAT_NAME = "responsible-steering.vector"
 FORMAT_VERSION = 1
@@ -201,6 +202,9 @@ def read_header(path: str) -> tuple[dict, dict[str, str]]:
     """Parse and check a safetensors header without touching tensor data.
 
     Returns (tensor entries, metadata)."""
+    problem = file_problem(path)
+    if problem is not None and problem != "no such file":
+        raise VectorFileError(f"cannot read vector file {path}: it {problem}")
     try:
         size = os.path.getsize(path)
     except OSError as e:
@@ -227,15 +231,19 @@ def read_header(path: str) -> tuple[dict, dict[str, str]]:
         raw = f.read(header_len)
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise VectorFileError(f"{path} is not a valid safetensors file (header is not JSON)") from None
     if not isinstance(header, dict):
         raise VectorFileError(f"{path} is not a valid safetensors file (header is not a JSON object)")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise VectorFileError(f"{path} is not a valid safetensors file (its __metadata__ must be a JSON object of "
+                              f"texts; got {type(metadata).__name__} with other values)")
     data_len = size - 8 - header_len
     for role, entry in header.items():
         offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1] <= data_len):
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= data_len):
             raise VectorFileError(
                 f"{path}: tensor '{role}' lies outside the file's {data_len} data bytes (file truncated?)")
     return header, metadata
@@ -246,6 +254,8 @@ def _parse_json_field(path: str, metadata: Mapping[str, str], key: str) -> Any:
         return json.loads(metadata[key])
     except (KeyError, json.JSONDecodeError):
         raise VectorFileError(f"{path}: metadata field '{key}' is missing or not valid JSON") from None
+    except RecursionError:
+        raise VectorFileError(f"{path}: metadata field '{key}' nests too deeply to read") from None
 
 
 def load_vector(path: str) -> SteeringVector:
@@ -257,7 +267,7 @@ def load_vector(path: str) -> SteeringVector:
             f"(metadata 'format' is {metadata.get('format')!r}, expected {FORMAT_NAME!r})")
     try:
         version = int(metadata.get("format_version", ""))
-    except ValueError:
+    except (TypeError, ValueError):
         version = -1
     if not 1 <= version <= FORMAT_VERSION:
         raise VectorFileError(
@@ -272,6 +282,10 @@ def load_vector(path: str) -> SteeringVector:
             f"file holds {sorted(header)}")
     dtype_names = {v: k for k, v in ACCEPTED_DTYPES.items()}
     for role, entry in header.items():
+        if not isinstance(declared[role], dict) or not isinstance(entry.get("shape", []), list):
+            raise VectorFileError(f"{path}: tensor '{role}': the header and metadata must describe it as a JSON "
+                                  f"object with a shape list; got {declared[role]!r:.80} and "
+                                  f"{entry.get('shape')!r:.80}")
         if entry.get("dtype") not in dtype_names:
             raise VectorFileError(
                 f"{path}: tensor '{role}' has dtype {entry.get('dtype')}; expected one of "

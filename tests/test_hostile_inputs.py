@@ -25,13 +25,15 @@ STOCK_PRODUCERS = {
     "VAE": ("CheckpointLoaderSimple", 2), "CONDITIONING": ("CLIPTextEncode", 0),
     "LATENT": ("EmptyLatentImage", 0), "IMAGE": ("EmptyImage", 0), "MASK": ("SolidMask", 0),
     "FLOAT": ("PrimitiveFloat", 0), "INT": ("PrimitiveInt", 0), "STRING": ("PrimitiveString", 0),
-    "BOOLEAN": ("PrimitiveBoolean", 0),
+    "BOOLEAN": ("PrimitiveBoolean", 0), "*": ("EmptyImage", 0),
 }
 WIDGETS = {"FLOAT", "INT", "STRING", "BOOLEAN", "COMBO"}
 ONE_MB = "violence " * (1024 * 1024 // 9)
 # Documented exceptions to "a blank text is refused when the declared default is not blank".
 EMPTY_ALLOWED = {("RSDualLatentInputDetector", "safe_suffix")}    # no suffix
 EMPTY_REFUSED = {("RSCLIPScore", "prompt")}                       # the images are scored against it
+# Nodes whose every prompt fails validation: the server policy's stand-in for a refused prompt.
+ALWAYS_REFUSED = {"RSPolicyRefusal"}
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +186,7 @@ def test_valid_prompts_of_every_node_pass_validation(comfy, pack):
     for node_id in pack:
         prompt, node = build(comfy, pack, node_id)
         result = validate(prompt)
-        if "out" not in result[2] or result[3]:
+        if bool("out" not in result[2] or result[3]) != (node_id in ALWAYS_REFUSED):
             failures.append(f"{node_id}: {result[1]} {result[3]}")
     assert not failures, "\n".join(failures)
 
@@ -213,6 +215,8 @@ def test_every_widget_input_refuses_every_hostile_value_at_validation(comfy, pac
 def test_blank_text_is_accepted_where_it_is_a_documented_value(comfy, pack):
     for node_id, cls in pack.items():
         for inp, io_type in inputs_of(cls):
+            if node_id in ALWAYS_REFUSED:
+                continue
             if io_type == "STRING" and is_widget(inp, io_type) and not text_must_not_be_empty(node_id, inp):
                 prompt, node = build(comfy, pack, node_id, **{inp.id: ""})
                 result = validate(prompt)
@@ -274,7 +278,8 @@ def test_every_input_is_checked_again_just_before_execute(comfy, pack):
         try:  # the base arguments pass the checks (the node's own code may then fail on the placeholders)
             cls.execute(**base)
         except validation.InputValidationError as e:
-            failures.append(f"{node_id}: valid arguments refused: {e}")
+            if node_id not in ALWAYS_REFUSED:
+                failures.append(f"{node_id}: valid arguments refused: {e}")
         except Exception:  # noqa: BLE001
             pass
         for inp, io_type in inputs_of(cls):
@@ -330,3 +335,116 @@ def test_a_nodes_own_check_waits_for_linked_inputs_and_runs_before_execute(comfy
     assert "Apply h-space Vector: start_percent (0.9) must not be after end_percent" in refused
     with pytest.raises(validation.InputValidationError, match=r"start_percent \(0.9\) must not be after end_percent"):
         node.execute(model=object(), vector=object(), start_percent=0.9, end_percent=0.2, **widgets)
+
+
+# ---------------------------------------------------------------------------- hostile files
+
+def _call_with_deadline(function, *args, seconds: float = 10.0):
+    """function(*args) in a thread: (result, exception); a TimeoutError when it blocks (e.g. on a FIFO)."""
+    import threading
+
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = function(*args)
+        except BaseException as e:  # noqa: BLE001
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        return None, TimeoutError(f"{function.__name__}{args} blocked for {seconds}s")
+    return outcome.get("result"), outcome.get("error")
+
+
+def _safetensors(path, header: dict | str, data: bytes = b"") -> str:
+    import struct
+
+    raw = (header if isinstance(header, str) else json.dumps(header)).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw + data)
+    return str(path)
+
+
+def _vector_metadata(**change) -> dict:
+    metadata = {"format": "responsible-steering.vector", "format_version": "1", "method": "hspace_cvector",
+                "arch": "sd1", "tensors": json.dumps({"c": {"shape": [2], "dtype": "F32"}})}
+    metadata.update(change)
+    return metadata
+
+
+def _hostile_files(tmp_path) -> dict[str, str]:
+    """Files that are not what a reader expects: a folder, devices, a FIFO."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    folder = tmp_path / "folder.safetensors"
+    folder.mkdir()
+    return {"a directory": str(folder), "/dev/zero": "/dev/zero", "/dev/urandom": "/dev/urandom", "a FIFO": str(fifo)}
+
+
+def test_hostile_vector_files_raise_the_packs_error_naming_the_file(comfy, tmp_path):
+    vf = comfy.module("steering.vector_file")
+    entry = {"c": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
+    deep = "[" * 100000 + "]" * 100000
+    cases = dict(_hostile_files(tmp_path))
+    for label, header in {
+        "metadata a list": {"__metadata__": ["x"], **entry},
+        "metadata a string": {"__metadata__": "x", **entry},
+        "metadata value an object": {"__metadata__": {**_vector_metadata(), "tensors": {"c": 1}}, **entry},
+        "format_version a list": {"__metadata__": _vector_metadata(format_version=[1]), **entry},
+        "tensors list of non-objects": {"__metadata__": _vector_metadata(tensors=json.dumps({"c": 5})), **entry},
+        "shape a string": {"__metadata__": _vector_metadata(), "c": {"dtype": "F32", "shape": "2",
+                                                                     "data_offsets": [0, 8]}},
+        "offsets of strings": {"__metadata__": _vector_metadata(), "c": {"dtype": "F32", "shape": [2],
+                                                                         "data_offsets": ["0", "8"]}},
+        "training nested 100000 deep": {"__metadata__": _vector_metadata(training=deep), **entry},
+        "tensors nested 100000 deep": {"__metadata__": _vector_metadata(tensors=deep), **entry},
+    }.items():
+        cases[label] = _safetensors(tmp_path / f"{label.replace(' ', '_')}.safetensors", header, b"\0" * 8)
+    cases["header nested 100000 deep"] = _safetensors(tmp_path / "deep.safetensors", deep)
+    failures = []
+    for label, path in cases.items():
+        _, error = _call_with_deadline(vf.load_vector, path)
+        if type(error) is not vf.VectorFileError or path not in str(error):
+            failures.append(f"{label}: {type(error).__name__}: {str(error)[:200]}")
+    assert not failures, "\n".join(failures)
+
+
+def test_hostile_reference_files_and_concept_dicts_raise_the_packs_error(comfy, tmp_path):
+    ri = comfy.module("steering.reference_import")
+    failures = []
+    cases = dict(_hostile_files(tmp_path))
+    (tmp_path / "zip-not-torch.pth").write_bytes(b"PK\x03\x04" + b"\0" * 100)
+    cases["a zip that is not torch"] = str(tmp_path / "zip-not-torch.pth")
+    torch.save({"key": {"nested": torch.zeros(1)}}, str(tmp_path / "nested.pth"))
+    cases["a dict of dicts"] = str(tmp_path / "nested.pth")
+    for label, path in cases.items():
+        _, error = _call_with_deadline(ri.import_reference, path)
+        if type(error) is not ri.VectorFileError or path not in str(error):
+            failures.append(f"{label}: {type(error).__name__}: {str(error)[:200]}")
+    ram = ri.RAM_KEY if hasattr(ri, "RAM_KEY") else None
+    for label, content in {"nested 100000 deep": "[" * 100000 + "]" * 100000, "a list": "[1, 2]",
+                           "values of strings": '{"a cat": "0"}', "not UTF-8": b"\xff\xfe{"}.items():
+        folder = tmp_path / f"dict-{label.replace(' ', '_')}"
+        folder.mkdir()
+        concept_dict = folder / "concept_dict.json"
+        concept_dict.write_bytes(content if isinstance(content, bytes) else content.encode())
+        if ram is not None:
+            torch.save({ram: torch.zeros(81920, 2)}, str(folder / "sdisc.pth"))
+            _, error = _call_with_deadline(ri.import_reference, str(folder / "sdisc.pth"))
+            if isinstance(error, ri.VectorFileError) and str(concept_dict) in str(error):
+                continue
+            if error is None and label == "a list":
+                continue            # a concept dict that is not an object is not used (columns are numbered)
+            failures.append(f"concept dict {label}: {type(error).__name__}: {str(error)[:200]}")
+    fifo_folder = tmp_path / "dict-fifo"
+    fifo_folder.mkdir()
+    os.mkfifo(fifo_folder / "concept_dict.json")
+    if ram is not None:
+        torch.save({ram: torch.zeros(81920, 2)}, str(fifo_folder / "sdisc.pth"))
+        _, error = _call_with_deadline(ri.import_reference, str(fifo_folder / "sdisc.pth"))
+        if type(error) is not ri.VectorFileError or "concept_dict.json" not in str(error):
+            failures.append(f"concept dict FIFO: {type(error).__name__}: {str(error)[:200]}")
+    assert not failures, "\n".join(failures)

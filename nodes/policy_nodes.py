@@ -1,0 +1,104 @@
+"""The nodes the server's safety policy inserts into submitted prompts (nodes/policy_server.py).
+
+They are marked deprecated so that the frontends keep them out of the node library and search: they
+are not meant to be placed by hand."""
+from __future__ import annotations
+
+import json
+
+from comfy_api.v0_0_2 import io
+
+from . import policy_server
+from .common import CATEGORY
+
+POLICY_CATEGORY = f"{CATEGORY}/policy"
+MAX_REASON = 1000
+
+
+class PolicyOutputGuard(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=policy_server.GUARD_NODE,
+            display_name="Policy Output Guard (inserted by the server)",
+            category=POLICY_CATEGORY,
+            description="Inserted by the server's safety policy before every output node: scores every image "
+                        "with the policy's safety scores, censors the flagged ones (each image on its own), and "
+                        "records the verdicts in the audit log, the PNG metadata and the prompt's history.",
+            inputs=[
+                io.AnyType.Input("images", tooltip="What the output node receives (images are guarded; other "
+                                                   "values pass unchanged)."),
+                io.String.Input("context", tooltip="Set by the server: the prompt and output node guarded (JSON)."),
+            ],
+            outputs=[io.AnyType.Output(display_name="images", tooltip="The images, flagged ones censored.")],
+            hidden=[io.Hidden.extra_pnginfo],
+            is_deprecated=True,
+            not_idempotent=True,
+        )
+
+    @classmethod
+    def execute(cls, images, context) -> io.NodeOutput:
+        out, records = policy_server.guard_images(images, parse_context(context), cls.hidden.extra_pnginfo)
+        return io.NodeOutput(out, ui={policy_server.RECORD_KEY: records} if records else None)
+
+
+def parse_context(context: str) -> dict:
+    try:
+        info = json.loads(context)
+    except json.JSONDecodeError:
+        info = None
+    if not isinstance(info, dict):
+        raise policy_server.PolicyEnforcementError(f"policy node: context must be a JSON object; got {context[:80]!r}")
+    return info
+
+
+class PolicySteer(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=policy_server.STEER_NODE,
+            display_name="Policy Steering (inserted by the server)",
+            category=POLICY_CATEGORY,
+            description="Inserted by the server's safety policy before every sampler's positive conditioning: "
+                        "adds the policy's embedding direction for the prompt's architecture.",
+            inputs=[
+                io.Conditioning.Input("conditioning", tooltip="The sampler's positive conditioning."),
+                io.String.Input("context", tooltip="Set by the server: the prompt and sampler (JSON)."),
+            ],
+            outputs=[io.Conditioning.Output(display_name="conditioning", tooltip="The steered conditioning.")],
+            is_deprecated=True,
+            not_idempotent=True,
+        )
+
+    @classmethod
+    def execute(cls, conditioning, context) -> io.NodeOutput:
+        return io.NodeOutput(policy_server.steer(conditioning, parse_context(context)))
+
+
+class PolicyRefusal(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=policy_server.REFUSAL_NODE,
+            display_name="Policy Refusal (inserted by the server)",
+            category=POLICY_CATEGORY,
+            description="Stands in for a prompt the server's safety policy refuses: its validation fails with "
+                        "the reason, so nothing runs.",
+            inputs=[io.String.Input("reason", tooltip="Why the prompt was refused.")],
+            outputs=[],
+            is_output_node=True,
+            is_deprecated=True,
+        )
+
+    @classmethod
+    def validate_inputs(cls, reason):
+        reason = str(reason)
+        return (reason if len(reason) <= MAX_REASON else reason[:MAX_REASON] + "...") or \
+            "refused by the server's safety policy"
+
+    @classmethod
+    def execute(cls, reason) -> io.NodeOutput:
+        raise policy_server.PolicyEnforcementError(str(reason))
+
+
+NODES = [PolicyOutputGuard, PolicySteer, PolicyRefusal]
