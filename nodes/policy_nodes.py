@@ -9,7 +9,7 @@ import json
 from comfy_api.v0_0_2 import io
 
 from . import policy_server
-from .common import CATEGORY
+from .common import CATEGORY, schema
 
 POLICY_CATEGORY = f"{CATEGORY}/policy"
 MAX_REASON = 1000
@@ -18,8 +18,9 @@ MAX_REASON = 1000
 class PolicyOutputGuard(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id=policy_server.GUARD_NODE,
+            search_aliases=["policy", "operator", "safety", "censor", "nsfw", "audit"],
             display_name="Policy Output Guard (inserted by the server)",
             category=POLICY_CATEGORY,
             description="Inserted by the server's safety policy before every output node: scores every image "
@@ -55,8 +56,9 @@ def parse_context(context: str) -> dict:
 class PolicySteer(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id=policy_server.STEER_NODE,
+            search_aliases=["policy", "operator", "safety", "embedding direction"],
             display_name="Policy Steering (inserted by the server)",
             category=POLICY_CATEGORY,
             description="Inserted by the server's safety policy before every sampler's positive conditioning: "
@@ -78,8 +80,9 @@ class PolicySteer(io.ComfyNode):
 class PolicyRefusal(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return schema(
             node_id=policy_server.REFUSAL_NODE,
+            search_aliases=["policy", "operator", "safety", "reject"],
             display_name="Policy Refusal (inserted by the server)",
             category=POLICY_CATEGORY,
             description="Stands in for a prompt the server's safety policy refuses: its validation fails with "
