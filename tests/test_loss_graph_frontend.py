@@ -180,10 +180,10 @@ def check_layout(geo: dict) -> None:
     assert geo["plotOnTop"] and geo["labelOnTop"], "something covers the graph or its text line"
 
 
-# Vue nodes on the newest frontend only: the pinned one has them too, but a fourth training run
-# would take the file past its time budget on a small machine.
-@pytest.mark.parametrize("frontend, vue", [("pinned", False), ("newest", False), ("newest", True)],
-                         ids=["pinned-classic", "newest-classic", "newest-vue_nodes"], indirect=["frontend"],
+# Both frontends, with Vue nodes ("Nodes 2.0") off and on.
+@pytest.mark.parametrize("frontend, vue", [("pinned", False), ("pinned", True), ("newest", False), ("newest", True)],
+                         ids=["pinned-classic", "pinned-vue_nodes", "newest-classic", "newest-vue_nodes"],
+                         indirect=["frontend"],
                          scope="module")
 def test_a_training_run_shows_its_loss_curve_and_saved_file_on_the_node(frontend, vue):
     page, server, errors = frontend
