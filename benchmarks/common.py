@@ -29,19 +29,52 @@ class BenchContext:
 
         if self.device == "cuda":
             return torch.cuda.get_device_name(0)
-        cpu = platform.processor() or "CPU"
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
-        return f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+        return f"{cpu_name()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
     def synchronize(self) -> None:
         import torch
 
         if self.device == "cuda":
             torch.cuda.synchronize()
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "CPU"
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of process `pid` (psutil when installed, else /proc/<pid>/status)."""
+    try:
+        import psutil
+    except ImportError:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
+    return psutil.Process(pid).memory_info().rss
+
+
+def slope(values: list[float]) -> float:
+    """Least-squares slope of `values` against their index (0.0 for fewer than two)."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mx = (n - 1) / 2
+    my = sum(values) / n
+    num = sum((i - mx) * (v - my) for i, v in enumerate(values))
+    den = sum((i - mx) ** 2 for i in range(n))
+    return num / den
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) of `values`, linear between the nearest ranks."""
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def setup_comfy(device: str) -> None:

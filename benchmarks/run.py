@@ -2,7 +2,9 @@
 
     .venv/bin/python -m benchmarks.run [NAME ...] [--device cpu|cuda] [--full-size] [--rounds N]
 
-Each bench module defines TITLE and ``run(ctx) -> str`` (a markdown section). Results
+Each bench module defines TITLE and ``run(ctx) -> str`` (a markdown section); optionally DEVICES
+(the devices it measures on; others skip it) and ``facts(ctx) -> str`` (the line under its title,
+in place of device, model size and rounds). Results
 are written between markers keyed by bench name and device, so CPU and GPU figures
 of every bench live side by side and a re-run replaces only its own section.
 """
@@ -42,6 +44,20 @@ def write_section(key: str, text: str, path: str = RESULTS) -> None:
     os.replace(tmp, path)
 
 
+def section(name: str, module, ctx: BenchContext, body: str) -> tuple[str, str]:
+    """(marker key, markdown) of bench `name`'s section: title, the run's facts, `body`, ctx's notes."""
+    stamp = datetime.date.today().isoformat()
+    if hasattr(module, "facts"):
+        facts = f"{module.facts(ctx)}; {stamp}."
+    else:
+        size = "SD1.5-size random weights" if ctx.full_size else "tiny checkpoint"
+        facts = f"{ctx.device_name}; {size}; {ctx.rounds} rounds; {stamp}."
+    text = f"## {module.TITLE} [{ctx.device}]\n\n{facts}\n\n{body}"
+    if ctx.notes:
+        text += "\n\n" + "\n".join(f"- {n}" for n in ctx.notes)
+    return f"{name}:{ctx.device}{':full' if ctx.full_size else ''}", text
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help=f"benches to run (default all: {bench_names()})")
@@ -54,16 +70,14 @@ def main(argv=None) -> int:
     ctx = BenchContext(args.device, args.full_size, args.rounds or (10 if args.device == "cuda" else 5))
     for name in args.names or bench_names():
         module = importlib.import_module(f"benchmarks.bench_{name}")
+        if args.device not in getattr(module, "DEVICES", (args.device,)):
+            print(f"(bench {name} measures on {'/'.join(module.DEVICES)} only: skipped for {args.device})\n")
+            continue
         ctx.notes = []
-        body = module.run(ctx)
-        stamp = datetime.date.today().isoformat()
-        size = "SD1.5-size random weights" if args.full_size else "tiny checkpoint"
-        text = f"## {module.TITLE} [{args.device}]\n\n{ctx.device_name}; {size}; {ctx.rounds} rounds; {stamp}.\n\n{body}"
-        if ctx.notes:
-            text += "\n\n" + "\n".join(f"- {n}" for n in ctx.notes)
+        key, text = section(name, module, ctx, module.run(ctx))
         print(text + "\n")
         if not args.no_write:
-            write_section(f"{name}:{args.device}{':full' if args.full_size else ''}", text)
+            write_section(key, text)
     return 0
 
 

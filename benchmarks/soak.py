@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import random
 import shutil
 import sys
@@ -29,8 +28,7 @@ import threading
 import time
 import urllib.request
 
-import psutil
-
+from benchmarks.common import cpu_name, rss_bytes, slope
 from devtools import comfy_env
 from devtools.server import ComfyServer
 from devtools.session import PromptError
@@ -169,7 +167,6 @@ class Soak:
     def __init__(self, server: ComfyServer):
         self.server = server
         self.ckpt = server.dirs["checkpoint_name"]
-        self.process = psutil.Process(server.process.pid)
         self.rss: list[int] = []
         self.sent = self.completed = self.refused = 0
         self.lost: list[str] = []
@@ -177,7 +174,7 @@ class Soak:
 
     def sample(self):
         with self.lock:
-            self.rss.append(self.process.memory_info().rss)
+            self.rss.append(rss_bytes(self.server.process.pid))
 
     def good(self, workflow, seed: int, timeout: float = 600) -> None:
         with self.lock:
@@ -212,15 +209,7 @@ class Soak:
 
     def slope_kib(self, start: int = 0) -> float:
         """Least-squares slope of the RSS samples from `start` on, KiB per prompt."""
-        rss = self.rss[start:]
-        n = len(rss)
-        if n < 2:
-            return 0.0
-        mx = (n - 1) / 2
-        my = sum(rss) / n
-        num = sum((i - mx) * (r - my) for i, r in enumerate(rss))
-        den = sum((i - mx) ** 2 for i in range(n))
-        return num / den / 1024
+        return slope(self.rss[start:]) / 1024
 
 
 def short(overrides: dict) -> str:
@@ -296,14 +285,6 @@ def flagged_2kb(soak: Soak) -> dict:
     report = "\n".join(t for out in entry["outputs"].values() for t in out.get("text", []))
     line = next((l for l in report.splitlines() if l.startswith("word search")), "")
     return {"chars": len(text), "seconds": elapsed, "per_encoding": per_encoding, "word_search": line}
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "CPU"
 
 
 def main(argv=None) -> int:
