@@ -58,8 +58,8 @@ def schema_digest(node_class: Callable[[str], Any], class_type: str) -> str:
     cls = node_class(class_type)
 
     def strip(value):
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items()}
+        if isinstance(value, dict):  # V3 combos carry their choices as "options"
+            return {k: strip(v) for k, v in value.items() if k != "options"}
         if isinstance(value, (list, tuple)):
             if value and isinstance(value[0], list):
                 return ["COMBO", *strip(list(value[1:]))]

@@ -63,6 +63,26 @@ def test_the_build_names_node_types_without_a_measured_size(comfy):
         render_workflow(spec, comfy.node_class, "real", sizes)
 
 
+def test_a_nodes_measured_size_does_not_depend_on_the_files_its_dropdown_lists(comfy):
+    """Load Steering Vector lists the vector files present: a new file changes its choices, not its size
+    (the sizes file stays valid whatever a session's folders hold)."""
+    before = node_sizes.schema_digest(comfy.node_class, "RSLoadVector")
+    path = os.path.join(comfy.vector_dir, "digest_probe.safetensors")
+    vf = comfy.module("steering.vector_file")
+    vf.save_vector(vf.load_vector(vf_path(comfy, "toyworld/codsma_safety.safetensors")), comfy.vector_dir,
+                   "digest_probe", overwrite=True)
+    try:
+        assert "digest_probe.safetensors" in comfy.node_class("RSLoadVector").INPUT_TYPES()["required"][
+            "vector_name"][1]["options"]
+        assert node_sizes.schema_digest(comfy.node_class, "RSLoadVector") == before
+    finally:
+        os.remove(path)
+
+
+def vf_path(comfy, name: str) -> str:
+    return comfy.module("nodes.paths").vector_file_path(name)
+
+
 def widget_inputs(path: str, comfy, class_type: str) -> list[dict]:
     prompt = ui_to_api(load_workflow(path), comfy.input_spec)
     return [n["inputs"] for n in prompt.values() if n["class_type"] == class_type]
