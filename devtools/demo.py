@@ -58,7 +58,7 @@ def provide_models(server: ComfyServer, info: dict) -> None:
             workflows.provide_reference_vectors(workflows.vector_files_needed(prompt), vector_dir)
         except FileNotFoundError as e:
             print(f"[note] {os.path.basename(path)} will not run: {e}")
-        workflows.provide_safety_models(prompt, os.path.dirname(vector_dir))
+        workflows.provide_safety_models(prompt, os.path.dirname(vector_dir), register=False)
 
 
 def saved_images(server: ComfyServer, entry: dict) -> list[str]:

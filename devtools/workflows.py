@@ -156,15 +156,18 @@ def provide_reference_vectors(names: set[str], vector_dir: str, reference_dir: s
 CLIP_SCORE_NODES = {"RSCLIPViolenceScore", "RSCLIPArtistScore"}
 
 
-def provide_safety_models(prompt: dict, models_dir: str) -> None:
+def provide_safety_models(prompt: dict, models_dir: str, register: bool = True) -> None:
     """CLIP weights are never downloaded: for workflows with CLIP safety scores, write a tiny random
-    CLIP under the name they load into models_dir/safety_clip and register that folder."""
+    CLIP under the name they load into models_dir/safety_clip, and (`register`) add that folder to this
+    process's folder_paths -- for ComfyUI running in this process; a server finds it in its own models
+    folder, so pass False for one (this process's folders are then left alone)."""
     names = {n["inputs"]["clip_model"] for n in prompt.values() if n["class_type"] in CLIP_SCORE_NODES}
     if not names:
         return
-    import folder_paths
-
     folder = os.path.join(models_dir, "safety_clip")
     for name in sorted(names):
         tiny_models.write_tiny_clip(os.path.join(folder, name))
-    folder_paths.add_model_folder_path("safety_clip", folder, is_default=True)
+    if register:
+        import folder_paths
+
+        folder_paths.add_model_folder_path("safety_clip", folder, is_default=True)

@@ -141,7 +141,11 @@ def saved_images(comfy, ui_outputs: dict) -> list[str]:
 
 
 @pytest.mark.parametrize("path", QUICK, ids=[os.path.basename(p) for p in QUICK])
-def test_template_runs_in_process_as_opened(comfy, path):
+def test_template_runs_in_process_as_opened(comfy, path, monkeypatch):
+    import folder_paths
+
+    paths, extensions = folder_paths.folder_names_and_paths["safety_clip"]   # put back after the test
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "safety_clip", (list(paths), set(extensions)))
     workflow = load_workflow(path)
     prompt = ui_to_api(workflow, comfy.input_spec)
     for node in prompt.values():   # the only change: the tiny checkpoint in place of SD1.5
