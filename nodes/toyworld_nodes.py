@@ -11,7 +11,6 @@ from .common import CATEGORY, schema
 from .types import AttributeClassifierType, SafetyScoreType
 
 DEMO_CATEGORY = f"{CATEGORY}/demo"
-ATTRIBUTES = {"colour": tuple(world.COLOURS), "shape": world.SHAPES, "background": tuple(world.BACKGROUNDS)}
 
 
 class LoadToyWorld(io.ComfyNode):
@@ -104,7 +103,7 @@ class ToyWorldAttributeClassifier(io.ComfyNode):
             description="Reads one attribute of ToyWorld images exactly (colour, shape or background), for "
                         "Fairness Deviation. An image without an object has no colour or shape.",
             inputs=[
-                io.Combo.Input("attribute", options=list(ATTRIBUTES), default=world.BIASED_ATTRIBUTE,
+                io.Combo.Input("attribute", options=list(world.ATTRIBUTES), default=world.BIASED_ATTRIBUTE,
                                tooltip="background: ToyWorld's biased attribute (dark / light). colour: six "
                                        "colours. shape: circle / square."),
             ],

@@ -21,7 +21,7 @@ class ToyWorldUnsafeScore(SafetyScore):
         super().__init__(threshold=0.5)
 
     def scores(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.tensor([float(r.colour == world.UNSAFE_COLOUR) for r in world.classify(images)])
+        return self.evaluate(images).score
 
     def evaluate(self, images: torch.Tensor) -> ScoreResult:
         readings = world.classify(images)
