@@ -124,9 +124,8 @@ def write_thumbnails(results: dict[str, list[str]]) -> None:
         image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample)
         square = Image.new("RGB", (THUMBNAIL_SIZE, THUMBNAIL_SIZE), (24, 24, 28))
         square.paste(image, ((THUMBNAIL_SIZE - image.width) // 2, (THUMBNAIL_SIZE - image.height) // 2))
-        image = square
         target = os.path.splitext(path)[0] + ".jpg"
-        image.save(target, quality=90)
+        square.save(target, quality=90)
         print(f"thumbnail {target}")
 
 
@@ -147,8 +146,9 @@ def main(argv=None) -> int:
         info = server.object_info()
         provide_models(server, info)
         paths = workflows.template_paths()
+        toy_paths = [p for p in paths if is_toyworld(p)]
         print("\nToyWorld, the pack's demo model: every method before / after")
-        toy, toy_failures = run(server, [p for p in paths if is_toyworld(p)], info)
+        toy, toy_failures = run(server, toy_paths, info)
         grids = [images[0] for images in toy.values() if images]
         if grids:
             print(f"\noverview: {overview(grids, OVERVIEW)}")
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
                 shutil.copy(OVERVIEW, args.overview)
                 print(f"copied to {args.overview}")
         print("\nSD-format workflows on the tiny random checkpoint (smoke test: the images are noise)")
-        sd, sd_failures = run(server, [p for p in paths if not is_toyworld(p)], info)
+        sd, sd_failures = run(server, [p for p in paths if p not in toy_paths], info)
         if args.thumbnails:
             write_thumbnails({**toy, **sd})
         if args.serve:

@@ -51,15 +51,16 @@ def before_after_grid(before: torch.Tensor, after: torch.Tensor, title: str = ""
     h, w = height * factor, width * factor
     columns = max(before.shape[0], after.shape[0])
     top = TITLE_HEIGHT if title else GAP
-    title_width = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=_font(15))) + 2 * GAP
+    title_font, label_font = _font(15), _font(13)
+    title_width = int(title_font.getlength(title)) + 2 * GAP
     canvas = Image.new("RGB", (max(LABEL_WIDTH + columns * (w + GAP), title_width), top + 2 * (h + GAP)),
                        BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     if title:
-        draw.text((GAP, 6), title, fill=TEXT, font=_font(15))
+        draw.text((GAP, 6), title, fill=TEXT, font=title_font)
     for row, images in enumerate((before, after)):
         y = top + row * (h + GAP)
-        draw.text((GAP, y + h // 2 - 7), labels[row], fill=TEXT, font=_font(13))
+        draw.text((GAP, y + h // 2 - 7), labels[row], fill=TEXT, font=label_font)
         pixels = (images[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu()
         for column in range(images.shape[0]):
             tile = pixels[column].repeat_interleave(factor, 0).repeat_interleave(factor, 1)
