@@ -18,11 +18,11 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import shutil
 import sys
 import tempfile
 from typing import Any, Callable, Iterator
 
+from devtools.browser import CHROMIUM, app_page
 from devtools.comfy_env import NEWEST_FRONTEND_DIR, REPO
 
 SIZES_PATH = os.path.join(REPO, "devtools", "node_sizes.json")
@@ -34,9 +34,6 @@ VIEWPORT = (1280, 720)
 GRID = 8  # px between the points that probe what covers the canvas
 FRONTEND_ONLY = ("Note",)  # node types of the frontend itself (no Python schema)
 # the Note's text is a textarea: its size is chosen by the layout from the text
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # a first start shows the template browser over the canvas; a saved setting skips it
 FIRST_RUN_SETTINGS = {"Comfy.TutorialCompleted": True}
 
@@ -98,8 +95,6 @@ def open_frontend(root: str | None, settings: dict | None = None, viewport=VIEWP
     """A real ComfyUI server (serving the frontend at root, None = the pinned one) with the pack, and a
     headless Chromium page on it with the app loaded: yields (page, server, page errors). `prepare(server)`
     runs before the server starts (e.g. to put models in its folders)."""
-    from playwright.sync_api import sync_playwright
-
     from devtools.server import ComfyServer
 
     if CHROMIUM is None:
@@ -108,33 +103,22 @@ def open_frontend(root: str | None, settings: dict | None = None, viewport=VIEWP
     os.makedirs(os.path.join(base, "user", "default"), exist_ok=True)   # the server's user directory
     with open(os.path.join(base, "user", "default", "comfy.settings.json"), "w") as f:
         json.dump({**FIRST_RUN_SETTINGS, **(settings or {})}, f)
-    home = tempfile.mkdtemp(prefix="rs-browser-home-")
-    env = {**os.environ, "HOME": home, "XDG_CONFIG_HOME": home, "XDG_CACHE_HOME": home}
     server = ComfyServer(base, front_end_root=root)
     if prepare is not None:
         prepare(server)
-    with server, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS, env=env)
-        try:
-            page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(server.url, wait_until="domcontentloaded")
-            page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=120_000)
-            page.wait_for_function("() => window.app.extensions.length > 0", timeout=60_000)
-            # without a saved workflow the frontend opens its default graph: start from an empty one
-            page.evaluate("""async () => {
-                app.graph.clear();
-                app.canvas.setDirty(true, true);
-                await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
-            }""")
-            page.wait_for_timeout(1500)  # late UI (banners, tab bar) settles
-            served = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__")
-            if served != frontend_version(root):
-                raise NodeSizesError(f"served frontend {served}, expected {frontend_version(root)}")
-            yield page, server, errors
-        finally:
-            browser.close()
+    with server, app_page(server.url, viewport) as (page, errors):
+        page.wait_for_function("() => window.app.extensions.length > 0", timeout=60_000)
+        # without a saved workflow the frontend opens its default graph: start from an empty one
+        page.evaluate("""async () => {
+            app.graph.clear();
+            app.canvas.setDirty(true, true);
+            await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+        }""")
+        page.wait_for_timeout(1500)  # late UI (banners, tab bar) settles
+        served = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__")
+        if served != frontend_version(root):
+            raise NodeSizesError(f"served frontend {served}, expected {frontend_version(root)}")
+        yield page, server, errors
 
 
 MEASURE_JS = """(types) => {

@@ -10,18 +10,15 @@ import glob
 import importlib.metadata
 import json
 import os
-import shutil
 
 import pytest
 
+from devtools.browser import CHROMIUM, app_page
 from devtools.comfy_env import NEWEST_FRONTEND_DIR, REPO
 from devtools.server import ComfyServer
 from devtools.workflows import load_workflow, ui_to_api
 
 WORKFLOWS = sorted(glob.glob(os.path.join(REPO, "example_workflows", "*.json")) + glob.glob(os.path.join(REPO, "workflows", "real_model", "*.json")))
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 pytestmark = [
     pytest.mark.slow,
@@ -34,20 +31,12 @@ FRONTENDS = {"pinned": None, "newest": NEWEST_FRONTEND_DIR}
 
 @pytest.fixture(scope="module", params=sorted(FRONTENDS))
 def frontend(request, tmp_path_factory):
-    playwright_api = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("playwright.sync_api")
     root = FRONTENDS[request.param]
     assert root is None or os.path.isfile(os.path.join(root, "index.html")), \
         f"the newest frontend is not at {root}; run `make setup`"
-    home = tmp_path_factory.mktemp("browser-home")
-    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home), "XDG_CACHE_HOME": str(home)}
     with ComfyServer(str(tmp_path_factory.mktemp("frontend-server")), front_end_root=root) as server, \
-            playwright_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS, env=env)
-        page = browser.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(server.url, wait_until="domcontentloaded")
-        page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=120_000)
+            app_page(server.url) as (page, errors):
         page.wait_for_function("() => window.app.extensions.length > 0", timeout=60_000)
         page.keyboard.press("Escape")
         served = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__")
@@ -55,7 +44,6 @@ def frontend(request, tmp_path_factory):
                     else os.path.basename(os.path.realpath(root)))
         assert served == expected, f"{request.param} frontend: served {served}, expected {expected}"
         yield page, server, errors
-        browser.close()
 
 
 def normalise(prompt: dict) -> dict:

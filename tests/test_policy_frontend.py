@@ -9,8 +9,9 @@ import os
 
 import pytest
 
+from devtools.browser import CHROMIUM, app_page
 from devtools.server import ComfyServer
-from test_frontend import BROWSER_FLAGS, CHROMIUM, FRONTENDS
+from test_frontend import FRONTENDS
 from test_policy_server import POLICY, TOKEN, one_text_prompt, started, write_policy
 
 pytestmark = [
@@ -21,23 +22,15 @@ pytestmark = [
 
 @pytest.mark.parametrize("which", sorted(FRONTENDS))
 def test_the_policy_tab_shows_the_policy_a_censored_image_and_the_operator_view(tmp_path, which):
-    playwright_api = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("playwright.sync_api")
     base = str(tmp_path / "server")
     write_policy(base, POLICY)
     settings = os.path.join(base, "user", "default")
     os.makedirs(settings, exist_ok=True)
     with open(os.path.join(settings, "comfy.settings.json"), "w") as f:   # no first-run templates dialog
         json.dump({"Comfy.TutorialCompleted": True}, f)
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home), "XDG_CACHE_HOME": str(home)}
     with started(ComfyServer(base, front_end_root=FRONTENDS[which])) as server, \
-            playwright_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS, env=env)
-        page = browser.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(server.url, wait_until="domcontentloaded")
+            app_page(server.url) as (page, errors):
         page.wait_for_function("() => window.app && window.app.extensions.some(e => e.name === "
                                "'responsible-steering.policy')", timeout=120_000)
         page.wait_for_timeout(2000)
@@ -68,5 +61,4 @@ def test_the_policy_tab_shows_the_policy_a_censored_image_and_the_operator_view(
         text = panel.inner_text()
         assert '"unsafe_words"' in text and hashlib.sha256(TOKEN.encode()).hexdigest() not in text
         assert "prompt queued" in text
-        browser.close()
     assert not [e for e in errors if "responsible" in e.lower() or "policy" in e.lower()], errors
