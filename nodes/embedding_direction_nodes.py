@@ -18,8 +18,9 @@ DEFAULT_START = paper_step_to_start_percent(SAFETY_START_STEP, PAPER_STEPS)
 DEFAULT_FAIR_START = paper_step_to_start_percent(FAIRNESS_START_STEP, PAPER_STEPS)
 DEFAULT_END = 1.0
 
-CHUNK_TOOLTIP = ("Prompts over 77 tokens reach the model as several 77-token CLIP chunks. every_chunk adds "
-                 "the direction to each chunk; first_chunk only to the first.")
+CHUNK_TOOLTIP = ("Prompts over 77 tokens reach SD1.x/SD2.x/SDXL models as several 77-token CLIP chunks. "
+                 "every_chunk adds the direction to each chunk; first_chunk only to the first. SD3 and FLUX "
+                 "prompts are one token sequence: row i of the direction acts on token i (no effect here).")
 
 
 def _embedding_vector(vector):
@@ -39,7 +40,8 @@ class ApplyEmbeddingDirection(io.ComfyNode):
             category=f"{CATEGORY}/embedding",
             description="Add strength x d to the prompt embedding from a warm-up point of the schedule on "
                         "(arXiv 2505.15427). Connect the result to the positive input only: the "
-                        "unconditional branch stays untouched. Pooled outputs are not changed. The default "
+                        "unconditional branch stays untouched. The pooled output changes only if the vector "
+                        "has a pooled direction. Works with SD1.x, SD2.x, SDXL, SD3 and FLUX. The default "
                         f"start {DEFAULT_START} is the paper's step {SAFETY_START_STEP} of {PAPER_STEPS} on the "
                         "normal scheduler (README: paper step k of N <-> start_percent).",
             inputs=[
@@ -63,7 +65,7 @@ class ApplyEmbeddingDirection(io.ComfyNode):
     def execute(cls, conditioning, vector, strength, start_percent, end_percent, chunk_mode) -> io.NodeOutput:
         vector = _embedding_vector(vector)
         out = apply_embedding_direction(conditioning, [vector.embedding_direction()], vector.arch, strength,
-                                        start_percent, end_percent, chunk_mode)
+                                        start_percent, end_percent, chunk_mode, [vector.pooled_direction()])
         return io.NodeOutput(out)
 
 
@@ -110,7 +112,7 @@ class ApplyEmbeddingDirectionFair(io.ComfyNode):
         chosen = fair_assignment(len(vectors), batch_size, seed, assignment)
         directions = [vectors[k].embedding_direction() for k in chosen]
         out = apply_embedding_direction(conditioning, directions, vectors[0].arch, strength, start_percent,
-                                        end_percent, chunk_mode)
+                                        end_percent, chunk_mode, [vectors[k].pooled_direction() for k in chosen])
         return io.NodeOutput(out, describe_assignment([v.name for v in vectors], chosen))
 
 

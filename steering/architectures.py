@@ -17,7 +17,7 @@ class Architecture:
     name: str
     label: str
     text_width: int | None         # width of the cross-attention conditioning
-    text_tokens: int | None        # tokens per CLIP chunk (77), None for T5-style prompts
+    text_tokens: int | None        # tokens per CLIP chunk (77); None: a T5-style sequence of any length
     pooled_width: int | None       # width of pooled_output, if the model uses it
     bottleneck_channels: int | None  # UNet middle-block channels; None: no UNet h-space
     native_resolution: int | None = None  # image side the model was trained at (pixels)
@@ -30,8 +30,9 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("sd1", "Stable Diffusion 1.x", 768, 77, None, 1280, 512, "taesd_decoder"),
         Architecture("sd2", "Stable Diffusion 2.x", 1024, 77, None, 1280, 768, "taesd_decoder"),
         Architecture("sdxl", "Stable Diffusion XL", 2048, 77, 1280, 1280, 1024, "taesdxl_decoder"),
-        Architecture("sd3", "Stable Diffusion 3", 4096, None, 2048, None),
-        Architecture("flux", "FLUX.1", 4096, None, 768, None),
+        # SD3: [CLIP-L ++ CLIP-G padded to 4096 (77 tokens) | T5 tokens]; FLUX: T5 tokens (256 or more)
+        Architecture("sd3", "Stable Diffusion 3", 4096, None, 2048, None, 1024, "taesd3_decoder"),
+        Architecture("flux", "FLUX.1", 4096, None, 768, None, 1024, "taef1_decoder"),
     )
 }
 
@@ -120,12 +121,26 @@ def architecture_of_model(model) -> str:
         f"expected one of {[a.label for a in ARCHITECTURES.values()]}")
 
 
-def unet_bottleneck_channels(model) -> int:
+def model_context_width(model) -> int | None:
+    """The text-conditioning width the model's diffusion network takes (None when its config does not say):
+    a UNet's ``context_dim``, FLUX's ``context_in_dim``, SD3's context embedder input."""
+    base = getattr(model, "model", model)
+    config = getattr(getattr(base, "model_config", None), "unet_config", None) or {}
+    embedder = (config.get("context_embedder_config") or {}).get("params", {})
+    width = config.get("context_dim") or config.get("context_in_dim") or embedder.get("in_features")
+    return int(width) if width else None
+
+
+def unet_bottleneck_channels(model, method: str = "h-space vectors") -> int:
     """Channels of the UNet middle-block output (h-space) of a ComfyUI model."""
     base = getattr(model, "model", model)
     config = getattr(getattr(base, "model_config", None), "unet_config", None) or {}
     if "model_channels" not in config or "channel_mult" not in config:
+        try:
+            model_name = get_architecture(architecture_of_model(model)).label
+        except ArchitectureError:
+            model_name = type(getattr(base, "model_config", base)).__name__
         raise ArchitectureError(
-            f"{type(getattr(base, 'model_config', base)).__name__} has no UNet bottleneck (h-space); "
-            "h-space vectors need a UNet model (SD1.x, SD2.x, SDXL)")
+            f"{method} act on a UNet bottleneck (h-space), which {model_name} does not have (it is not a UNet); "
+            "use them with SD1.x, SD2.x or SDXL, or use a text-side method (embedding direction, STG, dual latent)")
     return int(config["model_channels"]) * int(config["channel_mult"][-1])

@@ -13,6 +13,11 @@ decode) run inside :func:`gradient_pass`:
   paths instead of in-place kernels and reused cast buffers, which autograd cannot save.
   We set it for the block and put the previous value back after it, also on errors and
   on interrupts (``InterruptProcessingException`` is a ``BaseException`` upstream);
+* ComfyUI's FLUX blocks (comfy/ldm/flux/layers.py, 0.3.75 and upstream 0.38) add residuals in place
+  (``img += ...``, ``x += ...``) to tensors a norm layer saved for backward, so autograd refuses
+  the backward pass. Within the block, ``+=`` on a tensor autograd tracks is computed out of place
+  (:func:`tracked_adds_out_of_place`): the same sum, a new tensor; untracked tensors (every
+  no-grad forward) keep the in-place kernel;
 * with dynamic VRAM (upstream's default on CUDA: weights are cast per layer into reused
   buffers, ``ModelPatcherDynamic``) the gradient still flows through the activations --
   the pack never needs weight gradients -- so nothing else changes; if autograd still
@@ -65,6 +70,28 @@ def in_training_supported() -> bool:
     return hasattr(_model_management(), "in_training")
 
 
+_tensor_iadd = torch.Tensor.__iadd__
+
+
+def _iadd_keeping_autograd(self: torch.Tensor, other):
+    if torch.is_grad_enabled() and (self.requires_grad or (isinstance(other, torch.Tensor) and other.requires_grad)):
+        return self + other
+    return _tensor_iadd(self, other)
+
+
+@contextlib.contextmanager
+def tracked_adds_out_of_place() -> Iterator[None]:
+    """Within the block, ``a += b`` rebinds ``a`` to ``a + b`` when autograd tracks either tensor (the
+    in-place add would overwrite a tensor saved for backward); otherwise it stays in place. Nested
+    blocks are fine; the original operator is back after the outermost one."""
+    previous = torch.Tensor.__iadd__
+    torch.Tensor.__iadd__ = _iadd_keeping_autograd
+    try:
+        yield
+    finally:
+        torch.Tensor.__iadd__ = previous
+
+
 @contextlib.contextmanager
 def gradient_pass(*patchers) -> Iterator[None]:
     """The block runs a forward/backward pass through the models of `patchers` (see the module
@@ -76,7 +103,8 @@ def gradient_pass(*patchers) -> Iterator[None]:
     if use:
         mm.in_training = True
     try:
-        yield
+        with tracked_adds_out_of_place():
+            yield
     except RuntimeError as e:
         if "Inference tensors cannot be saved for backward" in str(e) and any(is_dynamic(p) for p in patchers):
             raise CompatError(

@@ -57,7 +57,8 @@ class TAESDDecoder:
         if param.device != x0.device:
             with torch.inference_mode(False):
                 self.decoder.to(x0.device)
-        # TAESD decodes (raw - shift) * scale, which is the model-space latent x0 for SD1.x/SDXL.
+        # TAESD decoders (taesd, taesdxl, taesd3, taef1) take the model-space latent x0, (raw - shift) * scale,
+        # as ComfyUI's latent previews give them.
         return self.decoder(x0.to(param.dtype)).float()
 
 
@@ -73,14 +74,18 @@ _taesd_cache: dict[str, torch.nn.Module] = {}
 
 
 def load_taesd_decoder(path: str) -> TAESDDecoder:
-    """The TAESD decoder in the weights file at `path` (loaded once per path)."""
+    """The TAESD decoder in the weights file at `path` (loaded once per path); its latent channels (4 for
+    SD1.x/SDXL, 16 for SD3/FLUX) are read off its first convolution."""
     import comfy.taesd.taesd
     import comfy.utils
 
     if path not in _taesd_cache:
         with torch.inference_mode(False):
-            decoder = comfy.taesd.taesd.Decoder()
-            decoder.load_state_dict(comfy.utils.load_torch_file(path, safe_load=True))
+            state = comfy.utils.load_torch_file(path, safe_load=True)
+            first = state.get("1.weight")  # the first convolution: [64, latent channels, 3, 3]
+            channels = int(first.shape[1]) if first is not None and first.ndim == 4 else 4
+            decoder = comfy.taesd.taesd.Decoder(latent_channels=channels)
+            decoder.load_state_dict(state)
             decoder.eval().requires_grad_(False)
         _taesd_cache[path] = decoder
     return TAESDDecoder(_taesd_cache[path])

@@ -65,7 +65,7 @@ import torch
 import comfy.samplers
 
 from . import guidance
-from .architectures import ArchitectureError
+from .architectures import ArchitectureError, model_context_width
 from .window import percent_sigma
 
 # The paper tunes w_xi in 0.5..0.95; we default to the middle, with w_x = 1 - w_xi,
@@ -113,7 +113,10 @@ class DualLatentSettings:
         return self.w_x / (self.w_xi + self.w_x)
 
     def sigma_gc(self, model_sampling) -> float:
-        """The sigma at tau_gc: mixing while sigma >= sigma_gc (0 -> never, 1 -> every step)."""
+        """The sigma at tau_gc: mixing while sigma >= sigma_gc (0 -> never, 1 -> every step). tau_gc = 0 is
+        infinity: flow models (SD3, FLUX) put percent 0 exactly at their first sigma, which would mix it."""
+        if self.tau_gc == 0:
+            return math.inf
         return percent_sigma(model_sampling, self.tau_gc)
 
     def branches_at(self, sigma: float, sigma_gc: float, has_safe_branch: bool = True) -> str:
@@ -149,14 +152,6 @@ def _describe(conditioning) -> str:
     text = f"[{', '.join(str(s) for s in entry[0].shape)}]"
     return text + (f" with pooled_output [{', '.join(str(s) for s in pooled.shape)}]" if pooled is not None
                    else " without pooled_output")
-
-
-def model_context_width(model) -> int | None:
-    """The cross-attention width the model's UNet expects (None when unknown)."""
-    base = getattr(model, "model", model)
-    config = getattr(getattr(base, "model_config", None), "unet_config", None) or {}
-    width = config.get("context_dim")
-    return int(width) if width else None
 
 
 def check_conditionings(positive, safe_positive, negative, model=None) -> None:

@@ -14,6 +14,15 @@ step that falls exactly on a boundary sigma averages the two predictions.
 
 Only the conditioning passed in is shifted: connect the node to the positive input
 and the unconditional (negative) branch stays untouched, as in the paper.
+
+Token layouts (:func:`fit_to_tokens`): a direction is [T, D], one row per token position.
+CLIP-chunk architectures (SD1.x, SD2.x, SDXL) define it per 77-token chunk (``chunk_mode``).
+T5-style architectures (SD3: 77 CLIP tokens then the T5 tokens; FLUX: the T5 tokens, at least
+256) have prompts of any length: row i acts on token i for the tokens present, rows beyond the
+prompt are dropped and tokens beyond the direction are left as they are. Training (the Train
+Steering Vector node) learns a direction with one row per token of its prompt, so the two agree.
+A vector may also hold a direction for the pooled vector (``pooled``, [P]); it is added to
+``pooled_output`` in the same window.
 """
 from __future__ import annotations
 
@@ -21,7 +30,7 @@ from typing import Sequence
 
 import torch
 
-from .architectures import ArchitectureError, architecture_of_conditioning
+from .architectures import ArchitectureError, architecture_of_conditioning, get_architecture
 from .window import check_window
 
 CHUNK_MODES = ("every_chunk", "first_chunk")
@@ -52,6 +61,20 @@ def expand_to_tokens(direction: torch.Tensor, tokens: int, chunk_mode: str = "ev
     raise EmbeddingDirectionError(f"chunk_mode {chunk_mode!r}; expected one of {CHUNK_MODES}")
 
 
+def fit_to_tokens(direction: torch.Tensor, tokens: int, arch: str, chunk_mode: str = "every_chunk") -> torch.Tensor:
+    """The [T, D] direction as a [tokens, D] shift for a prompt of `tokens` tokens of architecture `arch`:
+    per CLIP chunk (:func:`expand_to_tokens`), or, for T5-style prompts, row i on token i of the tokens
+    present (zeros beyond the direction, rows beyond the prompt dropped)."""
+    if get_architecture(arch).text_tokens is not None:
+        return expand_to_tokens(direction, tokens, chunk_mode)
+    if chunk_mode not in CHUNK_MODES:
+        raise EmbeddingDirectionError(f"chunk_mode {chunk_mode!r}; expected one of {CHUNK_MODES}")
+    rows = min(tokens, direction.shape[0])
+    if rows == tokens:
+        return direction[:tokens]
+    return torch.cat([direction[:rows], direction.new_zeros(tokens - rows, direction.shape[1])])
+
+
 def _window_pieces(own_start: float, own_end: float, start: float, end: float):
     """Split an entry's own window into (start, end, shifted) pieces around [start, end]."""
     pieces = []
@@ -73,12 +96,14 @@ def apply_embedding_direction(
     start_percent: float = 0.3,
     end_percent: float = 1.0,
     chunk_mode: str = "every_chunk",
+    pooled_directions: Sequence[torch.Tensor | None] | None = None,
 ) -> list:
     """Return new conditioning with `strength * d` added inside the window.
 
     `directions` holds one [T, D] direction for every image (fair sampling: image i of
-    the batch gets directions[i]) or a single one for all images. The input list, its
-    dicts and tensors are not modified."""
+    the batch gets directions[i]) or a single one for all images; `pooled_directions`, if given,
+    one [P] direction of the pooled vector for each of them (None: that one has none). The input
+    list, its dicts and tensors are not modified."""
     check_window(start_percent, end_percent, "embedding direction")
     if not directions:
         raise EmbeddingDirectionError("no embedding direction given")
@@ -91,18 +116,41 @@ def apply_embedding_direction(
             raise ArchitectureError(
                 f"the direction is for {arch} but the conditioning is {list(cond.shape)} ({cond_arch}); "
                 "use a direction learned for this model's text encoder")
-        per_image = torch.stack([expand_to_tokens(d, cond.shape[1], chunk_mode) for d in directions])
+        per_image = torch.stack([fit_to_tokens(d, cond.shape[1], arch, chunk_mode) for d in directions])
         shift = (strength * per_image).to(device=cond.device, dtype=cond.dtype)
         if cond.shape[0] > 1 and shift.shape[0] > 1 and cond.shape[0] != shift.shape[0]:
             raise EmbeddingDirectionError(
                 f"conditioning holds a batch of {cond.shape[0]} prompts but {shift.shape[0]} per-image "
                 "directions were given; they must match (or one of them be 1)")
         shifted = cond + shift
+        shifted_options = _with_pooled_shift(options, pooled_directions, len(directions), strength)
         own_start = float(options.get("start_percent", 0.0))
         own_end = float(options.get("end_percent", 1.0))
         for lo, hi, is_shifted in _window_pieces(own_start, own_end, start_percent, end_percent):
-            entry = options.copy()
+            entry = (shifted_options if is_shifted else options).copy()
             if (lo, hi) != (own_start, own_end) or "start_percent" in options:
                 entry["start_percent"], entry["end_percent"] = lo, hi
             out.append([shifted if is_shifted else cond, entry])
     return out
+
+
+def _with_pooled_shift(options: dict, pooled_directions, count: int, strength: float) -> dict:
+    """`options` with strength * p added to its pooled_output (per image), or `options` itself when no
+    direction has a pooled part."""
+    if not pooled_directions or all(p is None for p in pooled_directions):
+        return options
+    if len(pooled_directions) != count:
+        raise EmbeddingDirectionError(f"{len(pooled_directions)} pooled directions for {count} directions")
+    pooled = options.get("pooled_output")
+    if pooled is None:
+        raise ArchitectureError("the vector has a pooled direction but the conditioning has no pooled_output")
+    width = int(pooled.shape[-1])
+    rows = []
+    for p in pooled_directions:
+        p = torch.zeros(width) if p is None else p
+        if p.shape != (width,):
+            raise ArchitectureError(f"pooled direction of shape {list(p.shape)}; the conditioning's pooled_output "
+                                    f"has width {width}")
+        rows.append(p)
+    shift = (strength * torch.stack(rows)).to(device=pooled.device, dtype=pooled.dtype)
+    return {**options, "pooled_output": pooled + shift}

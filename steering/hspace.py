@@ -125,7 +125,7 @@ def checked_offsets(model, vectors: Iterable[SteeringVector]) -> torch.Tensor:
     """[K, C, H, W] offsets of h-space vectors that fit the model (or a clear error), each resized to the
     largest spatial size among them."""
     model_arch = architecture_of_model(model)
-    channels = unet_bottleneck_channels(model)
+    channels = unet_bottleneck_channels(model, "h-space vectors (c-vector, RespoDiff)")
     offsets = []
     for v in vectors:
         if v.kind != "hspace":

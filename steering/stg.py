@@ -25,8 +25,15 @@ evaluation of the previous step, which lands exactly on ``sigma_i``); later
 evaluations of the step use the updated embedding. The window and ``update_ratio``
 (gamma) count schedule steps: gamma < 1 updates an evenly spaced fraction of them.
 
-SDXL: the cross-attention context is always guided; the pooled vector (the first 1280
-entries of the ADM vector ``y``) optionally as well, with its own normalised step.
+Architectures: the text conditioning ``c_crossattn`` is always guided, whatever its layout (SD1.x/SD2.x
+77-token CLIP chunks, SDXL [77, 2048], SD3 [77 CLIP + T5 tokens, 4096], FLUX [T5 tokens, 4096]); the
+pooled vector optionally as well (``guide_pooled``, its own normalised step): the first
+``pooled_width`` entries of the model's vector ``y`` (SDXL: 1280 of the 2816-wide ADM vector; SD3 and
+FLUX: all of it). The denoised estimate is the model's own (``calculate_denoised`` of its model
+sampling: eps, v or flow prediction), the decoder the model's VAE or its TAESD (taesd, taesdxl,
+taesd3, taef1). At CFG 1 (FLUX dev with its distilled guidance embedding, FLUX schnell) there is no
+unconditional prediction: the denoised estimate is the conditional prediction alone, as in
+ComfyUI's sampler.
 
 Design: :func:`stg_update`, :func:`schedule_step` and :func:`take_update` are pure
 functions; :class:`Guider_STG` only orchestrates (gradient pass, records) and keeps its
@@ -45,7 +52,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-import comfy.conds
 import comfy.model_management
 import comfy.samplers
 
@@ -106,7 +112,7 @@ class STGState:
     """Everything the guider changes during one sampling run."""
     embeds: list[torch.Tensor]                  # current per-image context, one per cross-attention entry
     originals: list[torch.Tensor]
-    pooled: list[torch.Tensor] | None = None    # SDXL guide_pooled: current per-image ADM vectors
+    pooled: list[torch.Tensor] | None = None    # guide_pooled: current per-image vectors y
     pooled_originals: list[torch.Tensor] | None = None
     step: int = -1                              # the schedule step of the last evaluation
     window_steps: int = 0                       # window steps seen so far (update_ratio counts these)
@@ -195,7 +201,7 @@ class Guider_STG(comfy.samplers.CFGGuider):
             arch = get_architecture(architecture_of_model(model_patcher))
             self.pooled_width = arch.pooled_width
             if self.pooled_width is None:
-                raise ArchitectureError(f"guide_pooled needs a model with a pooled text vector (SDXL); "
+                raise ArchitectureError(f"guide_pooled needs a model with a pooled text vector (SDXL, SD3, FLUX); "
                                         f"this model is {arch.label}")
         self.records: list[StepRecord] = []
         self.state: STGState | None = None
@@ -276,9 +282,11 @@ class Guider_STG(comfy.samplers.CFGGuider):
                 continue
             entry = entry.copy()
             mc = dict(mc)
-            mc["c_crossattn"] = comfy.conds.CONDCrossAttn(embeds[k])
+            # the model's own conditioning classes (UNets: CONDCrossAttn; SD3/FLUX: CONDRegular), so batching and
+            # token-count handling stay as the model defines them
+            mc["c_crossattn"] = type(mc["c_crossattn"])(embeds[k])
             if pooled is not None:
-                mc["y"] = comfy.conds.CONDRegular(pooled[k])
+                mc["y"] = type(mc["y"])(pooled[k])
             entry["model_conds"] = mc
             out.append(entry)
             k += 1

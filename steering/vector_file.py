@@ -5,8 +5,10 @@ A file holds one vector (one concept) of one method for one architecture:
 =====================  =========================  ====================================
 method                 tensors (roles)            shape
 =====================  =========================  ====================================
-embedding_direction    direction                  [T, D]  (T = 77 tokens, D = text width)
+embedding_direction    direction                  [T, D]  (T = 77 tokens for CLIP-chunk models, any
+                                                  number for SD3/FLUX; D = text width)
                        or direction_b, direction_a [T, r] and [r, D]  (d = B @ A)
+                       + optional pooled          [P]  (P = pooled width: SDXL, SD3, FLUX)
 hspace_cvector         c                          [C, H, W] (C = bottleneck channels)
 respodiff_ram_sam      ram, sam                   [C, H, W] each, same shape
 =====================  =========================  ====================================
@@ -63,7 +65,8 @@ FILE_METHODS: dict[str, FileMethod] = {
     m.name: m
     for m in (
         FileMethod("embedding_direction", "Embedding direction (arXiv 2505.15427)", "embedding",
-                   (("direction",), ("direction_a", "direction_b"))),
+                   (("direction",), ("direction_a", "direction_b"), ("direction", "pooled"),
+                    ("direction_a", "direction_b", "pooled"))),
         FileMethod("hspace_cvector", "h-space c-vector (CoDSMa / SDisc)", "hspace", (("c",),)),
         FileMethod("respodiff_ram_sam", "RespoDiff RAM + SAM", "hspace", (("ram", "sam"),)),
     )
@@ -104,6 +107,11 @@ class SteeringVector:
         if "direction" in self.tensors:
             return self.tensors["direction"]
         return self.tensors["direction_b"] @ self.tensors["direction_a"]
+
+    def pooled_direction(self) -> torch.Tensor | None:
+        """The direction of the pooled vector, [P], or None when the vector has none."""
+        self.embedding_direction()  # the same error for h-space vectors
+        return self.tensors.get("pooled")
 
     def hspace_offset(self) -> torch.Tensor:
         """The total bottleneck offset, [C, H, W] (RAM + SAM for RespoDiff)."""
@@ -151,6 +159,11 @@ def _expected_shapes(method: FileMethod, arch_name: str, tensors: Mapping[str, t
                 raise VectorFileError(
                     f"direction_b @ direction_a has shape [{b[0]}, {a[1]}]; expected "
                     f"[{tokens or 'T'}, {arch.text_width}] for {arch_name}")
+        if "pooled" in shapes and shapes["pooled"] != (arch.pooled_width,):
+            raise VectorFileError(
+                f"tensor 'pooled' has shape {list(shapes['pooled'])}; " +
+                (f"expected [{arch.pooled_width}] for {arch_name}" if arch.pooled_width
+                 else f"{arch_name} has no pooled text vector"))
     else:
         if arch.bottleneck_channels is None:
             raise VectorFileError(f"architecture {arch_name} has no UNet bottleneck for an h-space vector")
@@ -429,6 +442,13 @@ def vector_set(vectors: Sequence[SteeringVector]) -> tuple[SteeringVector, ...]:
     return tuple(vectors)
 
 
+def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """`tensor` [n, k] with zero rows appended up to `rows`."""
+    if tensor.shape[0] == rows:
+        return tensor
+    return torch.cat([tensor, tensor.new_zeros(rows - tensor.shape[0], tensor.shape[1])])
+
+
 def combine_vectors(weighted: Iterable[tuple[SteeringVector, float]], name: str = "combined") -> SteeringVector:
     """Weighted sum of vectors of the same method and architecture.
 
@@ -440,13 +460,18 @@ def combine_vectors(weighted: Iterable[tuple[SteeringVector, float]], name: str 
     check_compatible([v for v, _ in items], "combined")
     first = items[0][0]
     if first.kind == "embedding":
+        # T5-style directions may differ in token count: rows a direction lacks leave their tokens as they are,
+        # i.e. count as zero rows
+        tokens = max(v.embedding_direction().shape[0] for v, _ in items)
         if all("direction_b" in v.tensors for v, _ in items):
             tensors = {
-                "direction_b": torch.cat([w * v.tensors["direction_b"] for v, w in items], dim=1),
+                "direction_b": torch.cat([w * _pad_rows(v.tensors["direction_b"], tokens) for v, w in items], dim=1),
                 "direction_a": torch.cat([v.tensors["direction_a"] for v, _ in items], dim=0),
             }
         else:
-            tensors = {"direction": sum(w * v.embedding_direction() for v, w in items)}
+            tensors = {"direction": sum(w * _pad_rows(v.embedding_direction(), tokens) for v, w in items)}
+        if any(v.pooled_direction() is not None for v, _ in items):
+            tensors["pooled"] = sum(w * v.pooled_direction() for v, w in items if v.pooled_direction() is not None)
     else:
         height = max(v.tensors[next(iter(v.tensors))].shape[-2] for v, _ in items)
         width = max(v.tensors[next(iter(v.tensors))].shape[-1] for v, _ in items)

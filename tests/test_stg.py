@@ -181,8 +181,8 @@ def test_taesd_decoder_and_update_ratio(comfy, stg, decoders, guidance, safety, 
     paths = comfy.module("nodes.paths")
     with pytest.raises(FileNotFoundError, match="vae_approx"):
         paths.taesd_decoder_path("sd1")
-    with pytest.raises(ValueError, match="no TAESD decoder for Stable Diffusion 3"):
-        paths.taesd_decoder_path("sd3")
+    with pytest.raises(ValueError, match=r"no TAESD decoder for ToyWorld \(the pack.s demo model\)"):
+        paths.taesd_decoder_path("toyworld")
     torch.manual_seed(0)
     state = random_taesd_decoder().state_dict()
     path = f"{comfy.dirs['models/vae_approx']}/taesd_decoder.safetensors"

@@ -299,8 +299,10 @@ def _train_loop(run: _Run, patcher, conditionings, cfg: TrainConfig, device, com
     k_lo, k_hi = cfg.step_range(sigmas.shape[0] - 1)
     generator = torch.Generator().manual_seed(cfg.seed)
 
-    chunk = (get_architecture(cfg.arch).text_tokens if cfg.arch else None) or 77
-    text_shape = (min(chunk, prompt_set.neutral.tokens), prompt_set.neutral.cross_attn.shape[-1])
+    # a CLIP-chunk model: one direction per 77-token chunk; a token sequence (SD3/FLUX): one row per token
+    chunk = get_architecture(cfg.arch).text_tokens if cfg.arch else 77
+    tokens = prompt_set.neutral.tokens if chunk is None else min(chunk, prompt_set.neutral.tokens)
+    text_shape = (tokens, prompt_set.neutral.cross_attn.shape[-1])
     hshape = bottleneck_shape(caller, latent_shape, prompt_set.neutral) if objective.needs_bottleneck else None
     initial = objective.init_params(generator, text_shape=text_shape, bottleneck_shape=hshape, cfg=cfg)
     run.params.update({k: v.to(device).requires_grad_(True) for k, v in initial.items()})

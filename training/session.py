@@ -70,9 +70,9 @@ def training_arch(model, method: str) -> str:
     architecture = get_architecture(arch)
     if architecture.native_resolution is None:
         raise ArchitectureError(
-            f"training needs a UNet model (SD1.x, SD2.x, SDXL); this model is {architecture.label}")
+            f"training needs a model whose native resolution the pack knows; this model is {architecture.label}")
     if get_objective(method).needs_bottleneck:
-        unet_bottleneck_channels(model)  # clear error if there is no h-space
+        unet_bottleneck_channels(model, f"the {method} objective's vectors")  # clear error if there is no h-space
     return arch
 
 

@@ -31,10 +31,10 @@ from typing import Iterator
 import torch
 import torch.utils.checkpoint
 
-from ..steering.architectures import ArchitectureError
+from ..steering.architectures import ArchitectureError, architecture_of_model
 from ..steering.autograd_views import autograd_views
-from ..steering.embedding_direction import expand_to_tokens
 from ..steering.comfy_compat import bottleneck_patch, latent_downscale
+from ..steering.embedding_direction import fit_to_tokens
 from ..steering.hspace import BottleneckOffsetPatch
 
 
@@ -49,8 +49,14 @@ def gradient_ready(module: torch.nn.Module) -> Iterator[int]:
         yield swapped
 
 
+# The transformer blocks of ComfyUI's DiTs: FLUX (comfy/ldm/flux/model.py) and SD3's MMDiT
+# (comfy/ldm/modules/diffusionmodules/mmdit.py).
+DIT_BLOCK_LISTS = ("double_blocks", "single_blocks", "joint_blocks")
+
+
 def checkpointable_layers(diffusion_model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The layers (ResBlocks, transformers, ...) inside the UNet's input/middle/output blocks."""
+    """The layers (ResBlocks, transformers, ...) inside a UNet's input/middle/output blocks, or a DiT's
+    transformer blocks."""
     layers = []
     for group in ("input_blocks", "output_blocks"):
         for block in getattr(diffusion_model, group, []):
@@ -58,6 +64,8 @@ def checkpointable_layers(diffusion_model: torch.nn.Module) -> list[torch.nn.Mod
     middle = getattr(diffusion_model, "middle_block", None)
     if middle is not None:
         layers.extend(middle)
+    for group in DIT_BLOCK_LISTS:
+        layers.extend(getattr(diffusion_model, group, None) or [])
     return layers
 
 
@@ -89,6 +97,11 @@ def gradient_checkpointing(diffusion_model: torch.nn.Module, enabled: bool = Tru
                 layer.forward = own_forward
 
 
+# The model inputs a plain text-to-image model gets besides the text (SDXL/SD3/FLUX: the pooled vector y;
+# FLUX dev: its distilled guidance scale).
+TEXT_TO_IMAGE_EXTRA = ("y", "guidance")
+
+
 @dataclass
 class PromptConds:
     """Prompts' model inputs: cross-attention tensor [R, N, D] and extra tensors (e.g. SDXL 'y' [R, ...]).
@@ -98,6 +111,7 @@ class PromptConds:
 
     cross_attn: torch.Tensor
     extra: dict[str, torch.Tensor]
+    cond_class: type | None = None  # the model's conditioning class for cross_attn (None: CONDCrossAttn)
 
     @property
     def tokens(self) -> int:
@@ -113,25 +127,35 @@ class PromptConds:
             return self
         index = index.to(self.cross_attn.device)
         return PromptConds(self.cross_attn.index_select(0, index),
-                           {k: v.index_select(0, index.to(v.device)) for k, v in self.extra.items()})
+                           {k: v.index_select(0, index.to(v.device)) for k, v in self.extra.items()},
+                           self.cond_class)
 
 
 def stack_prompts(prompts: list[PromptConds]) -> PromptConds:
     """One PromptConds with a row per prompt (token counts brought to a common length)."""
     if len(prompts) == 1:
         return prompts[0]
-    crosses = _lcm_tokens([p.cross_attn for p in prompts])
+    crosses = _common_tokens([p.cross_attn for p in prompts], prompts[0].cond_class)
     keys = set(prompts[0].extra)
     if any(set(p.extra) != keys for p in prompts):
         raise ArchitectureError("the prompts of a set give different extra model inputs; encode them with one CLIP")
-    return PromptConds(torch.cat(crosses), {k: torch.cat([p.extra[k] for p in prompts]) for k in keys})
+    return PromptConds(torch.cat(crosses), {k: torch.cat([p.extra[k] for p in prompts]) for k in keys},
+                       prompts[0].cond_class)
 
 
-def _lcm_tokens(conds: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Repeat cross-attention tensors of different CLIP-chunk counts to a common length (as ComfyUI does)."""
+def _common_tokens(conds: list[torch.Tensor], cond_class: type | None) -> list[torch.Tensor]:
+    """Cross-attention tensors brought to one token count as the model's conditioning class batches them:
+    CLIP-chunk counts repeated to a common length (CONDCrossAttn, as ComfyUI does); a token sequence
+    (SD3/FLUX, CONDRegular) cannot be, so those prompts must have one length."""
     lengths = {c.shape[1] for c in conds}
     if len(lengths) == 1:
         return conds
+    import comfy.conds
+
+    if cond_class is not None and not issubclass(cond_class, comfy.conds.CONDCrossAttn):
+        raise ArchitectureError(
+            f"the prompts of the set encode to different token counts {sorted(lengths)}; this model takes one "
+            "token sequence per prompt, so a prompt set must encode to one length (shorten the longest prompts)")
     common = math.lcm(*lengths)
     return [c.repeat(1, common // c.shape[1], 1) for c in conds]
 
@@ -159,6 +183,7 @@ class UNetCaller:
 
         self.patcher = patcher
         self.base = patcher.model
+        self.arch = architecture_of_model(patcher)
         self.downscale = latent_downscale(self.base)
         self.sampling = patcher.get_model_object("model_sampling")
         self.device = device
@@ -181,15 +206,16 @@ class UNetCaller:
         noise = torch.zeros(latent_shape, device=self.device)
         out = comfy.samplers.process_conds(self.base, noise, {"positive": cond}, self.device,
                                            seed=0)["positive"][0]["model_conds"]
-        unsupported = sorted(set(out) - {"c_crossattn", "y"})
+        unsupported = sorted(set(out) - {"c_crossattn", *TEXT_TO_IMAGE_EXTRA})
         if unsupported:
             raise ArchitectureError(
                 f"{what}: this model needs extra inputs {unsupported} (inpainting / edit models); training "
-                "supports plain text-to-image UNets (SD1.x, SD2.x, SDXL)")
+                "supports plain text-to-image models (SD1.x, SD2.x, SDXL, SD3, FLUX)")
         cross = out["c_crossattn"].cond
         extra = {k: v.cond for k, v in out.items() if k != "c_crossattn"}
         return PromptConds(cross.detach().clone().to(self.device, torch.float32),
-                           {k: v.detach().clone().to(self.device, torch.float32) for k, v in extra.items()})
+                           {k: v.detach().clone().to(self.device, torch.float32) for k, v in extra.items()},
+                           type(out["c_crossattn"]))
 
     def prepare_prompts(self, conditionings: list[list], latent_shape: tuple, what: str) -> PromptConds:
         """Several CONDITIONINGs (a prompt set) -> one PromptConds with a row per prompt."""
@@ -222,8 +248,8 @@ class UNetCaller:
                 raise ValueError(f"{p.rows} prompt rows for a batch of {b} samples; give one prompt or one per sample")
             cross = p.cross_attn.expand(b, -1, -1)
             if text_shift is not None and i == 0:
-                cross = cross + expand_to_tokens(text_shift, cross.shape[1]).to(cross.dtype)
-            model_conds = {"c_crossattn": comfy.conds.CONDCrossAttn(cross)}
+                cross = cross + fit_to_tokens(text_shift, cross.shape[1], self.arch).to(cross.dtype)
+            model_conds = {"c_crossattn": (p.cond_class or comfy.conds.CONDCrossAttn)(cross)}
             model_conds.update({k: comfy.conds.CONDRegular(v.expand(b, *v.shape[1:])) for k, v in p.extra.items()})
             conds.append([{"model_conds": model_conds, "uuid": uuid.uuid4()}])
         options = dict(self.model_options)
