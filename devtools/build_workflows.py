@@ -4,7 +4,8 @@
 
 Writes, for every spec, example_workflows/NN <title>.json (the template ComfyUI's template browser
 lists, at the quick CPU settings; the frontends show the file name as its title and order by it) and
-workflows/real_model/<name>.json (the real SD1.5 settings). Other .json files in those folders are
+workflows/real_model/<name>.json (the real SD1.5 settings); SD3/FLUX specs only workflows/dit/<name>.json (the
+real settings, for the user's FLUX or SD3 files). Other .json files in those folders are
 removed; anything else there (the templates' .jpg thumbnails) is kept.
 --check exits non-zero if a committed workflow differs from what the specs produce.
 Node sizes come from devtools/node_sizes.json (`python -m devtools.node_sizes`; `make workflows`
@@ -24,10 +25,10 @@ from typing import Any, Callable
 
 from devtools import node_sizes, workflow_specs
 from devtools.workflow_builder import Spec, render_workflow
-from devtools.workflows import EXAMPLE_DIR, WORKFLOW_DIR
+from devtools.workflows import DIT_DIR, EXAMPLE_DIR, WORKFLOW_DIR
 
 # template order: spec modules in this order (the rest after them, by name), specs in module order
-MODULE_ORDER = ["toyworld", "vectors", "training", "dual_latent", "stg"]
+MODULE_ORDER = ["toyworld", "vectors", "training", "dual_latent", "stg", "dit"]
 
 
 def all_specs() -> list[Spec]:
@@ -46,11 +47,16 @@ def template_name(index: int, title: str) -> str:
     return f"{index:02d} {cleaned}"
 
 
-def copies() -> list[tuple[Spec, str, str | None]]:
-    """(spec, its template's path, its real-model copy's path or None) for every spec, in template order."""
-    return [(spec, os.path.join(EXAMPLE_DIR, template_name(index, spec.title) + ".json"),
-             os.path.join(WORKFLOW_DIR, f"{spec.name}.json") if spec.real_model else None)
-            for index, spec in enumerate(all_specs(), start=1)]
+def copies() -> list[tuple[Spec, str | None, str | None]]:
+    """(spec, its template's path or None, its real-model copy's path or None) for every spec, in template
+    order; SD3/FLUX specs have no template and their real-model copy in workflows/dit/."""
+    out = []
+    templates = [spec for spec in all_specs() if spec.dit is None]
+    for index, spec in enumerate(templates, start=1):
+        out.append((spec, os.path.join(EXAMPLE_DIR, template_name(index, spec.title) + ".json"),
+                    os.path.join(WORKFLOW_DIR, f"{spec.name}.json") if spec.real_model else None))
+    out += [(spec, None, os.path.join(DIT_DIR, f"{spec.name}.json")) for spec in all_specs() if spec.dit]
+    return out
 
 
 def outputs(node_class: Callable[[str], Any], sizes: dict | None = None) -> dict[str, str]:
@@ -58,6 +64,9 @@ def outputs(node_class: Callable[[str], Any], sizes: dict | None = None) -> dict
     sizes = node_sizes.load() if sizes is None else sizes
     files = {}
     for spec, template, real in copies():
+        if template is None:
+            files[real] = render_workflow(spec, node_class, "real", sizes)
+            continue
         if real is None:
             files[template] = render_workflow(spec, node_class, "real", sizes)
             continue
@@ -69,7 +78,7 @@ def outputs(node_class: Callable[[str], Any], sizes: dict | None = None) -> dict
 
 def stale_files(files: dict[str, str]) -> list[str]:
     """Committed workflow files (.json only) that the specs no longer produce."""
-    present = glob.glob(os.path.join(EXAMPLE_DIR, "*.json")) + glob.glob(os.path.join(WORKFLOW_DIR, "*.json"))
+    present = [p for folder in (EXAMPLE_DIR, WORKFLOW_DIR, DIT_DIR) for p in glob.glob(os.path.join(folder, "*.json"))]
     return sorted(p for p in present if p not in files)
 
 

@@ -47,6 +47,9 @@ class Spec:
     # False: the spec's settings already run quickly on a CPU (e.g. on the pack's demo model): the
     # template keeps them and there is no real-model copy
     real_model: bool = True
+    # "flux" / "sd3": the workflow loads a FLUX or SD3 user's files; it is written to workflows/dit/ at the real
+    # settings only (no template: the demo's checkpoint is SD1) and the tests run it on devtools.tiny_dit's model
+    dit: str | None = None
 
 
 @dataclass
@@ -150,7 +153,7 @@ class WorkflowBuilder:
         return ", ".join(_describe_setting(name, changed[name]) for name in named)
 
     def to_ui(self, title: str, description: str, sizes: dict | None = None, note_extra: str = "",
-              spec_name: str | None = None) -> dict:
+              spec_name: str | None = None, dit: str | None = None) -> dict:
         links, ui_nodes = [], []
         outgoing: dict[tuple[int, int], list[int]] = {}
         for node in self.nodes:
@@ -202,7 +205,8 @@ class WorkflowBuilder:
             "last_node_id": note_id, "last_link_id": len(links), "nodes": ui_nodes, "links": links,
             "groups": [], "config": {}, "extra": {"ds": layout["ds"],
                                                   "responsible_steering": {"title": title, "profile": self.profile,
-                                                                           **({"name": spec_name} if spec_name else {})}},
+                                                                           **({"name": spec_name} if spec_name else {}),
+                                                                           **({"dit": dit} if dit else {})}},
             "version": 0.4,
         }
 
@@ -316,4 +320,4 @@ def render_workflow(spec: Spec, node_class: Callable[[str], Any], profile: str =
         where = f" ({real_copy})" if real_copy else ""
         extra = (f"Quick settings, to run on a CPU in about a minute. The real-model copy{where} has the settings "
                  f"for SD1.5: {real}." if real else "")
-    return json.dumps(builder.to_ui(spec.title, spec.description, sizes, extra, spec.name), indent=1) + "\n"
+    return json.dumps(builder.to_ui(spec.title, spec.description, sizes, extra, spec.name, spec.dit), indent=1) + "\n"

@@ -20,6 +20,7 @@ from devtools import comfy_env, pack, tiny_models
 
 WORKFLOW_DIR = os.path.join(comfy_env.REPO, "workflows", "real_model")   # real-model settings
 EXAMPLE_DIR = os.path.join(comfy_env.REPO, "example_workflows")           # quick CPU settings (templates)
+DIT_DIR = os.path.join(comfy_env.REPO, "workflows", "dit")                 # FLUX / SD3, real settings
 REFERENCE_DIR = os.path.normpath(os.path.join(comfy_env.REPO, "..", "shared", "fixtures", "reference-vectors"))
 REFERENCE_FILES = {
     "safe-direction.safetensors": "embedding-direction_safe-direction.pth",
@@ -97,6 +98,11 @@ def workflow_paths() -> list[str]:
     return template_paths() + sorted(glob.glob(os.path.join(WORKFLOW_DIR, "*.json")))
 
 
+def dit_workflow_paths() -> list[str]:
+    """The FLUX and SD3 example workflows (workflows/dit/), which run on devtools.tiny_dit with dit_profile."""
+    return sorted(glob.glob(os.path.join(DIT_DIR, "*.json")))
+
+
 def spec_name(workflow: dict) -> str | None:
     """The name of the spec a built workflow comes from (a template's file name is its title)."""
     return workflow.get("extra", {}).get("responsible_steering", {}).get("name")
@@ -109,7 +115,7 @@ QUICK_STEPS = 4
 def quick_inputs(class_type: str, inputs: dict, size: int = QUICK_SIZE, max_steps: int = QUICK_STEPS) -> dict:
     """One node's inputs (widget values; linked inputs are left alone) at the quick CPU settings, in
     place: latents of size px, at most max_steps sampling steps, one short training iteration at 64 px."""
-    if class_type == "EmptyLatentImage":
+    if class_type in ("EmptyLatentImage", "EmptySD3LatentImage"):
         inputs["width"] = inputs["height"] = size
     if "steps" in inputs and isinstance(inputs["steps"], int):
         inputs["steps"] = min(inputs["steps"], max_steps)
@@ -125,6 +131,17 @@ def tiny_profile(prompt: dict, checkpoint_name: str, size: int = QUICK_SIZE, max
     for node in prompt.values():
         if node["class_type"] == "CheckpointLoaderSimple":
             node["inputs"]["ckpt_name"] = checkpoint_name
+        quick_inputs(node["class_type"], node["inputs"], size, max_steps)
+    return prompt
+
+
+def dit_profile(prompt: dict, model: str, size: int = 64, max_steps: int = QUICK_STEPS) -> dict:
+    """A FLUX / SD3 workflow on devtools.tiny_dit's `model` ("flux", "sd3"): its loaders substituted, the quick
+    settings applied."""
+    from devtools import tiny_dit
+
+    prompt = tiny_dit.substitute_loaders(prompt, model)
+    for node in prompt.values():
         quick_inputs(node["class_type"], node["inputs"], size, max_steps)
     return prompt
 

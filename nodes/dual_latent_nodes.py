@@ -60,8 +60,10 @@ class DualLatentKSampler(io.ComfyNode):
             category=DUAL_CATEGORY,
             description="KSampler for editing-free safe generation (dual latent reconstruction, arXiv "
                         "2411.13982): the original and the safe prompt denoise the same noise in one batched "
-                        "UNet call; until tau_gc the latent follows w_xi * safe + w_x * original (global "
-                        "context of the original), then the safe prompt alone. Any sampler and scheduler.",
+                        "model call; until tau_gc the latent follows w_xi * safe + w_x * original (global "
+                        "context of the original), then the safe prompt alone. Any sampler and scheduler; "
+                        "SD1.x to SDXL, SD3 and FLUX (at CFG 1 the safe branch is a second conditional "
+                        "prompt).",
             inputs=[
                 io.Model.Input("model", tooltip="The model used for denoising."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
@@ -108,7 +110,7 @@ class DualLatentGuider(io.ComfyNode):
             category=DUAL_CATEGORY,
             description="Guider for SamplerCustomAdvanced doing dual latent reconstruction (arXiv 2411.13982): "
                         "original and safe prompt on the same latent, mixed w_xi : w_x until tau_gc, then the "
-                        "safe prompt alone. Works with any sampler and sigmas.",
+                        "safe prompt alone. Works with any sampler and sigmas, and with SD3 and FLUX.",
             inputs=[
                 io.Model.Input("model", tooltip="The model used for denoising."),
                 *prompt_inputs(),

@@ -35,7 +35,8 @@ class ApplyHSpaceVector(io.ComfyNode):
             category=f"{CATEGORY}/h-space",
             description="Add a learned vector to the UNet bottleneck (middle-block output) at every step in "
                         "the window: CoDSMa c-vectors, RespoDiff RAM+SAM (applied together), SDisc "
-                        "vectors. Works on a copy of the model; SD1.x, SD2.x and SDXL, any resolution.",
+                        "vectors. Works on a copy of the model; SD1.x, SD2.x and SDXL, any resolution (SD3 and FLUX "
+                        "have no UNet bottleneck: use a text-side method there).",
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (UNet) to steer."),
                 SteeringVectorType.Input("vector", tooltip="An h-space vector for this model's architecture."),

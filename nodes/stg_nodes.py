@@ -12,6 +12,8 @@ from .paths import taesd_decoder_path
 from .types import SafetyScoreType
 
 STG_CATEGORY = f"{CATEGORY}/stg"
+FLUX_CFG1 = ("with SD3 and FLUX. FLUX dev runs at CFG 1 with its distilled guidance (FluxGuidance): there is no "
+             "unconditional branch, so the update uses the conditional prediction alone.")
 
 
 def stg_inputs() -> list:
@@ -36,11 +38,12 @@ def stg_inputs() -> list:
                          tooltip="Off: updates accumulate and persist to later steps (the paper). On: every "
                                  "update starts again from the original embedding."),
         io.Boolean.Input("guide_pooled", default=False,
-                         tooltip="SDXL only: also guide the pooled text vector (besides the cross-attention "
-                                 "context)."),
+                         tooltip="Also guide the pooled text vector (SDXL, SD3, FLUX), besides the text "
+                                 "conditioning."),
         io.Combo.Input("decoder", options=list(DECODERS), default="vae",
-                       tooltip="vae: the checkpoint's VAE (exact). taesd: TAESD from models/vae_approx "
-                               "(taesd_decoder / taesdxl_decoder): much cheaper backward pass, approximate."),
+                       tooltip="vae: the checkpoint's VAE (exact). taesd: the model's TAESD from "
+                               "models/vae_approx (taesd / taesdxl / taesd3 / taef1 decoder): much cheaper "
+                               "backward pass, approximate."),
         io.Combo.Input("autocast", options=list(AUTOCAST_MODES), default="none",
                        tooltip="Run the gradient pass under fp16/bf16 autocast (faster, less memory on GPU)."),
     ]
@@ -69,10 +72,11 @@ class STGGuider(io.ComfyNode):
             category=STG_CATEGORY,
             description="Safe Text-embedding Guidance (arXiv 2510.24012) as a guider for SamplerCustomAdvanced: "
                         "on the steps of the window, the prompt embedding of every image whose safety score "
-                        "is above the threshold moves against the score's gradient (through the UNet, the "
-                        "denoised estimate and the VAE). Works with every sampler and scheduler.",
+                        "is above the threshold moves against the score's gradient (through the diffusion "
+                        "model, the denoised estimate and the VAE). Works with every sampler and scheduler, "
+                        f"and {FLUX_CFG1}",
             inputs=[
-                io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x or SDXL)."),
+                io.Model.Input("model", tooltip="The diffusion model: SD1.x, SD2.x, SDXL, SD3 or FLUX."),
                 io.Conditioning.Input("positive", tooltip="The prompt: its embedding is what STG updates."),
                 io.Conditioning.Input("negative", tooltip="The negative prompt (never updated)."),
                 io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
@@ -107,7 +111,7 @@ class STGKSampler(io.ComfyNode):
                         "sampler as KSampler; on the steps of the window the prompt embedding of unsafe images "
                         "is moved against the safety score's gradient. rho = 0 gives KSampler's result exactly.",
             inputs=[
-                io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x or SDXL)."),
+                io.Model.Input("model", tooltip="The diffusion model: SD1.x, SD2.x, SDXL, SD3 or FLUX."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="The random seed of the noise."),
                 io.Int.Input("steps", default=50, min=1, max=10000, tooltip="Denoising steps."),

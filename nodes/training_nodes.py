@@ -82,7 +82,8 @@ class TrainSteeringVector(io.ComfyNode):
                         "output/steering_training for resuming). Shows the loss curve on the node.",
             is_output_node=True,
             inputs=[
-                io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x or SDXL UNet) to learn for."),
+                io.Model.Input("model", tooltip="The diffusion model to learn for: SD1.x, SD2.x or SDXL (every method); "
+                                                "SD3 or FLUX (embedding directions)."),
                 io.Clip.Input("clip", tooltip="The text encoder belonging to the model."),
                 io.Combo.Input("method", options=list(OBJECTIVES), default="codsma_cvector",
                                tooltip=_methods_text() + "."),
@@ -123,7 +124,7 @@ class TrainSteeringVector(io.ComfyNode):
                                      "seed and settings give the same vector."),
                 io.Int.Input("resolution", default=0, min=0, max=4096, step=64,
                              tooltip="Training image size in pixels (square, multiple of 64); 0 = the model's "
-                                     "native size (512 SD1.x, 768 SD2.x, 1024 SDXL). h-space vectors are "
+                                     "native size (512 SD1.x, 768 SD2.x, 1024 SDXL, SD3, FLUX). h-space vectors are "
                                      "learned at this bottleneck size and resized when applied."),
                 io.Int.Input("rollout_steps", default=50, min=1, max=1000,
                              tooltip="Steps of the reverse-process schedule z_t is taken from (papers: 50)."),
@@ -136,7 +137,7 @@ class TrainSteeringVector(io.ComfyNode):
                                        "(embedding direction 7.5; CoDSMa 1 toward / 7.5 away; RespoDiff 4 "
                                        "toward / 12 away)."),
                 io.Boolean.Input("gradient_checkpointing", default=True,
-                                 tooltip="Recompute UNet activations in the backward pass instead of storing "
+                                 tooltip="Recompute the model's activations in the backward pass instead of storing "
                                          "them: much less memory, about 30% slower."),
                 io.Int.Input("checkpoint_every", default=100, min=1, max=100000,
                              tooltip="Save a resumable checkpoint every N iterations (and at the end)."),

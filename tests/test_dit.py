@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from comfy_execution.graph_utils import GraphBuilder
-from devtools import tiny_dit
+from devtools import tiny_dit, workflows
 from devtools.sd import keep, probe_predictions
 
 SIZE, STEPS = 64, 4
@@ -386,3 +386,29 @@ def test_training_refuses_what_a_dit_cannot_learn(dit):
         dit.run(train_graph("sd3", method="codsma_cvector").finalize())
     with pytest.raises(PromptError, match=r"different token counts \[154, \d+\]"):
         dit.run(train_graph("sd3", neutral_prompt="a person\n" + "a person " * 40, iterations=1).finalize())
+
+
+# ----------------------------------------------------------------------------- the example workflows
+
+DIT_WORKFLOWS = workflows.dit_workflow_paths()
+
+
+def test_there_are_flux_and_sd3_example_workflows():
+    names = {os.path.basename(p) for p in DIT_WORKFLOWS}
+    assert {"flux_stg_nudity.json", "flux_dual_latent.json", "flux_train_direction.json",
+            "sd35_stg_guider.json"} <= names
+
+
+@pytest.mark.parametrize("path", DIT_WORKFLOWS, ids=[os.path.basename(p) for p in DIT_WORKFLOWS])
+def test_example_workflow_runs_on_the_tiny_model_of_its_architecture(dit, path):
+    """The workflow as a FLUX / SD3 user opens it (their file names, the real settings), with its loaders swapped
+    for the tiny model of its architecture and the quick settings: every node runs and the images are saved."""
+    workflow = workflows.load_workflow(path)
+    architecture = workflow["extra"]["responsible_steering"]["dit"]
+    real = workflows.ui_to_api(workflow, dit.input_spec)
+    loaders = {n["class_type"] for n in real.values()} & set(tiny_dit.LOADER_SLOTS)
+    assert loaders == ({"UNETLoader", "DualCLIPLoader", "VAELoader"} if architecture == "flux"
+                       else {"CheckpointLoaderSimple", "TripleCLIPLoader"})
+    result = dit.run(workflows.dit_profile(real, architecture))
+    saved = [image for node in result.ui.values() for image in node.get("images", [])]
+    assert saved and all(os.path.isfile(os.path.join(dit.output_dir, i["subfolder"], i["filename"])) for i in saved)

@@ -18,7 +18,8 @@ from devtools.comfy_env import NEWEST_FRONTEND_DIR, REPO
 from devtools.server import ComfyServer
 from devtools.workflows import load_workflow, ui_to_api
 
-WORKFLOWS = sorted(glob.glob(os.path.join(REPO, "example_workflows", "*.json")) + glob.glob(os.path.join(REPO, "workflows", "real_model", "*.json")))
+WORKFLOWS = sorted(glob.glob(os.path.join(REPO, "example_workflows", "*.json")) + glob.glob(os.path.join(REPO, "workflows", "real_model", "*.json"))
+                   + glob.glob(os.path.join(REPO, "workflows", "dit", "*.json")))
 
 pytestmark = [
     pytest.mark.slow,

@@ -9,9 +9,9 @@ import os
 import pytest
 
 from devtools import node_sizes
-from devtools.workflows import load_workflow, workflow_paths
+from devtools.workflows import dit_workflow_paths, load_workflow, workflow_paths
 
-WORKFLOWS = workflow_paths()
+WORKFLOWS = workflow_paths() + dit_workflow_paths()
 CASES = {"pinned": ("pinned", False), "newest": ("newest", False), "newest-vue": ("newest", True)}
 
 pytestmark = [

@@ -20,14 +20,14 @@ from devtools.workflows import load_workflow, ui_to_api
 
 WORKFLOWS = workflows.workflow_paths()
 TEMPLATES = workflows.template_paths()
-PAIRS = [(template, real) for _, template, real in build_workflows.copies() if real]   # CPU template, real copy
+PAIRS = [(template, real) for _, template, real in build_workflows.copies() if template and real]  # CPU template, real copy
 QUICK = [template for template, _ in PAIRS]   # the SD1.5 templates (at the quick settings)
 
 
 def test_there_is_a_workflow_per_method():
     names = {os.path.basename(real) for _, real in PAIRS}
     assert {"embedding_direction_sd15.json", "hspace_vector_sd15.json", "fair_sampling_sdisc_gender.json"} <= names
-    assert sorted(TEMPLATES) == sorted(t for _, t, _ in build_workflows.copies())
+    assert sorted(TEMPLATES) == sorted(t for _, t, _ in build_workflows.copies() if t)
     numbers = [os.path.basename(t).split(" ")[0] for t in TEMPLATES]
     assert numbers == [f"{i:02d}" for i in range(1, len(TEMPLATES) + 1)], numbers
     for template, real in PAIRS:
@@ -43,20 +43,23 @@ def test_committed_workflows_match_their_specs(comfy):
 
 def test_the_build_removes_only_workflows_without_a_spec(tmp_path, monkeypatch):
     """Thumbnails (and any other non-JSON file) beside the templates are kept."""
-    examples, real = tmp_path / "example_workflows", tmp_path / "real_model"
-    examples.mkdir(), real.mkdir()
+    examples, real, dit = tmp_path / "example_workflows", tmp_path / "real_model", tmp_path / "dit"
+    examples.mkdir(), real.mkdir(), dit.mkdir()
     for path in (examples / "01 Kept.json", examples / "02 Gone.json", examples / "02 Gone.jpg",
-                 examples / "01 Kept.jpg", real / "gone.json", real / "kept.json"):
+                 examples / "01 Kept.jpg", real / "gone.json", real / "kept.json", dit / "gone.json", dit / "kept.json"):
         path.write_text("{}")
     monkeypatch.setattr(build_workflows, "EXAMPLE_DIR", str(examples))
     monkeypatch.setattr(build_workflows, "WORKFLOW_DIR", str(real))
-    produced = {str(examples / "01 Kept.json"): "", str(real / "kept.json"): ""}
-    assert build_workflows.stale_files(produced) == [str(examples / "02 Gone.json"), str(real / "gone.json")]
+    monkeypatch.setattr(build_workflows, "DIT_DIR", str(dit))
+    produced = {str(examples / "01 Kept.json"): "", str(real / "kept.json"): "", str(dit / "kept.json"): ""}
+    assert build_workflows.stale_files(produced) == [str(dit / "gone.json"), str(examples / "02 Gone.json"),
+                                                      str(real / "gone.json")]
 
 
 def test_the_build_names_node_types_without_a_measured_size(comfy):
     sizes = node_sizes.load()
-    spec = next(s for s, _, real in build_workflows.copies() if real and '"type": "KSampler"' in open(real).read())
+    spec = next(s for s, template, real in build_workflows.copies()
+                if template and real and "\"type\": \"KSampler\"" in open(real).read())
     del sizes["nodes"]["KSampler"]
     sizes["nodes"]["VAEDecode"]["schema"] = "measured-for-other-inputs"
     with pytest.raises(node_sizes.NodeSizesError, match=r"no size for node types \['KSampler'\].*\['VAEDecode'\]"):
