@@ -219,29 +219,30 @@ def test_flux_at_cfg_1_never_evaluates_an_unconditional_branch(dit, stg, dl, dec
     direction = torch.randn(256, 4096, generator=torch.Generator().manual_seed(2)) * 0.1
     steered = ed.apply_embedding_direction(positive, [direction], "flux", 1.0, 0.0, 1.0)
     score = safety.ColourStatisticScore("brightness", threshold=-10.0)
-    guiders = {
-        "stg": stg.make_guider(watched, positive, negative, 1.0, decoders.vae_decoder(vae), score,
-                               stg.STGSettings(rho=1.0, start_percent=0.0, end_percent=1.0)),
-        "dual": dl.dual_latent_guider(watched, positive, safe, negative, 1.0, dl.DualLatentSettings(tau_gc=1.0)),
-        "direction": None,
-    }
-    results = {}
-    for key, guider in guiders.items():
+    latent = torch.zeros(1, 16, 8, 8)
+    stg_guider = stg.make_guider(watched, positive, negative, 1.0, decoders.vae_decoder(vae), score,
+                                 stg.STGSettings(rho=1.0, start_percent=0.0, end_percent=1.0))
+    dual_guider = dl.dual_latent_guider(watched, positive, safe, negative, 1.0, dl.DualLatentSettings(tau_gc=1.0))
+
+    def with_guider(guider):
+        return lambda: guidance.sample_with_guider(guider, {"samples": latent}, 0, 3, "euler", "simple")
+
+    def steered_ksampler():
+        import comfy.sample
+
+        return comfy.sample.sample(watched, comfy.sample.prepare_noise(latent, 0), 3, 1.0, "euler", "simple", steered,
+                                   negative, latent, disable_pbar=True, seed=0)
+
+    for method, run in (("stg", with_guider(stg_guider)), ("dual latent", with_guider(dual_guider)),
+                        ("embedding direction", steered_ksampler)):
         seen.clear()
         with torch.inference_mode():
-            if guider is None:
-                import comfy.sample
-
-                latent = torch.zeros(1, 16, 8, 8)
-                noise = comfy.sample.prepare_noise(latent, 0)
-                results[key] = comfy.sample.sample(watched, noise, 3, 1.0, "euler", "simple", steered, negative,
-                                                   latent, disable_pbar=True, seed=0)
-            else:
-                results[key] = guidance.sample_with_guider(guider, {"samples": torch.zeros(1, 16, 8, 8)}, 0, 3,
-                                                           "euler", "simple")
-        assert seen and all(set(labels) == {0} for labels in seen), (key, seen)
-        assert torch.isfinite(results[key]).all()
-    assert guiders["stg"].guided_steps() == [0, 1, 2]
+            out = run()
+        assert seen and all(set(labels) == {0} for labels in seen), (method, seen)
+        assert torch.isfinite(out).all()
+        if method == "dual latent":  # both prompts in one model call, both labelled conditional
+            assert all(labels == [0, 0] for labels in seen), seen
+    assert stg_guider.guided_steps() == [0, 1, 2]
 
 
 # ----------------------------------------------------------------------------- embedding directions
