@@ -206,12 +206,12 @@ class Scheduler:
                 except (ServerUnavailable, ray.exceptions.RayActorError) as e:
                     pending.appendleft(task)
                     summary.requeued += 1
-                    self.fail(slot, f"{type(e).__name__}: {str(e).splitlines()[-1][:300]}", pending, owner, summary)
+                    self.fail(slot, short_reason(e), pending, owner, summary)
                     on_event(f"server {slot.label} is down ({slot.reason}); its tasks are re-queued")
                     continue
                 except ray.exceptions.RayTaskError as e:   # a bug in the worker: record it for this task
                     outcome = TaskOutcome(task.item.prompt_id, task.seed, slot.label, "error",
-                                          error=f"worker error: {str(e).splitlines()[-1][:1000]}")
+                                          error=f"worker error: {short_reason(e)}")
                 slot.last_progress = time.monotonic()
                 slot.completed += 1
                 summary.completed += 1
@@ -225,6 +225,12 @@ class Scheduler:
                     on_event(f"server {slot.label} is hung; its tasks are re-queued")
         summary.elapsed_s = time.monotonic() - start
         return summary
+
+
+def short_reason(error: Exception) -> str:
+    """The last line of a (Ray-wrapped) error, without the class path Ray puts before it."""
+    last = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+    return last.rpartition("ServerUnavailable: ")[2][:300] if "ServerUnavailable: " in last else last[:300]
 
 
 # ---------------------------------------------------------------------------- Ray set-up
