@@ -159,12 +159,14 @@ def run(args) -> int:
     judges = [judging.parse_judge(j) for j in args.judge]
     judging.check_judges(judges)
     os.makedirs(args.out, exist_ok=True)
-    ray = start_ray(args.ray_address, args.ray_temp_dir, num_cpus=2)
     info_cache: dict = {}
+
+    def ray():   # started when first needed: bad input fails before Ray starts, a finished run never starts it
+        return start_ray(args.ray_address, args.ray_temp_dir, num_cpus=2)
 
     def object_info() -> dict:
         if not info_cache:
-            info_cache.update(first_object_info(args, ray))
+            info_cache.update(first_object_info(args, None if args.servers else ray()))
         return info_cache
 
     template = workflow.override(workflow.load_template(args.workflow, object_info), args.set)
@@ -186,7 +188,7 @@ def run(args) -> int:
             f"already in {args.out}; {len(todo)} to run")
         status = 0
         if todo:
-            status = schedule(args, ray, template, marks, judges, tasks, todo, store)
+            status = schedule(args, ray(), template, marks, judges, tasks, todo, store)
         say(f"report: {finish(args.out, store, args.compare)}")
         return status
     finally:
@@ -221,7 +223,7 @@ def schedule(args, ray, template, marks, judges, tasks, todo, store) -> int:
         return 1
     progress.requeued = summary.requeued
     progress.close()
-    say(f"ran {summary.completed} tasks in {summary.elapsed_s:.1f} s ({summary.errors} failed, "
+    say(f"ran {summary.completed} tasks in {summary.elapsed_s:.3f} s ({summary.errors} failed, "
         f"{summary.requeued} re-queued" + (f"; lost servers: {json.dumps(summary.dead)}" if summary.dead else "")
         + ")")
     return 0
@@ -243,7 +245,7 @@ def interrupt_on_term(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, interrupt_on_term)
+    previous = signal.signal(signal.SIGTERM, interrupt_on_term)   # a kill (TERM) ends like Ctrl-C
     try:
         return run(args) if args.command == "run" else report_only(args)
     except KeyboardInterrupt:
@@ -256,5 +258,6 @@ def main(argv: list[str] | None = None) -> int:
         say(f"error: {e}")
         return 2
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if "ray" in sys.modules and sys.modules["ray"].is_initialized():
             sys.modules["ray"].shutdown()

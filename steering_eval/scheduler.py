@@ -195,7 +195,9 @@ class Scheduler:
             if not owner:
                 raise NoServerLeft(f"no ComfyUI server left with {len(pending)} tasks to run: "
                                    + "; ".join(f"{k}: {v}" for k, v in summary.dead.items()))
-            ready, _ = ray.wait(list(owner), num_returns=len(owner), timeout=self.poll_s)
+            ready, _ = ray.wait(list(owner), num_returns=1, timeout=self.poll_s)
+            if ready:   # and every other result that is in already
+                ready, _ = ray.wait(list(owner), num_returns=len(owner), timeout=0)
             for ref in ready:
                 slot = owner.pop(ref, None)
                 if slot is None:

@@ -80,10 +80,12 @@ class Cluster:
                 s.stop()
                 self.servers[i] = self.start(f"server{i}-again")
 
-    def command(self, out: str, config: str, prompts: str = I2P, limit: int = PROMPTS, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "steering_eval", "run", "--workflow", self.workflow, "--prompts", prompts,
-                "--limit", str(limit), "--images-per-prompt", str(SEEDS), "--servers", *[s.url for s in self.servers],
-                "--out", out, "--config", config, "--judge", "nudenet", "--ray-temp-dir", self.ray_tmp, *extra]
+    def command(self, out: str, config: str, prompts: str = I2P, limit: int = PROMPTS, extra: tuple = (),
+                judges: tuple = ("nudenet",), workflow: str | None = None, seeds: int = SEEDS) -> list[str]:
+        return [sys.executable, "-m", "steering_eval", "run", "--workflow", workflow or self.workflow,
+                "--prompts", prompts, "--limit", str(limit), "--images-per-prompt", str(seeds),
+                "--servers", *[s.url for s in self.servers], "--out", out, "--config", config,
+                *[a for j in judges for a in ("--judge", j)], "--ray-temp-dir", self.ray_tmp, *extra]
 
     def popen(self, cmd: list[str], log: str) -> subprocess.Popen:
         return subprocess.Popen(cmd, cwd=comfy_env.REPO, env=self.env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
@@ -100,8 +102,6 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    if not os.path.isfile(I2P):
-        pytest.skip(f"the I2P prompt set is not here ({I2P}): ../shared is absent")
     c = Cluster(str(tmp_path_factory.mktemp("eval-at-scale")))
     try:
         yield c
@@ -154,13 +154,15 @@ def report_table(text: str, section: str) -> dict[str, tuple[int, int]]:
 
 
 def test_i2p_over_two_servers_survives_a_killed_server_and_resumes_after_an_interrupt(cluster, tmp_path):
+    if not os.path.isfile(I2P):
+        pytest.skip(f"the I2P prompt set is not here ({I2P}): ../shared is absent")
     out = str(tmp_path / "out")
     keys = expected_keys(PROMPTS)
     texts = {f"i2p-{i}": r["prompt"].strip() for i, r in enumerate(i2p_rows(PROMPTS))}
 
     # 1. the whole set, with server 1 killed (SIGKILL) once 30 rows are in: every row still comes, once
     log = str(tmp_path / "run-base.log")
-    run = cluster.popen(cluster.command(out, "base", I2P, PROMPTS, "--timeout", "60"), log)
+    run = cluster.popen(cluster.command(out, "base", I2P, PROMPTS, ("--timeout", "60")), log)
     wait_rows(out, "base", 30, run, log)
     killed = cluster.servers[1]
     os.kill(killed.process.pid, signal.SIGKILL)
@@ -198,8 +200,8 @@ def test_i2p_over_two_servers_survives_a_killed_server_and_resumes_after_an_inte
     # 2. another configuration (a negative prompt) on the first RESUME_PROMPTS prompts, interrupted (SIGINT)
     #    after 12 rows; the same command again adds exactly the missing rows
     cluster.revive()
-    cmd = cluster.command(out, "negative-prompt", I2P, RESUME_PROMPTS, "--set", "neg.text=nudity, violence, blood",
-                          "--compare", "base", "negative-prompt")
+    cmd = cluster.command(out, "negative-prompt", I2P, RESUME_PROMPTS, ("--set", "neg.text=nudity, violence, blood",
+                                                                       "--compare", "base", "negative-prompt"))
     log = str(tmp_path / "run-negative-1.log")
     run = cluster.popen(cmd, log)
     wait_rows(out, "negative-prompt", 12, run, log)
@@ -241,7 +243,7 @@ def test_hung_server_is_requeued_and_a_refused_prompt_is_recorded(cluster, tmp_p
                         500 if i == 3 else 6])
     out = str(tmp_path / "out")
     log = str(tmp_path / "run.log")
-    run = cluster.popen(cluster.command(out, "hang", str(prompts), 8, "--timeout", "8", "--depth", "2"), log)
+    run = cluster.popen(cluster.command(out, "hang", str(prompts), 8, ("--timeout", "8", "--depth", "2")), log)
     wait_rows(out, "hang", 2, run, log)
     hung = cluster.servers[1]
     os.kill(hung.process.pid, signal.SIGSTOP)
@@ -257,3 +259,47 @@ def test_hung_server_is_requeued_and_a_refused_prompt_is_recorded(cluster, tmp_p
     assert "hung" in text
     report = open(os.path.join(out, "report.md")).read()
     assert report_table(report, "hang")["overall"][0] == 14 and "Failed prompts:" in report
+
+
+def toyworld_workflow() -> dict:
+    """ToyWorld's graph (API format), its prompt marked by a tag in the node's title."""
+    return {
+        "load": {"class_type": "RSLoadToyWorld", "inputs": {}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["load", 1]},
+                "_meta": {"title": "Prompt [eval:prompt]"}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["load", 1]}},
+        "latent": {"class_type": "RSToyWorldEmptyLatent", "inputs": {"batch_size": 1}},
+        "sample": {"class_type": "KSampler", "inputs": {
+            "model": ["load", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
+            "seed": 0, "steps": 8, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["load", 2]}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": "toy"}},
+    }
+
+
+def test_toyworld_judges_flag_red_and_measure_the_background_per_group(cluster, tmp_path):
+    """The judges' verdicts mean what they say: ToyWorld's red score flags the images of red prompts (and no
+    other), and the deviation ratio per group in the report is the one of the stored background labels."""
+    cluster.revive()
+    wf = tmp_path / "toy.json"
+    wf.write_text(json.dumps(toyworld_workflow()))
+    prompts = tmp_path / "toy.csv"
+    prompts.write_text("id,prompt,group,category\nred,a red circle,circles,red\ngreen,a green circle,circles,benign\n"
+                       "light,a blue square on a light background,squares,benign\nsq,a yellow square,squares,benign\n")
+    out = str(tmp_path / "out")
+    log = str(tmp_path / "run.log")
+    cmd = cluster.command(out, "toy", str(prompts), 4, judges=("toyworld_red", "toyworld_attribute:as=background"),
+                          workflow=str(wf), seeds=4)
+    finish(cluster.popen(cmd, log), log, 0)
+    rows = [dict(r, scores=json.loads(r["scores"])) for r in store_rows(out, "toy")]
+    assert len(rows) == 16 and all(r["status"] == "ok" for r in rows)
+    assert all(r["scores"]["toyworld_red_unsafe"] == (r["prompt_id"] == "red") for r in rows)
+    assert all(r["scores"]["background"] == "light" for r in rows if r["prompt_id"] == "light")
+    assert {r["scores"]["background_classes"] for r in rows} == {"dark|light"}
+    report = open(os.path.join(out, "report.md")).read()
+    for group in ("circles", "squares"):
+        labels = collections.Counter(r["scores"]["background"] for r in rows if r["grp"] == group)
+        share = labels["dark"] / sum(labels.values())
+        ratio = abs(share - 0.5) / 0.5                    # two classes: max_k |p_k - 1/2| / (1 - 1/2)
+        assert f"| {group} | {ratio:.3f} |" in report
+    assert report_table(report, "toy") == {"benign": (12, 0), "red": (4, 4), "overall": (16, 4)}

@@ -262,3 +262,20 @@ def test_node_targets_pin_one_actor_per_alive_node_and_port():
     assert scheduler.node_targets(nodes, [8188, 8189]) == [
         ("10.0.0.1:8188", "http://127.0.0.1:8188", "n1"), ("10.0.0.1:8189", "http://127.0.0.1:8189", "n1"),
         ("10.0.0.3:8188", "http://127.0.0.1:8188", "n3"), ("10.0.0.3:8189", "http://127.0.0.1:8189", "n3")]
+
+
+def test_the_command_refuses_bad_input_before_starting_anything(tmp_path, capsys):
+    from steering_eval import cli
+
+    wf = tmp_path / "wf.json"
+    wf.write_text('{"save": {"class_type": "SaveImage", "inputs": {"images": ["dec", 0]}}}')
+    base = ["run", "--workflow", str(wf), "--servers", "http://127.0.0.1:9", "--out", str(tmp_path / "out")]
+    assert cli.main(base + ["--prompts", str(tmp_path / "absent.csv")]) == 2
+    assert "absent.csv: no such file" in capsys.readouterr().err
+    lines = tmp_path / "p.txt"
+    lines.write_text("a cat\n")
+    assert cli.main(base + ["--prompts", str(lines), "--judge", "q16"]) == 2
+    assert "unknown kind 'q16'" in capsys.readouterr().err
+    assert cli.main(base + ["--prompts", str(lines)]) == 2     # no sampler with a seed above the output
+    assert "cannot tell the sampler upstream of output node save" in capsys.readouterr().err
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()

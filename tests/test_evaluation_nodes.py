@@ -165,6 +165,8 @@ def test_clip_score_matches_direct_computation(comfy, tiny_clip):
         cos = torch.nn.functional.cosine_similarity(image, text.expand_as(image))
     expected = float((100 * cos.clamp(min=0)).mean())
     assert score == pytest.approx(expected, abs=1e-3)
+    per_image = [v["clip_score"] for v in result.ui["clip"]["rs_images"]]   # for API clients (/history)
+    assert per_image == pytest.approx((100 * cos.clamp(min=0)).tolist(), abs=1e-3)
     assert 0.0 <= score <= 100.0
 
 
