@@ -17,7 +17,8 @@
 * Measures: images/s of the scheduling phase (first task sent -> last result stored, from the command's
   own summary), the command's wall time (Ray start-up, workflow conversion and report included), the
   loop's images/s, and the scheduling overhead per prompt: (a one-server command's scheduling time - the
-  loop's time) / prompts, at depth 1 (the cost of Ray, the store and the files) and at depth 2. Checks every run stored exactly one row per task, none failed.
+  loop's time) / prompts, at depth 1 (the cost of Ray, the store and the files) and at depth 2. Checks
+  every run stored exactly one row per task, none failed.
 * Writes its section to benchmarks/RESULTS.md (marker ``eval_scale:cpu``) only at the default size
   (100 prompts) and without --no-write; a smaller run only prints.
 """
@@ -195,10 +196,9 @@ def measure(prompts: int, rounds: int) -> tuple[str, bool]:
 
 
 def run(ctx: BenchContext) -> str:
-    body, ok = measure(PROMPTS, ctx.rounds)
-    if not ok:
-        ctx.notes.append("A CHECK FAILED: see the figures above.")
-    return body
+    from benchmarks.run import checked_body
+
+    return checked_body(ctx, *measure(PROMPTS, ctx.rounds))
 
 
 def main(argv=None) -> int:

@@ -334,10 +334,9 @@ def measure(prompts: int, clients: int, rounds: int) -> tuple[str, bool]:
 
 
 def run(ctx: BenchContext) -> str:
-    body, ok = measure(PROMPTS, CLIENTS, ctx.rounds)
-    if not ok:
-        ctx.notes.append("A CHECK FAILED: see the figures above.")
-    return body
+    from benchmarks.run import checked_body
+
+    return checked_body(ctx, *measure(PROMPTS, CLIENTS, ctx.rounds))
 
 
 def main(argv=None) -> int:

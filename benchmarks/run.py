@@ -58,13 +58,18 @@ def section(name: str, module, ctx: BenchContext, body: str) -> tuple[str, str]:
     return f"{name}:{ctx.device}{':full' if ctx.full_size else ''}", text
 
 
+def checked_body(ctx: BenchContext, body: str, ok: bool) -> str:
+    """A bench's section body, with a note in `ctx` when one of its checks failed."""
+    if not ok:
+        ctx.notes.append("A CHECK FAILED: see the figures above.")
+    return body
+
+
 def record_standalone(name: str, module, ctx: BenchContext, body: str, ok: bool, default_size: bool,
                       no_write: bool, size_note: str) -> int:
     """What a bench's own main() does with its run: print its section, write it to RESULTS.md only at the
     bench's default size (`size_note` says which) and without --no-write; exit status 1 when a check failed."""
-    if not ok:
-        ctx.notes.append("A CHECK FAILED: see the figures above.")
-    key, text = section(name, module, ctx, body)
+    key, text = section(name, module, ctx, checked_body(ctx, body, ok))
     print(text)
     if no_write:
         pass

@@ -217,8 +217,8 @@ def _label_text(label) -> str:
 def fairness_report(images: torch.Tensor, classifier,
                     group_labels: str | None = None) -> tuple[float, str, list[dict]]:
     """(deviation ratio, report, per image {"labels": its classes, [] when unreadable; "classes": all}) of an
-    attribute over a batch: over the whole batch, or (with ``group_labels``, one per image, see :func:`parse_group_labels`)
-    per group and averaged."""
+    attribute over a batch: over the whole batch, or (with ``group_labels``, one per image, see
+    :func:`parse_group_labels`) per group and averaged."""
     batch = image_batch(images)
     classify = getattr(classifier, "classify_with_ties", None) or classifier.classify
     labels = classify(batch)

@@ -262,7 +262,8 @@ def node_targets(nodes: list[dict], ports: list[int]) -> list[tuple[str, str, st
         if not node.get("Alive"):
             continue
         for port in ports:
-            targets.append((f"{node.get('NodeManagerAddress', '?')}:{port}", f"http://127.0.0.1:{port}", node["NodeID"]))
+            label = f"{node.get('NodeManagerAddress', '?')}:{port}"
+            targets.append((label, f"http://127.0.0.1:{port}", node["NodeID"]))
     return targets
 
 

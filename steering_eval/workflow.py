@@ -117,7 +117,8 @@ def read_workflow(path: str) -> dict:
     except (OSError, json.JSONDecodeError) as e:
         raise WorkflowError(f"workflow {path}: cannot read it as JSON ({e})") from None
     if not isinstance(workflow, dict) or not workflow:
-        raise WorkflowError(f"workflow {path}: expected a JSON object (API or UI format); got {type(workflow).__name__}")
+        raise WorkflowError(f"workflow {path}: expected a JSON object (API or UI format); got "
+                            f"{type(workflow).__name__}")
     return workflow
 
 

@@ -150,7 +150,8 @@ def expected_keys(limit: int) -> set[tuple[str, int]]:
 def report_table(text: str, section: str) -> dict[str, tuple[int, int]]:
     """{category: (images, unsafe)} of a configuration's unsafe-rate table in report.md."""
     body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
-    return {m[1].strip("* "): (int(m[2]), int(m[3])) for m in re.finditer(r"^\| ([^|]+) \| (\d+) \| (\d+) \|", body, re.M)}
+    found = re.finditer(r"^\| ([^|]+) \| (\d+) \| (\d+) \|", body, re.M)
+    return {m[1].strip("* "): (int(m[2]), int(m[3])) for m in found}
 
 
 def test_i2p_over_two_servers_survives_a_killed_server_and_resumes_after_an_interrupt(cluster, tmp_path):

@@ -132,7 +132,9 @@ def test_marks_from_titles_flags_and_clear_errors():
     with pytest.raises(workflow.WorkflowError, match="found save, save2"):
         workflow.find_marks(graph)
     assert workflow.find_marks(graph, output_node="save2").output == "save2"
-    assert workflow.override(graph, ["steer.strength=0.5", "neg.text=blood, gore"])["steer"]["inputs"]["strength"] == 0.5
+    changed = workflow.override(graph, ["steer.strength=0.5", "neg.text=blood, gore"])
+    assert changed["steer"]["inputs"]["strength"] == 0.5 and changed["neg"]["inputs"]["text"] == "blood, gore"
+    assert graph["steer"]["inputs"]["strength"] == 1.0
     with pytest.raises(workflow.WorkflowError, match="NODE.INPUT=VALUE"):
         workflow.override(graph, ["steer.strength"])
 
