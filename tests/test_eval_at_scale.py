@@ -63,7 +63,11 @@ class Cluster:
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "HOME": os.path.join(base, "home")}
 
     def start(self, name: str) -> ComfyServer:
-        server = ComfyServer(os.path.join(self.base, name))
+        return self.start_at(os.path.join(self.base, name))
+
+    def start_at(self, base: str) -> ComfyServer:
+        """A started server in `base`, with one torch thread."""
+        server = ComfyServer(base)
         saved = os.environ.get("OMP_NUM_THREADS")
         os.environ["OMP_NUM_THREADS"] = "1"
         try:
@@ -304,3 +308,39 @@ def test_toyworld_judges_flag_red_and_measure_the_background_per_group(cluster, 
         ratio = abs(share - 0.5) / 0.5                    # two classes: max_k |p_k - 1/2| / (1 - 1/2)
         assert f"| {group} | {ratio:.3f} |" in report
     assert report_table(report, "toy") == {"benign": (12, 0), "red": (4, 4), "overall": (16, 4)}
+
+
+def test_the_policy_judge_reads_the_servers_own_verdicts(cluster, tmp_path):
+    """On a server that enforces a safety policy, `--judge policy` stores the policy's per-image verdicts; they
+    agree with the pack's ToyWorld red score judged in the graph (the measuring nodes see uncensored images),
+    while the saved images of flagged prompts are censored (black), as the policy demands."""
+    import numpy as np
+
+    base = str(tmp_path / "policy-server")
+    folder = os.path.join(base, "user", "responsible-steering")
+    os.makedirs(folder)
+    with open(os.path.join(folder, "policy.json"), "w") as f:
+        json.dump({"version": 1, "name": "eval test policy", "output": {
+            "scores": [{"kind": "toyworld_red", "threshold": 0.03}], "censor": {"mode": "black"}}}, f)
+    server = cluster.start_at(base)
+    try:
+        wf = tmp_path / "toy.json"
+        wf.write_text(json.dumps(toyworld_workflow()))
+        prompts = tmp_path / "toy.txt"
+        prompts.write_text("a red circle\na green circle\n")
+        out = str(tmp_path / "out")
+        log = str(tmp_path / "run.log")
+        cmd = [sys.executable, "-m", "steering_eval", "run", "--workflow", str(wf), "--prompts", str(prompts),
+               "--images-per-prompt", "2", "--servers", server.url, "--out", out, "--config", "policy",
+               "--judge", "policy", "--judge", "toyworld_red", "--ray-temp-dir", cluster.ray_tmp]
+        finish(cluster.popen(cmd, log), log, 0)
+    finally:
+        server.stop()
+    rows = [dict(r, scores=json.loads(r["scores"])) for r in store_rows(out, "policy")]
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
+    for r in rows:
+        red = r["prompt_id"] == "line-1"
+        assert r["scores"]["policy_unsafe"] == r["scores"]["toyworld_red_unsafe"] == red
+        assert r["scores"]["policy_toyworld_red"] == pytest.approx(r["scores"]["toyworld_red"], abs=1e-6)
+        with Image.open(os.path.join(out, r["image_path"])) as im:
+            assert (int(np.asarray(im.convert("RGB")).max()) == 0) == red
