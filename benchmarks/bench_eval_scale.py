@@ -31,6 +31,7 @@ import dataclasses
 import json
 import os
 import re
+import resource
 import shutil
 import sqlite3
 import statistics
@@ -81,6 +82,19 @@ class Run:
     wall_s: float            # the whole command
     rows: int
     errors: int
+    head_cpu_s: float = 0.0  # CPU of the command's processes (driver, and the Ray processes it started and reaped)
+    server_cpu_s: float = 0.0
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def servers_cpu_s(pids: list[int]) -> float:
+    import psutil
+
+    return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
 
 
 def write_prompts(path: str, n: int, seed: int) -> str:
@@ -93,7 +107,7 @@ def write_prompts(path: str, n: int, seed: int) -> str:
     return path
 
 
-def command_run(base: str, urls: list[str], n: int, seed: int, tag: str, depth: int = DEPTH) -> Run:
+def command_run(base: str, urls: list[str], n: int, seed: int, tag: str, pids: list[int], depth: int = DEPTH) -> Run:
     out = os.path.join(base, f"out-{tag}")
     prompts_path = write_prompts(os.path.join(base, f"prompts-{tag}.csv"), n, seed)
     ray_tmp = tempfile.mkdtemp(prefix="rs-ray-")
@@ -101,9 +115,10 @@ def command_run(base: str, urls: list[str], n: int, seed: int, tag: str, depth: 
            "--prompts", prompts_path, "--servers", *urls, "--out", out, "--config", "bench", "--judge", JUDGE,
            "--depth", str(depth), "--timeout", "120", "--ray-temp-dir", ray_tmp]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HOME": os.path.join(base, "home")}
-    start = time.perf_counter()
+    start, head, served = time.perf_counter(), children_cpu_s(), servers_cpu_s(pids)
     done = subprocess.run(cmd, cwd=comfy_env.REPO, env=env, capture_output=True, text=True, timeout=900)
     wall = time.perf_counter() - start
+    head, served = children_cpu_s() - head, servers_cpu_s(pids) - served
     shutil.rmtree(ray_tmp, ignore_errors=True)
     found = re.search(r"ran (\d+) tasks in ([\d.]+) s \((\d+) failed", done.stderr)
     if done.returncode != 0 or not found:
@@ -112,10 +127,10 @@ def command_run(base: str, urls: list[str], n: int, seed: int, tag: str, depth: 
         rows = db.execute("SELECT COUNT(DISTINCT prompt_id || '/' || seed), COUNT(*) FROM results").fetchone()
     if rows[0] != rows[1]:
         raise RuntimeError(f"{rows[1]} rows for {rows[0]} tasks")
-    return Run(int(found[1]) / float(found[2]), wall, rows[1], int(found[3]))
+    return Run(int(found[1]) / float(found[2]), wall, rows[1], int(found[3]), head, served)
 
 
-def loop_run(base: str, url: str, n: int, seed: int, tag: str) -> Run:
+def loop_run(base: str, url: str, n: int, seed: int, tag: str, pid: int) -> Run:
     """The same tasks to one server, one after the other, through steering_eval's worker (no Ray, no store)."""
     prompts_path = write_prompts(os.path.join(base, f"prompts-{tag}.csv"), n, seed)
     info = ComfyClient(url).object_info()
@@ -126,10 +141,11 @@ def loop_run(base: str, url: str, n: int, seed: int, tag: str) -> Run:
     marks = dataclasses.replace(marks, echoes=tuple(echoes))
     worker = ServerWorker(url, template, marks, judges, task_timeout=120)
     tasks = prompt_sets.make_tasks(prompt_sets.load_prompt_set(prompts_path).items, 1)
-    start = time.perf_counter()
+    start, head, served = time.perf_counter(), time.process_time(), servers_cpu_s([pid])
     outcomes = [worker.run(task_spec(t, "loop")) for t in tasks]
     elapsed = time.perf_counter() - start
-    return Run(len(tasks) / elapsed, elapsed, len(outcomes), sum(o.status != "ok" for o in outcomes))
+    return Run(len(tasks) / elapsed, elapsed, len(outcomes), sum(o.status != "ok" for o in outcomes),
+               time.process_time() - head, servers_cpu_s([pid]) - served)
 
 
 def measure(prompts: int, rounds: int) -> tuple[str, bool]:
@@ -144,11 +160,13 @@ def measure(prompts: int, rounds: int) -> tuple[str, bool]:
             for target in (a, b):
                 target.server.run_prompt(toy_prompt("a green circle", 1, "warm-up"))
             urls = [a.server.url, b.server.url]
+            pids = [a.server.process.pid, b.server.process.pid]
             variants = {
-                "1 server": lambda seed, tag: command_run(base, urls[:1], prompts, seed, tag),
-                "2 servers": lambda seed, tag: command_run(base, urls, prompts, seed, tag),
-                "1 server, depth 1": lambda seed, tag: command_run(base, urls[:1], prompts, seed, tag, depth=1),
-                "loop, 1 server": lambda seed, tag: loop_run(base, urls[0], prompts, seed, tag),
+                "1 server": lambda seed, tag: command_run(base, urls[:1], prompts, seed, tag, pids[:1]),
+                "2 servers": lambda seed, tag: command_run(base, urls, prompts, seed, tag, pids),
+                "1 server, depth 1": lambda seed, tag: command_run(base, urls[:1], prompts, seed, tag, pids[:1],
+                                                                   depth=1),
+                "loop, 1 server": lambda seed, tag: loop_run(base, urls[0], prompts, seed, tag, pids[0]),
             }
             names = list(variants)
             for r in range(rounds):
@@ -160,8 +178,8 @@ def measure(prompts: int, rounds: int) -> tuple[str, bool]:
         shutil.rmtree(base, ignore_errors=True)
     elapsed = time.monotonic() - t0
     load_after = os.getloadavg()[0]
-    med = {name: {k: statistics.median(getattr(x, k) for x in rs) for k in ("images_s", "wall_s")}
-           for name, rs in runs.items()}
+    med = {name: {k: statistics.median(getattr(x, k) for x in rs)
+                  for k in ("images_s", "wall_s", "head_cpu_s", "server_cpu_s")} for name, rs in runs.items()}
     speedup = statistics.median(two.images_s / one.images_s for one, two in zip(runs["1 server"], runs["2 servers"]))
     def overhead_ms(variant: str) -> float:
         return statistics.median((prompts / one.images_s - loop.wall_s) / prompts * 1000
@@ -171,13 +189,15 @@ def measure(prompts: int, rounds: int) -> tuple[str, bool]:
     bad = [f"{name}: {x.rows} rows, {x.errors} failed" for name, rs in runs.items() for x in rs
            if x.rows != prompts or x.errors]
     rows = [[name, f"{med[name]['images_s']:.2f}", f"{1000 / med[name]['images_s']:.0f}",
-             f"{med[name]['wall_s']:.1f}"] for name in runs]
+             f"{med[name]['wall_s']:.1f}", f"{1000 * med[name]['server_cpu_s'] / prompts:.0f}",
+             f"{1000 * med[name]['head_cpu_s'] / prompts:.0f}"] for name in runs]
     lines = [
         f"{prompts} ToyWorld prompts x 1 image per variant and round ({rounds} rounds; {elapsed:.0f} s in all; "
         f"1-minute load average {load_before:.1f} before, {load_after:.1f} after, on {os.cpu_count()} cores: "
         "the two-server ratio needs a core per server free).",
         "",
-        table(["variant", "images/s", "ms per image", "wall s (whole command / loop)"], rows),
+        table(["variant", "images/s", "ms per image", "wall s (whole command / loop)", "server CPU ms per image",
+               "client CPU ms per image (Ray start-up included)"], rows),
         "",
         f"- Two servers vs one: x {speedup:.2f} images/s (median of per-round ratios). This machine has 2 shared "
         "cores and each server takes one, so x 2 is the ceiling here; with one GPU per server the ratio "
@@ -190,7 +210,10 @@ def measure(prompts: int, rounds: int) -> tuple[str, bool]:
         "(median; wall time minus the scheduling phase).",
         f"- Every run stored one row per task, none failed: {'yes' if not bad else 'NO: ' + '; '.join(bad)}.",
         "- images/s = tasks / the scheduling phase (the command's own `ran N tasks in T s`: first task sent to "
-        "last row stored, images written and rows committed included); the loop: tasks / its wall time.",
+        "last row stored, images written and rows committed included); the loop: tasks / its wall time. CPU: "
+        "the servers' processes, and the client's: the command's processes (driver, and the Ray processes it "
+        "started and reaped; Ray's start-up included) or the loop's own thread. Two servers can only beat one by "
+        "as much as the cores left over by the client and by other work on the machine allow.",
     ]
     return "\n".join(lines), not bad
 
