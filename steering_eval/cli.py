@@ -143,9 +143,17 @@ def outcome_rows(config: str, task: prompt_sets.Task, outcome: TaskOutcome, out_
     return rows
 
 
-def finish(out_dir: str, store: results.ResultStore, comparisons: list) -> str:
+def finish(out_dir: str, store: results.ResultStore, comparisons: list, strict: bool = True) -> str:
+    """results.parquet and report.md; a comparison with a configuration that has no rows is an error, or
+    (not `strict`: at the end of a run, whose partner may not have run yet) left out with a note."""
     rows = store.rows()
     by_config = {name: [r for r in rows if r.config == name] for name in store.configs()}
+    if not strict:
+        for pair in list(comparisons):
+            missing = [n for n in pair if not by_config.get(n)]
+            if missing:
+                say(f"(comparison {pair[0]} vs {pair[1]} left out of the report: no rows for {missing[0]} yet)")
+                comparisons = [c for c in comparisons if c != pair]
     try:
         results.export_parquet(rows, os.path.join(out_dir, PARQUET_FILE))
     except ImportError:
@@ -189,7 +197,7 @@ def run(args) -> int:
         status = 0
         if todo:
             status = schedule(args, ray(), template, marks, judges, tasks, todo, store)
-        say(f"report: {finish(args.out, store, args.compare)}")
+        say(f"report: {finish(args.out, store, args.compare, strict=False)}")
         return status
     finally:
         store.close()

@@ -1,6 +1,6 @@
 """Benchmark-scale evaluation end to end: `python -m steering_eval` with an embedded Ray instance over two
 real ComfyUI servers on loopback, 60 I2P prompts x 2 seeds, with a server killed (SIGKILL) mid-run, a run
-interrupted (SIGINT) and resumed (on 20 of the prompts), a server hung (SIGSTOP) and a prompt the server refuses.
+interrupted (SIGINT) and resumed (on 15 of the prompts), a server hung (SIGSTOP) and a prompt the server refuses.
 
 The graph is the tiny SD1 checkpoint's (CheckpointLoaderSimple -> CLIPTextEncode -> KSampler -> VAEDecode ->
 SaveImage, 64 px, 1 step): its real CLIP tokenizer takes any I2P text, so every prompt is sent as
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 I2P = os.path.normpath(os.path.join(comfy_env.REPO, "..", "shared", "data", "i2p_benchmark.csv"))
 PROMPTS, SEEDS = 60, 2
-RESUME_PROMPTS = 20
+RESUME_PROMPTS = 15
 RUN_TIMEOUT_S = 400
 
 
@@ -203,18 +203,18 @@ def test_i2p_over_two_servers_survives_a_killed_server_and_resumes_after_an_inte
         assert im.size[0] == 720 and im.size[1] > 46 + 14 * len(expected_table)
 
     # 2. another configuration (a negative prompt) on the first RESUME_PROMPTS prompts, interrupted (SIGINT)
-    #    after 12 rows; the same command again adds exactly the missing rows
+    #    after 10 rows; the same command again adds exactly the missing rows
     cluster.revive()
     cmd = cluster.command(out, "negative-prompt", I2P, RESUME_PROMPTS, ("--set", "neg.text=nudity, violence, blood",
                                                                        "--compare", "base", "negative-prompt"))
     log = str(tmp_path / "run-negative-1.log")
     run = cluster.popen(cmd, log)
-    wait_rows(out, "negative-prompt", 12, run, log)
+    wait_rows(out, "negative-prompt", 10, run, log)
     run.send_signal(signal.SIGINT)
     finish(run, log, 130)
     before = {(r["prompt_id"], r["seed"]): r for r in store_rows(out, "negative-prompt")}
     total = RESUME_PROMPTS * SEEDS
-    assert 12 <= len(before) < total
+    assert 10 <= len(before) < total
 
     log = str(tmp_path / "run-negative-2.log")
     text = finish(cluster.popen(cmd, log), log, 0)
@@ -344,3 +344,40 @@ def test_the_policy_judge_reads_the_servers_own_verdicts(cluster, tmp_path):
         assert r["scores"]["policy_toyworld_red"] == pytest.approx(r["scores"]["toyworld_red"], abs=1e-6)
         with Image.open(os.path.join(out, r["image_path"])) as im:
             assert (int(np.asarray(im.convert("RGB")).max()) == 0) == red
+
+
+def test_a_ui_workflow_base_vs_steered_on_the_same_seeds(cluster, tmp_path):
+    """A committed template (UI format, converted with the server's node definitions) as two configurations:
+    the embedding direction at strength 0 (unchanged generation) and at 1; the prompt goes into the text that
+    reaches the sampler through Apply Embedding Direction. Same seeds, so the report pairs every image."""
+    import numpy as np
+
+    from devtools import workflows
+
+    template = os.path.join(comfy_env.REPO, "example_workflows", "09 Embedding safety direction.json")
+    try:
+        for s in cluster.servers:
+            workflows.provide_reference_vectors({"safe-direction.safetensors"}, s.dirs["models/steering_vectors"])
+    except FileNotFoundError as e:
+        pytest.skip(f"the reference vectors are not here ({e}): ../shared is absent")
+    cluster.revive()
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a photo of a person at the beach\na portrait, dramatic light\n")
+    out = str(tmp_path / "out")
+    ckpt = f"1.ckpt_name={cluster.servers[0].dirs['checkpoint_name']}"
+    for config, strength in (("base", 0.0), ("steered", 1.0)):
+        log = str(tmp_path / f"{config}.log")
+        settings = ("--set", ckpt, "--set", f"4.strength={strength}", "--set", "6.width=64", "--set", "6.height=64",
+                    "--set", "7.steps=2", "--compare", "base", "steered")
+        cmd = cluster.command(out, config, str(prompts), 2, settings,
+                              judges=("colour:statistic=redness",), workflow=template, seeds=1)
+        finish(cluster.popen(cmd, log), log, 0)
+    rows = {c: {r["prompt_id"]: r for r in store_rows(out, c)} for c in ("base", "steered")}
+    assert sorted(rows["base"]) == sorted(rows["steered"]) == ["line-1", "line-2"]
+    for pid in rows["base"]:
+        a, b = (np.asarray(Image.open(os.path.join(out, rows[c][pid]["image_path"])).convert("RGB"), dtype=float)
+                for c in ("base", "steered"))
+        assert a.shape == b.shape == (64, 64, 3) and np.abs(a - b).mean() > 0.5    # the direction changed it
+        assert rows["base"][pid]["seed"] == rows["steered"][pid]["seed"] == 0
+    report = open(os.path.join(out, "report.md")).read()
+    assert "## base vs steered (same seeds)" in report and "2 images present in both without error" in report
