@@ -26,8 +26,8 @@ import time
 from . import judging, prompt_sets, report, results, workflow
 from .comfy_client import ComfyClient, ServerUnavailable
 from .progress import Progress
-from .scheduler import (INSTALL_HINT, MissingDependency, NoServerLeft, Scheduler, SchedulerError, TaskOutcome,
-                        node_targets, start_ray, start_workers, task_spec)
+from .scheduler import (INSTALL_HINT, MissingDependency, NoServerLeft, RayUnavailable, Scheduler, SchedulerError,
+                        TaskOutcome, node_targets, start_ray, start_workers, task_spec)
 
 STORE_FILE, PARQUET_FILE = "results.sqlite", "results.parquet"
 
@@ -259,10 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("interrupted: every finished task is stored; run the same command again to resume")
         return 130
-    except MissingDependency as e:
-        say(f"error: {e}")
-        return 2
-    except (ValueError, NoServerLeft) as e:   # the modules' own errors are ValueErrors
+    except (ValueError, NoServerLeft, MissingDependency, RayUnavailable) as e:   # the modules' errors: ValueErrors
         say(f"error: {e}")
         return 2
     finally:

@@ -44,6 +44,10 @@ class MissingDependency(RuntimeError):
     """An optional dependency of the evaluation command is not installed."""
 
 
+class RayUnavailable(RuntimeError):
+    """The Ray cluster given cannot be reached or joined."""
+
+
 class NoServerLeft(RuntimeError):
     """Every ComfyUI server is dead or hung while tasks remain."""
 
@@ -247,7 +251,12 @@ def start_ray(address: str | None, temp_dir: str | None = None, num_cpus: int | 
     # the actors import this package: ship it with the job, so cluster nodes need not have it installed
     runtime_env = {"py_modules": [os.path.dirname(os.path.abspath(__file__))]}
     if address:
-        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
+        try:
+            ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
+        except (ConnectionError, RuntimeError) as e:
+            raise RayUnavailable(f"cannot join the Ray cluster at {address}: {str(e).strip().splitlines()[-1][:500]} "
+                                 "(a cluster with token authentication needs RAY_AUTH_MODE=token and its token "
+                                 "here, e.g. in ~/.ray/auth_token)") from None
     else:
         ray.init(num_cpus=num_cpus or 1, include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir,
                  runtime_env=runtime_env)

@@ -381,3 +381,41 @@ def test_a_ui_workflow_base_vs_steered_on_the_same_seeds(cluster, tmp_path):
         assert rows["base"][pid]["seed"] == rows["steered"][pid]["seed"] == 0
     report = open(os.path.join(out, "report.md")).read()
     assert "## base vs steered (same seeds)" in report and "2 images present in both without error" in report
+
+
+def test_a_ray_cluster_address_with_servers_on_each_nodes_loopback(cluster, tmp_path, monkeypatch):
+    """The scale-out form: `--ray-address` of a running Ray cluster (one started here, in this process) and
+    `--node-ports`: one actor per (node, port), pinned to its node, talking to the server on its loopback."""
+    import ray
+
+    saved_env = dict(os.environ)
+    monkeypatch.setenv("HOME", cluster.env["HOME"])          # the cluster's auth token, shared with the command
+    ray_tmp = tempfile.mkdtemp(prefix="rs-ray-head-")
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, _temp_dir=ray_tmp)
+    try:
+        address = ray.get_runtime_context().gcs_address
+        cluster.revive()
+        wf = tmp_path / "toy.json"
+        wf.write_text(json.dumps(toyworld_workflow()))
+        prompts = tmp_path / "toy.txt"
+        prompts.write_text("a red circle\na green square\na blue circle\n")
+        out = str(tmp_path / "out")
+        log = str(tmp_path / "run.log")
+        cmd = [sys.executable, "-m", "steering_eval", "run", "--workflow", str(wf), "--prompts", str(prompts),
+               "--images-per-prompt", "2", "--ray-address", address,
+               "--node-ports", ",".join(str(s.port) for s in cluster.servers), "--out", out, "--config", "cluster",
+               "--judge", "toyworld_red"]
+        env = {**cluster.env, "RAY_AUTH_MODE": "token"}   # how a client joins a cluster with token auth
+        finish(subprocess.Popen(cmd, cwd=comfy_env.REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT),
+               log, 0)
+    finally:
+        ray.shutdown()
+        os.environ.clear()
+        os.environ.update(saved_env)
+        import shutil
+
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    rows = store_rows(out, "cluster")
+    assert sorted((r["prompt_id"], r["seed"]) for r in rows) == [(f"line-{n}", k) for n in (1, 2, 3) for k in (0, 1)]
+    assert {r["server"].rpartition(":")[2] for r in rows} == {str(s.port) for s in cluster.servers}
+    assert all(json.loads(r["scores"])["toyworld_red_unsafe"] == (r["prompt_id"] == "line-1") for r in rows)
