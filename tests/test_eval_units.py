@@ -281,3 +281,19 @@ def test_the_command_refuses_bad_input_before_starting_anything(tmp_path, capsys
     assert cli.main(base + ["--prompts", str(lines)]) == 2     # no sampler with a seed above the output
     assert "cannot tell the sampler upstream of output node save" in capsys.readouterr().err
     assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+def test_the_report_command_rewrites_report_and_parquet_from_the_store(tmp_path, capsys):
+    pytest.importorskip("pyarrow")
+    from steering_eval import cli
+
+    with results.ResultStore(str(tmp_path / "results.sqlite")) as store:
+        for config, flags in (("base", (True, True, False)), ("steered", (False, True, False))):
+            store.register_config(config, config, {})
+            store.add([row(config, f"p{i}", i, unsafe=f) for i, f in enumerate(flags)])
+    assert cli.main(["report", "--out", str(tmp_path), "--compare", "base", "steered"]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "Turned safe (base unsafe, steered safe): 1; turned unsafe: 0." in text
+    assert (tmp_path / "results.parquet").stat().st_size > 0
+    assert cli.main(["report", "--out", str(tmp_path), "--compare", "base", "other"]) == 2
+    assert "no rows for 'other'" in capsys.readouterr().err
