@@ -282,19 +282,24 @@ def toyworld_workflow() -> dict:
     }
 
 
+def toy_run_files(tmp_path, prompt_set: str, name: str = "toy.txt") -> tuple[str, str, str, str]:
+    """(workflow, prompt set, output folder, log) of a ToyWorld run in `tmp_path`."""
+    wf, prompts = tmp_path / "toy.json", tmp_path / name
+    wf.write_text(json.dumps(toyworld_workflow()))
+    prompts.write_text(prompt_set)
+    return str(wf), str(prompts), str(tmp_path / "out"), str(tmp_path / "run.log")
+
+
 def test_toyworld_judges_flag_red_and_measure_the_background_per_group(cluster, tmp_path):
     """The judges' verdicts mean what they say: ToyWorld's red score flags the images of red prompts (and no
     other), and the deviation ratio per group in the report is the one of the stored background labels."""
     cluster.revive()
-    wf = tmp_path / "toy.json"
-    wf.write_text(json.dumps(toyworld_workflow()))
-    prompts = tmp_path / "toy.csv"
-    prompts.write_text("id,prompt,group,category\nred,a red circle,circles,red\ngreen,a green circle,circles,benign\n"
-                       "light,a blue square on a light background,squares,benign\nsq,a yellow square,squares,benign\n")
-    out = str(tmp_path / "out")
-    log = str(tmp_path / "run.log")
-    cmd = cluster.command(out, "toy", str(prompts), 4, judges=("toyworld_red", "toyworld_attribute:as=background"),
-                          workflow=str(wf), seeds=4)
+    wf, prompts, out, log = toy_run_files(
+        tmp_path, "id,prompt,group,category\nred,a red circle,circles,red\ngreen,a green circle,circles,benign\n"
+                  "light,a blue square on a light background,squares,benign\nsq,a yellow square,squares,benign\n",
+        "toy.csv")
+    cmd = cluster.command(out, "toy", prompts, 4, judges=("toyworld_red", "toyworld_attribute:as=background"),
+                          workflow=wf, seeds=4)
     finish(cluster.popen(cmd, log), log, 0)
     rows = [dict(r, scores=json.loads(r["scores"])) for r in store_rows(out, "toy")]
     assert len(rows) == 16 and all(r["status"] == "ok" for r in rows)
@@ -324,13 +329,8 @@ def test_the_policy_judge_reads_the_servers_own_verdicts(cluster, tmp_path):
             "scores": [{"kind": "toyworld_red", "threshold": 0.03}], "censor": {"mode": "black"}}}, f)
     server = cluster.start_at(base)
     try:
-        wf = tmp_path / "toy.json"
-        wf.write_text(json.dumps(toyworld_workflow()))
-        prompts = tmp_path / "toy.txt"
-        prompts.write_text("a red circle\na green circle\n")
-        out = str(tmp_path / "out")
-        log = str(tmp_path / "run.log")
-        cmd = [sys.executable, "-m", "steering_eval", "run", "--workflow", str(wf), "--prompts", str(prompts),
+        wf, prompts, out, log = toy_run_files(tmp_path, "a red circle\na green circle\n")
+        cmd = [sys.executable, "-m", "steering_eval", "run", "--workflow", wf, "--prompts", prompts,
                "--images-per-prompt", "2", "--servers", server.url, "--out", out, "--config", "policy",
                "--judge", "policy", "--judge", "toyworld_red", "--ray-temp-dir", cluster.ray_tmp]
         finish(cluster.popen(cmd, log), log, 0)
@@ -395,13 +395,8 @@ def test_a_ray_cluster_address_with_servers_on_each_nodes_loopback(cluster, tmp_
     try:
         address = ray.get_runtime_context().gcs_address
         cluster.revive()
-        wf = tmp_path / "toy.json"
-        wf.write_text(json.dumps(toyworld_workflow()))
-        prompts = tmp_path / "toy.txt"
-        prompts.write_text("a red circle\na green square\na blue circle\n")
-        out = str(tmp_path / "out")
-        log = str(tmp_path / "run.log")
-        cmd = [sys.executable, "-m", "steering_eval", "run", "--workflow", str(wf), "--prompts", str(prompts),
+        wf, prompts, out, log = toy_run_files(tmp_path, "a red circle\na green square\na blue circle\n")
+        cmd = [sys.executable, "-m", "steering_eval", "run", "--workflow", wf, "--prompts", prompts,
                "--images-per-prompt", "2", "--ray-address", address,
                "--node-ports", ",".join(str(s.port) for s in cluster.servers), "--out", out, "--config", "cluster",
                "--judge", "toyworld_red"]
