@@ -18,7 +18,9 @@ Design:
   - the server hangs (it accepts connections but none of its tasks finishes for ``hang_timeout``
     seconds, e.g. SIGSTOP): the same as dead. Should it wake up, its late results are never read
     (its actor is gone), and the store's keys make a duplicate impossible anyway.
-  When no server is left, ``NoServerLeft`` is raised; what finished is stored, and a re-run resumes.
+  A task whose server was lost ``max_attempts`` times (3) is recorded as an error rather than tried again,
+  so one prompt that crashes or hangs servers cannot take them all down. When no server is left,
+  ``NoServerLeft`` is raised; what finished is stored, and a re-run resumes.
 * Placement: with explicit server URLs every actor runs on the head's Ray node (they only do
   HTTP); with a cluster and ``node_ports``, one actor per (alive node, port) is pinned to its node
   and talks to the server on that node's loopback, so servers need not listen on the network.
@@ -37,6 +39,7 @@ from .judging import Judge, JudgeError, read_verdicts
 from .prompt_sets import Task
 from .workflow import Marks, fill
 
+MAX_ATTEMPTS = 3    # servers lost while running one task before it is recorded as an error
 INSTALL_HINT = 'pip install "ray==2.60.0" "pyarrow==26.0.1"   (or: pip install "responsible-steering[eval]")'
 
 
@@ -153,26 +156,43 @@ class RunSummary:
 class Scheduler:
     """Runs tasks over server actors (see the module's docstring)."""
 
-    def __init__(self, slots: list[ServerSlot], depth: int, hang_timeout: float, poll_s: float = 0.1):
+    def __init__(self, slots: list[ServerSlot], depth: int, hang_timeout: float, poll_s: float = 0.1,
+                 max_attempts: int = MAX_ATTEMPTS):
         if not slots:
             raise SchedulerError("no ComfyUI servers to schedule on")
         if depth < 1 or hang_timeout <= 0:
             raise SchedulerError(f"depth must be >= 1 and the timeout > 0; got {depth} and {hang_timeout}")
         self.ray = require_ray()
         self.slots, self.depth, self.hang_timeout, self.poll_s = slots, depth, hang_timeout, poll_s
+        self.max_attempts = max_attempts
         self.summary = RunSummary()
+        self.attempts: collections.Counter = collections.Counter()    # task key -> servers lost running it
 
     def alive(self) -> list[ServerSlot]:
         return [s for s in self.slots if s.alive]
 
+    def requeue(self, task: Task, slot: ServerSlot, pending: collections.deque,
+                on_result: Callable[[Task, TaskOutcome], None]) -> None:
+        """Back to the front of the queue; after `max_attempts` servers were lost while holding it, the task is
+        recorded as an error instead (a prompt that kills or hangs every server must not take the cluster)."""
+        self.attempts[task.key] += 1
+        if self.attempts[task.key] >= self.max_attempts:
+            self.summary.completed += 1
+            self.summary.errors += 1
+            on_result(task, TaskOutcome(task.item.prompt_id, task.seed, slot.label, "error",
+                                        error=f"{self.attempts[task.key]} servers were lost while running it "
+                                              f"(last: {slot.reason})"))
+        else:
+            pending.appendleft(task)
+            self.summary.requeued += 1
+
     def fail(self, slot: ServerSlot, reason: str, pending: collections.deque, owner: dict,
-             summary: RunSummary) -> None:
+             on_result: Callable[[Task, TaskOutcome], None]) -> None:
         slot.alive, slot.reason = False, reason
-        summary.dead[slot.label] = reason
+        self.summary.dead[slot.label] = reason
         for ref, task in list(slot.inflight.items()):
             owner.pop(ref, None)
-            pending.appendleft(task)
-            summary.requeued += 1
+            self.requeue(task, slot, pending, on_result)
         slot.inflight.clear()
         try:
             self.ray.kill(slot.actor, no_restart=True)
@@ -210,9 +230,8 @@ class Scheduler:
                 try:
                     outcome = ray.get(ref)
                 except (ServerUnavailable, ray.exceptions.RayActorError) as e:
-                    pending.appendleft(task)
-                    summary.requeued += 1
-                    self.fail(slot, short_reason(e), pending, owner, summary)
+                    slot.inflight[ref] = task            # fail() re-queues it with the others
+                    self.fail(slot, short_reason(e), pending, owner, on_result)
                     on_event(f"server {slot.label} is down ({slot.reason}); its tasks are re-queued")
                     continue
                 except ray.exceptions.RayTaskError as e:   # a bug in the worker: record it for this task
@@ -227,7 +246,7 @@ class Scheduler:
             for slot in self.alive():
                 if slot.inflight and now - slot.last_progress > self.hang_timeout:
                     self.fail(slot, f"no prompt finished for {self.hang_timeout:.0f} s (hung)", pending, owner,
-                              summary)
+                              on_result)
                     on_event(f"server {slot.label} is hung; its tasks are re-queued")
         summary.elapsed_s = time.monotonic() - start
         return summary

@@ -414,3 +414,45 @@ def test_a_ray_cluster_address_with_servers_on_each_nodes_loopback(cluster, tmp_
     assert sorted((r["prompt_id"], r["seed"]) for r in rows) == [(f"line-{n}", k) for n in (1, 2, 3) for k in (0, 1)]
     assert {r["server"].rpartition(":")[2] for r in rows} == {str(s.port) for s in cluster.servers}
     assert all(json.loads(r["scores"])["toyworld_red_unsafe"] == (r["prompt_id"] == "line-1") for r in rows)
+
+
+@pytest.fixture
+def local_ray(tmp_path, monkeypatch):
+    """Ray in this process (its token and temp files under tmp; environment and HOME put back after)."""
+    import ray
+
+    saved_env = dict(os.environ)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    ray_tmp = tempfile.mkdtemp(prefix="rs-ray-t-")
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, _temp_dir=ray_tmp)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        os.environ.clear()
+        os.environ.update(saved_env)
+        import shutil
+
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_a_task_that_loses_its_servers_is_recorded_as_an_error_after_max_attempts(local_ray):
+    """Servers that never answer (nothing listens on their ports): each attempt loses the server it ran on;
+    after max_attempts the task is an error row, and the servers it never reached are still in the run."""
+    from devtools.server import free_port
+    from steering_eval import prompt_sets, workflow
+    from steering_eval.scheduler import Scheduler, ServerSlot, ServerWorker, task_spec
+
+    template = tiny_sd1_workflow("tiny.safetensors")
+    marks = workflow.find_marks(template)
+    remote = local_ray.remote(num_cpus=0, max_concurrency=2)(ServerWorker)
+    slots = [ServerSlot(f"dead-{i}", remote.remote(f"http://127.0.0.1:{free_port()}", template, marks, [], 30))
+             for i in range(4)]
+    scheduler = Scheduler(slots, depth=1, hang_timeout=60, max_attempts=2)
+    task = prompt_sets.make_tasks((prompt_sets.PromptItem("p", "a cat"),), 1)[0]
+    outcomes = []
+    summary = scheduler.run([task], lambda t: task_spec(t, "c"), lambda t, o: outcomes.append((t.key, o)))
+    assert [(key, o.status) for key, o in outcomes] == [(("p", 0), "error")]
+    assert "2 servers were lost while running it" in outcomes[0][1].error
+    assert (summary.completed, summary.errors, summary.requeued, len(summary.dead)) == (1, 1, 1, 2)
+    assert len(scheduler.alive()) == 2
