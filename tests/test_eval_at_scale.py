@@ -383,46 +383,14 @@ def test_a_ui_workflow_base_vs_steered_on_the_same_seeds(cluster, tmp_path):
     assert "## base vs steered (same seeds)" in report and "2 images present in both without error" in report
 
 
-def test_a_ray_cluster_address_with_servers_on_each_nodes_loopback(cluster, tmp_path, monkeypatch):
-    """The scale-out form: `--ray-address` of a running Ray cluster (one started here, in this process) and
-    `--node-ports`: one actor per (node, port), pinned to its node, talking to the server on its loopback."""
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    """One Ray instance in this process for the module (a second ray.init after a shutdown in one process is not
+    reliable); its token and temp files under tmp; the environment (HOME included) put back after."""
     import ray
 
     saved_env = dict(os.environ)
-    monkeypatch.setenv("HOME", cluster.env["HOME"])          # the cluster's auth token, shared with the command
-    ray_tmp = tempfile.mkdtemp(prefix="rs-ray-head-")
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, _temp_dir=ray_tmp)
-    try:
-        address = ray.get_runtime_context().gcs_address
-        cluster.revive()
-        wf, prompts, out, log = toy_run_files(tmp_path, "a red circle\na green square\na blue circle\n")
-        cmd = [sys.executable, "-m", "steering_eval", "run", "--workflow", wf, "--prompts", prompts,
-               "--images-per-prompt", "2", "--ray-address", address,
-               "--node-ports", ",".join(str(s.port) for s in cluster.servers), "--out", out, "--config", "cluster",
-               "--judge", "toyworld_red"]
-        env = {**cluster.env, "RAY_AUTH_MODE": "token"}   # how a client joins a cluster with token auth
-        finish(subprocess.Popen(cmd, cwd=comfy_env.REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT),
-               log, 0)
-    finally:
-        ray.shutdown()
-        os.environ.clear()
-        os.environ.update(saved_env)
-        import shutil
-
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    rows = store_rows(out, "cluster")
-    assert sorted((r["prompt_id"], r["seed"]) for r in rows) == [(f"line-{n}", k) for n in (1, 2, 3) for k in (0, 1)]
-    assert {r["server"].rpartition(":")[2] for r in rows} == {str(s.port) for s in cluster.servers}
-    assert all(json.loads(r["scores"])["toyworld_red_unsafe"] == (r["prompt_id"] == "line-1") for r in rows)
-
-
-@pytest.fixture
-def local_ray(tmp_path, monkeypatch):
-    """Ray in this process (its token and temp files under tmp; environment and HOME put back after)."""
-    import ray
-
-    saved_env = dict(os.environ)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    os.environ["HOME"] = str(tmp_path_factory.mktemp("ray-home"))
     ray_tmp = tempfile.mkdtemp(prefix="rs-ray-t-")
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, _temp_dir=ray_tmp)
     try:
@@ -434,6 +402,26 @@ def local_ray(tmp_path, monkeypatch):
         import shutil
 
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_a_ray_cluster_address_with_servers_on_each_nodes_loopback(cluster, local_ray, tmp_path):
+    """The scale-out form: `--ray-address` of a running Ray cluster (one started here, in this process) and
+    `--node-ports`: one actor per (node, port), pinned to its node, talking to the server on its loopback."""
+    address = local_ray.get_runtime_context().gcs_address
+    cluster.revive()
+    wf, prompts, out, log = toy_run_files(tmp_path, "a red circle\na green square\na blue circle\n")
+    cmd = [sys.executable, "-m", "steering_eval", "run", "--workflow", wf, "--prompts", prompts,
+           "--images-per-prompt", "2", "--ray-address", address,
+           "--node-ports", ",".join(str(s.port) for s in cluster.servers), "--out", out, "--config", "cluster",
+           "--judge", "toyworld_red"]
+    # how a client joins a cluster with token auth: its token (under this HOME) and the mode
+    env = {**cluster.env, "HOME": os.environ["HOME"], "RAY_AUTH_MODE": "token"}
+    finish(subprocess.Popen(cmd, cwd=comfy_env.REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT),
+           log, 0)
+    rows = store_rows(out, "cluster")
+    assert sorted((r["prompt_id"], r["seed"]) for r in rows) == [(f"line-{n}", k) for n in (1, 2, 3) for k in (0, 1)]
+    assert {r["server"].rpartition(":")[2] for r in rows} == {str(s.port) for s in cluster.servers}
+    assert all(json.loads(r["scores"])["toyworld_red_unsafe"] == (r["prompt_id"] == "line-1") for r in rows)
 
 
 def test_a_task_that_loses_its_servers_is_recorded_as_an_error_after_max_attempts(local_ray):
