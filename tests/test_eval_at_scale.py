@@ -392,8 +392,8 @@ def local_ray(tmp_path_factory):
     saved_env = dict(os.environ)
     os.environ["HOME"] = str(tmp_path_factory.mktemp("ray-home"))
     ray_tmp = tempfile.mkdtemp(prefix="rs-ray-t-")
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, _temp_dir=ray_tmp)
     try:
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, _temp_dir=ray_tmp)
         yield ray
     finally:
         ray.shutdown()
