@@ -105,14 +105,6 @@ class ComfyClient:
         except urllib.error.HTTPError as e:
             raise PromptFailed(f"image {ref.get('filename')} not served ({e.code})") from None
 
-    def forget(self, prompt_id: str) -> None:
-        """Best effort: drop the prompt from the server's queue and its history entry."""
-        for path, data in (("/queue", {"delete": [prompt_id]}), ("/history", {"delete": [prompt_id]})):
-            try:
-                self.request(path, data)
-            except (ServerUnavailable, urllib.error.HTTPError):
-                pass
-
 
 def error_message(status: dict) -> str:
     for kind, data in status.get("messages", []):
