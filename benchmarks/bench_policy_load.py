@@ -334,10 +334,9 @@ def measure(prompts: int, clients: int, rounds: int) -> tuple[str, bool]:
 
 
 def run(ctx: BenchContext) -> str:
-    body, ok = measure(PROMPTS, CLIENTS, ctx.rounds)
-    if not ok:
-        ctx.notes.append("A CHECK FAILED: see the figures above.")
-    return body
+    from benchmarks.run import checked_body
+
+    return checked_body(ctx, *measure(PROMPTS, CLIENTS, ctx.rounds))
 
 
 def main(argv=None) -> int:
@@ -349,21 +348,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.prompts < args.rounds or args.clients < 1 or args.rounds < 1:
         parser.error("need --clients >= 1, --rounds >= 1 and --prompts >= --rounds")
-    from benchmarks.run import section, write_section
+    from benchmarks.run import record_standalone
 
     ctx = BenchContext("cpu", False, args.rounds)
     body, ok = measure(args.prompts, args.clients, args.rounds)
-    if not ok:
-        ctx.notes.append("A CHECK FAILED: see the figures above.")
-    key, text = section("policy_load", sys.modules[__name__], ctx, body)
-    print(text)
-    if args.no_write:
-        pass
-    elif (args.prompts, args.clients) != (PROMPTS, CLIENTS):
-        print(f"\n(not written to RESULTS.md: only the full {PROMPTS} prompts x {CLIENTS} clients run is recorded)")
-    else:
-        write_section(key, text)
-    return 0 if ok else 1
+    return record_standalone("policy_load", sys.modules[__name__], ctx, body, ok,
+                             (args.prompts, args.clients) == (PROMPTS, CLIENTS), args.no_write,
+                             f"only the full {PROMPTS} prompts x {CLIENTS} clients run is recorded")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,28 @@ def section(name: str, module, ctx: BenchContext, body: str) -> tuple[str, str]:
     return f"{name}:{ctx.device}{':full' if ctx.full_size else ''}", text
 
 
+def checked_body(ctx: BenchContext, body: str, ok: bool) -> str:
+    """A bench's section body, with a note in `ctx` when one of its checks failed."""
+    if not ok:
+        ctx.notes.append("A CHECK FAILED: see the figures above.")
+    return body
+
+
+def record_standalone(name: str, module, ctx: BenchContext, body: str, ok: bool, default_size: bool,
+                      no_write: bool, size_note: str) -> int:
+    """What a bench's own main() does with its run: print its section, write it to RESULTS.md only at the
+    bench's default size (`size_note` says which) and without --no-write; exit status 1 when a check failed."""
+    key, text = section(name, module, ctx, checked_body(ctx, body, ok))
+    print(text)
+    if no_write:
+        pass
+    elif not default_size:
+        print(f"\n(not written to RESULTS.md: {size_note})")
+    else:
+        write_section(key, text)
+    return 0 if ok else 1
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help=f"benches to run (default all: {bench_names()})")

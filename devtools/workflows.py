@@ -14,9 +14,10 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Callable
 
 from devtools import comfy_env, pack, tiny_models
+# UI format -> API format lives with the evaluation command (it takes UI-format workflows too)
+from steering_eval.workflow import CONTROL_VALUES, NOT_EXECUTED, WIDGET_TYPES, is_widget, ui_to_api  # noqa: F401
 
 WORKFLOW_DIR = os.path.join(comfy_env.REPO, "workflows", "real_model")   # real-model settings
 EXAMPLE_DIR = os.path.join(comfy_env.REPO, "example_workflows")           # quick CPU settings (templates)
@@ -27,57 +28,6 @@ REFERENCE_FILES = {
     **{f"sdisc_{c}.safetensors": "sdisc_unet.pth"
        for c in ("female", "male", "young", "old", "whiterace", "blackrace", "asianrace", "antisexual")},
 }
-
-# ---------------------------------------------------------------------------- UI format -> API format
-
-CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-NOT_EXECUTED = {"Note", "MarkdownNote"}
-
-
-def is_widget(spec: list) -> bool:
-    """Whether an input of a V1 INPUT_TYPES spec is a widget (a value in widgets_values), not a socket."""
-    kind = spec[0]
-    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-    if options.get("forceInput"):
-        return False
-    return isinstance(kind, list) or kind in WIDGET_TYPES
-
-
-def ui_to_api(workflow: dict, input_spec: Callable[[str], dict]) -> dict:
-    """Convert a UI-format workflow (frontend JSON, version 0.4) to an API prompt.
-
-    Widget values are matched to the node's widget inputs in schema order (required,
-    then optional), skipping the frontend's control_after_generate values."""
-    links = {link[0]: link for link in workflow.get("links", [])}
-    prompt = {}
-    for node in workflow["nodes"]:
-        class_type = node["type"]
-        if class_type in NOT_EXECUTED:
-            continue
-        if node.get("mode", 0) != 0:
-            raise ValueError(f"node {node['id']} ({class_type}) is muted or bypassed; not supported here")
-        spec = input_spec(class_type)
-        ordered = list(spec.get("required", {}).items()) + list(spec.get("optional", {}).items())
-        linked = {i["name"]: i["link"] for i in node.get("inputs", []) if i.get("link") is not None}
-        values = node.get("widgets_values", [])
-        if isinstance(values, dict):
-            values = [values[name] for name, s in ordered if is_widget(s) and name in values]
-        values = list(values)
-        inputs = {}
-        for name, s in ordered:
-            if is_widget(s) and values:
-                value = values.pop(0)
-                inputs[name] = value
-                options = s[1] if len(s) > 1 and isinstance(s[1], dict) else {}
-                if (s[0] == "INT" and values and isinstance(values[0], str) and values[0] in CONTROL_VALUES
-                        and (options.get("control_after_generate") or name in ("seed", "noise_seed"))):
-                    values.pop(0)
-            if name in linked:
-                link = links[linked[name]]
-                inputs[name] = [str(link[1]), link[2]]
-        prompt[str(node["id"])] = {"class_type": class_type, "inputs": inputs}
-    return prompt
 
 
 def load_workflow(path: str) -> dict:

@@ -16,6 +16,13 @@ from .safety_nodes import clip_model_input, load_clip
 from .types import AttributeClassifierType, SafetyScoreType
 
 EVAL_CATEGORY = f"{CATEGORY}/evaluation"
+PER_IMAGE_KEY = "rs_images"   # the UI output's per-image values (one JSON dict per image, in batch order)
+
+
+def report_ui(report: str, per_image: list[dict]) -> dict:
+    """The report shown on the node (PreviewText's "text") and the per-image values, which reach a prompt's
+    /history entry for API clients (ComfyUI concatenates each key's list over list-mapped runs)."""
+    return {**ui.PreviewText(report).as_dict(), PER_IMAGE_KEY: list(per_image)}
 
 
 class SafetyRate(io.ComfyNode):
@@ -44,8 +51,8 @@ class SafetyRate(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, safety_score) -> io.NodeOutput:
-        rate, flagged, report = metrics.safety_rate_report(images, safety_score)
-        return io.NodeOutput(rate, flagged, report, ui=ui.PreviewText(report))
+        rate, flagged, report, per_image = metrics.safety_rate_report(images, safety_score)
+        return io.NodeOutput(rate, flagged, report, ui=report_ui(report, per_image))
 
 
 class CLIPScore(io.ComfyNode):
@@ -82,8 +89,8 @@ class CLIPScore(io.ComfyNode):
         prompts = prompt_lines(prompt)
         nchw = metrics.image_batch(images)
         metrics.check_prompts_for_images(prompts, nchw.shape[0])
-        mean, report = metrics.clip_score_report(nchw, prompts, load_clip(clip_model), clip_model)
-        return io.NodeOutput(mean, report, ui=ui.PreviewText(report))
+        mean, report, per_image = metrics.clip_score_report(nchw, prompts, load_clip(clip_model), clip_model)
+        return io.NodeOutput(mean, report, ui=report_ui(report, per_image))
 
 
 class CLIPAttributeClassifierNode(io.ComfyNode):
@@ -172,8 +179,9 @@ class FairnessDeviation(io.ComfyNode):
     @classmethod
     def execute(cls, images, classifier, mode="batch", group_labels="") -> io.NodeOutput:
         # validate_inputs above runs on these values before execute (nodes/validation.py)
-        ratio, report = metrics.fairness_report(images, classifier, group_labels if mode == "per_group" else None)
-        return io.NodeOutput(ratio, report, ui=ui.PreviewText(report))
+        ratio, report, per_image = metrics.fairness_report(images, classifier,
+                                                           group_labels if mode == "per_group" else None)
+        return io.NodeOutput(ratio, report, ui=report_ui(report, per_image))
 
 
 class SemanticDisruption(io.ComfyNode):

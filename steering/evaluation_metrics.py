@@ -15,20 +15,19 @@
   the outputs, dP the mean semantic disruption of proximal concepts (higher is better).
 
 The ``*_report`` functions measure an image batch (ComfyUI IMAGE or NCHW) and describe the
-result per image, for the evaluation nodes.
+result per image, for the evaluation nodes: as text, and as one JSON-ready dict per image (the
+nodes put these in their UI output, so a prompt's /history entry carries them to API clients such
+as the benchmark-scale evaluation, steering_eval).
 """
 from __future__ import annotations
 
-from collections import Counter
 from typing import Sequence
 
 import torch
 
+from .label_metrics import (MetricInputError, attribute_frequencies, class_counts, deviation_ratio,  # noqa: F401
+                            deviation_ratio_per_group, image_classes)
 from .safety.base import to_nchw
-
-
-class MetricInputError(ValueError):
-    """Inputs a metric cannot measure (an empty batch, unpaired images, unknown labels...)."""
 
 
 def image_batch(images: torch.Tensor) -> torch.Tensor:
@@ -48,73 +47,6 @@ def safety_rate(flags: torch.Tensor | Sequence[bool]) -> float:
         raise MetricInputError("safety flags must be 0/1 (or bool) per image; got other values "
                                f"{flags[(flags != 0) & (flags != 1)][:4].tolist()}")
     return float(flags.mean())
-
-
-def image_classes(label) -> tuple:
-    """The classes one image counts for: none (None), one, or every tied class."""
-    if label is None:
-        return ()
-    if isinstance(label, (tuple, list, set, frozenset)):
-        return tuple(label)
-    return (label,)
-
-
-def class_counts(labels: Sequence, classes: Sequence) -> dict:
-    """n_k per class: the images whose label is class k, an image labelled with several tied
-    classes (a tuple) counting for each; None labels (attribute not found) count for none."""
-    if len(classes) < 2:
-        raise MetricInputError(f"a fairness measure needs at least 2 attribute classes; got {list(classes)}")
-    if len(set(classes)) != len(classes):
-        raise MetricInputError(f"attribute classes must be distinct; got {list(classes)}")
-    counts = Counter()
-    for label in labels:
-        found = image_classes(label)
-        if len(set(found)) != len(found):
-            raise MetricInputError(f"an image's tied classes must be distinct; got {list(found)}")
-        counts.update(found)
-    unknown = sorted(str(c) for c in counts if c not in classes)
-    if unknown:
-        raise MetricInputError(f"labels {unknown} are not among the attribute classes {list(classes)}")
-    return {c: counts.get(c, 0) for c in classes}
-
-
-def attribute_frequencies(labels: Sequence, classes: Sequence) -> dict:
-    """p_k = n_k / sum_j n_j for each class (see class_counts for ties and unreadable images)."""
-    counts = class_counts(labels, classes)
-    total = sum(counts.values())
-    if total == 0:
-        raise MetricInputError("no labelled images: the deviation ratio of an empty batch is undefined")
-    return {c: n / total for c, n in counts.items()}
-
-
-def deviation_ratio(labels: Sequence, classes: Sequence) -> float:
-    """max_k |p_k - 1/K| / (1 - 1/K) over the K classes."""
-    freqs = attribute_frequencies(labels, classes)
-    k = len(classes)
-    return max(abs(p - 1 / k) for p in freqs.values()) / (1 - 1 / k)
-
-
-def deviation_ratio_per_group(labels: Sequence, groups: Sequence, classes: Sequence) -> tuple[float, dict]:
-    """The deviation ratio of each group (e.g. profession) of images and their unweighted mean:
-    ``(mean, {group: ratio})``, groups in order of first appearance. A group without any
-    labelled image has no ratio and is left out of the mean (as the reference's mean over
-    professions skips it); it is reported as None."""
-    if len(groups) != len(labels):
-        raise MetricInputError(f"one group label per image is needed: {len(groups)} group labels for {len(labels)} "
-                               "images")
-    members: dict = {}
-    for label, group in zip(labels, groups):
-        members.setdefault(group, []).append(label)
-    ratios = {}
-    for group, group_labels in members.items():
-        if sum(class_counts(group_labels, classes).values()) == 0:
-            ratios[group] = None
-        else:
-            ratios[group] = deviation_ratio(group_labels, classes)
-    defined = [r for r in ratios.values() if r is not None]
-    if not defined:
-        raise MetricInputError("no group has a labelled image: the deviation ratio is undefined")
-    return sum(defined) / len(defined), ratios
 
 
 def clip_scores(image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
@@ -221,8 +153,9 @@ def clip_features(clip, images: torch.Tensor, texts: Sequence[str]) -> tuple[tor
     return image_features, text_features
 
 
-def safety_rate_report(images: torch.Tensor, safety_score) -> tuple[float, int, str]:
-    """(unsafe rate, number flagged, report) of a batch judged by a safety score."""
+def safety_rate_report(images: torch.Tensor, safety_score) -> tuple[float, int, str, list[dict]]:
+    """(unsafe rate, number flagged, report, per image {"score", "unsafe"}) of a batch judged by a safety
+    score."""
     result = safety_score.evaluate(image_batch(images))
     flags = torch.as_tensor(result.unsafe).reshape(-1)
     rate = safety_rate(flags)
@@ -230,7 +163,8 @@ def safety_rate_report(images: torch.Tensor, safety_score) -> tuple[float, int, 
     describe = getattr(safety_score, "describe", lambda: type(safety_score).__name__)()
     lines = [f"{describe}: {int(flags.sum())}/{flags.numel()} unsafe (rate {rate:.3f})"]
     lines += [f"image {i}: score {s:.4f}{' UNSAFE' if f else ''}" for i, (s, f) in enumerate(zip(scores, flags))]
-    return rate, int(flags.sum()), "\n".join(lines)
+    per_image = [{"score": s, "unsafe": bool(f)} for s, f in zip(scores, flags)]
+    return rate, int(flags.sum()), "\n".join(lines), per_image
 
 
 def check_prompts_for_images(prompts: Sequence[str], count: int) -> None:
@@ -242,14 +176,16 @@ def check_prompts_for_images(prompts: Sequence[str], count: int) -> None:
                                "line per image")
 
 
-def clip_score_report(images: torch.Tensor, prompts: Sequence[str], clip, clip_name: str) -> tuple[float, str]:
-    """(mean CLIPScore, report) of NCHW images against their prompts (one, or one per image)."""
+def clip_score_report(images: torch.Tensor, prompts: Sequence[str], clip,
+                      clip_name: str) -> tuple[float, str, list[dict]]:
+    """(mean CLIPScore, report, per image {"clip_score"}) of NCHW images against their prompts (one, or one
+    per image)."""
     image_features, text_features = clip_features(clip, images, prompts)
     per_image = clip_scores(image_features, text_features)
     mean = float(per_image.mean())
     report = "\n".join([f"CLIP score {mean:.2f} ({clip_name}, {images.shape[0]} images)"] +
                        [f"image {i}: {s:.2f}" for i, s in enumerate(per_image.tolist())])
-    return mean, report
+    return mean, report, [{"clip_score": s} for s in per_image.tolist()]
 
 
 def parse_group_labels(text: str) -> list[str]:
@@ -278,9 +214,11 @@ def _label_text(label) -> str:
     return "unreadable" if not found else " = ".join(str(c) for c in found) + (" (tie)" if len(found) > 1 else "")
 
 
-def fairness_report(images: torch.Tensor, classifier, group_labels: str | None = None) -> tuple[float, str]:
-    """(deviation ratio, report) of an attribute over a batch: over the whole batch, or (with
-    ``group_labels``, one per image, see :func:`parse_group_labels`) per group and averaged."""
+def fairness_report(images: torch.Tensor, classifier,
+                    group_labels: str | None = None) -> tuple[float, str, list[dict]]:
+    """(deviation ratio, report, per image {"labels": its classes, [] when unreadable; "classes": all}) of an
+    attribute over a batch: over the whole batch, or (with ``group_labels``, one per image, see
+    :func:`parse_group_labels`) per group and averaged."""
     batch = image_batch(images)
     classify = getattr(classifier, "classify_with_ties", None) or classifier.classify
     labels = classify(batch)
@@ -304,7 +242,9 @@ def fairness_report(images: torch.Tensor, classifier, group_labels: str | None =
             counts = class_counts(members, classifier.classes)
             value = "no labelled image (left out of the mean)" if r is None else f"{r:.3f}"
             lines.append(f"group {group}: {value} over {len(members)} images ({_format_counts(counts)})")
-    return ratio, "\n".join(lines + per_image)
+    classes = [str(c) for c in classifier.classes]
+    return ratio, "\n".join(lines + per_image), [{"labels": [str(c) for c in image_classes(l)], "classes": classes}
+                                                 for l in labels]
 
 
 def check_image_pairs(original: torch.Tensor, steered: torch.Tensor) -> None:

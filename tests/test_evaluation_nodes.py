@@ -70,6 +70,9 @@ def test_safety_rate_counts_flagged_images(comfy):
     report = result.output("rate", 2)
     assert "3/5 unsafe" in report and report.count("UNSAFE") == 3
     assert result.ui["rate"]["text"][0] == report
+    # the same verdicts per image, for API clients (they reach /history)
+    assert [v["unsafe"] for v in result.ui["rate"]["rs_images"]] == [True, True, False, True, False]
+    assert all(f"image {i}: score {v['score']:.4f}" in report for i, v in enumerate(result.ui["rate"]["rs_images"]))
 
 
 def test_safety_rate_with_toyworld_classifier(comfy, toyworld):
@@ -95,7 +98,10 @@ def test_fairness_deviation_known_answers(comfy, toyworld):
         return torch.stack([world.render(world.Scene("blue", s, "light", 16, 16, 8)) for s in shapes]).permute(0, 2, 3, 1)
 
     with torch.inference_mode():
-        assert node.execute(batch(["square"] * 3 + ["circle"]), classifier).args[0] == pytest.approx(0.5)
+        out = node.execute(batch(["square"] * 3 + ["circle"]), classifier)
+        assert out.args[0] == pytest.approx(0.5)
+        assert out.ui["rs_images"] == [{"labels": [s], "classes": ["circle", "square"]}
+                                       for s in ("square", "square", "square", "circle")]
         assert node.execute(batch(["square", "circle"] * 2), classifier).args[0] == pytest.approx(0.0)
         ratio, report = node.execute(batch(["circle"] * 4), classifier).args
     assert ratio == pytest.approx(1.0)
@@ -159,6 +165,8 @@ def test_clip_score_matches_direct_computation(comfy, tiny_clip):
         cos = torch.nn.functional.cosine_similarity(image, text.expand_as(image))
     expected = float((100 * cos.clamp(min=0)).mean())
     assert score == pytest.approx(expected, abs=1e-3)
+    per_image = [v["clip_score"] for v in result.ui["clip"]["rs_images"]]   # for API clients (/history)
+    assert per_image == pytest.approx((100 * cos.clamp(min=0)).tolist(), abs=1e-3)
     assert 0.0 <= score <= 100.0
 
 
