@@ -346,10 +346,12 @@ def test_the_policy_judge_reads_the_servers_own_verdicts(cluster, tmp_path):
             assert (int(np.asarray(im.convert("RGB")).max()) == 0) == red
 
 
-def test_a_ui_workflow_base_vs_steered_on_the_same_seeds(cluster, tmp_path):
+def test_a_ui_workflow_base_vs_steered_on_the_same_seeds(comfy, cluster, tmp_path):
     """A committed template (UI format, converted with the server's node definitions) as two configurations:
     the embedding direction at strength 0 (unchanged generation) and at 1; the prompt goes into the text that
-    reaches the sampler through Apply Embedding Direction. Same seeds, so the report pairs every image."""
+    reaches the sampler through Apply Embedding Direction. Same seeds, so the report pairs every image.
+    (`comfy`: the reference import below runs the pack's code, which must be the copy ComfyUI loaded as
+    custom_nodes.responsible-steering; loaded on its own from the checkout it would take the folder's name.)"""
     import numpy as np
 
     from devtools import workflows
