@@ -102,3 +102,21 @@ def trajectory(model, positive, negative, seed: int = 7, steps: int = 6, size: i
                                     callback=lambda step, x0, x, total: steps_x0.append(x0.clone()),
                                     disable_pbar=True, seed=seed)
     return [float(s) for s in sigmas], steps_x0, final
+
+
+def embedding_derivatives(guider, x: torch.Tensor, timestep: torch.Tensor, model_options: dict, step: float,
+                          seed: int = 3) -> dict:
+    """An STG guider's d score / d embedding at x along one direction, from its gradient pass ("analytic"),
+    and the central finite difference of its score along the same direction ("numeric", step `step`), with
+    the gradient's norm and shape. The direction is half the gradient's (a float32 score needs a derivative
+    well above its rounding), half a seeded random one."""
+    embeds = guider.initial_state(x.shape[0]).embeds
+    grads = guider.embedding_gradient(x, timestep, model_options, embeds).grads
+    noise_dir = torch.randn(embeds[0].shape, generator=torch.Generator().manual_seed(seed))
+    direction = grads[0] / grads[0].norm() + noise_dir / noise_dir.norm()
+    direction = direction / direction.norm()
+    values = [guider.score_at(x, timestep, model_options, [embeds[0] + sign * step * direction]).score.sum()
+              for sign in (1, -1)]
+    return {"analytic": float((grads[0] * direction).sum()), "numeric": float((values[0] - values[1]) / (2 * step)),
+            "grad_norm": float(grads[0].norm()), "shape": tuple(grads[0].shape)}
+

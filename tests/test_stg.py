@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from devtools.session import PromptError
-from devtools.sd import keep, sd_graph
+from devtools.sd import embedding_derivatives, keep, sd_graph
 
 SIZE, STEPS = 64, 4
 
@@ -155,17 +155,7 @@ def test_gradient_matches_finite_differences(comfy, stg, decoders, safety, tiny)
     found = {}
 
     def probe(g, x, t, options):
-        embeds = g.initial_state(x.shape[0]).embeds
-        grads = g.embedding_gradient(x, t, options, embeds).grads
-        # half along the gradient (a float32 score needs a derivative well above its rounding), half random
-        noise_dir = torch.randn(embeds[0].shape, generator=torch.Generator().manual_seed(3))
-        direction = grads[0] / grads[0].norm() + noise_dir / noise_dir.norm()
-        direction = direction / direction.norm()
-        eps = 0.1
-        values = [g.score_at(x, t, options, [embeds[0] + sign * eps * direction]).score.sum() for sign in (1, -1)]
-        found["analytic"] = float((grads[0] * direction).sum())
-        found["numeric"] = float((values[0] - values[1]) / (2 * eps))
-        found["grad_norm"] = float(grads[0].norm())
+        found.update(embedding_derivatives(g, x, t, options, step=0.1))
 
     at_first_step(guider, probe)
     assert found["grad_norm"] > 0
