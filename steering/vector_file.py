@@ -462,7 +462,8 @@ def combine_vectors(weighted: Iterable[tuple[SteeringVector, float]], name: str 
     if first.kind == "embedding":
         # T5-style directions may differ in token count: rows a direction lacks leave their tokens as they are,
         # i.e. count as zero rows
-        tokens = max(v.embedding_direction().shape[0] for v, _ in items)
+        tokens = max((v.tensors.get("direction") if "direction" in v.tensors else v.tensors["direction_b"]).shape[0]
+                     for v, _ in items)
         if all("direction_b" in v.tensors for v, _ in items):
             tensors = {
                 "direction_b": torch.cat([w * _pad_rows(v.tensors["direction_b"], tokens) for v, w in items], dim=1),

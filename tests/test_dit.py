@@ -405,3 +405,13 @@ def test_example_workflow_runs_on_the_tiny_model_of_its_architecture(dit, path):
     result = dit.run(workflows.dit_profile(real, architecture))
     saved = [image for node in result.ui.values() for image in node.get("images", [])]
     assert saved and all(os.path.isfile(os.path.join(dit.output_dir, i["subfolder"], i["filename"])) for i in saved)
+
+
+def test_t5_directions_of_different_lengths_combine_with_their_pooled_parts(vf):
+    """Rows a shorter direction lacks count as zero (they leave their tokens as they are); pooled parts add up."""
+    short, long = flux_vector(vf, 10, seed=1, pooled=True), flux_vector(vf, 20, seed=2)
+    combined = vf.combine_vectors([(short, 2.0), (long, -1.0)])
+    expected = -long.tensors["direction"].clone()
+    expected[:10] += 2.0 * short.tensors["direction"]
+    torch.testing.assert_close(combined.embedding_direction(), expected)
+    torch.testing.assert_close(combined.pooled_direction(), 2.0 * short.tensors["pooled"])
