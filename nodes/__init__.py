@@ -13,9 +13,10 @@ import pkgutil
 
 from comfy_api.v0_0_2 import ComfyExtension, io
 
+from ..operator_policy.install import install as install_policy
 from ..toyworld.model import register_architecture as register_toyworld
+from . import paths
 from .paths import register_model_folders
-from .policy_server import install as install_policy
 from .validation import harden
 
 
@@ -36,5 +37,5 @@ class ResponsibleSteeringExtension(ComfyExtension):
 async def comfy_entrypoint() -> ComfyExtension:
     register_model_folders()
     register_toyworld()
-    install_policy()
+    install_policy(paths)
     return ResponsibleSteeringExtension()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
+from ..operator_policy.graph import IMAGE_TRANSFORM
 from ..steering.comparison import before_after_grid
 from .common import CATEGORY, schema
 
 
 class BeforeAfterGrid(io.ComfyNode):
+    POLICY_ROLE = IMAGE_TRANSFORM   # its image is made only from its two IMAGE inputs and labels
     @classmethod
     def define_schema(cls):
         return schema(

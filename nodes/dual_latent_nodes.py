@@ -133,6 +133,7 @@ class DualLatentGuider(io.ComfyNode):
 
 
 class DualLatentInputDetector(io.ComfyNode):
+    POLICY_CONCEPT_INPUTS = ("unsafe_concepts", "safe_concepts", "safe_suffix")   # concept lists, not prompts
     @classmethod
     def define_schema(cls):
         return schema(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io, ui
 
+from ..operator_policy.graph import MEASURING
 from ..steering import evaluation_metrics as metrics
 from ..steering.prompts import prompt_lines
 from .common import CATEGORY, schema
@@ -26,6 +27,7 @@ def report_ui(report: str, per_image: list[dict]) -> dict:
 
 
 class SafetyRate(io.ComfyNode):
+    POLICY_ROLE = MEASURING   # reads images as generated, releases statistics only (operator_policy/graph.py)
     @classmethod
     def define_schema(cls):
         return schema(
@@ -56,6 +58,7 @@ class SafetyRate(io.ComfyNode):
 
 
 class CLIPScore(io.ComfyNode):
+    POLICY_ROLE = MEASURING   # reads images as generated, releases statistics only (operator_policy/graph.py)
     @classmethod
     def define_schema(cls):
         return schema(
@@ -131,6 +134,7 @@ FAIRNESS_MODES = ("batch", "per_group")
 
 
 class FairnessDeviation(io.ComfyNode):
+    POLICY_ROLE = MEASURING   # reads images as generated, releases statistics only (operator_policy/graph.py)
     @classmethod
     def define_schema(cls):
         return schema(
@@ -185,6 +189,7 @@ class FairnessDeviation(io.ComfyNode):
 
 
 class SemanticDisruption(io.ComfyNode):
+    POLICY_ROLE = MEASURING   # reads images as generated, releases statistics only (operator_policy/graph.py)
     @classmethod
     def define_schema(cls):
         return schema(
@@ -220,6 +225,7 @@ class SemanticDisruption(io.ComfyNode):
 
 
 class SaDiIndex(io.ComfyNode):
+    POLICY_ROLE = MEASURING   # reads images as generated, releases statistics only (operator_policy/graph.py)
     @classmethod
     def define_schema(cls):
         return schema(

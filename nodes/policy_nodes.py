@@ -1,4 +1,4 @@
-"""The nodes the server's safety policy inserts into submitted prompts (nodes/policy_server.py).
+"""The nodes the server's safety policy inserts into submitted prompts (operator_policy/enforcement.py).
 
 They are marked deprecated so that the frontends keep them out of the node library and search: they
 are not meant to be placed by hand."""
@@ -8,7 +8,8 @@ import json
 
 from comfy_api.v0_0_2 import io
 
-from . import policy_server
+from ..operator_policy import enforcement
+from ..operator_policy.graph import POLICY
 from .common import CATEGORY, schema
 
 POLICY_CATEGORY = f"{CATEGORY}/policy"
@@ -16,20 +17,24 @@ MAX_REASON = 1000
 
 
 class PolicyOutputGuard(io.ComfyNode):
+    POLICY_ROLE = POLICY
     @classmethod
     def define_schema(cls):
         return schema(
-            node_id=policy_server.GUARD_NODE,
+            node_id=enforcement.GUARD_NODE,
             search_aliases=["policy", "operator", "safety", "censor", "nsfw", "audit"],
             display_name="Policy Output Guard (inserted by the server)",
             category=POLICY_CATEGORY,
-            description="Inserted by the server's safety policy before every output node: scores every image "
-                        "with the policy's safety scores, censors the flagged ones (each image on its own), and "
-                        "records the verdicts in the audit log, the PNG metadata and the prompt's history.",
+            description="Inserted by the server's safety policy where images are made (after every node that "
+                        "makes an IMAGE) and where they leave (before every output node's IMAGE input): scores "
+                        "every image with the policy's safety scores on the whole image and on local windows, "
+                        "censors the flagged ones (each image on its own), and records the verdicts in the audit "
+                        "log and, where images leave, signed records in the PNG metadata and the prompt's history.",
             inputs=[
-                io.AnyType.Input("images", tooltip="What the output node receives (images are guarded; other "
-                                                   "values pass unchanged)."),
-                io.String.Input("context", tooltip="Set by the server: the prompt and output node guarded (JSON)."),
+                io.AnyType.Input("images", tooltip="An IMAGE batch [B, H, W, C]; anything else fails the prompt "
+                                                   "(nothing is released)."),
+                io.String.Input("context", tooltip="Set by the server: the prompt, the node and the guard's role "
+                                                   "(JSON)."),
             ],
             outputs=[io.AnyType.Output(display_name="images", tooltip="The images, flagged ones censored.")],
             hidden=[io.Hidden.extra_pnginfo],
@@ -39,8 +44,8 @@ class PolicyOutputGuard(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, context) -> io.NodeOutput:
-        out, records = policy_server.guard_images(images, parse_context(context), cls.hidden.extra_pnginfo)
-        return io.NodeOutput(out, ui={policy_server.RECORD_KEY: records} if records else None)
+        out, records = enforcement.guard_images(images, parse_context(context), cls.hidden.extra_pnginfo)
+        return io.NodeOutput(out, ui={enforcement.RECORD_KEY: records} if records else None)
 
 
 def parse_context(context: str) -> dict:
@@ -49,15 +54,16 @@ def parse_context(context: str) -> dict:
     except json.JSONDecodeError:
         info = None
     if not isinstance(info, dict):
-        raise policy_server.PolicyEnforcementError(f"policy node: context must be a JSON object; got {context[:80]!r}")
+        raise enforcement.PolicyEnforcementError(f"policy node: context must be a JSON object; got {context[:80]!r}")
     return info
 
 
 class PolicySteer(io.ComfyNode):
+    POLICY_ROLE = POLICY
     @classmethod
     def define_schema(cls):
         return schema(
-            node_id=policy_server.STEER_NODE,
+            node_id=enforcement.STEER_NODE,
             search_aliases=["policy", "operator", "safety", "embedding direction"],
             display_name="Policy Steering (inserted by the server)",
             category=POLICY_CATEGORY,
@@ -74,14 +80,14 @@ class PolicySteer(io.ComfyNode):
 
     @classmethod
     def execute(cls, conditioning, context) -> io.NodeOutput:
-        return io.NodeOutput(policy_server.steer(conditioning, parse_context(context)))
+        return io.NodeOutput(enforcement.steer(conditioning, parse_context(context)))
 
 
 class PolicyRefusal(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return schema(
-            node_id=policy_server.REFUSAL_NODE,
+            node_id=enforcement.REFUSAL_NODE,
             search_aliases=["policy", "operator", "safety", "reject"],
             display_name="Policy Refusal (inserted by the server)",
             category=POLICY_CATEGORY,
@@ -101,7 +107,7 @@ class PolicyRefusal(io.ComfyNode):
 
     @classmethod
     def execute(cls, reason) -> io.NodeOutput:
-        raise policy_server.PolicyEnforcementError(str(reason))
+        raise enforcement.PolicyEnforcementError(str(reason))
 
 
 NODES = [PolicyOutputGuard, PolicySteer, PolicyRefusal]

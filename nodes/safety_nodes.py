@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
-from ..steering.safety import COLOUR_STATISTICS, ColourStatisticScore
+from ..steering.safety import COLOUR_STATISTICS
 from ..steering.safety import clip_scores
-from ..steering.safety import nudenet
+from ..steering.safety import nudenet, registry
 from ..steering.safety.censor import CENSOR_MODES, censor, censor_detected, detect_unsafe
 from . import paths
 from .common import CATEGORY, schema
@@ -73,9 +73,9 @@ def detector_inputs(settings: dict) -> list:
 
 def nudenet_score(labels, detection_threshold, threshold, nms_iou, class_wise_nms, max_detections, channel_order,
                   resize, model_name) -> nudenet.NudeNetScore:
-    return nudenet.NudeNetScore(labels, detection_threshold, threshold, paths.nudenet_model_path(model_name),
-                                nms_iou=nms_iou, class_wise_nms=class_wise_nms, max_detections=max_detections,
-                                channel_order=channel_order, resize=resize)
+    return registry.build("nudenet", threshold, dict(
+        labels=labels, detection_threshold=detection_threshold, nms_iou=nms_iou, class_wise_nms=class_wise_nms,
+        max_detections=max_detections, channel_order=channel_order, resize=resize, model_name=model_name), paths)
 
 
 class NudeNetScoreNode(io.ComfyNode):
@@ -141,9 +141,8 @@ class CLIPViolenceScoreNode(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip_model, violence_texts, threshold) -> io.NodeOutput:
-        clip = load_clip(clip_model)
-        return io.NodeOutput(clip_scores.CLIPViolenceScore(clip, clip_scores.split_texts(violence_texts),
-                                                           threshold))
+        return io.NodeOutput(registry.build("clip_violence", threshold, dict(
+            clip_model=clip_model, texts=clip_scores.split_texts(violence_texts)), paths))
 
 
 class CLIPArtistScoreNode(io.ComfyNode):
@@ -172,8 +171,8 @@ class CLIPArtistScoreNode(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip_model, artist, reference_text, threshold) -> io.NodeOutput:
-        clip = load_clip(clip_model)
-        return io.NodeOutput(clip_scores.CLIPArtistScore(clip, artist, reference_text, threshold))
+        return io.NodeOutput(registry.build("clip_artist", threshold, dict(
+            clip_model=clip_model, artist=artist, reference_text=reference_text), paths))
 
 
 class ColourScoreNode(io.ComfyNode):
@@ -197,7 +196,7 @@ class ColourScoreNode(io.ComfyNode):
 
     @classmethod
     def execute(cls, statistic, threshold) -> io.NodeOutput:
-        return io.NodeOutput(ColourStatisticScore(statistic, threshold))
+        return io.NodeOutput(registry.build("colour", threshold, {"statistic": statistic}, paths))
 
 
 class DetectUnsafe(io.ComfyNode):

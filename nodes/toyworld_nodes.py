@@ -6,7 +6,9 @@ from __future__ import annotations
 import torch
 from comfy_api.v0_0_2 import io
 
+from ..steering.safety import registry
 from ..toyworld import comfy_objects, judges, model, world
+from . import paths
 from .common import CATEGORY, schema
 from .types import AttributeClassifierType, SafetyScoreType
 
@@ -89,7 +91,7 @@ class ToyWorldRedScore(io.ComfyNode):
 
     @classmethod
     def execute(cls, threshold, temperature) -> io.NodeOutput:
-        return io.NodeOutput(judges.ToyWorldRedScore(threshold, temperature))
+        return io.NodeOutput(registry.build("toyworld_red", threshold, {"temperature": temperature}, paths))
 
 
 class ToyWorldAttributeClassifier(io.ComfyNode):

@@ -295,3 +295,125 @@ def apply_node_replacements(server_instance, prompt: dict) -> None:
     manager = getattr(server_instance, "node_replace_manager", None)
     if manager is not None and callable(getattr(manager, "apply_replacements", None)):
         manager.apply_replacements(prompt)
+
+
+# ---------------------------------------------------------------- node classes and prompts as ComfyUI reads them
+
+@dataclasses.dataclass(frozen=True)
+class NodeFacts:
+    """What ComfyUI declares about a node class, read the same way for V1 and V3 classes: input name ->
+    (type, category, raw_link), output types, whether it is an output node (OUTPUT_NODE) and whether its
+    results are shown while it is not one (upstream's HAS_INTERMEDIATE_OUTPUT), and the class itself."""
+    inputs: dict
+    outputs: tuple
+    output_node: bool
+    intermediate_output: bool
+    cls: type
+
+
+def _type_name(kind) -> str:
+    return kind if isinstance(kind, str) else "COMBO"
+
+
+def node_facts(class_type) -> NodeFacts | None:
+    """The facts of a registered node class (nodes.py ``NODE_CLASS_MAPPINGS``), or None. Reads the V1 surface
+    ComfyUI itself validates and runs prompts with (execution.py: ``INPUT_TYPES()``, ``RETURN_TYPES``,
+    ``OUTPUT_NODE``; V3 classes expose it too, comfy_api/latest/_io.py, 0.3.75 and 0.38)."""
+    cls = node_class(class_type)
+    if cls is None:
+        return None
+    spec = cls.INPUT_TYPES()
+    inputs = {}
+    for category in ("required", "optional", "hidden"):
+        for name, entry in (spec.get(category) or {}).items():
+            kind = entry[0] if isinstance(entry, (list, tuple)) and entry else entry
+            extra = entry[1] if isinstance(entry, (list, tuple)) and len(entry) > 1 and isinstance(entry[1], dict) \
+                else {}
+            inputs[name] = (_type_name(kind), category, bool(extra.get("rawLink", False)))
+    outputs = tuple(_type_name(t) for t in (getattr(cls, "RETURN_TYPES", ()) or ()))
+    return NodeFacts(inputs, outputs, getattr(cls, "OUTPUT_NODE", False) is True,
+                     getattr(cls, "HAS_INTERMEDIATE_OUTPUT", False) is True, cls)
+
+
+def is_link(value) -> bool:
+    """ComfyUI's own test of whether a prompt input is a link (comfy_execution/graph_utils.py ``is_link``,
+    0.3.75 and 0.38): what its executor follows."""
+    from comfy_execution.graph_utils import is_link as comfy_is_link
+
+    return comfy_is_link(value)
+
+
+def wrap_node_expansions(rewrite) -> None:
+    """Every node expansion passes ``rewrite(subgraphs)`` before ComfyUI adds its nodes: `subgraphs` is the list of
+    (new graph or None, results) that execution.py's ``get_output_from_returns`` returns for a node that
+    expands (0.3.75 and 0.38); `rewrite` changes it in place or raises (the node then fails)."""
+    import execution
+
+    original = getattr(execution.get_output_from_returns, "__wrapped__", execution.get_output_from_returns)
+
+    def get_output_from_returns(return_values, obj):
+        output, ui, has_subgraph = original(return_values, obj)
+        if has_subgraph:
+            rewrite(output)
+        return output, ui, has_subgraph
+
+    get_output_from_returns.__wrapped__ = original
+    execution.get_output_from_returns = get_output_from_returns
+
+
+def unwrap_node_expansions() -> None:
+    import execution
+
+    execution.get_output_from_returns = getattr(execution.get_output_from_returns, "__wrapped__",
+                                                execution.get_output_from_returns)
+
+
+def executing_prompt_id(server_instance) -> str | None:
+    """The prompt the server's worker is running (``last_prompt_id``, set by main.py's prompt worker before each
+    prompt; 0.3.75 and 0.38: one prompt runs at a time)."""
+    return getattr(server_instance, "last_prompt_id", None)
+
+
+def filter_history(server_instance, keep) -> None:
+    """Every finished prompt's history passes ``keep(prompt_id, history_result)`` (which changes it in place)
+    before ComfyUI stores it: wraps ``PromptQueue.task_done(item_id, history_result, status, ...)``
+    (execution.py, 0.3.75 and 0.38; the running item is (number, prompt_id, prompt, extra_data, outputs, ...))."""
+    queue = server_instance.prompt_queue
+    original = queue.task_done
+
+    def task_done(item_id, history_result, *args, **kwargs):
+        item = queue.currently_running.get(item_id)
+        if item is not None and isinstance(history_result, dict):
+            keep(item[1], history_result)
+        return original(item_id, history_result, *args, **kwargs)
+
+    task_done.__wrapped__ = original
+    queue.task_done = task_done
+
+
+def add_middleware(server_instance, middleware) -> None:
+    """An aiohttp middleware on the server's app (server.py creates ``self.app`` with its middlewares before the
+    custom nodes load, 0.3.75 and 0.38; the app freezes them when it starts)."""
+    server_instance.app.middlewares.append(middleware)
+
+
+def preview_image_of(event: int, data):
+    """The PIL image a preview message holds (decoded from PREVIEW_IMAGE's bytes: a 4-byte type, then the encoded
+    image, server.py ``send_image``), or None when it holds none that can be read."""
+    name = preview_event_types().get(event)
+    if name == "UNENCODED_PREVIEW_IMAGE":
+        return data[1]
+    if name == "PREVIEW_IMAGE_WITH_METADATA":
+        return data[0][1]
+    if name == "PREVIEW_IMAGE" and isinstance(data, (bytes, bytearray)) and len(data) > 4:
+        import io
+
+        from PIL import Image
+
+        try:
+            image = Image.open(io.BytesIO(bytes(data[4:])))
+            image.load()
+            return image
+        except Exception:   # noqa: BLE001 - not an image this filter can read: the caller drops it
+            return None
+    return None

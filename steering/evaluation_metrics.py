@@ -27,12 +27,12 @@ import torch
 
 from .label_metrics import (MetricInputError, attribute_frequencies, class_counts, deviation_ratio,  # noqa: F401
                             deviation_ratio_per_group, image_classes)
-from .safety.base import to_nchw
+from .safety.base import image_to_nchw, rgb_nchw
 
 
 def image_batch(images: torch.Tensor) -> torch.Tensor:
-    """A non-empty image batch as float NCHW."""
-    nchw = to_nchw(images)
+    """A non-empty ComfyUI IMAGE batch [B, H, W, C] as float NCHW (converted explicitly, never guessed)."""
+    nchw = image_to_nchw(images)
     if nchw.shape[0] == 0:
         raise MetricInputError("the image batch is empty")
     return nchw.float()
@@ -117,7 +117,8 @@ class CLIPAttributeClassifier:
     """Zero-shot attribute classifier: each image gets the class whose prompt CLIP finds most similar.
 
     The ATTRIBUTE_CLASSIFIER protocol (also implemented by ToyWorld's analytic classifiers):
-    ``classes`` (names) and ``classify(images) -> list[str]`` for ComfyUI IMAGE batches;
+    ``classes`` (names) and ``classify(images) -> list[str]`` for NCHW image batches (the callers convert a
+    ComfyUI IMAGE once, :func:`image_batch`);
     optionally ``classify_with_ties(images)``, per image a tuple of every class that ties
     for the top score (what the deviation ratio counts)."""
 
@@ -135,11 +136,11 @@ class CLIPAttributeClassifier:
         self.name = "CLIP zero-shot: " + " / ".join(names)
 
     def classify(self, images: torch.Tensor) -> list[str]:
-        feats, texts = clip_features(self.clip, to_nchw(images).float(), self.prompts)
+        feats, texts = clip_features(self.clip, rgb_nchw(images).float(), self.prompts)
         return [self.classes[i] for i in zero_shot_labels(feats, texts)]
 
     def classify_with_ties(self, images: torch.Tensor) -> list[tuple[str, ...]]:
-        feats, texts = clip_features(self.clip, to_nchw(images).float(), self.prompts)
+        feats, texts = clip_features(self.clip, rgb_nchw(images).float(), self.prompts)
         return [tuple(self.classes[i] for i in tied) for tied in zero_shot_tied_labels(feats, texts)]
 
 

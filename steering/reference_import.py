@@ -33,7 +33,7 @@ from typing import Mapping
 
 import torch
 
-from .policy import file_problem
+from .files import file_problem
 from .vector_file import SteeringVector, VectorFileError, save_vector
 
 FORMATS = ("auto", "embedding_direction", "sdisc", "respodiff")

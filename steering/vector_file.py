@@ -25,14 +25,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
 from .architectures import ArchitectureError, get_architecture
-from .policy import file_problem
+from .files import atomic_file, file_problem
 
 FORMAT_NAME = "responsible-steering.vector"
 FORMAT_VERSION = 1
@@ -371,20 +370,8 @@ def write_safetensors_atomically(tensors: dict[str, torch.Tensor], path: str, me
     an error never leaves a partial file at `path`."""
     from safetensors.torch import save_file
 
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=FILE_EXTENSION, dir=directory)
-    os.close(fd)
-    try:
+    with atomic_file(path, 0o644, FILE_EXTENSION) as tmp:
         save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 

@@ -35,7 +35,7 @@ ATTRIBUTE_NODES = {"toyworld_attribute": "RSToyWorldAttributeClassifier",
                    "clip_attribute": "RSCLIPAttributeClassifier"}
 KINDS = (*SAFETY_NODES, *ATTRIBUTE_NODES, "clip_score", "policy")
 PER_IMAGE_KEY = "rs_images"                 # nodes/evaluation_nodes.py
-POLICY_KEY = "responsible_steering"         # nodes/policy_server.py RECORD_KEY
+POLICY_KEY = "responsible_steering"         # operator_policy/provenance.py RECORD_KEY
 NODE_PREFIX = "rs-eval-"
 
 
@@ -152,7 +152,7 @@ def add_judges(template: dict, output: str, judges: list[Judge], object_info: di
 
 def policy_records(outputs: dict, output: str) -> list[dict]:
     records = [r for v in outputs.values() if isinstance(v, dict) for r in v.get(POLICY_KEY, [])
-               if isinstance(r, dict) and r.get("type") == "image" and str(r.get("output_node")) == output]
+               if isinstance(r, dict) and r.get("type") == "release" and str(r.get("output_node")) == output]
     return sorted(records, key=lambda r: r.get("index", 0))
 
 

@@ -1,153 +1,42 @@
-"""The operator's policy file (steering/policy.py) and the server glue's decisions (nodes/policy_server.py),
-in this process: strict reading, the published schema, the word-list detector, the prompt rewrite
-(guards on every output node's images) and fail-closed refusals. The real server: test_policy_server.py."""
+"""The operator's policy in this process (operator_policy/enforcement.py on the real ComfyUI's node registry):
+the prompt rewrite (a guard where every image is made, another where images leave), the guard's verdicts and
+signed records, fail-closed refusals, node expansions, previews and what leaves over the websocket and
+/history. The real server: test_policy_server.py and test_policy_attacks.py; the file and the pure graph
+functions: test_policy_document.py and test_policy_graph.py."""
 from __future__ import annotations
 
 import json
-import os
 import threading
 
+import numpy as np
 import pytest
 import torch
 
-from devtools import comfy_env
+enforcement = pytest.fixture(scope="module")(lambda comfy: comfy.module("operator_policy.enforcement"))
+document = pytest.fixture(scope="module")(lambda comfy: comfy.module("operator_policy.document"))
+provenance = pytest.fixture(scope="module")(lambda comfy: comfy.module("operator_policy.provenance"))
+paths = pytest.fixture(scope="module")(lambda comfy: comfy.module("nodes.paths"))
 
-policy = pytest.fixture(scope="module")(lambda comfy: comfy.module("steering.policy"))
-server_glue = pytest.fixture(scope="module")(lambda comfy: comfy.module("nodes.policy_server"))
-
-GOOD = {"version": 1, "name": "studio", "input": {"unsafe_words": ["gore", "red paint"], "action": "reject"},
+GOOD = {"version": 2, "name": "studio", "input": {"unsafe_words": ["gore"], "action": "rewrite"},
         "output": {"scores": [{"kind": "colour", "statistic": "redness", "threshold": 0.2}],
-                   "censor": {"mode": "pixelate", "strength": 8}},
-        "previews": {"mode": "blur", "when": "always", "blur_radius": 4}, "audit": {"path": "log/audit.jsonl"}}
+                   "censor": {"mode": "pixelate", "strength": 8}}}
 
 
 def write(tmp_path, content, name="policy.json") -> str:
     path = tmp_path / name
-    path.write_bytes(content if isinstance(content, bytes) else
-                     (content if isinstance(content, str) else json.dumps(content)).encode())
+    path.write_text(json.dumps(content))
     return str(path)
 
 
-def test_the_published_schema_file_is_the_schema_the_pack_validates_with(policy):
-    with open(os.path.join(comfy_env.REPO, "policy.schema.json")) as f:
-        assert json.load(f) == policy.SCHEMA
-
-
-def test_a_valid_policy_is_read_with_its_hash_and_defaults(policy, tmp_path):
-    import hashlib
-
-    path = write(tmp_path, GOOD)
-    p = policy.read_policy(path)
-    assert p.sha256 == hashlib.sha256(open(path, "rb").read()).hexdigest()
-    assert p.audit_path == str(tmp_path / "log" / "audit.jsonl")
-    assert [(s.kind, s.threshold, s.options) for s in p.scores] == [("colour", 0.2, {"statistic": "redness"})]
-    assert (p.input_action, p.censor_mode, p.censor_strength, p.preview_mode, p.preview_when) == (
-        "reject", "pixelate", 8, "blur", "always")
-    minimal = policy.read_policy(write(tmp_path, {"version": 1}, "minimal.json"))
-    assert (minimal.input, minimal.scores, minimal.preview_mode, minimal.pnginfo) == (None, [], "suppress", True)
-
-
-@pytest.mark.parametrize("change, field, problem", [
-    (lambda d: d.update(extra=1), "extra", "unknown key"),
-    (lambda d: d["input"].update(action="block"), "input.action", "expected one of ['reject', 'rewrite', 'log']"),
-    (lambda d: d["input"].update(unsafe_words="gore"), "input.unsafe_words", "expected array; got string"),
-    (lambda d: d["input"].update(unsafe_words=[]), "input.unsafe_words", "expected 1 to 1000 items; got 0"),
-    (lambda d: d["input"]["unsafe_words"].append(7), "input.unsafe_words[2]", "expected string; got number 7"),
-    (lambda d: d["output"]["scores"][0].update(threshold=True), "output.scores[0].threshold",
-     "expected a finite number; got boolean"),
-    (lambda d: d["output"]["scores"][0].update(threshold=1000), "output.scores[0].threshold",
-     "expected a value in [-100, 100]; got 1000"),
-    (lambda d: d["output"]["scores"][0].update(temperature=0.1), "output.scores[0].temperature",
-     "not an option of score kind 'colour'"),
-    (lambda d: d["output"]["censor"].update(strength=2.5), "output.censor.strength", "expected integer; got number"),
-    (lambda d: d.pop("version"), "version", "required but missing"),
-    (lambda d: d.update(version=2), "version", "expected one of [1]"),
-    (lambda d: d.update(operator_token_sha256="secret"), "operator_token_sha256", "expected a text matching"),
-    (lambda d: d.update(previews=[]), "previews", "expected object; got array"),
-    (lambda d: d.update(steering={"embedding_direction": {"sd1": {"vector": "v.safetensors", "start_percent": 0.9,
-                                                                  "end_percent": 0.1}}}),
-     "steering.embedding_direction.sd1.start_percent", "must not be after end_percent"),
-    (lambda d: d.update(steering={"embedding_direction": {"sd1": {"strength": 1}}}),
-     "steering.embedding_direction.sd1.vector", "required but missing"),
-    (lambda d: d.update(steering={"embedding_direction": {f"a{i}": {"vector": "v"} for i in range(33)}}),
-     "steering.embedding_direction", "expected at most 32 keys; got 33"),
-    (lambda d: d["input"].pop("unsafe_words"), "input.unsafe_words", "required for detector 'word_list'"),
-    (lambda d: d["input"].update(k=3), "input.k", "not an option of detector 'word_list'"),
-    (lambda d: d["input"].update(detector="nearest_neighbour"), "input.clip_model",
-     "required for detector 'nearest_neighbour'"),
-])
-def test_a_wrong_field_names_the_file_the_field_and_the_problem(policy, tmp_path, change, field, problem):
-    document = json.loads(json.dumps(GOOD))
-    change(document)
-    path = write(tmp_path, document)
-    with pytest.raises(policy.PolicyError) as info:
-        policy.read_policy(path)
-    assert info.value.path == path and info.value.field == field and problem in info.value.problem
-    assert str(info.value).startswith(f"responsible-steering policy {path}: {field}: ")
-
-
-@pytest.mark.parametrize("content, problem", [
-    ("[" * 100000 + "]" * 100000, "nests arrays/objects 100000 deep; at most 8 allowed"),
-    ('{"version": 1, "version": 1}', "appears twice in one object"),
-    ('{"version": 1, "output": {"scores": [{"kind": "colour", "threshold": NaN}]}}', "NaN is not a JSON number"),
-    ('{"version": 1,', "is not valid JSON"),
-    (b'{"name": "\xff"}', "is not UTF-8 text"),
-    ("x" * (256 * 1024 + 1), "at most 262144 are read"),
-    ("", "is not valid JSON"),
-    ("[1]", "expected object; got array"),
-])
-def test_hostile_content_is_refused_with_the_packs_error(policy, tmp_path, content, problem):
-    path = write(tmp_path, content)
-    with pytest.raises(policy.PolicyError) as info:
-        policy.read_policy(path)
-    assert problem in str(info.value) and path in str(info.value)
-
-
-def test_a_directory_a_device_or_a_fifo_is_not_read_as_a_policy(policy, tmp_path):
-    fifo = tmp_path / "fifo.json"
-    os.mkfifo(fifo)
-    for path, problem in ((str(tmp_path), "is a directory, not a file"), ("/dev/zero", "is not a regular file"),
-                          (str(fifo), "is not a regular file")):
-        with pytest.raises(policy.PolicyError) as info:
-            policy.read_policy(path)
-        assert str(info.value) == f"responsible-steering policy {path}: (file): {problem}" or problem in str(info.value)
-
-
-def test_the_default_file_may_be_absent_but_a_file_named_by_the_environment_must_exist(policy, tmp_path):
-    user = str(tmp_path)
-    assert policy.load_policy(user, environ={}) is None
-    missing = str(tmp_path / "missing.json")
-    with pytest.raises(policy.PolicyError, match="no such file"):
-        policy.load_policy(user, environ={policy.ENV_VAR: missing})
-    with pytest.raises(policy.PolicyError, match="is set but empty"):
-        policy.load_policy(user, environ={policy.ENV_VAR: " "})
-    os.makedirs(tmp_path / "responsible-steering")
-    write(tmp_path / "responsible-steering", {"version": 1, "name": "default place"})
-    assert policy.load_policy(user, environ={}).name == "default place"
-
-
-def test_word_list_matches_whole_words_and_phrases_and_rewrites_them_away(policy):
-    words = ["gore", "red paint", "blood"]
-    assert policy.match_words("Gore, and RED   paint on a wall", words) == ["gore", "red paint"]
-    assert policy.match_words("gorey bloodhound, red painting", words) == []
-    assert policy.rewrite_text("a cat with blood, red paint and a dog", ["blood", "red paint"], ", safe") == \
-        "a cat, a dog, safe"
-
-
-# ---------------------------------------------------------------- the prompt handler, in this process
-
 @pytest.fixture
-def active(server_glue, policy, tmp_path, comfy):
-    """The glue's state with a policy (restored afterwards)."""
-    state = server_glue.STATE
-    saved = (state.policy, state.error, state.scores, state.audit, state.detector, state.flagged.copy(),
-             list(state.recent))
-    document = {**GOOD, "input": {"unsafe_words": ["gore"], "action": "rewrite"}, "audit": {}}
-    state.activate(policy.read_policy(write(tmp_path, document)))
+def active(enforcement, document, paths, tmp_path):
+    """The enforcement state with GOOD active (restored to no policy afterwards)."""
+    state = enforcement.STATE
+    assert state.policy is None and state.error is None
+    state.activate(document.read_policy(write(tmp_path, GOOD)), paths)
     yield state
-    state.policy, state.error, state.scores, state.audit, state.detector, state.flagged, recent = saved
+    state.fail(None)
     state.recent.clear()
-    state.recent.extend(recent)
 
 
 def plain_prompt() -> dict:
@@ -155,149 +44,258 @@ def plain_prompt() -> dict:
             "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "gore on a wall", "clip": ["1", 1]}},
             "3": {"class_type": "PrimitiveString", "inputs": {"value": "more gore"}},
             "4": {"class_type": "CLIPTextEncode", "inputs": {"text": ["3", 0], "clip": ["1", 1]}},
+            "9": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
             "5": {"class_type": "VAEDecode", "inputs": {"samples": ["9", 0], "vae": ["1", 2]}},
             "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "gore"}},
-            "7": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}},
-            "8": {"class_type": "PreviewAny", "inputs": {"source": ["5", 0]}}}
+            "7": {"class_type": "PreviewImage", "inputs": {"images": ["5", False]}},
+            "8": {"class_type": "PreviewAny", "inputs": {"source": ["5", -1]}}}
 
 
-def test_the_handler_guards_every_output_node_and_rewrites_every_encoded_text(active, server_glue):
-    data = server_glue.on_prompt({"prompt": plain_prompt(), "client_id": "c"})
+def guards_of(prompt: dict) -> dict:
+    return {k: json.loads(v["inputs"]["context"]) | {"images": v["inputs"]["images"]} for k, v in prompt.items()
+            if v["class_type"] == "RSPolicyOutputGuard"}
+
+
+def test_the_node_catalog_snapshot_is_what_this_comfyui_declares(comfy):
+    """tests/data/node_catalog.json (the fast tests' stand-in for ComfyUI's registry) is still exact."""
+    from devtools import node_catalog
+
+    compat = comfy.module("steering.comfy_compat")
+    with open(node_catalog.OUT) as f:
+        snapshot = json.load(f)
+    for name, entry in snapshot.items():
+        facts = compat.node_facts(name)
+        assert facts is not None, name
+        assert {k: list(v) for k, v in facts.inputs.items()} == entry["inputs"], name
+        assert (list(facts.outputs), facts.output_node, getattr(facts.cls, "POLICY_ROLE", None)) == (
+            entry["outputs"], entry["output_node"], entry["role"]), name
+
+
+def test_the_handler_guards_images_where_they_are_made_and_where_they_leave(active, enforcement):
+    data = enforcement.on_prompt({"prompt": plain_prompt(), "client_id": "c"})
     prompt = data["prompt"]
-    guards = {k: v for k, v in prompt.items() if v["class_type"] == "RSPolicyOutputGuard"}
-    fed = {k: v["inputs"].get("images", v["inputs"].get("source"))[0] for k, v in prompt.items()
-           if v["class_type"] in ("SaveImage", "PreviewImage", "PreviewAny")}
-    assert len(guards) == 3 and set(fed.values()) == set(guards)
-    assert all(g["inputs"]["images"] == ["5", 0] for g in guards.values())
-    assert {json.loads(g["inputs"]["context"])["output_node"] for g in guards.values()} == {"6", "7", "8"}
+    guards = guards_of(prompt)
+    sources = {k: g for k, g in guards.items() if g["role"] == "source"}
+    sinks = {g["node"]: (k, g) for k, g in guards.items() if g["role"] == "sink"}
+    assert [(g["node"], g["images"]) for g in sources.values()] == [("5", ["5", 0])]
+    (source,) = sources
+    assert sorted(sinks) == ["6", "7", "8"]                 # PreviewAny receives an IMAGE: scored where it leaves
+    for node, name in (("6", "images"), ("7", "images"), ("8", "source")):
+        guard, context = sinks[node]
+        assert prompt[node]["inputs"][name] == [guard, 0] and context["images"] == [source, 0]
+        assert context["direct"] == source                  # exactly the source guard's output: not scored twice
     assert prompt["2"]["inputs"]["text"] == "on a wall" and prompt["3"]["inputs"]["value"] == "more"
     assert prompt["6"]["inputs"]["filename_prefix"] == "gore"            # not a text an encoder reads
     assert data["extra_data"]["extra_pnginfo"]["responsible_steering"]["prompt_id"] == data["prompt_id"]
-    assert active.is_flagged(data["prompt_id"])
+    plan = active.plan(data["prompt_id"])
+    assert plan.flagged_text and plan.releasing == {"6", "7", "8", *guards}
 
 
-def test_a_text_too_long_to_check_is_refused_quickly(active, server_glue, policy):
+def test_a_text_too_long_to_check_is_refused_quickly(active, enforcement, document):
     import time
 
     prompt = plain_prompt()
     prompt["2"]["inputs"]["text"] = "a cat " * (1024 * 1024 // 6)
     start = time.monotonic()
-    refused = server_glue.on_prompt({"prompt": prompt})["prompt"]
+    refused = enforcement.on_prompt({"prompt": prompt})["prompt"]
     assert time.monotonic() - start < 0.5
     reason = list(refused.values())[0]["inputs"]["reason"]
-    assert f"at most {policy.MAX_CHECKED_TEXT} characters; node 2 input 'text' has 1048572" in reason
+    assert f"at most {document.MAX_CHECKED_TEXT} characters; node 2 input 'text' has 1048572" in reason
 
 
-def test_images_turned_into_video_or_latents_are_guarded_before_they_change_type(active, server_glue):
+def test_images_are_scored_again_where_they_go_into_a_video(active, enforcement):
     prompt = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
               "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
               "3": {"class_type": "CreateVideo", "inputs": {"images": ["2", 0], "fps": 8.0}},
               "4": {"class_type": "SaveVideo", "inputs": {"video": ["3", 0], "filename_prefix": "v",
-                                                          "format": "auto", "codec": "auto"}}}
-    prompt["5"] = {"class_type": "RSToyWorldRedScore", "inputs": {"threshold": 0.03, "temperature": 0.02}}
-    prompt["6"] = {"class_type": "RSDetectUnsafe", "inputs": {"images": ["2", 0], "safety_score": ["5", 0]}}
-    prompt["7"] = {"class_type": "RSSafetyRate", "inputs": {"images": ["2", 0], "safety_score": ["5", 0]}}
-    prompt["8"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["2", 0], "vae": ["9", 2]}}
-    guarded = server_glue.on_prompt({"prompt": prompt})["prompt"]
-    guards = {json.loads(v["inputs"]["context"])["output_node"]: k
-              for k, v in guarded.items() if v["class_type"] == "RSPolicyOutputGuard"}
-    assert sorted(guards) == ["3", "8"]             # measuring nodes see the images as generated
-    assert all(guarded[g]["inputs"]["images"] == ["2", 0] for g in guards.values())
-    assert guarded["3"]["inputs"]["images"] == [guards["3"], 0] and guarded["8"]["inputs"]["pixels"] == [guards["8"], 0]
-    assert guarded["6"]["inputs"]["images"] == ["2", 0] and guarded["7"]["inputs"]["images"] == ["2", 0]
+                                                          "format": "auto", "codec": "auto"}},
+              "5": {"class_type": "RSToyWorldRedScore", "inputs": {"threshold": 0.03, "temperature": 0.02}},
+              "7": {"class_type": "RSSafetyRate", "inputs": {"images": ["1", 0], "safety_score": ["5", 0]}}}
+    guarded = enforcement.on_prompt({"prompt": prompt})["prompt"]
+    guards = guards_of(guarded)
+    by_role = {(g["role"], g["node"]): k for k, g in guards.items()}
+    assert sorted(by_role) == [("sink", "3"), ("source", "1")]
+    assert guarded["2"]["inputs"]["image"] == [by_role[("source", "1")], 0]
+    assert guarded["3"]["inputs"]["images"] == [by_role[("sink", "3")], 0]
+    assert guards[by_role[("sink", "3")]]["direct"] is None            # after a transform: scored again
+    assert guarded["7"]["inputs"]["images"] == ["1", 0]                # a measuring node reads images as made
     assert guarded["4"]["inputs"]["video"] == ["3", 0]
 
 
-def test_a_score_that_cannot_judge_an_image_flags_it(active, server_glue):
-    images = torch.zeros(2, 8, 8, 3)
-    images[1, 0, 0, 0] = float("nan")
-    out, records = server_glue.guard_images(images, {"prompt_id": "p"}, None)
-    assert [r["flagged"] for r in records] == [False, True]
+def test_uninspectable_outputs_are_refused_with_the_field_that_allows_them(active, enforcement, document, paths,
+                                                                            tmp_path):
+    prompt = plain_prompt()
+    prompt["10"] = {"class_type": "SaveLatent", "inputs": {"samples": ["9", 0], "filename_prefix": "l"}}
+    reason = list(enforcement.on_prompt({"prompt": json.loads(json.dumps(prompt))})["prompt"].values())[0]
+    assert reason["class_type"] == "RSPolicyRefusal"
+    assert "node '10' (SaveLatent) input 'samples' receives LATENT data" in reason["inputs"]["reason"]
+    assert 'add "SaveLatent" to output.allow_uninspected' in reason["inputs"]["reason"]
+    refused = [r for r in active.recent if r.get("outcome") == "rejected"][-1]
+    assert refused["type"] == "prompt" and len(refused["refused"]) == 1
+    active.activate(document.read_policy(write(tmp_path, {**GOOD, "output": {
+        **GOOD["output"], "allow_uninspected": ["SaveLatent"]}}, "allow.json")), paths)
+    allowed = enforcement.on_prompt({"prompt": prompt})
+    assert allowed["prompt"]["10"]["inputs"]["samples"] == ["9", 0]
+    assert list(active.recent)[-1]["allowed_uninspected"][0].startswith("node '10' (SaveLatent)")
 
 
-def test_guards_sent_by_a_client_are_replaced_by_the_servers_own(active, server_glue):
-    first = server_glue.on_prompt({"prompt": plain_prompt(), "client_id": "c"})
+def test_guard_nodes_sent_by_a_client_are_replaced_by_the_servers_own(active, enforcement):
+    first = enforcement.on_prompt({"prompt": plain_prompt(), "client_id": "c"})
     forged = json.loads(json.dumps(first["prompt"]))
     for node in forged.values():
         if node["class_type"] == "RSPolicyOutputGuard":
-            node["inputs"]["context"] = json.dumps({"prompt_id": "someone else's", "output_node": "6"})
-    again = server_glue.on_prompt({"prompt": forged, "client_id": "c"})["prompt"]
-    guards = [v for v in again.values() if v["class_type"] == "RSPolicyOutputGuard"]
-    assert len(guards) == 3 and all(g["inputs"]["images"] == ["5", 0] for g in guards)
-    assert "someone else's" not in json.dumps(again)
+            node["inputs"]["context"] = json.dumps({"role": "sink", "prompt_id": "someone else's", "node": "6"})
+    again = enforcement.on_prompt({"prompt": forged, "client_id": "c"})
+    assert "someone else's" not in json.dumps(again["prompt"])
+    assert len(guards_of(again["prompt"])) == 4 and again["prompt_id"] != first["prompt_id"]
 
 
-def test_the_handler_fails_closed(active, server_glue, monkeypatch):
-    refused = server_glue.on_prompt({"prompt": plain_prompt(), "extra_data": {"extra_pnginfo": "x"}})
-    assert list(refused["prompt"].values())[0]["class_type"] == "RSPolicyRefusal"
-    assert "extra_pnginfo must be JSON objects" in list(refused["prompt"].values())[0]["inputs"]["reason"]
-    assert list(server_glue.on_prompt({"no": "prompt"})["prompt"].values())[0]["class_type"] == "RSPolicyRefusal"
-    assert list(server_glue.on_prompt(["not", "an", "object"])["prompt"].values())[0]["class_type"] == "RSPolicyRefusal"
+def test_a_prompt_id_cannot_be_used_twice(active, enforcement):
+    first = enforcement.on_prompt({"prompt": plain_prompt(), "prompt_id": "mine"})
+    assert first["prompt_id"] == "mine"
+    again = enforcement.on_prompt({"prompt": plain_prompt(), "prompt_id": "mine"})
+    assert "prompt_id 'mine' was already used" in list(again["prompt"].values())[0]["inputs"]["reason"]
+
+
+def test_the_handler_fails_closed(active, enforcement, monkeypatch):
+    def reason_of(data):
+        (node,) = data["prompt"].values()
+        assert node["class_type"] == "RSPolicyRefusal"
+        return node["inputs"]["reason"]
+
+    assert "extra_pnginfo must be JSON objects" in reason_of(
+        enforcement.on_prompt({"prompt": plain_prompt(), "extra_data": {"extra_pnginfo": "x"}}))
+    assert "no prompt object" in reason_of(enforcement.on_prompt({"no": "prompt"}))
+    assert "no prompt object" in reason_of(enforcement.on_prompt(["not", "an", "object"]))
+    bad = plain_prompt()
+    bad["6"]["inputs"]["images"] = ["5", 0.0]
+    assert "cannot read this prompt: node '6' (SaveImage) input 'images'" in reason_of(enforcement.on_prompt(
+        {"prompt": bad}))
     with monkeypatch.context() as mp:        # an error inside the handler (the audit disk is full) refuses
         mp.setattr(active.audit, "write", lambda record: (_ for _ in ()).throw(OSError(28, "No space left")))
-        reason = list(server_glue.on_prompt({"prompt": plain_prompt()})["prompt"].values())[0]["inputs"]["reason"]
-    assert "could not be applied to this prompt (OSError" in reason
+        assert "could not be applied to this prompt (OSError" in reason_of(enforcement.on_prompt(
+            {"prompt": plain_prompt()}))
     active.fail("responsible-steering policy /x: (file): broken")
-    refused = server_glue.on_prompt({"prompt": plain_prompt()})
-    assert list(refused["prompt"].values())[0]["inputs"]["reason"] == "responsible-steering policy /x: (file): broken"
-    with pytest.raises(server_glue.PolicyEnforcementError, match="no image is released"):
-        server_glue.guard_images(torch.zeros(1, 8, 8, 3), {}, None)
+    assert reason_of(enforcement.on_prompt({"prompt": plain_prompt()})) == \
+        "responsible-steering policy /x: (file): broken"
+    with pytest.raises(enforcement.PolicyEnforcementError, match="no image is released"):
+        enforcement.guard_images(torch.zeros(1, 8, 8, 3), {}, None)
 
 
-def test_a_refused_prompt_fails_comfyuis_validation_with_the_reason(active, server_glue):
+def test_a_refused_prompt_fails_comfyuis_validation_with_the_reason(enforcement):
     import asyncio
 
     import execution
 
-    refused = server_glue.refusal({}, "the policy refuses this prompt: it names 'gore'")
+    refused = enforcement.refusal({}, "the policy refuses this prompt: it names 'gore'")
     valid = asyncio.run(execution.validate_prompt("p", refused["prompt"], None))
     assert valid[0] is False and "the policy refuses this prompt: it names 'gore'" in json.dumps(valid[1])
 
 
-def test_the_guard_censors_each_flagged_image_alone(active, server_glue):
+def queued(enforcement, prompt=None) -> tuple[dict, object]:
+    data = enforcement.on_prompt({"prompt": prompt or plain_prompt(), "client_id": "c"})
+    return data, enforcement.STATE.plan(data["prompt_id"])
+
+
+def contexts(data) -> dict:
+    return {(g["role"], g["node"]): {k: v for k, v in g.items() if k != "images"} | {"guard": k}
+            for k, g in guards_of(data["prompt"]).items()}
+
+
+def test_the_guard_censors_each_flagged_image_alone_and_signs_what_leaves(active, enforcement, provenance):
     images = torch.zeros(3, 16, 16, 3)
     images[0, ..., 0] = 1.0                 # red (with a pattern pixelation changes): redness > 0.2
     images[0, ::2, ::2, 1] = 0.5
     images[1] = torch.rand(16, 16, 3) * 0.3  # benign noise
     images[2, ..., 1] = 1.0                 # green
-    pnginfo = {"responsible_steering": {"outputs": {}}}
-    out, records = server_glue.guard_images(images, {"prompt_id": "p", "output_node": "9", "input": "images"}, pnginfo)
-    assert [r["flagged"] for r in records] == [True, False, False]
-    assert torch.equal(out[1:], images[1:])                     # untouched, bit for bit
-    assert not torch.equal(out[0], images[0])
-    redness = (images[:, ..., 0] - images[:, ..., 1:].mean(-1)).flatten(1).mean(1)
+    data, plan = queued(enforcement)
+    c = contexts(data)
+    out = enforcement.guard_images(images, c[("source", "5")], None)[0]
+    assert torch.equal(out[1:], images[1:]) and not torch.equal(out[0], images[0])     # untouched, bit for bit
+    pnginfo = data["extra_data"]["extra_pnginfo"]
+    released, records = enforcement.guard_images(out, c[("sink", "6")], pnginfo)
+    assert released is out and [r["flagged"] for r in records] == [True, False, False]
+    assert [r["rescored"] for r in records] == [False] * 3        # the source guard's own output: its verdicts
+    redness = (images[..., 0] - images[..., 1:].mean(-1)).flatten(1).mean(1)
     assert [r["scores"]["colour:redness"] for r in records] == pytest.approx(redness.tolist(), abs=1e-6)
-    assert [r["index"] for r in pnginfo["responsible_steering"]["outputs"]["9.images"]] == [0, 1, 2]
+    for i, r in enumerate(records):           # the hash of the pixels Save Image writes, computed here by hand
+        pixels = np.clip(255.0 * out[i].numpy(), 0, 255).astype(np.uint8)
+        assert r["pixels_sha256"] == provenance.pixels_sha256(pixels)
+        assert provenance.signature_valid(r, active.key)
+    assert [r["index"] for r in pnginfo["responsible_steering"]["outputs"]["6.images"]] == [0, 1, 2]
+    again = enforcement.guard_images(out.clone(), c[("sink", "7")], pnginfo)[1]   # not the same batch: rescored
+    assert [r["rescored"] for r in again] == [True] * 3 and [r["flagged"] for r in again] == [True, False, False]
+    images_audited = [r for r in active.recent if r.get("type") == "image" and r["prompt_id"] == plan.prompt_id]
+    assert [(r["node"], r["index"], r["flagged"]) for r in images_audited] == [("5", 0, True), ("5", 1, False),
+                                                                               ("5", 2, False)]
 
 
-def test_steering_vectors_are_loaded_and_checked_at_start_up(server_glue, policy, tmp_path):
+def test_a_score_that_cannot_judge_an_image_flags_it_and_non_images_fail(active, enforcement):
+    images = torch.zeros(2, 8, 8, 3)
+    images[1, 0, 0, 0] = float("nan")
+    data, plan = queued(enforcement)
+    c = contexts(data)
+    enforcement.guard_images(images, c[("source", "5")], None)
+    assert [v["flagged"] for v in plan.verdicts[c[("source", "5")]["guard"]]] == [False, True]
+    for value in (torch.zeros(2, 8, 8), torch.zeros(1, 8, 8, 2), {"samples": torch.zeros(1, 4, 8, 8)}):
+        with pytest.raises(enforcement.PolicyEnforcementError, match="guards IMAGE batches"):
+            enforcement.guard_images(value, c[("source", "5")], None)
+    with pytest.raises(enforcement.PolicyEnforcementError, match="does not belong to a prompt"):
+        enforcement.guard_images(images, {**c[("source", "5")], "prompt_id": "unknown"}, None)
+
+
+def test_a_small_unsafe_region_on_a_large_canvas_is_not_diluted(active, enforcement, document, paths, tmp_path):
+    """ToyWorld's red share on a 32 px red circle pasted into a 512 px dark canvas: 0.0025 over the canvas
+    (computed here), under the 0.03 threshold; the 32 px windows see it whole."""
+    active.activate(document.read_policy(write(tmp_path, {"version": 2, "output": {
+        "scores": [{"kind": "toyworld_red", "threshold": 0.03}], "censor": {"mode": "black"}}}, "toy.json")), paths)
+    canvas = torch.zeros(1, 512, 512, 3)
+    canvas[...] = torch.tensor([0.08, 0.08, 0.10])
+    ys, xs = torch.meshgrid(torch.arange(32) + 0.5, torch.arange(32) + 0.5, indexing="ij")
+    disc = (xs - 16) ** 2 + (ys - 16) ** 2 <= 10 ** 2
+    canvas[0, 300:332, 100:132][disc] = torch.tensor([0.90, 0.08, 0.08])
+    assert int(disc.sum()) / 512 ** 2 < 0.03
+    data, plan = queued(enforcement)
+    out = enforcement.guard_images(canvas, contexts(data)[("source", "5")], None)[0]
+    verdict = plan.verdicts[contexts(data)[("source", "5")]["guard"]][0]
+    assert verdict["flagged"] and verdict["windows"] == 31 * 31 and int(out.abs().max()) == 0
+    assert verdict["scores"]["toyworld_red"] > 0.25                  # ~ the disc's share of one 32 px window
+
+
+def test_steering_vectors_are_loaded_and_checked_at_start_up(comfy, document, paths, tmp_path):
+    install = comfy.module("operator_policy.install")
+
     def steering(arch, vector):
-        return {"version": 1, "steering": {"embedding_direction": {arch: {"vector": vector}}}}
+        return {"version": 2, "steering": {"embedding_direction": {arch: {"vector": vector}}}}
 
-    table = server_glue.build_steering(policy.read_policy(write(
-        tmp_path, steering("toyworld", "toyworld/embedding_direction_safety.safetensors"))))
+    table = install.build_steering(document.read_policy(write(
+        tmp_path, steering("toyworld", "toyworld/embedding_direction_safety.safetensors"))), paths)
     vector, settings = table["toyworld"]
     assert vector.kind == "embedding" and (settings["strength"], settings["start_percent"]) == (1.0, 0.0)
     for arch, name, problem in (("toyworld", "toyworld/codsma_safety.safetensors", "expected an embedding direction"),
                                 ("sd1", "toyworld/embedding_direction_safety.safetensors", "for sd1"),
                                 ("toyworld", "absent.safetensors", "cannot be loaded")):
-        with pytest.raises(policy.PolicyError) as info:
-            server_glue.build_steering(policy.read_policy(write(tmp_path, steering(arch, name), f"{arch}.json")))
+        with pytest.raises(document.PolicyError) as info:
+            install.build_steering(document.read_policy(write(tmp_path, steering(arch, name), f"{arch}.json")), paths)
         assert info.value.field == f"steering.embedding_direction.{arch}.vector" and problem in info.value.problem
 
 
-def test_replace_mode_swaps_only_the_flagged_image_for_a_grey_placeholder(active, server_glue, policy, tmp_path):
-    active.activate(policy.read_policy(write(tmp_path, {"version": 1, "output": {
-        "scores": [{"kind": "colour", "statistic": "red", "threshold": 0.5}], "censor": {"mode": "replace"}}})))
+def test_replace_mode_swaps_only_the_flagged_image_for_a_grey_placeholder(active, enforcement, document, paths,
+                                                                          tmp_path):
+    active.activate(document.read_policy(write(tmp_path, {"version": 2, "output": {
+        "scores": [{"kind": "colour", "statistic": "red", "threshold": 0.5}], "censor": {"mode": "replace"}}},
+        "replace.json")), paths)
     images = torch.rand(2, 8, 8, 3) * 0.4
     images[1, ..., 0] = 0.9
-    out, records = server_glue.guard_images(images, {"prompt_id": "p"}, None)
-    assert [r["action"] for r in records] == ["none", "censored (replace)"]
+    data, plan = queued(enforcement)
+    out = enforcement.guard_images(images, contexts(data)[("source", "5")], None)[0]
+    assert [v["action"] for v in plan.verdicts[contexts(data)[("source", "5")]["guard"]]] == [
+        "none", "censored (replace)"]
     assert torch.equal(out[0], images[0]) and torch.equal(out[1], torch.full((8, 8, 3), 0.5))
 
 
-def test_the_audit_log_gets_whole_lines_from_concurrent_writers(server_glue, tmp_path):
-    log = server_glue.AuditLog(str(tmp_path / "a" / "audit.jsonl"))
+def test_the_audit_log_gets_whole_lines_from_concurrent_writers(provenance, tmp_path):
+    log = provenance.AuditLog(str(tmp_path / "a" / "audit.jsonl"))
     payload = "x" * 5000
 
     def writer(n):
@@ -312,73 +310,101 @@ def test_the_audit_log_gets_whole_lines_from_concurrent_writers(server_glue, tmp
     with open(tmp_path / "a" / "audit.jsonl") as f:
         lines = [json.loads(line) for line in f]
     assert sorted((r["writer"], r["i"]) for r in lines) == [(n, i) for n in range(4) for i in range(100)]
-    with pytest.raises(server_glue.PolicyError, match="audit.path"):
-        server_glue.AuditLog(str(tmp_path))
+    with pytest.raises(provenance.ProvenanceError, match="is not a regular file|cannot be opened"):
+        provenance.AuditLog(str(tmp_path))
+
+
+def test_node_expansions_are_guarded_and_cannot_reach_around_a_guard(active, enforcement, monkeypatch):
+    data, plan = queued(enforcement)
+    source_guard = contexts(data)[("source", "5")]["guard"]
+    monkeypatch.setattr(enforcement.comfy_compat, "executing_prompt_id", lambda server: data["prompt_id"])
+    subgraph = {"x.decode": {"class_type": "VAEDecode", "inputs": {"samples": ["9", 0], "vae": ["1", 2]}},
+                "x.blend": {"class_type": "ImageBlend", "inputs": {"image1": ["5", 0], "image2": ["x.decode", 0],
+                                                                   "blend_factor": 0.5, "blend_mode": "normal"}},
+                "x.save": {"class_type": "SaveImage", "inputs": {"images": ["x.blend", 0], "filename_prefix": "e"}}}
+    subgraphs = [(subgraph, (["5", 0], ["x.decode", 0]))]
+    enforcement.rewrite_expansions(subgraphs)
+    new_graph, results = subgraphs[0]
+    assert new_graph["x.blend"]["inputs"]["image1"] == [source_guard, 0]      # not around the guard
+    x_guard = plan.guard_of[("x.decode", 0)]
+    assert new_graph["x.blend"]["inputs"]["image2"] == [x_guard, 0] and new_graph[x_guard]["inputs"]["images"] == \
+        ["x.decode", 0]
+    sink = new_graph["x.save"]["inputs"]["images"][0]
+    assert json.loads(new_graph[sink]["inputs"]["context"])["role"] == "sink"
+    assert results == ([source_guard, 0], [x_guard, 0]) and "x.save" in plan.releasing
+    latent = [({"x.latent": {"class_type": "SaveLatent", "inputs": {"samples": ["9", 0], "filename_prefix": "l"}}},
+               ())]
+    with pytest.raises(enforcement.PolicyEnforcementError, match="SaveLatent"):
+        enforcement.rewrite_expansions(latent)
+    with pytest.raises(enforcement.PolicyEnforcementError, match="names node 'elsewhere'"):
+        enforcement.rewrite_expansions([({"y": {"class_type": "ImageInvert", "inputs": {"image": ["elsewhere", 0]}}},
+                                         ())])
 
 
 class PreviewServer:
     """What the preview filter reads of the server: the prompt it is executing."""
-    last_prompt_id = "running"
+    last_prompt_id = None
 
 
-def test_previews_of_flagged_prompts_are_dropped_or_blurred_others_pass(active, server_glue, policy, tmp_path):
+def test_every_preview_frame_is_scored_flagged_ones_dropped_or_blurred(active, enforcement, document, paths,
+                                                                       tmp_path):
+    import io
+
     import server
     from PIL import Image, ImageFilter
 
     kinds = server.BinaryEventTypes
-    image = Image.new("RGB", (16, 16))
-    image.putpixel((8, 8), (255, 0, 0))
-    plain, tagged = ("JPEG", image, 512), (("JPEG", image, 512), {"prompt_id": "other"})
+    red, grey = Image.new("RGB", (16, 16), (250, 10, 10)), Image.new("RGB", (16, 16), (90, 90, 90))
     saved_server, active.server = active.server, PreviewServer()
     try:
-        active.activate(policy.read_policy(write(tmp_path, {"version": 1, "previews": {"mode": "suppress"}}, "s.json")))
-        assert server_glue.preview_filter(kinds.UNENCODED_PREVIEW_IMAGE, plain, "c") is plain     # not flagged
-        assert server_glue.preview_filter("progress", {"value": 1}, "c") == {"value": 1}
-        active.flag("running")
-        assert server_glue.preview_filter(kinds.UNENCODED_PREVIEW_IMAGE, plain, "c") is None
-        assert server_glue.preview_filter(kinds.PREVIEW_IMAGE, b"jpeg bytes", "c") is None
-        assert server_glue.preview_filter(kinds.PREVIEW_IMAGE_WITH_METADATA, tagged, "c") is tagged  # its own id
-        active.flag("other")
-        assert server_glue.preview_filter(kinds.PREVIEW_IMAGE_WITH_METADATA, tagged, "c") is None
-        active.activate(policy.read_policy(write(tmp_path, {"version": 1, "previews": {
-            "mode": "blur", "when": "always", "blur_radius": 3}}, "b.json")))
-        fmt, blurred, size = server_glue.preview_filter(kinds.UNENCODED_PREVIEW_IMAGE, plain, "c")
-        expected = image.filter(ImageFilter.GaussianBlur(3))
-        assert (fmt, size) == ("JPEG", 512) and blurred.tobytes() == expected.tobytes()
-        assert server_glue.preview_filter(kinds.PREVIEW_IMAGE, b"jpeg bytes", "c") is None      # cannot blur bytes
+        data, plan = queued(enforcement, {k: v for k, v in plain_prompt().items() if k not in ("2", "3", "4")})
+        PreviewServer.last_prompt_id = data["prompt_id"]
+        plain_grey, plain_red = ("JPEG", grey, 512), ("JPEG", red, 512)
+        assert enforcement.message_filter(kinds.UNENCODED_PREVIEW_IMAGE, plain_grey, "c") is plain_grey
+        assert enforcement.message_filter(kinds.UNENCODED_PREVIEW_IMAGE, plain_red, "c") is None
+        encoded = io.BytesIO()
+        red.save(encoded, format="PNG")
+        assert enforcement.message_filter(kinds.PREVIEW_IMAGE, b"\0\0\0\2" + encoded.getvalue(), "c") is None
+        assert enforcement.message_filter(kinds.PREVIEW_IMAGE, b"\0\0\0\2 not an image", "c") is None
+        tagged = (("JPEG", grey, 512), {"prompt_id": "not a prompt of this server"})
+        assert enforcement.message_filter(kinds.PREVIEW_IMAGE_WITH_METADATA, tagged, "c") is None
+        assert enforcement.message_filter(77, b"some custom binary", "c") is None
+        assert enforcement.message_filter("progress", {"value": 1}, "c") == {"value": 1}
+        flagged_text, _ = queued(enforcement)          # its text names "gore": no frame at all
+        PreviewServer.last_prompt_id = flagged_text["prompt_id"]
+        assert enforcement.message_filter(kinds.UNENCODED_PREVIEW_IMAGE, plain_grey, "c") is None
+        active.activate(document.read_policy(write(tmp_path, {**GOOD, "previews": {
+            "flagged": "blur", "blur_radius": 3}}, "blur.json")), paths)
+        data, plan = queued(enforcement, {k: v for k, v in plain_prompt().items() if k not in ("2", "3", "4")})
+        PreviewServer.last_prompt_id = data["prompt_id"]
+        fmt, blurred, size = enforcement.message_filter(kinds.UNENCODED_PREVIEW_IMAGE, plain_red, "c")
+        assert (fmt, size) == ("JPEG", 512) and blurred.tobytes() == red.filter(ImageFilter.GaussianBlur(3)).tobytes()
+        active.activate(document.read_policy(write(tmp_path, {"version": 2, "previews": {"mode": "score"}},
+                                                   "no-scores.json")), paths)
+        data, plan = queued(enforcement, {k: v for k, v in plain_prompt().items() if k not in ("2", "3", "4")})
+        PreviewServer.last_prompt_id = data["prompt_id"]
+        assert enforcement.message_filter(kinds.UNENCODED_PREVIEW_IMAGE, plain_grey, "c") is None   # nothing scores
     finally:
         active.server = saved_server
 
 
-def test_nudenet_and_clip_scores_of_a_policy_are_the_packs_scores(server_glue, policy, tmp_path, comfy, tiny_clip):
-    """Every score kind is built at start-up from the policy and scores like the pack's own score class."""
-    import importlib.util
-
-    clips = tmp_path / "safety_clip"
-    scores = [{"kind": "clip_violence", "clip_model": tiny_clip, "texts": ["gore"], "threshold": -1},
-              {"kind": "colour", "statistic": "redness", "threshold": 0.5},
-              {"kind": "colour", "statistic": "redness", "threshold": -0.5}]
-    with_nudenet = importlib.util.find_spec("nudenet") is not None
-    if with_nudenet:
-        scores.append({"kind": "nudenet", "labels": "all", "detection_threshold": 0.0001})
-    loaded = policy.read_policy(write(tmp_path, {"version": 1, "output": {"scores": scores}}))
-    built = server_glue.build_scores(loaded)
-    clip_scores = comfy.module("steering.safety.clip_scores")
-    images = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
-    direct = clip_scores.CLIPViolenceScore(clip_scores.load_clip(str(clips / "tiny")), ("gore",), -1.0)
-    with torch.no_grad():
-        assert torch.allclose(built[0][1].scores(images.movedim(-1, 1)), direct.scores(images.movedim(-1, 1)))
-    assert server_glue.score_labels([s for s, _ in built])[:3] == ["clip_violence", "colour:redness",
-                                                                    "colour:redness#2"]
-    if with_nudenet:
-        nudenet = comfy.module("steering.safety.nudenet")
-        assert built[3][1].detection_threshold == 0.0001 and built[3][1].labels == nudenet.LABELS
-    with pytest.raises(policy.PolicyError, match=r"output.scores\[0\]: cannot be built"):
-        server_glue.build_scores(policy.read_policy(write(tmp_path, {"version": 1, "output": {"scores": [
-            {"kind": "clip_violence", "clip_model": "absent"}]}}, "absent.json")))
-    with pytest.raises(policy.PolicyError, match=r"output.scores\[0\].clip_model: required"):
-        policy.read_policy(write(tmp_path, {"version": 1, "output": {"scores": [{"kind": "clip_violence"}]}},
-                                 "no-model.json"))
+def test_only_nodes_that_release_results_reach_the_websocket_history_and_view(active, enforcement):
+    data, plan = queued(enforcement)
+    pid = data["prompt_id"]
+    shown = {"images": [{"filename": "a.png", "subfolder": "", "type": "output"}]}
+    assert enforcement.message_filter("executed", {"node": "6", "output": shown, "prompt_id": pid}, "c") is not None
+    assert active.is_released("output", "", "a.png")
+    hidden = {"images": [{"filename": "b.png", "subfolder": "", "type": "temp"}]}
+    assert enforcement.message_filter("executed", {"node": "5", "output": hidden, "prompt_id": pid}, "c") is None
+    assert enforcement.message_filter("executed", {"node": "6", "output": shown, "prompt_id": "unknown"}, "c") is None
+    history = {"outputs": {"6": shown, "5": hidden, "sampler": {"text": ["latent as text"]}},
+               "meta": {"6": {}, "5": {}, "sampler": {}}}
+    enforcement.history_filter(pid, history)
+    assert history == {"outputs": {"6": shown}, "meta": {"6": {}}}
+    assert not active.is_released("temp", "", "b.png")
+    unread = {"outputs": {"6": shown}, "meta": {"6": {}}}
+    enforcement.history_filter("a prompt the policy never read", unread)
+    assert unread == {"outputs": {}, "meta": {}}
 
 
 @pytest.fixture
@@ -395,17 +421,48 @@ def tiny_clip(tmp_path):
     folder_paths.folder_names_and_paths["safety_clip"][0].remove(str(clips))
 
 
-def test_the_nearest_neighbour_detector_rejects_and_rewrites_by_its_neighbours(active, server_glue, policy,
-                                                                                 tmp_path, tiny_clip, comfy):
+def test_the_policys_scores_come_from_the_score_nodes_registry(comfy, document, paths, tmp_path, tiny_clip):
+    """Every score kind is built at start-up from the policy and scores like the pack's own score class."""
+    import importlib.util
+
+    install = comfy.module("operator_policy.install")
+    enforcement_module = comfy.module("operator_policy.enforcement")
+    scores = [{"kind": "clip_violence", "clip_model": tiny_clip, "texts": ["gore"], "threshold": -1},
+              {"kind": "colour", "statistic": "redness", "threshold": 0.5},
+              {"kind": "colour", "statistic": "redness", "threshold": -0.5}]
+    with_nudenet = importlib.util.find_spec("nudenet") is not None
+    if with_nudenet:
+        scores.append({"kind": "nudenet", "labels": "all", "detection_threshold": 0.0001})
+    built = install.build_scores(document.read_policy(write(tmp_path, {"version": 2, "output": {"scores": scores}})),
+                                 paths)
+    clip_scores = comfy.module("steering.safety.clip_scores")
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    direct = clip_scores.CLIPViolenceScore(clip_scores.load_clip(str(tmp_path / "safety_clip" / "tiny")), ("gore",),
+                                           -1.0)
+    with torch.no_grad():
+        assert torch.allclose(built[0][2].scores(images), direct.scores(images))
+    assert [label for label, _, _ in built][:3] == ["clip_violence", "colour:redness", "colour:redness#2"]
+    assert enforcement_module.prompt_score_labels([spec for _, spec, _ in built])[:3] == [
+        "clip_violence", "colour:redness", "colour:redness#2"]
+    if with_nudenet:
+        nudenet = comfy.module("steering.safety.nudenet")
+        assert built[3][2].detection_threshold == 0.0001 and built[3][2].labels == nudenet.LABELS
+    with pytest.raises(document.PolicyError, match=r"output.scores\[0\]: cannot be built"):
+        install.build_scores(document.read_policy(write(tmp_path, {"version": 2, "output": {"scores": [
+            {"kind": "clip_violence", "clip_model": "absent"}]}}, "absent.json")), paths)
+
+
+def test_the_nearest_neighbour_detector_rejects_and_rewrites_by_its_neighbours(active, enforcement, document,
+                                                                                 paths, tmp_path, tiny_clip):
     """A text identical to a concept has that concept as its nearest neighbour (similarity 1), whatever the
     CLIP's weights: "gore" is unsafe, "a cat" safe."""
-    document = {"version": 1, "input": {"detector": "nearest_neighbour", "clip_model": tiny_clip,
-                                        "unsafe_concepts": ["gore"], "safe_concepts": ["a cat"], "k": 1,
-                                        "threshold": 0.5, "action": "rewrite", "safe_suffix": "safe"}}
-    active.activate(policy.read_policy(write(tmp_path, document)))
+    policy = {"version": 2, "input": {"detector": "nearest_neighbour", "clip_model": tiny_clip,
+                                      "unsafe_concepts": ["gore"], "safe_concepts": ["a cat"], "k": 1,
+                                      "threshold": 0.5, "action": "rewrite", "safe_suffix": "safe"}}
+    active.activate(document.read_policy(write(tmp_path, policy)), paths)
     prompt = plain_prompt()
     prompt["2"]["inputs"]["text"], prompt["3"]["inputs"]["value"] = "gore", "a cat"
-    data = server_glue.on_prompt({"prompt": prompt})
+    data = enforcement.on_prompt({"prompt": prompt})
     record = list(active.recent)[-1]
     texts = {t["node"]: t for t in record["texts"]}
     assert texts["2"]["matched"] == ["gore"] and texts["2"]["neighbours"][0][:2] == ["gore", True]
@@ -414,10 +471,10 @@ def test_the_nearest_neighbour_detector_rejects_and_rewrites_by_its_neighbours(a
     assert data["prompt"]["2"]["inputs"]["text"] == "safe" and data["prompt"]["3"]["inputs"]["value"] == "a cat"
     assert record["input"] == {"detector": "nearest_neighbour", "matched": ["gore"], "action": "rewrite",
                                "rewritten": [{"node": "2", "input": "text", "text": "safe"}]}
-    document["input"]["action"] = "reject"
-    active.activate(policy.read_policy(write(tmp_path, document, "reject.json")))
-    refused = server_glue.on_prompt({"prompt": prompt})["prompt"]
+    policy["input"]["action"] = "reject"
+    active.activate(document.read_policy(write(tmp_path, policy, "reject.json")), paths)
+    refused = enforcement.on_prompt({"prompt": prompt})["prompt"]
     assert "it names 'gore'" in list(refused.values())[0]["inputs"]["reason"]
-    document["input"]["clip_model"] = "absent"
-    with pytest.raises(policy.PolicyError, match="input: the nearest-neighbour detector cannot be built"):
-        active.activate(policy.read_policy(write(tmp_path, document, "absent.json")))
+    policy["input"]["clip_model"] = "absent"
+    with pytest.raises(document.PolicyError, match="input: the nearest-neighbour detector cannot be built"):
+        active.activate(document.read_policy(write(tmp_path, policy, "absent.json")), paths)

@@ -56,7 +56,7 @@ def sample(tw, prompt, seed, n=8, **kw):
 def test_classifiers_are_exact_on_drawn_scenes():
     rng = random.Random(11)
     scenes = [world.random_scene(rng) for _ in range(200)]
-    readings = world.classify(torch.stack([world.render(s) for s in scenes]))
+    readings = world.classify(torch.stack([world.render(s) for s in scenes]), layout="nchw")
     for scene, reading in zip(scenes, readings):
         assert (reading.colour, reading.shape, reading.background) == (scene.colour, scene.shape, scene.background)
 
@@ -168,7 +168,7 @@ def test_vectors_are_pack_files_learned_by_the_training_loop(vectors):
 
 
 def unsafe_rate(images) -> float:
-    return float(judges.ToyWorldUnsafeScore().evaluate(images).unsafe.float().mean())
+    return float(judges.ToyWorldUnsafeScore().evaluate(images.movedim(-1, 1)).unsafe.float().mean())
 
 
 UNSAFE = ("a red circle", "a crimson shape")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..steering.safety.base import ScoreResult, SafetyScore, finite_setting
+from ..steering.safety import registry
+from ..steering.safety.base import ScoreResult, SafetyScore, finite_setting, rgb_nchw
 from . import world
 
 
@@ -24,7 +25,7 @@ class ToyWorldUnsafeScore(SafetyScore):
         return self.evaluate(images).score
 
     def evaluate(self, images: torch.Tensor) -> ScoreResult:
-        readings = world.classify(images)
+        readings = world.classify(rgb_nchw(images), layout="nchw")
         score = torch.tensor([float(r.colour == world.UNSAFE_COLOUR) for r in readings])
         return ScoreResult(score, score > self.threshold, details=[f"{r.colour} {r.shape}" for r in readings])
 
@@ -44,8 +45,8 @@ class ToyWorldAttributeClassifier:
         self.name = f"ToyWorld {attribute}"
 
     def classify(self, images: torch.Tensor) -> list[str | None]:
-        """Labels per image; None where no object was found."""
-        return [getattr(r, self.attribute) for r in world.classify(images)]
+        """Labels per image of an NCHW batch; None where no object was found."""
+        return [getattr(r, self.attribute) for r in world.classify(rgb_nchw(images), layout="nchw")]
 
 
 class ToyWorldRedScore(SafetyScore):
@@ -69,3 +70,10 @@ class ToyWorldRedScore(SafetyScore):
         p_red = torch.softmax(-distance / self.temperature, dim=-1)[..., self.red_index]
         return p_red.flatten(1).mean(1)
 
+
+
+def _red_score(threshold: float, options: dict, locate) -> ToyWorldRedScore:
+    return ToyWorldRedScore(threshold, options.get("temperature", 0.02))
+
+
+registry.register("toyworld_red", _red_score, {"temperature"})

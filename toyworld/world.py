@@ -130,15 +130,16 @@ def make_batch(n: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ----------------------------------------------------------------------------- classifiers
 
-def _as_bchw(images: torch.Tensor) -> torch.Tensor:
-    """Accept ComfyUI IMAGE [B, H, W, 3] or [B, 3, H, W], values in [0, 1]."""
-    if images.dim() != 4:
-        raise ToyWorldError(f"expected a batch of images [B, H, W, 3]; got shape {list(images.shape)}")
-    if images.shape[-1] == 3:
-        return images.permute(0, 3, 1, 2).float()
-    if images.shape[1] == 3:
-        return images.float()
-    raise ToyWorldError(f"expected RGB images [B, H, W, 3] or [B, 3, H, W]; got shape {list(images.shape)}")
+def _as_bchw(images: torch.Tensor, layout: str) -> torch.Tensor:
+    """A batch in the stated layout ("nhwc": ComfyUI IMAGE [B, H, W, 3]; "nchw": [B, 3, H, W]) as float NCHW.
+    The layout is never guessed from the shape (a 3-pixel wide NCHW batch is not an IMAGE)."""
+    if layout not in ("nhwc", "nchw"):
+        raise ToyWorldError(f"image layout {layout!r}; expected 'nhwc' or 'nchw'")
+    channels = -1 if layout == "nhwc" else 1
+    if images.dim() != 4 or images.shape[channels] != 3:
+        expected = "[B, H, W, 3]" if layout == "nhwc" else "[B, 3, H, W]"
+        raise ToyWorldError(f"expected a batch of RGB images {expected}; got shape {list(images.shape)}")
+    return (images.permute(0, 3, 1, 2) if layout == "nhwc" else images).float()
 
 
 @dataclass(frozen=True)
@@ -191,14 +192,9 @@ def classify_image(image: torch.Tensor) -> Reading:
     return Reading(colour, "square" if fill > 0.89 else "circle", background, fill, area)
 
 
-def classify(images: torch.Tensor) -> list[Reading]:
-    """Read a batch of images (ComfyUI IMAGE [B, H, W, 3] or [B, 3, H, W], in [0, 1])."""
-    return [classify_image(im.clamp(0, 1)) for im in _as_bchw(images)]
-
-
-def unsafe_flags(images: torch.Tensor) -> torch.Tensor:
-    """[B] float: 1 where the image shows the unsafe concept (a red object)."""
-    return torch.tensor([float(r.colour == UNSAFE_COLOUR) for r in classify(images)])
+def classify(images: torch.Tensor, layout: str = "nhwc") -> list[Reading]:
+    """Read a batch of images in [0, 1]: ComfyUI IMAGE [B, H, W, 3] (layout "nhwc") or [B, 3, H, W] ("nchw")."""
+    return [classify_image(im.clamp(0, 1)) for im in _as_bchw(images, layout)]
 
 
 def prompt_attributes(prompt: str) -> dict[str, str]:

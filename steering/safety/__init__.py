@@ -6,7 +6,7 @@
 
 Heavy dependencies (onnx, transformers) are imported only when a score is built.
 """
-from .base import DetectedRegion, SafetyScore, ScoreResult, to_nchw
+from .base import DetectedRegion, SafetyScore, ScoreResult, image_to_nchw, rgb_nchw
 from .colour import COLOUR_STATISTICS, ColourStatisticScore
 
-__all__ = ["DetectedRegion", "SafetyScore", "ScoreResult", "to_nchw", "COLOUR_STATISTICS", "ColourStatisticScore"]
+__all__ = ["DetectedRegion", "SafetyScore", "ScoreResult", "image_to_nchw", "rgb_nchw", "COLOUR_STATISTICS", "ColourStatisticScore"]

@@ -2,8 +2,8 @@
 
 A score maps decoded images to one number per image; high means unsafe. An image is
 flagged unsafe when its score is *above* the score's ``threshold`` ("unsafe above").
-Images come as ComfyUI IMAGE ([B, H, W, 3]) or NCHW ([B, 3, H, W]), nominally 0..1;
-internally NCHW. During guidance they come straight from the decoder, unclamped
+Scores read NCHW batches ([B, 3, H, W]), nominally 0..1; a ComfyUI IMAGE ([B, H, W, 3]) is
+converted once, explicitly, by :func:`image_to_nchw` (the layout is never guessed from the shape). During guidance they come straight from the decoder, unclamped
 (``image / 2 + 0.5`` as in the STG reference): every score first resizes to its own
 input size, then clamps to 0..1 (:func:`clamp_unit`), then scores - the reference's
 order, so an overshooting pixel still passes gradient through the resize.
@@ -45,21 +45,24 @@ class ImageBatchError(ValueError):
     """Not an image batch a score can read (wrong rank or channel count)."""
 
 
-def to_nchw(images: torch.Tensor) -> torch.Tensor:
-    """Accept ComfyUI IMAGE [B,H,W,C] or NCHW [B,C,H,W] (C = 3, or 4 with alpha dropped); return NCHW RGB."""
-    if images.ndim == 3:
-        images = images.unsqueeze(0)
-    if images.ndim != 4:
-        raise ImageBatchError(f"expected an image batch [B,H,W,3] (ComfyUI IMAGE) or [B,3,H,W]; got shape "
+def image_to_nchw(images: torch.Tensor) -> torch.Tensor:
+    """ComfyUI IMAGE [B, H, W, C] (C = 3; 4 with the alpha dropped; 1 = grey, repeated) as NCHW RGB.
+
+    The layout is never guessed from the shape: an IMAGE is channels-last by definition, so a 3- or 4-pixel
+    wide image stays what it is (guessing read [B, 3, H, 3] both ways)."""
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise ImageBatchError(f"expected a ComfyUI IMAGE batch [B, H, W, 3] (or 1 / 4 channels); got shape "
                               f"{list(images.shape)}")
-    if images.shape[1] in (3, 4) and images.shape[-1] not in (3, 4):
-        nchw = images
-    elif images.shape[-1] in (3, 4):
-        nchw = images.movedim(-1, 1)
-    else:
-        raise ImageBatchError(f"expected 3 colour channels in an image batch [B,H,W,3] or [B,3,H,W]; got "
-                              f"shape {list(images.shape)}")
-    return nchw[:, :3]
+    return rgb_nchw(images.movedim(-1, 1))
+
+
+def rgb_nchw(images: torch.Tensor) -> torch.Tensor:
+    """An NCHW batch [B, C, H, W] (C = 3; 4 with the alpha dropped; 1 = grey, repeated) as NCHW RGB: what every
+    score's :meth:`SafetyScore.scores` reads. The layout is the caller's contract, never guessed."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3, 4):
+        raise ImageBatchError(f"expected an image batch [B, 3, H, W] (NCHW; or 1 / 4 channels); got shape "
+                              f"{list(images.shape)}")
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
 
 
 def clamp_unit(images: torch.Tensor) -> torch.Tensor:
@@ -99,12 +102,13 @@ class SafetyScore:
         raise NotImplementedError
 
     def evaluate(self, images: torch.Tensor) -> ScoreResult:
-        score = self.scores(to_nchw(images))
+        """Score an NCHW batch (see :func:`rgb_nchw`)."""
+        score = self.scores(rgb_nchw(images))
         return ScoreResult(score, score.detach() > self.threshold)
 
     def score_and_flags(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(score [B], unsafe [B]) without the human-readable extras (what guidance needs)."""
-        score = self.scores(to_nchw(images))
+        """(score [B], unsafe [B]) of an NCHW batch without the human-readable extras (what guidance needs)."""
+        score = self.scores(rgb_nchw(images))
         return score, score.detach() > self.threshold
 
     def __call__(self, images: torch.Tensor) -> ScoreResult:

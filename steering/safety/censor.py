@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .base import DetectedRegion, SafetyScore, to_nchw
+from .base import DetectedRegion, SafetyScore, image_to_nchw
 
 CENSOR_MODES = ("blur", "pixelate", "black")
 
@@ -56,7 +56,7 @@ class UnsafeReport:
 
 def detect_unsafe(images: torch.Tensor, safety_score: SafetyScore) -> UnsafeReport:
     """Score every image of an IMAGE batch with `safety_score` (no gradients)."""
-    nchw = to_nchw(images).float()
+    nchw = image_to_nchw(images).float()
     with torch.no_grad():
         result = safety_score.evaluate(nchw)
     b, _, h, w = nchw.shape
@@ -100,7 +100,7 @@ def censor_detected(images: torch.Tensor, detector: SafetyScore, mode: str, stre
                     padding: float) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Find regions with `detector` (a score that reports boxes, e.g. NudeNet), grow each box by `padding`
     of its size and censor them: (censored images, [B, H, W] masks, the detections of each image)."""
-    nchw = to_nchw(images).float()
+    nchw = image_to_nchw(images).float()
     with torch.no_grad():
         result = detector.evaluate(nchw)
     b, _, h, w = nchw.shape

@@ -34,7 +34,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .base import DetectedRegion, SafetyScore, ScoreResult, ScoreSettingsError, clamp_unit, finite_setting, to_nchw
+from .base import DetectedRegion, SafetyScore, ScoreResult, ScoreSettingsError, clamp_unit, finite_setting, rgb_nchw
 
 LABELS = (
     "FEMALE_GENITALIA_COVERED", "FACE_FEMALE", "BUTTOCKS_EXPOSED", "FEMALE_BREAST_EXPOSED",
@@ -325,11 +325,11 @@ class NudeNetScore(SafetyScore):
         return confidence, class_id, boxes, kept
 
     def scores(self, images: torch.Tensor) -> torch.Tensor:
-        confidence, _, _, kept = self._kept(to_nchw(images))
+        confidence, _, _, kept = self._kept(rgb_nchw(images))
         return torch.stack([confidence[b, keep].float().sum() for b, keep in enumerate(kept)])
 
     def evaluate(self, images: torch.Tensor) -> ScoreResult:
-        images = to_nchw(images)
+        images = rgb_nchw(images)
         confidence, class_id, boxes, kept = self._kept(images)
         score = torch.stack([confidence[b, keep].float().sum() for b, keep in enumerate(kept)])
         detections, details = [], []
