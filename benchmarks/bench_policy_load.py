@@ -50,12 +50,12 @@ TEXTS = [  # (text, asks for the unsafe concept); "crimson" and "blood" are the 
     ("a blue circle", False), ("a blood square", True), ("a yellow square on a light background", False),
 ]
 POLICY = {
-    "version": 1,
+    "version": 2,
     "name": "load test policy",
     "operator_token_sha256": hashlib.sha256(b"load-test-operator").hexdigest(),
     "input": {"detector": "word_list", "unsafe_words": ["crimson", "blood"], "action": "log"},
     "output": {"scores": [{"kind": "toyworld_red", "threshold": 0.03}], "censor": {"mode": "black"}},
-    "previews": {"mode": "suppress", "when": "flagged"},
+    "previews": {"mode": "score", "flagged": "drop"},
     "audit": {"path": "audit.jsonl", "pnginfo": True},
 }
 
@@ -87,9 +87,10 @@ def jobs(n: int) -> list[tuple[int, str, bool, int]]:
 
 # ---------------------------------------------------------------------------- checks (pure)
 
-def image_record_counts(records: list[dict]) -> collections.Counter:
-    """How many image records the audit holds per (prompt id, image index)."""
-    return collections.Counter((r["prompt_id"], r["index"]) for r in records if r.get("type") == "image")
+def image_record_counts(records: list[dict], kind: str = "image") -> collections.Counter:
+    """How many records of `kind` the audit holds per (prompt id, image index): "image" where an image is made
+    (scored), "release" where it leaves (signed)."""
+    return collections.Counter((r["prompt_id"], r["index"]) for r in records if r.get("type") == kind)
 
 
 def audit_problems(counts: collections.Counter, saved: dict[str, int]) -> dict[str, list]:
@@ -286,6 +287,7 @@ def measure(prompts: int, clients: int, rounds: int) -> tuple[str, bool]:
             saved = {r.prompt_id: len(r.images) for r in guarded.ok()}
             saved[guarded.warmup_id] = BATCH
             problems = audit_problems(image_record_counts(records), saved)
+            released = audit_problems(image_record_counts(records, "release"), saved)
             prompt_records = collections.Counter(r["prompt_id"] for r in records if r.get("type") == "prompt")
             prompts_not_once = sum(1 for p in saved if prompt_records[p] != 1)
             censor = censor_check(guarded, records)
@@ -300,7 +302,7 @@ def measure(prompts: int, clients: int, rounds: int) -> tuple[str, bool]:
     ratios["rate"] = statistics.median(g / p for g, p in zip(guarded.round_rates, plain.round_rates))
     rows.append(["with / without"] + [f"{ratios[key]:.3f}" if key in ratios else "" for key, _, _ in COLUMNS])
     audited = sum(image_record_counts(records).values())
-    ok = (alive and not lost and not any(problems.values()) and not prompts_not_once
+    ok = (alive and not lost and not any(problems.values()) and not any(released.values()) and not prompts_not_once
           and not censor["flagged_not_black"] and not censor["benign_black"])
     lines = [
         f"{prompts} prompts x {BATCH} images from {clients} concurrent clients, on each server "
@@ -316,8 +318,12 @@ def measure(prompts: int, clients: int, rounds: int) -> tuple[str, bool]:
         f"{'yes' if alive else 'NO'}.",
         f"- Audit: {audited} image records for {sum(saved.values())} saved images (warm-up prompt included); "
         f"not audited {len(problems['missing'])}, audited more than once {len(problems['repeated'])}, "
-        f"records of no saved image {len(problems['unknown'])}; prompts without exactly one prompt record: "
-        f"{prompts_not_once}.",
+        f"records of no saved image {len(problems['unknown'])}; release records (signed, where Save Image takes "
+        f"the image): missing {len(released['missing'])}, more than once {len(released['repeated'])}, of no saved "
+        f"image {len(released['unknown'])}; prompts without exactly one prompt record: {prompts_not_once}.",
+        "- The policy's guards: one where the image is made (VAE Decode: scored on the whole image and its local "
+        "windows, censored), one where it leaves (Save Image: its verdicts reused, the pixels hashed and the record "
+        "signed).",
         f"- Censoring on disk: {censor['flagged']} of {censor['images']} images flagged, flagged but not black "
         f"{censor['flagged_not_black']}, black but not flagged {censor['benign_black']}; flagged unlike the "
         f"prompt's colour (red / other): {censor['unlike_prompt']}.",

@@ -36,10 +36,15 @@ function describe(policy) {
       : `against ${policy.input.words} listed words`;
     lines.push(`Prompts: every text sent to a text encoder is checked ${how}; when flagged: ${policy.input.action}.`);
   }
-  if (policy.output) lines.push(`Images: every image reaching an output node is scored (${policy.output.scores.join(", ")}); flagged images are censored (${policy.output.censor}), each on its own.`);
+  if (policy.output) {
+    lines.push(`Images: every image is scored where it is made and again where it leaves the server (${policy.output.scores.join(", ")}, on the whole image and on local windows); flagged images are censored (${policy.output.censor}), each on its own.`);
+    const allowed = policy.output.allow_uninspected || [];
+    lines.push(allowed.length ? `Outputs the policy cannot inspect (latents, masks, tensors as text) are allowed only for: ${allowed.join(", ")}.`
+      : "Outputs the policy cannot inspect (latents, masks, tensors as text) are refused.");
+  }
   if (policy.steering) lines.push(`Steering: every sampler's prompt is steered by the operator's embedding direction (${policy.steering.join(", ")}).`);
-  if (policy.previews) lines.push(policy.previews.mode === "allow" ? "Live previews: shown." :
-    `Live previews: ${policy.previews.mode === "blur" ? "blurred" : "not sent"} for ${policy.previews.when === "always" ? "every prompt" : "prompts whose text was flagged"}.`);
+  if (policy.previews) lines.push(policy.previews.mode === "suppress" ? "Live previews: not sent." :
+    `Live previews: every frame is scored; flagged frames are ${policy.previews.flagged === "blur" ? "blurred" : "not sent"}; none for prompts whose text was flagged.`);
   return lines;
 }
 
@@ -67,7 +72,7 @@ async function render(root) {
   root.append(el("h4", "Your censored images", "margin: 12px 0 4px 0;"));
   if (!censored.length) root.append(el("p", "None in this session.", "opacity: 0.7;"));
   for (const record of censored.slice(0, 20)) {
-    root.append(el("p", `${record.class_type} ${record.output_node}, image ${record.index}: ${record.action} - ${scoresText(record)}`,
+    root.append(el("p", `${record.class_type} ${record.output_node}, image ${record.index}: ${record.flagged ? record.action : "censored where it was made"} - ${scoresText(record)}`,
       "margin: 2px 0;"));
   }
 
@@ -84,13 +89,15 @@ async function render(root) {
   if (!policy.operator) root.append(token);
   root.append(button);
   if (!policy.operator) return;
-  root.append(el("p", `Policy file: ${policy.path}; audit log: ${policy.audit_path}; previews withheld: ${policy.previews_dropped}`));
+  root.append(el("p", `Policy file: ${policy.path}; audit log: ${policy.audit_path}; previews scored: ${policy.previews?.scored ?? 0}, withheld: ${policy.previews?.dropped ?? 0}`));
   root.append(el("pre", JSON.stringify(policy.document, null, 2), "white-space: pre-wrap; font-size: 11px;"));
   root.append(el("h4", "Latest audit records", "margin: 12px 0 4px 0;"));
   for (const record of [...policy.recent].reverse()) {
     const what = record.type === "prompt"
-      ? `prompt ${record.outcome}; matched: ${(record.input?.matched || []).join(", ") || "none"}`
-      : `${record.class_type} ${record.output_node} image ${record.index}: ${record.action} (${scoresText(record)})`;
+      ? `prompt ${record.outcome}; matched: ${(record.input?.matched || []).join(", ") || "none"}${record.reason ? `; ${record.reason}` : ""}`
+      : record.type === "image" ? `made by ${record.class_type} ${record.node}, image ${record.index}: ${record.action} (${scoresText(record)})`
+      : record.type === "release" ? `released by ${record.class_type} ${record.output_node}, image ${record.index}: ${record.action} (${scoresText(record)})`
+      : `${record.type} ${record.class_type ?? ""} ${record.node ?? ""}`;
     root.append(el("p", `${record.time} ${String(record.prompt_id).slice(0, 8)} client ${record.client_id ?? "-"}: ${what}`,
       "margin: 2px 0; font-family: monospace; font-size: 11px;"));
   }
@@ -102,7 +109,7 @@ app.registerExtension({
     api.addEventListener("executed", ({ detail }) => {
       const records = detail?.output?.[RECORD_KEY];
       if (!Array.isArray(records)) return;
-      const flagged = records.filter((r) => r.flagged);
+      const flagged = records.filter((r) => r.flagged || (r.upstream || []).some((u) => u.flagged.some(Boolean)));
       if (!flagged.length) return;
       censored.unshift(...flagged);
       censored.splice(100);

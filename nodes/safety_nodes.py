@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
+from ..operator_policy.graph import MEASURING
 from ..steering.safety import COLOUR_STATISTICS
 from ..steering.safety import clip_scores
 from ..steering.safety import nudenet, registry
@@ -200,6 +201,7 @@ class ColourScoreNode(io.ComfyNode):
 
 
 class DetectUnsafe(io.ComfyNode):
+    POLICY_ROLE = MEASURING   # reads images as generated; releases flags, scores, box masks and a report
     @classmethod
     def define_schema(cls):
         return schema(

@@ -224,11 +224,15 @@ def insert_guards(prompt: dict, nodes: dict, found: graph.Classification, plan: 
                 prompt[node.id]["inputs"][name] = [guard, 0]
     for sink in found.sinks:
         value = prompt[sink.node]["inputs"][sink.input]
-        link = value if sink.direct else [sink.link.node, sink.link.slot]
+        if sink.link is None:
+            link, upstream = value, []                  # an image given as a value (a node expansion): scored
+        else:
+            link = value if sink.direct else [sink.link.node, sink.link.slot]
+            upstream = [plan.guard_of[s] for s in graph.upstream_sources(nodes, sink.link, plan.guard_of)]
         guard = graph.fresh_id(taken, f"{stem}sink-{sink.node}-{sink.input}")
         context = {"role": "sink", "prompt_id": plan.prompt_id, "node": sink.node,
                    "class_type": nodes[sink.node].class_type, "input": sink.input,
-                   "direct": value[0] if sink.direct else None}
+                   "direct": value[0] if sink.direct else None, "upstream": upstream}
         prompt[guard] = guard_node(link, context)
         prompt[sink.node]["inputs"][sink.input] = [guard, 0]
         entries.append({"guard": guard, **{k: context[k] for k in ("role", "node", "class_type", "input")}})
@@ -409,11 +413,14 @@ def guard_sink(images: torch.Tensor, context: dict, plan: PromptPlan, policy: Po
         entry = extra_pnginfo[RECORD_KEY].setdefault("outputs", {}).setdefault(
             f"{context.get('node')}.{context.get('input')}", [])
     start = len(entry) if entry is not None else 0
+    with plan.lock:
+        upstream = [{"guard": g, "flagged": [v["flagged"] for v in plan.verdicts.get(g, [])]}
+                    for g in context.get("upstream", [])]
     records = []
     for i, verdict in enumerate(decided):
         record = {"type": "release", "time": now(), "policy_sha256": policy.sha256, "prompt_id": plan.prompt_id,
                   "output_node": context["node"], "class_type": context["class_type"], "input": context["input"],
-                  "index": start + i, "rescored": verdicts is None,
+                  "index": start + i, "rescored": verdicts is None, "upstream": upstream,
                   "pixels_sha256": provenance.pixels_sha256(provenance.quantized(out[i])), **verdict}
         records.append(provenance.sign(record, STATE.key))
     for record in records:

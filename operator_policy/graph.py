@@ -201,10 +201,10 @@ def read_prompt(prompt: Any, catalog: Catalog, is_link: Callable[[Any], bool],
 @dataclass(frozen=True)
 class Sink:
     """An IMAGE input of a node that releases it: scored again there unless `direct` (its value is exactly a
-    source guard's output)."""
+    source guard's output). `link` is None for an image given as a value (by a node expansion)."""
     node: str
     input: str
-    link: Link
+    link: Link | None
     direct: bool
 
 
@@ -233,6 +233,12 @@ def classify(nodes: Mapping[str, Node], allow_uninspected: Iterable[str] = (),
             return nodes[link.node].info.outputs[link.slot]
         return (external_types or {})[link.node][link.slot]
 
+    def object_literals(node: Node) -> dict[str, str]:
+        """Values given directly (not linked) to inputs of a type that may hold pixels: a node expansion can put
+        a tensor there (a submitted JSON prompt cannot)."""
+        return {name: node.info.inputs[name].type for name, value in node.literals.items()
+                if node.info.inputs[name].type not in DATA_TYPES and value is not None}
+
     def is_pure(node: Node) -> bool:
         return node.class_type in PURE_CORE_NODES or node.class_type in trusted or node.info.role == IMAGE_TRANSFORM
 
@@ -248,6 +254,7 @@ def classify(nodes: Mapping[str, Node], allow_uninspected: Iterable[str] = (),
             raise GraphRefused(f"node {node.id!r} ({node.class_type}) depends on itself (a cycle)")
         visiting.add(node.id)
         inputs = [(kind_of(link), output_type(link)) for link in node.links.values()]
+        inputs += [(UNINSPECTED, spec) for spec in object_literals(node).values()]
         visiting.discard(node.id)
         all_clean = all(k == CLEAN for k, _ in inputs)
         for slot, kind in enumerate(node.info.outputs):
@@ -276,7 +283,7 @@ def classify(nodes: Mapping[str, Node], allow_uninspected: Iterable[str] = (),
             continue
         linked = [(kind_of(link), output_type(link)) for link in node.links.values()]
         transforms_guarded_images = is_pure(node) and any(k == IMAGE for k, _ in linked) and \
-            all(k in (IMAGE, CLEAN) for k, _ in linked)
+            all(k in (IMAGE, CLEAN) for k, _ in linked) and not object_literals(node)
         if not transforms_guarded_images:
             sources += [(node.id, s) for s in image_slots]
     source_set = set(sources)
@@ -286,15 +293,25 @@ def classify(nodes: Mapping[str, Node], allow_uninspected: Iterable[str] = (),
         if node.class_type in IMAGE_CONTAINERS:
             sinks += [Sink(node.id, name, link, (link.node, link.slot) in source_set)
                       for name, link in node.links.items() if kind_of(link) == IMAGE]
+        if node.info.role == MEASURING:
+            raw_readers |= {(node.id, name) for name, link in node.links.items()
+                            if kind_of(link) == IMAGE and (link.node, link.slot) in source_set}
+            continue
         if not node.info.releases_ui or node.info.role == POLICY:
             continue
+        for name, spec in object_literals(node).items():
+            what = f"node {node.id!r} ({node.class_type}) input {name!r} is given a {spec} value directly"
+            if spec == IMAGE:
+                sinks.append(Sink(node.id, name, None, False))
+            elif node.class_type in allow:
+                allowed.append(what)
+            else:
+                refused.append(f"{what}, which the safety policy cannot inspect; the server does not release it. An "
+                               f"operator may allow it: add \"{node.class_type}\" to output.allow_uninspected in the "
+                               f"policy")
         for name, link in node.links.items():
             kind = kind_of(link)
             declared = node.info.inputs.get(name)
-            if node.info.role == MEASURING:
-                if kind == IMAGE and (link.node, link.slot) in source_set:
-                    raw_readers.add((node.id, name))
-                continue
             if kind == IMAGE or (declared is not None and declared.type == IMAGE):
                 sinks.append(Sink(node.id, name, link, (link.node, link.slot) in source_set))
             elif kind == UNINSPECTED:
@@ -310,6 +327,21 @@ def classify(nodes: Mapping[str, Node], allow_uninspected: Iterable[str] = (),
 
 
 # ---------------------------------------------------------------- texts and samplers
+
+def upstream_sources(nodes: Mapping[str, Node], link: Link, sources: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The guarded sources (of `sources`) that the value at `link` is computed from (itself included)."""
+    wanted, found, seen, pending = set(sources), [], set(), [link]
+    while pending:
+        current = pending.pop()
+        if (current.node, current.slot) in wanted and (current.node, current.slot) not in found:
+            found.append((current.node, current.slot))
+            continue
+        if current.node in seen or current.node not in nodes:
+            continue
+        seen.add(current.node)
+        pending += list(nodes[current.node].links.values())
+    return sorted(found)
+
 
 def encoder_texts(nodes: Mapping[str, Node]) -> list[tuple[str, str]]:
     """(node id, input name) of every literal text that reaches a text encoder: the STRING inputs of nodes that

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.slow
 STEPS = 4
 SAFETY_DIRECTION = "toyworld/embedding_direction_safety.safetensors"   # shipped with the pack
 TOKEN = "operator-secret-for-tests"
+TOKEN_HEADER = "X-RS-Operator-Token"
 POLICY = {
     "version": 1,
     "name": "test studio policy",
@@ -126,8 +127,24 @@ def guarded(tmp_path_factory):
     """The server with POLICY in <user directory>/responsible-steering/policy.json."""
     base = str(tmp_path_factory.mktemp("policy"))
     path = write_policy(base, POLICY)
-    with started(PreviewingServer(base)) as s:
+    with started(ComfyServer(base)) as s:
         s.policy_path = path
+        s.audit_path = os.path.join(os.path.dirname(path), "audit.jsonl")
+        yield s
+
+
+PREVIEW_POLICY = {**POLICY, "output": {"scores": [{"kind": "colour", "statistic": "brightness", "threshold": 1.0}]},
+                  "previews": {"mode": "score", "flagged": "drop"}, "version": 2}
+"""Every frame is scored by a score that no frame exceeds (a mean brightness above 1): frames of benign prompts pass
+after scoring; frames of prompts whose text was flagged never leave."""
+
+
+@pytest.fixture(scope="module")
+def previewing(tmp_path_factory):
+    """The server with latent-to-RGB previews and PREVIEW_POLICY."""
+    base = str(tmp_path_factory.mktemp("previews"))
+    path = write_policy(base, PREVIEW_POLICY)
+    with started(PreviewingServer(base)) as s:
         s.audit_path = os.path.join(os.path.dirname(path), "audit.jsonl")
         yield s
 
@@ -172,32 +189,50 @@ def test_flagged_images_are_censored_on_disk_and_in_history_benign_ones_untouche
     for g, r in zip(got[2:], raw[2:]):
         assert np.array_equal(g, r)                               # bit for bit
     records = [r for out in entry["outputs"].values() for r in out.get("responsible_steering", [])]
-    assert [(r["index"], r["flagged"], r["action"]) for r in records] == [
-        (0, True, "censored (black)"), (1, True, "censored (black)"), (2, False, "none"), (3, False, "none")]
+    # Image Batch between VAE Decode and Save Image: scored again where they leave, already censored where made
+    assert [(r["index"], r["flagged"], r["rescored"]) for r in records] == [(i, False, True) for i in range(4)]
+    assert sorted(u["flagged"] for u in records[0]["upstream"]) == [[False, False], [True, True]]
     assert all(r["output_node"] == "save" and r["class_type"] == "SaveImage" for r in records)
+    made = [r for r in audit_records(guarded.audit_path, prompt_id_of(entry)) if r["type"] == "image"]
+    assert sorted((r["flagged"], r["action"]) for r in made) == [(False, "none")] * 2 + [(True, "censored (black)")] * 2
 
 
 def test_the_audit_log_and_the_png_hold_one_record_per_image(guarded):
+    """One prompt record; one image record per image where it was made (VAE Decode, scored once); one signed
+    release record per image that left (Save Image), also in the PNG, genuine by the verify command."""
+    import subprocess
+    import sys
+
+    from devtools import comfy_env
+
     entry = guarded.run_prompt(red_and_green_prompt("audited"))
     prompt_id = prompt_id_of(entry)
     records = audit_records(guarded.audit_path, prompt_id)
     prompts = [r for r in records if r["type"] == "prompt"]
     images = [r for r in records if r["type"] == "image"]
+    released = sorted((r for r in records if r["type"] == "release"), key=lambda r: r["index"])
     assert len(prompts) == 1 and prompts[0]["client_id"] == "rs-tests" and prompts[0]["outcome"] == "queued"
     assert {t["text"] for t in prompts[0]["texts"]} == {"a red circle", "a green circle", ""}
-    assert [r["index"] for r in images] == [0, 1, 2, 3]
+    assert sorted((r["class_type"], r["index"]) for r in images) == [("VAEDecode", i) for i in (0, 0, 1, 1)]
     with open(guarded.policy_path, "rb") as f:
         sha = hashlib.sha256(f.read()).hexdigest()
     assert {r["policy_sha256"] for r in records} == {sha}
-    for r in images:
+    assert sorted(r["flagged"] for r in images) == [False, False, True, True]
+    for r in images + released:
         score = r["scores"]["toyworld_red"]
         assert r["flagged"] == (score > 0.03) and r["thresholds"] == {"toyworld_red": 0.03}
-    assert [r["flagged"] for r in images] == [True, True, False, False]
+    assert [(r["index"], r["flagged"], r["rescored"]) for r in released] == [
+        (i, False, True) for i in range(4)]       # after Image Batch: scored again, the red ones already black
+    files = [os.path.join(guarded.dirs["output"], i["subfolder"], i["filename"])
+             for i in entry["outputs"]["save"]["images"]]
     for i, png in enumerate(saved(guarded, entry)):
         record = json.loads(png.text["responsible_steering"])
         assert record["policy_sha256"] == sha and record["prompt_id"] == prompt_id
         mine = record["outputs"]["save.images"][i]
-        assert mine["index"] == i and mine["scores"] == images[i]["scores"] and mine["flagged"] == images[i]["flagged"]
+        assert mine["index"] == i and mine["scores"] == released[i]["scores"] and mine["hmac"] == released[i]["hmac"]
+    run = subprocess.run([sys.executable, "-m", "operator_policy", "verify", *files, "--policy",
+                          guarded.policy_path], cwd=comfy_env.REPO, capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.count(": GENUINE: ") == 4, run.stdout + run.stderr
 
 
 def test_a_graph_with_the_packs_safety_nodes_bypassed_is_still_censored(guarded):
@@ -234,9 +269,12 @@ def test_previews_and_other_output_nodes_are_guarded_too(guarded, raw_mixed, wor
     assert int(frames[0].max()) == 0
     readings = world.classify(torch.from_numpy(np.stack(frames)).float() / 255)
     assert "red" not in [r.colour for r in readings] and len(frames) >= 2
-    audited = [r for r in audit_records(guarded.audit_path, prompt_id_of(entry)) if r["type"] == "image"]
-    assert sorted((r["class_type"], r["index"], r["flagged"]) for r in audited) == [
-        ("PreviewImage", i, i < 2) for i in range(4)] + [("SaveAnimatedPNG", i, i < 2) for i in range(4)]
+    released = [r for r in audit_records(guarded.audit_path, prompt_id_of(entry)) if r["type"] == "release"]
+    assert sorted((r["class_type"], r["index"], r["flagged"]) for r in released) == [
+        ("PreviewImage", i, False) for i in range(4)] + [("SaveAnimatedPNG", i, False) for i in range(4)]
+    made = [r for r in audit_records(guarded.audit_path, prompt_id_of(entry)) if r["type"] == "image"]
+    assert sorted((r["class_type"], r["flagged"]) for r in made) == [("VAEDecode", False)] * 2 + [
+        ("VAEDecode", True)] * 2
 
 
 def test_rewrite_removes_the_listed_word_before_the_text_encoder(guarded):
@@ -282,7 +320,7 @@ def test_concurrent_clients_lose_no_prompt_and_every_image_is_audited_once(guard
         entry = guarded.get(f"/history/{prompt_id}")[prompt_id]
         assert entry["status"]["status_str"] == "success"
         records = audit_records(guarded.audit_path, prompt_id)
-        assert sorted(r["type"] for r in records) == ["image", "prompt"]
+        assert sorted(r["type"] for r in records) == ["image", "prompt", "release"]
         image = [r for r in records if r["type"] == "image"][0]
         red = "a red circle" in json.dumps(entry["prompt"][2])
         assert image["flagged"] == red and int(pixels(saved(guarded, entry))[0].max() == 0) == red
@@ -332,16 +370,25 @@ def sd1_prompt(checkpoint: str, text: str, seed: int) -> dict:
 
 
 @pytest.mark.parametrize("metadata", [False, True], ids=["plain-client", "metadata-client"])
-def test_live_previews_of_a_flagged_prompt_never_reach_the_client(guarded, metadata):
-    checkpoint = guarded.dirs["checkpoint_name"]
+def test_live_previews_are_scored_and_a_flagged_prompt_gets_none(previewing, metadata):
+    import urllib.request
+
+    def counters() -> dict:
+        request = urllib.request.Request(previewing.url + "/responsible_steering/policy", headers={TOKEN_HEADER: TOKEN})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return json.loads(r.read())["previews"]
+
+    checkpoint = previewing.dirs["checkpoint_name"]
     seed = 10 * metadata
+    before = counters().get("scored", 0)
     _, control_frames, control_progress = asyncio.run(
-        _run_watching(guarded, sd1_prompt(checkpoint, "a blue sky", seed + 1), f"watcher-{seed + 1}", metadata))
-    assert control_progress >= 3 and control_frames >= 3            # previews are on for benign prompts
+        _run_watching(previewing, sd1_prompt(checkpoint, "a blue sky", seed + 1), f"watcher-{seed + 1}", metadata))
+    assert control_progress >= 3 and control_frames >= 3            # benign previews are sent, after scoring
+    assert counters()["scored"] - before >= control_frames
     prompt_id, frames, progress = asyncio.run(
-        _run_watching(guarded, sd1_prompt(checkpoint, "a crimson sky", seed + 2), f"watcher-{seed + 2}", metadata))
+        _run_watching(previewing, sd1_prompt(checkpoint, "a crimson sky", seed + 2), f"watcher-{seed + 2}", metadata))
     assert progress >= 3 and frames == 0
-    record = [r for r in audit_records(guarded.audit_path, prompt_id) if r["type"] == "prompt"][0]
+    record = [r for r in audit_records(previewing.audit_path, prompt_id) if r["type"] == "prompt"][0]
     assert record["input"]["matched"] == ["crimson"]
 
 
