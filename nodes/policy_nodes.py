@@ -11,6 +11,7 @@ from comfy_api.v0_0_2 import io
 from ..operator_policy import enforcement
 from ..operator_policy.graph import POLICY
 from .common import CATEGORY, schema
+from .types import SafetyScoreType
 
 POLICY_CATEGORY = f"{CATEGORY}/policy"
 MAX_REASON = 1000
@@ -83,6 +84,31 @@ class PolicySteer(io.ComfyNode):
         return io.NodeOutput(enforcement.steer(conditioning, parse_context(context)))
 
 
+class PolicySafetyScore(io.ComfyNode):
+    POLICY_ROLE = POLICY
+
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id=enforcement.SCORE_NODE,
+            search_aliases=["policy", "operator", "safety", "stg", "score"],
+            display_name="Policy Safety Score (inserted by the server)",
+            category=POLICY_CATEGORY,
+            description="Inserted by the server's safety policy when it puts STG on every sampler: the policy's own "
+                        "safety score, for the STG KSampler that replaces each KSampler.",
+            inputs=[io.String.Input("context", tooltip="Set by the server: the prompt and which of the policy's "
+                                                       "scores guides (JSON).")],
+            outputs=[SafetyScoreType.Output(display_name="safety_score",
+                                            tooltip="The policy's score (high = unsafe).")],
+            is_deprecated=True,
+            not_idempotent=True,
+        )
+
+    @classmethod
+    def execute(cls, context) -> io.NodeOutput:
+        return io.NodeOutput(enforcement.policy_score(parse_context(context)))
+
+
 class PolicyRefusal(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -110,4 +136,4 @@ class PolicyRefusal(io.ComfyNode):
         raise enforcement.PolicyEnforcementError(str(reason))
 
 
-NODES = [PolicyOutputGuard, PolicySteer, PolicyRefusal]
+NODES = [PolicyOutputGuard, PolicySteer, PolicySafetyScore, PolicyRefusal]

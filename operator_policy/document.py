@@ -178,12 +178,32 @@ class EmbeddingDirection(BaseModel):
         return self
 
 
+class STGSteering(BaseModel):
+    """STG on every KSampler of every prompt, with one of the policy's output scores: flagged content is steered
+    away while it is generated, so the censor is the last resort."""
+    model_config = STRICT
+    score: Annotated[int, Field(ge=0, le=7, description="Which of output.scores guides (its index).")] = 0
+    rho: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 0.5
+    start_percent: Percent = 0.1
+    end_percent: Percent = 0.9
+    update_ratio: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 1.0
+    decoder: Literal["vae", "taesd"] = "vae"
+    autocast: Literal["none", "fp16", "bf16"] = "none"
+
+    @model_validator(mode="after")
+    def _window(self):
+        if self.start_percent > self.end_percent:
+            raise ValueError("start_percent must not be after end_percent")
+        return self
+
+
 class Steering(BaseModel):
     """Steering applied to every sampler of every prompt."""
     model_config = STRICT
     embedding_direction: Annotated[dict[str, EmbeddingDirection], Field(
         max_length=32, description="Architecture name (sd1, sdxl, toyworld, ...) -> an embedding direction added "
                                    "to every sampler's positive conditioning.")] = {}
+    stg: STGSteering | None = None
 
 
 class Audit(BaseModel):
@@ -356,10 +376,15 @@ def validate_document(document: Any, path: str) -> PolicyDocument:
         except ValueError as e:
             raise PolicyError(path, "previews", str(e)) from None
     try:
-        return PolicyDocument.model_validate(document)
+        model = PolicyDocument.model_validate(document)
     except ValidationError as e:
         error = e.errors(include_url=False)[0]
         raise PolicyError(path, field_name(tuple(error["loc"])), problem_of(error)) from None
+    scores = len(model.output.scores) if model.output else 0
+    if model.steering.stg is not None and model.steering.stg.score >= scores:
+        raise PolicyError(path, "steering.stg.score", f"is {model.steering.stg.score}, but output.scores has {scores} "
+                                                      f"score{'s' * (scores != 1)}: STG guides with one of them")
+    return model
 
 
 def json_schema() -> dict:
@@ -452,6 +477,10 @@ class Policy:
         return {arch: entry.model_dump() for arch, entry in self.model.steering.embedding_direction.items()}
 
     @property
+    def stg(self) -> STGSteering | None:
+        return self.model.steering.stg
+
+    @property
     def pnginfo(self) -> bool:
         return self.model.audit.pnginfo
 
@@ -469,6 +498,7 @@ class Policy:
                        "allow_uninspected": sorted(self.allow_uninspected)} if self.scores else None,
             "previews": {"mode": self.previews.mode, "flagged": self.previews.flagged},
             "steering": sorted(self.embedding_directions) or None,
+            "stg": {"score": self.scores[self.stg.score].label(), "rho": self.stg.rho} if self.stg else None,
         }
 
 

@@ -34,8 +34,12 @@ from .document import MAX_CHECKED_TEXT, Policy, PolicyError, ScoreSpec
 
 GUARD_NODE = "RSPolicyOutputGuard"
 STEER_NODE = "RSPolicySteer"
+SCORE_NODE = "RSPolicySafetyScore"
 REFUSAL_NODE = "RSPolicyRefusal"
-POLICY_NODES = {GUARD_NODE, STEER_NODE}
+POLICY_NODES = {GUARD_NODE, STEER_NODE, SCORE_NODE}
+STG_SAMPLERS = {"KSampler": "RSSTGKSampler", "RSSTGKSampler": "RSSTGKSampler"}
+"""Samplers the policy's STG replaces by the STG KSampler (the same inputs, plus STG's)."""
+DECODERS = ("VAEDecode", "VAEDecodeTiled")
 RECORD_KEY = provenance.RECORD_KEY
 RECENT_RECORDS = 200
 KEPT_PROMPTS = 10000
@@ -310,11 +314,14 @@ def enforce(json_data):
                       flagged_text=bool(matched))
     guards = insert_guards(prompt, nodes, found, plan, "rs-policy-")
     steered = insert_steering(prompt, nodes, plan) if STATE.steering else []
+    stg = insert_stg(prompt, nodes, plan, policy) if policy.stg is not None else []
     if policy.pnginfo:
         extra["extra_pnginfo"][RECORD_KEY] = {"policy_sha256": policy.sha256, "prompt_id": prompt_id, "outputs": {}}
     STATE.remember(plan)
-    STATE.record({**record, "guards": guards, "steering": steered, "allowed_uninspected": found.allowed,
+    STATE.record({**record, "guards": guards, "steering": steered + stg, "allowed_uninspected": found.allowed,
                   "client_pnginfo_dropped": dropped, "outcome": "queued"})
+    for entry in stg:                        # per sampler: steered by STG, or why not
+        STATE.record({"type": "steering", "prompt_id": prompt_id, "client_id": client_id, "method": "stg", **entry})
     return json_data
 
 
@@ -335,6 +342,55 @@ def insert_steering(prompt: dict, nodes: dict, plan: PromptPlan) -> list[dict]:
         node["inputs"][name] = [steer_id, 0]
         steered.append({"steer": steer_id, "node": node_id, "class_type": node["class_type"]})
     return steered
+
+
+def is_sampler(node: graph.Node) -> bool:
+    """A node that samples: it takes a model and a positive prompt and returns latents."""
+    return "LATENT" in node.info.outputs and "model" in node.links and "positive" in node.links
+
+
+def insert_stg(prompt: dict, nodes: dict, plan: PromptPlan, policy: Policy) -> list[dict]:
+    """Every KSampler (and STG KSampler) becomes an STG KSampler with the policy's score and settings, decoding
+    with the VAE that decodes its latents; other samplers are recorded as not steered, with the reason."""
+    settings = policy.stg
+    taken = set(prompt) | set(plan.types)
+    score_node, entries = None, []
+    for node in sorted(nodes.values(), key=lambda n: n.id):
+        if not is_sampler(node):
+            continue
+        entry = {"steer": "stg", "node": node.id, "class_type": node.class_type}
+        vae = next((n.links["vae"] for n in nodes.values() if n.class_type in DECODERS and "vae" in n.links
+                    and "samples" in n.links and (n.links["samples"].node, n.links["samples"].slot) == (node.id, 0)),
+                   None)
+        if node.class_type not in STG_SAMPLERS:
+            entries.append({**entry, "applied": False, "reason": f"{node.class_type} has no STG counterpart"})
+            continue
+        if vae is None:
+            entries.append({**entry, "applied": False, "reason": "its latents are not decoded by a VAE Decode here"})
+            continue
+        if score_node is None:
+            score_node = graph.fresh_id(taken, "rs-policy-stg-score")
+            prompt[score_node] = {"class_type": SCORE_NODE, "inputs": {"context": json.dumps(
+                {"prompt_id": plan.prompt_id, "score": settings.score})},
+                "_meta": {"title": "Responsible Steering policy score"}}
+            plan.types[score_node] = ("SAFETY_SCORE",)
+            plan.kinds[(score_node, 0)] = graph.CLEAN
+        prompt[node.id]["class_type"] = STG_SAMPLERS[node.class_type]
+        prompt[node.id]["inputs"].update(
+            vae=[vae.node, vae.slot], safety_score=[score_node, 0], rho=settings.rho,
+            start_percent=settings.start_percent, end_percent=settings.end_percent, update_ratio=settings.update_ratio,
+            prior_weight=0.0, rebase=False, guide_pooled=False, decoder=settings.decoder, autocast=settings.autocast)
+        plan.types[node.id] = ("LATENT", "STRING")
+        plan.kinds[(node.id, 1)] = graph.UNINSPECTED
+        entries.append({**entry, "applied": True, "score": STATE.scores[settings.score][0], "rho": settings.rho})
+    return entries
+
+
+def policy_score(context: dict):
+    """The policy's output score `context["score"]` (an index), for the STG the policy puts on samplers."""
+    if STATE.error is not None or STATE.policy is None:
+        raise PolicyEnforcementError(f"{STATE.error or 'no safety policy is active'}; nothing is sampled")
+    return STATE.scores[int(context["score"])][2]
 
 
 def on_prompt(json_data):

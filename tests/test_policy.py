@@ -478,3 +478,33 @@ def test_the_nearest_neighbour_detector_rejects_and_rewrites_by_its_neighbours(a
     policy["input"]["clip_model"] = "absent"
     with pytest.raises(document.PolicyError, match="input: the nearest-neighbour detector cannot be built"):
         active.activate(document.read_policy(write(tmp_path, policy, "absent.json")), paths)
+
+
+def test_stg_goes_on_every_ksampler_and_other_samplers_are_recorded_as_not_steered(active, enforcement, document,
+                                                                                  paths, tmp_path):
+    active.activate(document.read_policy(write(tmp_path, {"version": 2, "output": GOOD["output"], "steering": {
+        "stg": {"rho": 2.0}}}, "stg.json")), paths)
+    prompt = plain_prompt()
+    common = {"model": ["1", 0], "positive": ["2", 0], "negative": ["4", 0], "latent_image": ["9", 0], "seed": 1,
+              "steps": 2, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal"}
+    prompt["10"] = {"class_type": "KSampler", "inputs": {**common, "denoise": 1.0}}
+    prompt["5"]["inputs"]["samples"] = ["10", 0]
+    prompt["11"] = {"class_type": "KSampler", "inputs": {**common, "denoise": 1.0, "rho": 0.0}}    # never decoded
+    prompt["12"] = {"class_type": "KSamplerAdvanced", "inputs": {**common, "add_noise": "enable", "start_at_step": 0,
+                                                                 "end_at_step": 2, "return_with_leftover_noise": "disable",
+                                                                 "noise_seed": 1}}
+    prompt["13"] = {"class_type": "VAEDecode", "inputs": {"samples": ["12", 0], "vae": ["1", 2]}}
+    prompt["14"] = {"class_type": "SaveImage", "inputs": {"images": ["13", 0], "filename_prefix": "a"}}
+    data = enforcement.on_prompt({"prompt": prompt})
+    out = data["prompt"]
+    assert out["10"]["class_type"] == "RSSTGKSampler" and out["10"]["inputs"]["vae"] == ["1", 2]
+    assert out["10"]["inputs"]["rho"] == 2.0 and out[out["10"]["inputs"]["safety_score"][0]]["class_type"] == \
+        "RSPolicySafetyScore"
+    assert out["11"]["class_type"] == "KSampler" and out["12"]["class_type"] == "KSamplerAdvanced"
+    steering = {r["node"]: r for r in active.recent if r.get("type") == "steering"
+                and r["prompt_id"] == data["prompt_id"]}
+    assert (steering["10"]["applied"], steering["11"]["applied"], steering["12"]["applied"]) == (True, False, False)
+    assert "not decoded by a VAE Decode" in steering["11"]["reason"] and "no STG counterpart" in steering["12"]["reason"]
+    with pytest.raises(document.PolicyError, match="steering.stg.score: is 1, but output.scores has 1 score"):
+        document.read_policy(write(tmp_path, {"version": 2, "output": GOOD["output"], "steering": {"stg": {"score": 1}}},
+                                   "bad-stg.json"))

@@ -483,3 +483,46 @@ def test_a_malformed_policy_stops_the_server_at_start_up_with_the_message(tmp_pa
         log = f.read()
     assert f"responsible-steering policy {path}: {field}: {problem}" in log
     assert "does not start with a safety policy it cannot enforce" in log
+
+
+STG_STEPS = 20
+STG_POLICY = {"version": 2, "name": "stg policy",
+              "output": {"scores": [{"kind": "toyworld_red", "threshold": 0.03}], "censor": {"mode": "black"}},
+              "steering": {"stg": {"score": 0, "rho": 2.0, "start_percent": 0.1, "end_percent": 0.9}}}
+"""STG at the setting benchmarks/EFFICACY.md chose for ToyWorld (rho 2, steps 10-90 %) on every KSampler."""
+
+
+def stg_prompt(text: str, prefix: str) -> dict:
+    prompt = one_text_prompt(text, prefix)
+    prompt["5"]["inputs"]["steps"] = STG_STEPS
+    return prompt
+
+
+@pytest.fixture(scope="module")
+def stg_server(tmp_path_factory):
+    base = str(tmp_path_factory.mktemp("stg-policy"))
+    path = write_policy(base, STG_POLICY)
+    with started(ComfyServer(base)) as s:
+        s.audit_path = os.path.join(os.path.dirname(path), "audit.jsonl")
+        yield s
+
+
+def test_a_policy_with_stg_steers_red_away_instead_of_censoring_and_leaves_green_alone(stg_server, plain, world):
+    import torch
+
+    assert stg_prompt("a red circle", "x")["5"]["class_type"] == "KSampler"
+    red = stg_server.run_prompt(stg_prompt("a red circle", "stg-red"))
+    records = audit_records(stg_server.audit_path, prompt_id_of(red))
+    steering = [r for r in records if r["type"] == "steering"]
+    assert [(r["node"], r["class_type"], r["applied"], r["rho"]) for r in steering] == [("5", "KSampler", True, 2.0)]
+    made = [r for r in records if r["type"] == "image"]
+    assert [r["flagged"] for r in made] == [False, False]             # nothing left to censor
+    got = pixels(saved(stg_server, red))
+    readings = world.classify(torch.from_numpy(np.stack(got)).float() / 255)
+    assert all(r.colour not in (None, "red") for r in readings) and all(int(p.max()) > 0 for p in got)
+    unsteered = pixels(saved(plain, plain.run_prompt(stg_prompt("a red circle", "plain-red"))))
+    assert [r.colour for r in world.classify(torch.from_numpy(np.stack(unsteered)).float() / 255)] == ["red", "red"]
+    # nothing flagged, nothing changed: the green circles are the plain server's, bit for bit
+    green = pixels(saved(stg_server, stg_server.run_prompt(stg_prompt("a green circle", "stg-green"))))
+    plain_green = pixels(saved(plain, plain.run_prompt(stg_prompt("a green circle", "plain-green"))))
+    assert all(np.array_equal(a, b) for a, b in zip(green, plain_green))
