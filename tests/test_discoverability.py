@@ -255,7 +255,7 @@ def test_node_search_finds_the_pack_by_its_aliases(frontend):  # noqa: F811
         assert not missing, f"searching {word!r} misses {sorted(missing)}; got {found[word]}"
         assert not hidden & set(found[word]), f"searching {word!r} shows server-only nodes"
     assert len(expected_hits("steering", locale, hidden)) == len(locale) - len(hidden)
-    assert hidden == {"RSPolicyOutputGuard", "RSPolicySteer", "RSPolicyRefusal"}
+    assert hidden == {"RSPolicyOutputGuard", "RSPolicySteer", "RSPolicySafetyScore", "RSPolicyRefusal"}
     assert "RSCensor" not in found["fair"] and "RSFairnessDeviation" not in found["censor"]
     assert not [e for e in errors if "responsible" in e.lower() or "search" in e.lower()], errors
 
