@@ -26,6 +26,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..steering import comfy_compat
@@ -43,6 +44,7 @@ DECODERS = ("VAEDecode", "VAEDecodeTiled")
 RECORD_KEY = provenance.RECORD_KEY
 RECENT_RECORDS = 200
 KEPT_PROMPTS = 10000
+MAX_PROMPT_NODES = 10000
 RELEASED_FILES = 100000
 MAX_AUDIT_TEXT = 4096
 MAX_REFUSALS_SHOWN = 3
@@ -275,6 +277,9 @@ def enforce(json_data):
         STATE.record({**record, **fields, "outcome": "rejected", "reason": reason})
         return refusal(json_data, reason)
 
+    if len(prompt) > MAX_PROMPT_NODES:
+        return rejected(f"the server's safety policy reads prompts of at most {MAX_PROMPT_NODES} nodes; this one has "
+                        f"{len(prompt)}")
     try:
         nodes = graph.read_prompt(prompt, STATE.catalog, comfy_compat.is_link)
     except (graph.GraphRefused, RecursionError) as e:
@@ -570,7 +575,7 @@ def _score_preview(image, policy: Policy):
     """The preview image if it may be shown (maybe blurred), or None."""
     from PIL import ImageFilter
 
-    pixels = torch.from_numpy(__import__("numpy").asarray(image.convert("RGB"), dtype="float32") / 255.0)[None]
+    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)[None]
     verdicts = scoring.judge(pixels, STATE.scores)
     STATE.previews["scored"] += 1
     if not bool(verdicts.flags.any()):
@@ -581,10 +586,18 @@ def _score_preview(image, policy: Policy):
     return None
 
 
+def without_values(error: dict) -> dict:
+    """An execution_error message without the failed node's input and output values (ComfyUI prints tensors of
+    under 1000 values in full there: a node that fails while holding an image would send it)."""
+    return {**error, "current_inputs": {}, "current_outputs": []}
+
+
 def message_filter(event, data, sid):
     """Every websocket message the server sends: returns the data to send (maybe changed) or None to drop it."""
     if not STATE.active:
         return data
+    if event == "execution_error" and isinstance(data, dict):
+        return without_values(data)
     if event == "executed" and isinstance(data, dict):
         plan = STATE.plan(data.get("prompt_id"))
         if STATE.error is not None or plan is None or data.get("node") not in plan.releasing:
@@ -595,7 +608,7 @@ def message_filter(event, data, sid):
         return data
     kinds = comfy_compat.preview_event_types()
     if event not in kinds:
-        return data if event == getattr(comfy_compat, "TEXT_EVENT", 3) else None
+        return data if event == comfy_compat.text_event_type() else None
     policy = STATE.policy
     plan = STATE.plan(comfy_compat.preview_prompt_id(STATE.server, event, data))
     if policy is None or policy.previews.mode == "suppress" or not STATE.scores or plan is None or plan.flagged_text:
@@ -617,8 +630,13 @@ def message_filter(event, data, sid):
     return changed
 
 
-def history_filter(prompt_id, history_result: dict) -> None:
-    """A finished prompt's results as /history keeps them: only those of nodes that release results."""
+def history_filter(prompt_id, history_result: dict, messages: list) -> None:
+    """A finished prompt's results as /history keeps them: only those of nodes that release results, and its
+    error messages without the failed node's values."""
+    for i, message in enumerate(messages):
+        if isinstance(message, tuple) and len(message) == 2 and message[0] == "execution_error" and \
+                isinstance(message[1], dict):
+            messages[i] = (message[0], without_values(message[1]))
     plan = STATE.plan(prompt_id)
     releasing = plan.releasing if plan is not None and STATE.error is None else set()
     for key in ("outputs", "meta"):
@@ -629,8 +647,11 @@ def history_filter(prompt_id, history_result: dict) -> None:
     for output in (history_result.get("outputs") or {}).values():
         STATE.release_files(output)
     if plan is not None:
-        with plan.lock:
-            plan.outputs.clear()          # the batches the guards kept to recognise their own output
+        with plan.lock:                   # what the running prompt needed; the plan stays to refuse its id again
+            plan.outputs.clear()
+            plan.types.clear()
+            plan.kinds.clear()
+            plan.guard_of.clear()
 
 
 def view_guard_factory():

@@ -375,16 +375,19 @@ def executing_prompt_id(server_instance) -> str | None:
 
 
 def filter_history(server_instance, keep) -> None:
-    """Every finished prompt's history passes ``keep(prompt_id, history_result)`` (which changes it in place)
-    before ComfyUI stores it: wraps ``PromptQueue.task_done(item_id, history_result, status, ...)``
-    (execution.py, 0.3.75 and 0.38; the running item is (number, prompt_id, prompt, extra_data, outputs, ...))."""
+    """Every finished prompt's history passes ``keep(prompt_id, history_result, messages)`` (which changes them in
+    place) before ComfyUI stores it: wraps ``PromptQueue.task_done(item_id, history_result, status, ...)``
+    (execution.py, 0.3.75 and 0.38; the running item is (number, prompt_id, prompt, extra_data, outputs, ...);
+    `messages` is the status's list of (event, data), or [] without a status)."""
     queue = server_instance.prompt_queue
     original = queue.task_done
 
     def task_done(item_id, history_result, *args, **kwargs):
         item = queue.currently_running.get(item_id)
+        status = args[0] if args else kwargs.get("status")
+        messages = getattr(status, "messages", None)
         if item is not None and isinstance(history_result, dict):
-            keep(item[1], history_result)
+            keep(item[1], history_result, messages if isinstance(messages, list) else [])
         return original(item_id, history_result, *args, **kwargs)
 
     task_done.__wrapped__ = original
@@ -395,6 +398,17 @@ def add_middleware(server_instance, middleware) -> None:
     """An aiohttp middleware on the server's app (server.py creates ``self.app`` with its middlewares before the
     custom nodes load, 0.3.75 and 0.38; the app freezes them when it starts)."""
     server_instance.app.middlewares.append(middleware)
+
+
+def text_event_type() -> int | None:
+    """The websocket event type of a node's progress text (``BinaryEventTypes.TEXT``: protocol.py in 0.38,
+    server.py in 0.3.75), or None where it does not exist."""
+    try:
+        from protocol import BinaryEventTypes as kinds
+    except ImportError:
+        from server import BinaryEventTypes as kinds
+
+    return getattr(kinds, "TEXT", None)
 
 
 def preview_image_of(event: int, data):

@@ -399,11 +399,16 @@ def test_only_nodes_that_release_results_reach_the_websocket_history_and_view(ac
     assert enforcement.message_filter("executed", {"node": "6", "output": shown, "prompt_id": "unknown"}, "c") is None
     history = {"outputs": {"6": shown, "5": hidden, "sampler": {"text": ["latent as text"]}},
                "meta": {"6": {}, "5": {}, "sampler": {}}}
-    enforcement.history_filter(pid, history)
+    failed = {"node_id": "6", "exception_message": "boom", "current_inputs": {"images": ["tensor([[0.9, 0.1]])"]},
+              "current_outputs": ["5"]}
+    messages = [("execution_start", {"prompt_id": pid}), ("execution_error", dict(failed))]
+    enforcement.history_filter(pid, history, messages)
     assert history == {"outputs": {"6": shown}, "meta": {"6": {}}}
+    assert messages[1] == ("execution_error", {**failed, "current_inputs": {}, "current_outputs": []})
+    assert enforcement.message_filter("execution_error", failed, "c") == messages[1][1]
     assert not active.is_released("temp", "", "b.png")
     unread = {"outputs": {"6": shown}, "meta": {"6": {}}}
-    enforcement.history_filter("a prompt the policy never read", unread)
+    enforcement.history_filter("a prompt the policy never read", unread, [])
     assert unread == {"outputs": {}, "meta": {}}
 
 
