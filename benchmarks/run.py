@@ -19,6 +19,7 @@ import re
 import sys
 
 from benchmarks.common import BenchContext, setup_comfy
+from devtools import pure
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -38,10 +39,7 @@ def write_section(key: str, text: str, path: str = RESULTS) -> None:
     block = f"{begin}\n{text.strip()}\n{end}"
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     updated = pattern.sub(lambda _: block, current) if pattern.search(current) else current.rstrip() + "\n\n" + block + "\n"
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(updated)
-    os.replace(tmp, path)
+    pure.module("steering.files").write_atomically(path, updated.encode())
 
 
 def section(name: str, module, ctx: BenchContext, body: str) -> tuple[str, str]:

@@ -22,6 +22,8 @@ import tempfile
 import numpy as np
 import torch
 
+from devtools import pure
+
 
 def digest(t) -> str:
     if isinstance(t, torch.Tensor):
@@ -88,11 +90,7 @@ def toyworld_smoke() -> dict[str, list[str]]:
 
 def record(path: str) -> None:
     result = {**tiny_workflows(), **toyworld_smoke()}
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    pure.module("steering.files").write_atomically(path, (json.dumps(result, indent=1, sort_keys=True) + "\n").encode())
     print(f"wrote {path}: {sum(len(v) for v in result.values())} fingerprints")
 
 

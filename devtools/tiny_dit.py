@@ -36,6 +36,7 @@ import zlib
 
 import torch
 
+from devtools import pure
 from devtools.tiny_models import _meta_state_shapes, _seeded_tensor
 
 FLUX_CONFIG = {
@@ -192,8 +193,6 @@ def build_vae(name: str = "flux", seed: int = 0):
 def write_vae_approx(name: str, directory: str, seed: int = 0) -> str:
     """Write the VAE's decoder as `name`'s models/vae_approx file (taef1_decoder / taesd3_decoder), atomically;
     returns its path."""
-    import tempfile
-
     from safetensors.torch import save_file
 
     stem = _model_entry(name)[3]
@@ -201,14 +200,8 @@ def write_vae_approx(name: str, directory: str, seed: int = 0) -> str:
     decoder = {k[len(prefix):]: v.contiguous() for k, v in vae_state_dict(name, seed).items() if k.startswith(prefix)}
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, stem + ".safetensors")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{stem}-", suffix=".safetensors")
-    os.close(fd)
-    try:
+    with pure.module("steering.files").atomic_file(path, suffix=".safetensors") as tmp:
         save_file(decoder, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -3,20 +3,14 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
-from ..steering.embedding_direction import CHUNK_MODES, apply_embedding_direction
+from ..steering.embedding_direction import (CHUNK_MODES, DEFAULT_END, DEFAULT_FAIR_START, DEFAULT_START,
+                                            apply_embedding_direction)
 from ..steering.fair import fair_assignment
-from ..steering.schedule import FAIRNESS_START_STEP, PAPER_STEPS, SAFETY_START_STEP, paper_step_to_start_percent
+from ..steering.schedule import FAIRNESS_START_STEP, PAPER_STEPS, SAFETY_START_STEP
 from ..steering.vector_file import VectorFileError
 from .common import (CATEGORY, check_window_inputs, describe_assignment, fair_inputs, schema, strength_input,
                      window_inputs)
 from .types import SteeringVectorSetType, SteeringVectorType
-
-# The reference (generate.py / generate_fair.py) steers 1-based steps 15..50 of 50 for safety and
-# 10..50 of 50 for fairness; on ComfyUI's `normal` scheduler these percents select exactly those
-# steps (steering/schedule.py): 0.276 and 0.173, to the last step.
-DEFAULT_START = paper_step_to_start_percent(SAFETY_START_STEP, PAPER_STEPS)
-DEFAULT_FAIR_START = paper_step_to_start_percent(FAIRNESS_START_STEP, PAPER_STEPS)
-DEFAULT_END = 1.0
 
 CHUNK_TOOLTIP = ("Prompts over 77 tokens reach SD1.x/SD2.x/SDXL models as several 77-token CLIP chunks. "
                  "every_chunk adds the direction to each chunk; first_chunk only to the first. SD3 and FLUX "

@@ -7,6 +7,7 @@ import time
 import torch
 from comfy_api.v0_0_2 import io
 
+from ..steering import comfy_compat
 from ..steering.vector_file import sanitize_filename
 from ..training.checkpoint import CHECKPOINT_SUFFIX
 from ..training.loop import TrainConfig
@@ -46,12 +47,7 @@ class _LiveLoss:
         self.node_id = node_id
         self.last_sent = 0.0
         self.pending: dict[str, list[float]] = {}
-        try:
-            from server import PromptServer
-
-            self.server = getattr(PromptServer, "instance", None)
-        except Exception:  # no server (scripts, tests in-process)
-            self.server = None
+        self.server = comfy_compat.prompt_server()      # None without a server (scripts, tests in-process)
 
     def __call__(self, done: int, total: int, latest: dict[str, float]):
         for k, v in latest.items():

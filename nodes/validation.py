@@ -39,12 +39,14 @@ from typing import Any, Callable, Iterable
 
 from comfy_api.v0_0_2 import io
 
+from ..steering import comfy_compat
+from ..steering.prompt_format import WIDGET_TYPES
+
 MAX_TEXT_CHARS = 16384
 """Default cap on the characters of any text input."""
 MAX_TEXT_LINES = 256
 """Default cap on the non-blank lines of any text input (one text encoding per prompt/concept line)."""
 
-WIDGET_TYPES = ("FLOAT", "INT", "STRING", "BOOLEAN", "COMBO")
 
 
 class InputValidationError(ValueError):
@@ -90,10 +92,10 @@ class InputSpec:
         return self.io_type in WIDGET_TYPES
 
 
-def _resolve_text_rule(node_id: str, inp) -> TextRule:
-    rule = TEXT_RULES.get((node_id, inp.id), TextRule())
+def _resolve_text_rule(node_id: str, fields: dict) -> TextRule:
+    rule = TEXT_RULES.get((node_id, fields["id"]), TextRule())
     if rule.may_be_empty is None:
-        default = getattr(inp, "default", None)
+        default = fields["default"]
         rule = TextRule(not (isinstance(default, str) and default.strip()), rule.max_chars, rule.max_lines)
     return rule
 
@@ -117,14 +119,11 @@ def name_the_node(error: BaseException, label: str) -> None:
 def input_specs(schema: io.Schema) -> list[InputSpec]:
     specs = []
     for inp in schema.inputs:
-        io_type = str(inp.get_io_type())
-        options = getattr(inp, "options", None)
+        fields = comfy_compat.schema_input_fields(inp)
         specs.append(InputSpec(
-            name=inp.id, io_type=io_type, optional=bool(inp.optional), default=getattr(inp, "default", None),
-            min=getattr(inp, "min", None), max=getattr(inp, "max", None),
-            options=tuple(options) if options is not None else None,
-            multiselect=bool(getattr(inp, "multiselect", False)),
-            text=_resolve_text_rule(schema.node_id, inp) if io_type == "STRING" else None))
+            name=fields["id"], io_type=fields["io_type"], optional=fields["optional"], default=fields["default"],
+            min=fields["min"], max=fields["max"], options=fields["options"], multiselect=fields["multiselect"],
+            text=_resolve_text_rule(schema.node_id, fields) if fields["io_type"] == "STRING" else None))
     return specs
 
 
@@ -343,19 +342,12 @@ def _message(schema: io.Schema, problems: list[str]) -> str:
     return f"{node_label(schema)}: " + "; ".join(problems)
 
 
-def _real_override(cls, name: str):
-    from comfy_api.internal import first_real_override
-
-    method = first_real_override(cls, name)
-    return getattr(method, "__func__", None)
-
-
 def harden(cls):
     """Install the schema checks on a node class (idempotent); returns the class."""
     if cls.__dict__.get("_rs_hardened"):
         return cls
-    own_validate = _real_override(cls, "validate_inputs")
-    execute = _real_override(cls, "execute")
+    own_validate = comfy_compat.own_method(cls, "validate_inputs")
+    execute = comfy_compat.own_method(cls, "execute")
     signature = inspect.signature(execute)
     params = list(signature.parameters.values())[1:]
     execute_signature = signature.replace(parameters=params)

@@ -36,11 +36,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+from ..steering.prompt_format import WIDGET_TYPES
+
 IMAGE = "IMAGE"
 CLEAN, UNINSPECTED = "clean", "uninspected"
 
-DATA_TYPES = frozenset({"INT", "FLOAT", "BOOLEAN", "STRING", "COMBO"})
-"""Settings and text: clean when computed only from clean inputs that are not models."""
+DATA_TYPES = WIDGET_TYPES
+"""Settings and text (the widget types): clean when computed only from clean inputs that are not models."""
 HANDLE_TYPES = frozenset({
     "MODEL", "CLIP", "VAE", "CONDITIONING", "CONTROL_NET", "CLIP_VISION", "CLIP_VISION_OUTPUT", "STYLE_MODEL",
     "UPSCALE_MODEL", "LATENT_UPSCALE_MODEL", "GLIGEN", "SAMPLER", "SIGMAS", "NOISE", "GUIDER", "HOOKS",

@@ -431,3 +431,24 @@ def preview_image_of(event: int, data):
         except Exception:   # noqa: BLE001 - not an image this filter can read: the caller drops it
             return None
     return None
+
+
+# ---------------------------------------------------------------- V3 node classes
+
+def own_method(cls, name: str):
+    """The plain function behind the first override of V3 method `name` below ComfyUI's base classes, or None
+    (comfy_api/internal ``first_real_override``, 0.3.75 and 0.38)."""
+    from comfy_api.internal import first_real_override
+
+    method = first_real_override(cls, name)
+    return getattr(method, "__func__", None)
+
+
+def schema_input_fields(inp) -> dict:
+    """What a V3 schema input declares, read the same on every version: id, io type, optional, default, min, max,
+    options, multiselect (comfy_api/latest/_io.py ``Input`` subclasses: the fields a kind lacks are None)."""
+    options = getattr(inp, "options", None)
+    return {"id": inp.id, "io_type": str(inp.get_io_type()), "optional": bool(inp.optional),
+            "default": getattr(inp, "default", None), "min": getattr(inp, "min", None),
+            "max": getattr(inp, "max", None), "options": tuple(options) if options is not None else None,
+            "multiselect": bool(getattr(inp, "multiselect", False))}

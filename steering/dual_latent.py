@@ -50,10 +50,12 @@ history of mixed predictions, and a two-evaluation sampler (Heun, DPM-2, DPM++ 2
 whose step straddles sigma_gc evaluates its first stage mixed and its second safe-only (each
 evaluation is judged by its own sigma).
 
-Design: :class:`DualLatentSettings` and the conditioning checks are plain functions of their
-inputs; :class:`Guider_DualLatent` only picks the branches of each evaluation and mixes them.
-Classifier-free guidance (hooks, the CFG-1 shortcut) and KSampler-style sampling come from
-steering.guidance, the sigma of tau_gc from steering.window.
+Design: this module is the method's maths and imports without ComfyUI: :class:`DualLatentSettings` (weights,
+which branches run at a sigma), the conditioning checks and :func:`mix_predictions` are plain functions of their
+inputs. The guider that runs it (steering/guiders.py ``Guider_DualLatent``, a ComfyUI CFG guider) only picks the
+branches of each evaluation, calls the model once and mixes with :func:`mix_predictions`. Classifier-free
+guidance (hooks, the CFG-1 shortcut) and KSampler-style sampling come from steering.guidance, the sigma of tau_gc
+from steering.window.
 """
 from __future__ import annotations
 
@@ -61,8 +63,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-
-import comfy.samplers
 
 from . import guidance
 from .architectures import ArchitectureError, model_context_width
@@ -204,7 +204,7 @@ def conditionings_equal(a, b) -> bool:
     return True
 
 
-def _as_positive(conditioning) -> list:
+def as_positive(conditioning) -> list:
     """A copy of the safe conditioning that the model treats as a positive prompt."""
     return [[entry[0], {**entry[1], "prompt_type": entry[1].get("prompt_type", "positive")}, *entry[2:]]
             for entry in conditioning]
@@ -250,55 +250,16 @@ def with_safe_chunk_as_cond(model_options: dict) -> dict:
     return {**model_options, "model_function_wrapper": wrapper}
 
 
-class Guider_DualLatent(comfy.samplers.CFGGuider):
-    """CFG guider running the original and the safe branch on one latent (see the module doc).
-
-    Works with SamplerCustomAdvanced and any sampler/scheduler; ``sample`` returns the safe
-    branch's latent (the weighted mix while tau_gc = 1)."""
-
-    def __init__(self, model_patcher, settings: DualLatentSettings):
-        super().__init__(model_patcher)
-        self.settings = settings
-        self.sigma_gc = settings.sigma_gc(model_patcher.get_model_object("model_sampling"))
-        self.has_safe_branch = True
-
-    def set_conds(self, positive, safe_positive, negative):
-        check_conditionings(positive, safe_positive, negative, self.model_patcher)
-        self.has_safe_branch = not conditionings_equal(positive, safe_positive)
-        conds = {"positive": positive, "negative": negative}
-        if self.has_safe_branch:
-            conds["safe"] = _as_positive(safe_positive)
-        self.inner_set_conds(conds)
-
-    def branches_at(self, sigma: float) -> str:
-        return self.settings.branches_at(sigma, self.sigma_gc, self.has_safe_branch)
-
-    def predict_noise(self, x, timestep, model_options={}, seed=None):
-        branches = self.branches_at(float(timestep.reshape(-1)[0]))
-        negative = self.conds.get("negative", None)
-        if branches != BOTH:
-            prompt = self.conds.get("positive" if branches == ORIGINAL else "safe", None)
-            return comfy.samplers.sampling_function(self.inner_model, x, timestep, negative, prompt, self.cfg,
-                                                    model_options=model_options, seed=seed)
-        return self._mixed_prediction(x, timestep, model_options)
-
-    def _mixed_prediction(self, x, timestep, model_options):
-        """a * CFG(safe) + b * CFG(original), both from one batched UNet call with a shared negative."""
-        positive, safe = self.conds.get("positive", None), self.conds.get("safe", None)
-        negative = guidance.uncond_or_none(self.conds.get("negative", None), self.cfg, model_options)
-        conds = [positive, negative, safe]  # ORIGINAL_POSITION, UNCOND_POSITION, SAFE_POSITION
-        model_options = with_safe_chunk_as_cond(model_options)
-        out = guidance.predict(self.inner_model, conds, x, timestep, model_options)
-        uncond_pred = out[UNCOND_POSITION]
-        denoised = [guidance.combine(self.inner_model, out[position], uncond_pred, self.cfg, x, timestep,
-                                     model_options, cond, negative)
-                    for cond, position in ((positive, ORIGINAL_POSITION), (safe, SAFE_POSITION))]
-        return self.settings.original_weight * denoised[0] + self.settings.safe_weight * denoised[1]
+def mix_predictions(original: torch.Tensor, safe: torch.Tensor, settings: DualLatentSettings) -> torch.Tensor:
+    """The mixed denoised prediction while both branches run: ``b * D_orig + a * D_safe`` (weights normalised to
+    sum 1, see the module doc)."""
+    return settings.original_weight * original + settings.safe_weight * safe
 
 
-def dual_latent_guider(model, positive, safe_positive, negative, cfg: float,
-                       settings: DualLatentSettings) -> Guider_DualLatent:
-    """The dual-latent guider with its prompts and CFG scale set."""
+def dual_latent_guider(model, positive, safe_positive, negative, cfg: float, settings: DualLatentSettings):
+    """The dual-latent guider (steering/guiders.py: ComfyUI's CFG guider class) with its prompts and CFG set."""
+    from .guiders import Guider_DualLatent
+
     guider = Guider_DualLatent(model, settings)
     guider.set_conds(positive, safe_positive, negative)
     guider.set_cfg(cfg)

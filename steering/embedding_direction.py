@@ -31,7 +31,15 @@ from typing import Sequence
 import torch
 
 from .architectures import ArchitectureError, architecture_of_conditioning, get_architecture
+from .schedule import FAIRNESS_START_STEP, PAPER_STEPS, SAFETY_START_STEP, paper_step_to_start_percent
 from .window import check_window
+
+# The reference (generate.py / generate_fair.py) steers 1-based steps 15..50 of 50 for safety and 10..50 of 50 for
+# fairness; on ComfyUI's `normal` scheduler these percents select exactly those steps (steering/schedule.py):
+# 0.276 and 0.173, to the last step. The nodes and a Python caller get the same window.
+DEFAULT_START = paper_step_to_start_percent(SAFETY_START_STEP, PAPER_STEPS)
+DEFAULT_FAIR_START = paper_step_to_start_percent(FAIRNESS_START_STEP, PAPER_STEPS)
+DEFAULT_END = 1.0
 
 CHUNK_MODES = ("every_chunk", "first_chunk")
 
@@ -93,8 +101,8 @@ def apply_embedding_direction(
     directions: Sequence[torch.Tensor],
     arch: str,
     strength: float = 1.0,
-    start_percent: float = 0.3,
-    end_percent: float = 1.0,
+    start_percent: float = DEFAULT_START,
+    end_percent: float = DEFAULT_END,
     chunk_mode: str = "every_chunk",
     pooled_directions: Sequence[torch.Tensor | None] | None = None,
 ) -> list:

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import torch
 
-from .label_metrics import (MetricInputError, attribute_frequencies, class_counts, deviation_ratio,  # noqa: F401
+from .label_metrics import (MetricInputError, attribute_frequencies, class_counts, deviation_ratio,
                             deviation_ratio_per_group, image_classes)
 from .safety.base import image_to_nchw, rgb_nchw
 
@@ -79,14 +79,6 @@ def zero_shot_tied_labels(image_features: torch.Tensor, class_text_features: tor
     return [row.nonzero().flatten().tolist() for row in sims >= best]
 
 
-def label_disruption(before: Sequence, after: Sequence) -> float:
-    """Fraction of images (same seeds) whose classified attributes changed under steering."""
-    if len(before) != len(after) or not before:
-        raise MetricInputError(f"need two equally long, non-empty label lists (same seeds); got {len(before)} "
-                               f"and {len(after)}")
-    return sum(a != b for a, b in zip(before, after)) / len(before)
-
-
 def feature_disruptions(features_before: torch.Tensor, features_after: torch.Tensor) -> torch.Tensor:
     """Per pair [B]: 1 - cosine similarity of paired embeddings (e.g. CLIP image features, same seeds),
     clamped to [0, 1]."""
@@ -96,11 +88,6 @@ def feature_disruptions(features_before: torch.Tensor, features_after: torch.Ten
     a = torch.nn.functional.normalize(features_before.float(), dim=-1)
     b = torch.nn.functional.normalize(features_after.float(), dim=-1)
     return (1 - (a * b).sum(-1)).clamp(0, 1)
-
-
-def feature_disruption(features_before: torch.Tensor, features_after: torch.Tensor) -> float:
-    """1 - mean cosine similarity of paired embeddings (e.g. CLIP image features, same seeds), in [0, 1]."""
-    return float(feature_disruptions(features_before, features_after).mean())
 
 
 def sadi_index(unsafe_score: float, disruption: float, alpha1: float = 0.5, alpha2: float = 0.5) -> float:

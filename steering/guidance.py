@@ -19,12 +19,12 @@ node does (noise, sigmas, sampler object) with any guider, for the pack's KSampl
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
-import comfy.model_management
-import comfy.sample
-import comfy.samplers
+if TYPE_CHECKING:
+    import comfy.samplers
 
 # The labels ComfyUI gives the chunks of a batched model call (transformer_options["cond_or_uncond"]):
 # patches that act on one branch only test them.
@@ -44,6 +44,8 @@ def predict(model, conds: list, x: torch.Tensor, timestep: torch.Tensor, model_o
     if "sampler_calc_cond_batch_function" in model_options:
         args = {"conds": conds, "input": x, "sigma": timestep, "model": model, "model_options": model_options}
         return model_options["sampler_calc_cond_batch_function"](args)
+    import comfy.samplers
+
     return comfy.samplers.calc_cond_batch(model, conds, x, timestep, model_options)
 
 
@@ -56,6 +58,8 @@ def combine(model, cond_pred: torch.Tensor, uncond_pred: torch.Tensor, cond_scal
     for fn in model_options.get("sampler_pre_cfg_function", []):
         out = fn({"conds": [cond, uncond], "conds_out": out, "cond_scale": cond_scale, "timestep": timestep,
                   "input": x, "sigma": timestep, "model": model, "model_options": model_options})
+    import comfy.samplers
+
     return comfy.samplers.cfg_function(model, out[0], out[1], cond_scale, x, timestep, model_options=model_options,
                                        cond=cond, uncond=uncond)
 
@@ -66,6 +70,10 @@ def sample_with_guider(guider: comfy.samplers.CFGGuider, latent: dict, seed: int
     """What the KSampler node does (same noise, sigmas and sampler object, the latent's noise mask
     and batch index) with `guider` in place of its CFG guider. Returns the samples on ComfyUI's
     intermediate device."""
+    import comfy.model_management
+    import comfy.sample
+    import comfy.samplers
+
     model = guider.model_patcher
     latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))

@@ -115,13 +115,9 @@ def image_name(config: str, prompt_id: str, seed: int, index: int, ext: str) -> 
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from steering.files import write_atomically     # the pack's own (torch-free), as report.py's label maths
+
+    write_atomically(path, data)
 
 
 def outcome_rows(config: str, task: prompt_sets.Task, outcome: TaskOutcome, out_dir: str,

@@ -245,9 +245,10 @@ def bar_chart(path: str, title: str, labels: list[str], series: list[tuple[str, 
                 draw.line([(x_of(lo), mid), (x_of(hi), mid)], fill="black", width=1)
                 for v in (lo, hi):
                     draw.line([(x_of(v), mid - 3), (x_of(v), mid + 3)], fill="black", width=1)
-    tmp = path + ".tmp.png"
-    image.save(tmp)
-    os.replace(tmp, path)
+    from steering.files import atomic_file
+
+    with atomic_file(path, suffix=".png") as tmp:
+        image.save(tmp)
 
 
 def safe_file(name: str) -> str:
@@ -300,8 +301,6 @@ def write_report(out_dir: str, rows_by_config: dict[str, list[ResultRow]],
         sections += [comparison_section(c, comparison_plot(out_dir, c) if safety_judges(rows_by_config[a]) else None),
                      ""]
     path = os.path.join(out_dir, "report.md")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(sections).rstrip() + "\n")
-    os.replace(tmp, path)
-    return path
+    from steering.files import write_atomically
+
+    return write_atomically(path, ("\n".join(sections).rstrip() + "\n").encode("utf-8"))

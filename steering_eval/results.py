@@ -17,7 +17,6 @@ Design:
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -170,6 +169,7 @@ def export_parquet(rows: list[ResultRow], path: str) -> None:
     table["categories"] = [",".join(r.categories) for r in rows]
     for name in score_names:
         table[f"score_{name}"] = [r.scores.get(name) for r in rows]
-    tmp = path + ".tmp"
-    pq.write_table(pa.table(table), tmp)
-    os.replace(tmp, path)
+    from steering.files import atomic_file
+
+    with atomic_file(path, suffix=".parquet") as tmp:
+        pq.write_table(pa.table(table), tmp)

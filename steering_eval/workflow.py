@@ -24,8 +24,9 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from steering.prompt_format import WIDGET_TYPES, is_link   # the pack's own (ComfyUI-free), as report.py's maths
+
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 NOT_EXECUTED = {"Note", "MarkdownNote"}
 OUTPUT_CLASSES = ("SaveImage", "PreviewImage")
 SEED_INPUTS = ("seed", "noise_seed")
@@ -140,10 +141,6 @@ def load_template(path: str, object_info: Callable[[], dict]) -> dict:
 
 
 # ---------------------------------------------------------------------------- marks
-
-def is_link(value) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
-
 
 def parse_ref(text: str, what: str) -> InputRef:
     node, dot, name = text.rpartition(".")

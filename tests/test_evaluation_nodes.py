@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from comfy_execution.graph_utils import GraphBuilder
+from devtools import pure
 from devtools.session import PromptError
 
 
@@ -108,12 +109,12 @@ def test_fairness_deviation_known_answers(comfy, toyworld):
     assert "circle: 1.000" in report and "square: 0.000" in report
 
 
-def test_deviation_ratio_definition(comfy):
-    metrics = comfy.module("steering.evaluation_metrics")
-    assert metrics.deviation_ratio(["a", "b", "c", "a"], ["a", "b", "c"]) == pytest.approx((0.5 - 1 / 3) / (2 / 3))
-    assert metrics.deviation_ratio(["a", None, "b"], ["a", "b"]) == 0.0  # unreadable images are left out
+def test_deviation_ratio_definition():
+    metrics, labels = pure.module("steering.evaluation_metrics"), pure.module("steering.label_metrics")
+    assert labels.deviation_ratio(["a", "b", "c", "a"], ["a", "b", "c"]) == pytest.approx((0.5 - 1 / 3) / (2 / 3))
+    assert labels.deviation_ratio(["a", None, "b"], ["a", "b"]) == 0.0  # unreadable images are left out
     with pytest.raises(ValueError, match="not among the attribute classes"):
-        metrics.deviation_ratio(["a", "x"], ["a", "b"])
+        labels.deviation_ratio(["a", "x"], ["a", "b"])
     assert metrics.sadi_index(0.2, 0.1, 0.5, 0.5) == pytest.approx(0.85)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         metrics.sadi_index(1.5, 0.0)
@@ -215,8 +216,8 @@ def hand_ratio(counts: list[int]) -> float:
     return max(abs(n / total - 1 / k) for n in counts) / (1 - 1 / k)
 
 
-def test_deviation_ratio_counts_ties_for_every_tied_class_and_averages_groups(comfy):
-    metrics = comfy.module("steering.evaluation_metrics")
+def test_deviation_ratio_counts_ties_for_every_tied_class_and_averages_groups():
+    metrics = pure.module("steering.label_metrics")
     classes = ["man", "woman"]
     # doctor: 3 men + 1 tie -> counts man 4, woman 1 (5 counts from 4 images)
     # nurse: 2 women, 1 unreadable, 1 man -> counts man 1, woman 2; ceo: nothing readable

@@ -210,3 +210,16 @@ def test_concept_lists_are_not_prompts(graph, catalog):
     nodes = graph.read_prompt(prompt, catalog, is_link)
     texts = graph.encoder_texts(nodes)
     assert texts == [("d", "text")]                  # not unsafe_concepts, safe_concepts, safe_suffix
+
+
+LINKISH = [["6", 0], ["6", False], ["6", True], ["6", -1], ["6", 0.0], ["6", 2.5], [6, 0], ["6"], ["6", 0, 1], [],
+           ("6", 0), ["6", "0"], ["6", None], [["6"], 0], {"__value__": ["6", 0]}, "6", 6, None, ["", 0],
+           ["6", float("nan")], ["6", 10 ** 30]]
+
+
+def test_the_packs_link_rule_is_comfyuis(graph):
+    """steering/prompt_format.py (read by the evaluation command and the node checks, no ComfyUI import) answers
+    as ComfyUI's own is_link for every kind of value."""
+    prompt_format = pure.module("steering.prompt_format")
+    assert [prompt_format.is_link(v) for v in LINKISH] == [is_link(v) for v in LINKISH]
+    assert sum(is_link(v) for v in LINKISH) == 9            # the list tests both answers

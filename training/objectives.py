@@ -60,9 +60,9 @@ class ObjectiveError(ValueError):
     """An unknown objective, or settings an objective does not support."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MethodDefaults:
-    """An objective's settings as its paper / reference code uses them."""
+    """An objective's settings as its paper / reference code uses them (given by keyword)."""
 
     learning_rate: float
     rollout_guidance: float
@@ -204,10 +204,6 @@ def get_objective(name: str) -> Objective:
         raise ObjectiveError(f"method {name!r}; expected one of {list(OBJECTIVES)}") from None
 
 
-def method_names() -> list[str]:
-    return list(OBJECTIVES)
-
-
 def _normal(generator, shape, std):
     return std * torch.randn(*shape, generator=generator)
 
@@ -224,8 +220,9 @@ class EmbeddingDirection(Objective):
     description = "low-rank d = B A added to the prompt embedding (arXiv 2505.15427)"
     # Reference train_ptuner.py: Adam 0.06, CFG 7.5, loss 10 * MSE, LMSDiscreteScheduler with 50 steps (its grid
     # is ComfyUI's "normal"), updates at steps 10..50 counted from 1 (0-based 9..49), on-policy.
-    defaults = MethodDefaults(0.06, 7.5, 7.5, 7.5, 0.18, 1.0, 10.0, "uncond", "on_policy", "normal", "lms",
-                              "b_zero")
+    defaults = MethodDefaults(learning_rate=0.06, rollout_guidance=7.5, toward_guidance=7.5, away_guidance=7.5,
+                              t_start=0.18, t_end=1.0, loss_scale=10.0, away_base="uncond",
+                              schedule="on_policy", scheduler="normal", sampler="lms", init="b_zero")
     needs_bottleneck = False
     inits = ("b_zero",)
 
@@ -290,8 +287,10 @@ class CodsmaCVector(HSpaceObjective):
     vector_method = "hspace_cvector"
     description = "one c-vector added to the UNet bottleneck (CoDSMa)"
     # Paper eq. 5 (target score without guidance); negative prompting for safety.
-    defaults = MethodDefaults(0.1, 3.0, 1.0, 7.5, 0.0, 0.98, 1.0, "neutral", "random_timesteps", "ddim_uniform",
-                              "euler", "normal")
+    defaults = MethodDefaults(learning_rate=0.1, rollout_guidance=3.0, toward_guidance=1.0, away_guidance=7.5,
+                              t_start=0.0, t_end=0.98, loss_scale=1.0, away_base="neutral",
+                              schedule="random_timesteps", scheduler="ddim_uniform", sampler="euler",
+                              init="normal")
     roles = ("c",)
 
     def phase_params(self):
@@ -318,8 +317,10 @@ class RespoDiffRamSam(HSpaceObjective):
     description = "responsibility (RAM) + semantic (SAM) bottleneck vectors trained alternately (RespoDiff)"
     # Reference: Adam lr 0.1, rollout CFG 3, target guidance 4 (12 for safety), t in [0, 49) of 50 DDIM steps,
     # random (prompt, t) batches, RAM + SAM in the rollout, nn.Linear default init.
-    defaults = MethodDefaults(0.1, 3.0, 4.0, 12.0, 0.0, 0.98, 1.0, "neutral", "random_timesteps", "ddim_uniform",
-                              "euler", "nn_linear_default")
+    defaults = MethodDefaults(learning_rate=0.1, rollout_guidance=3.0, toward_guidance=4.0, away_guidance=12.0,
+                              t_start=0.0, t_end=0.98, loss_scale=1.0, away_base="neutral",
+                              schedule="random_timesteps", scheduler="ddim_uniform", sampler="euler",
+                              init="nn_linear_default")
     inits = INITS
     roles = ("ram", "sam")
 
