@@ -5,7 +5,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo serve bench workflows clean efficacy
+.PHONY: setup test test-fast demo serve bench workflows clean efficacy
 
 setup:
 	@bash scripts/setup.sh
@@ -31,3 +31,6 @@ workflows: setup
 
 clean:
 	rm -rf .venv .cache out
+
+test-fast: setup
+	.venv/bin/pytest -p no:cacheprovider -m fast $(PYTEST_ARGS)

@@ -72,7 +72,7 @@ def ray_version() -> str:
 def toy_workflow() -> dict:
     prompt = toy_prompt("a shape", 0, "bench")
     prompt["latent"]["inputs"]["batch_size"] = 1
-    prompt["sample"]["inputs"]["steps"] = STEPS
+    prompt["sampler"]["inputs"]["steps"] = STEPS
     return prompt
 
 

@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 
 from benchmarks.common import BenchContext, cpu_name, percentile, rss_bytes, slope, table
+from devtools import toyworld_graphs
 from devtools.server import ComfyServer
 from devtools.session import PromptError
 
@@ -67,17 +68,7 @@ def facts(ctx: BenchContext) -> str:
 
 def toy_prompt(text: str, seed: int, prefix: str) -> dict:
     """The API-format ToyWorld graph: `text` drawn BATCH times from `seed`, saved with `prefix`."""
-    return {
-        "load": {"class_type": "RSLoadToyWorld", "inputs": {}},
-        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["load", 1]}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["load", 1]}},
-        "latent": {"class_type": "RSToyWorldEmptyLatent", "inputs": {"batch_size": BATCH}},
-        "sample": {"class_type": "KSampler", "inputs": {
-            "model": ["load", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
-            "seed": seed, "steps": STEPS, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["load", 2]}},
-        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": prefix}},
-    }
+    return toyworld_graphs.saved(text, prefix, seed=seed, batch=BATCH, steps=STEPS)
 
 
 def jobs(n: int) -> list[tuple[int, str, bool, int]]:

@@ -12,7 +12,11 @@ import shutil
 import tempfile
 from typing import Iterator
 
+from devtools.comfy_env import NEWEST_FRONTEND_DIR
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FRONTENDS = {"pinned": None, "newest": NEWEST_FRONTEND_DIR}
+"""The frontends the tests drive: the one ComfyUI 0.3.75 pins (None: its own) and the newest package's files."""
 BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 

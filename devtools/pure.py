@@ -34,3 +34,16 @@ def module(dotted: str) -> ModuleType:
     """The pack's module `dotted` (e.g. "operator_policy.graph"), imported without ComfyUI."""
     parent()
     return importlib.import_module(f"{PARENT}.{dotted}")
+
+
+def fixture(dotted: str):
+    """A module-scoped pytest fixture returning :func:`module` (`dotted`): for tests of the maths and file
+    formats, which then need no ComfySession (``make test-fast``)."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def pack_module():
+        return module(dotted)
+
+    pack_module.__doc__ = f"The pack's {dotted}, without ComfyUI."
+    return pack_module

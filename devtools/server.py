@@ -1,6 +1,7 @@
 """A real ComfyUI server (`python main.py`) with the pack in custom_nodes, on a free loopback port."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -114,3 +115,35 @@ class ComfyServer:
                     return entry
             time.sleep(0.25)
         raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout}s")
+
+
+def write_policy(base_dir: str, document, name: str = "policy.json") -> str:
+    """An operator's policy (a dict, or a text written as it is) at the default place of the server with
+    base directory `base_dir` (<user>/responsible-steering/`name`); returns its path."""
+    folder = os.path.join(base_dir, "user", "responsible-steering")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name)
+    with open(path, "w") as f:
+        f.write(document if isinstance(document, str) else json.dumps(document))
+    return path
+
+
+@contextlib.contextmanager
+def started(server: ComfyServer, **env):
+    """`server` started with `env` added to its environment (one torch thread unless `env` says otherwise:
+    test machines have few cores), and stopped afterwards; the caller's environment is put back at once."""
+    added = {"OMP_NUM_THREADS": "1", **env}
+    saved = {key: os.environ.get(key) for key in added}
+    os.environ.update(added)
+    try:
+        server.start()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,4 +1,4 @@
-"""Nodes for method 3: dual latent reconstruction (arXiv 2411.13982) and its input detector."""
+"""Nodes of dual latent reconstruction (arXiv 2411.13982) and its input detector."""
 from __future__ import annotations
 
 import comfy.samplers

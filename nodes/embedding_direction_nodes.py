@@ -1,4 +1,4 @@
-"""Nodes for method 1: add a learned direction to the prompt embedding (arXiv 2505.15427)."""
+"""Nodes of the embedding direction (arXiv 2505.15427): add a learned direction to the prompt embedding (arXiv 2505.15427)."""
 from __future__ import annotations
 
 from comfy_api.v0_0_2 import io

@@ -1,4 +1,5 @@
-"""Nodes for methods 4 and 5: add learned vectors to the UNet bottleneck (h-space)."""
+"""Nodes of the h-space methods: add learned vectors to the UNet bottleneck (CoDSMa c-vectors, RespoDiff RAM + SAM,
+SDisc semantic directions; steering/hspace.py)."""
 from __future__ import annotations
 
 from comfy_api.v0_0_2 import io

@@ -1,4 +1,4 @@
-"""Nodes for method 2: STG, Safe Text-embedding Guidance (arXiv 2510.24012)."""
+"""Nodes of STG, Safe Text-embedding Guidance (arXiv 2510.24012)."""
 from __future__ import annotations
 
 import comfy.samplers

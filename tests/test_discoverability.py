@@ -13,10 +13,10 @@ import urllib.request
 import pytest
 
 from devtools import build_locales
+from devtools.browser import CHROMIUM
 from devtools.comfy_env import REPO
 from devtools.sd import encode
 from devtools.server import ComfyServer
-from test_frontend import CHROMIUM, frontend  # noqa: F401  (the frontend fixture: both frontends)
 
 PACK_MODULE_SUFFIX = "responsible-steering"
 DOCS_DIR = os.path.join(REPO, "js", "docs")

@@ -6,16 +6,9 @@ import pytest
 import torch
 
 from devtools.session import PromptError
-from devtools.sd import add_txt2img, encode, keep, probe_predictions, render, sd_graph, trajectory
-
-
-def direction_vector(vf, seed: int, arch: str = "sd1", scale: float = 1.0, name: str | None = None):
-    g = torch.Generator().manual_seed(seed)
-    width = {"sd1": 768, "sdxl": 2048}[arch]
-    b = scale * torch.randn(77, 1, generator=g)
-    a = torch.randn(1, width, generator=g)
-    return vf.SteeringVector("embedding_direction", arch, {"direction_b": b, "direction_a": a},
-                             {"name": name or f"d{seed}"})
+from devtools.sd import (FAIR_BATCH, FAIR_STEPS, add_txt2img, direction_vector, encode, fair_reports, keep,
+                         probe_predictions, render, report_of, sd_graph, seed_using_all, trajectory,
+                         vector_of_each_image)
 
 
 def saved(comfy, vf, vector, name):
@@ -138,51 +131,6 @@ def test_trajectory_untouched_before_the_warm_up(comfy, vf, tiny):
     assert before and len(before) < len(plain)
     for i in range(len(plain)):
         assert torch.equal(plain[i], shifted[i]) == (i in before), f"step {i}"
-
-
-FAIR_BATCH, FAIR_STEPS = 4, 2
-
-
-def fair_reports(comfy, files: list[str], seeds, mode: str = "uniform", batch: int = FAIR_BATCH) -> list[str]:
-    """The assignment text of the fair embedding node over the vector files `files`, for each seed (the node
-    alone; nothing is sampled)."""
-    g, ckpt, pos, neg = sd_graph(comfy)
-    vectors = [g.node("RSLoadVector", vector_name=f) for f in files]
-    vset = g.node("RSVectorSet", **{f"vector_{k + 1}": v.out(0) for k, v in enumerate(vectors)})
-    fair = [g.node("RSApplyEmbeddingDirectionFair", id=f"fair{seed}", conditioning=pos.out(0), vectors=vset.out(0),
-                   batch_size=batch, seed=seed, assignment=mode, strength=1.0, start_percent=0.0, end_percent=1.0,
-                   chunk_mode="every_chunk") for seed in seeds]
-    for node in fair:
-        keep(g, node.out(1))
-    result = comfy.run(g.finalize())
-    return [result.output(f"fair{seed}", 1) for seed in seeds]
-
-
-def report_of(names: list[str], chosen: list[int]) -> str:
-    """The node's assignment text for image i getting the vector named names[chosen[i]]."""
-    return "\n".join(f"image {i}: {names[k]}" for i, k in enumerate(chosen))
-
-
-def seed_using_all(reports: list[str], names: list[str]) -> int:
-    """The first seed (index into `reports`) whose assignment uses every vector."""
-    used = [{line.split(": ", 1)[1] for line in report.splitlines()} for report in reports]
-    seed = next((s for s, u in enumerate(used) if u == set(names)), None)
-    assert seed is not None, f"no seed of {len(reports)} used all of {names}: {reports}"
-    return seed
-
-
-def vector_of_each_image(fair: torch.Tensor, single: list[torch.Tensor]) -> list[int]:
-    """For each image of a fair batch, the index of the one single-vector batch whose image at the same index
-    it reproduces (the same noise; only the vector differs); fails unless exactly one does."""
-    chosen = []
-    for i in range(fair.shape[0]):
-        close = [k for k, images in enumerate(single) if torch.allclose(fair[i], images[i], atol=1e-4)]
-        assert len(close) == 1, f"image {i} reproduces the single-vector runs {close}; expected exactly one"
-        for k, images in enumerate(single):
-            if k != close[0]:
-                assert (fair[i] - images[i]).abs().mean() > 1e-3, f"image {i}: vectors {close[0]} and {k} agree"
-        chosen.append(close[0])
-    return chosen
 
 
 def test_fair_sampling_gives_each_image_its_direction(comfy, vf):

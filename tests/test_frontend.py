@@ -7,15 +7,13 @@ PyPI (scripts/setup.sh unpacks it; served with --front-end-root)."""
 from __future__ import annotations
 
 import glob
-import importlib.metadata
 import json
 import os
 
 import pytest
 
-from devtools.browser import CHROMIUM, app_page
-from devtools.comfy_env import NEWEST_FRONTEND_DIR, REPO
-from devtools.server import ComfyServer
+from devtools.browser import CHROMIUM
+from devtools.comfy_env import REPO
 from devtools.workflows import load_workflow, ui_to_api
 
 WORKFLOWS = sorted(glob.glob(os.path.join(REPO, "example_workflows", "*.json")) + glob.glob(os.path.join(REPO, "workflows", "real_model", "*.json"))
@@ -25,26 +23,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (make setup installs it via apt as root)"),
 ]
-
-
-FRONTENDS = {"pinned": None, "newest": NEWEST_FRONTEND_DIR}
-
-
-@pytest.fixture(scope="module", params=sorted(FRONTENDS))
-def frontend(request, tmp_path_factory):
-    pytest.importorskip("playwright.sync_api")
-    root = FRONTENDS[request.param]
-    assert root is None or os.path.isfile(os.path.join(root, "index.html")), \
-        f"the newest frontend is not at {root}; run `make setup`"
-    with ComfyServer(str(tmp_path_factory.mktemp("frontend-server")), front_end_root=root) as server, \
-            app_page(server.url) as (page, errors):
-        page.wait_for_function("() => window.app.extensions.length > 0", timeout=60_000)
-        page.keyboard.press("Escape")
-        served = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__")
-        expected = (importlib.metadata.version("comfyui-frontend-package") if root is None
-                    else os.path.basename(os.path.realpath(root)))
-        assert served == expected, f"{request.param} frontend: served {served}, expected {expected}"
-        yield page, server, errors
 
 
 def normalise(prompt: dict) -> dict:

@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from devtools.session import PromptError
-from devtools.sd import add_txt2img, keep, probe_predictions, render, sd_graph, trajectory
-from test_embedding_direction import (FAIR_BATCH, FAIR_STEPS, direction_vector, fair_reports, report_of,
-                                      seed_using_all, vector_of_each_image)
+from devtools.sd import (FAIR_BATCH, FAIR_STEPS, add_txt2img, direction_vector, fair_reports, keep, probe_predictions,
+                         render, report_of, sd_graph, seed_using_all, trajectory, vector_of_each_image)
 
 
 def hspace_vector(vf, seed: int, spatial=(4, 4), scale: float = 4.0, arch: str = "sd1", method="hspace_cvector"):

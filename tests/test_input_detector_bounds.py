@@ -8,12 +8,11 @@ import pytest
 import torch
 
 from comfy_execution.graph_utils import GraphBuilder
+from devtools import pure
 from devtools.sd import keep
 
 
-@pytest.fixture(scope="module")
-def m(comfy):
-    return comfy.module("steering.input_detector")
+m = pure.fixture("steering.input_detector")
 
 
 class CountingBag:

@@ -10,7 +10,13 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-from test_frontend import frontend, pytestmark  # noqa: F401 (the same server + Chromium fixture and marks)
+
+from devtools.browser import CHROMIUM
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (make setup installs it via apt as root)"),
+]
 
 CURVE = (0xE0, 0xA8, 0x4F)  # COLOURS[0] in js/training_loss_graph.js: the first series' line
 TOLERANCE = 24  # per channel, for anti-aliasing and colour management

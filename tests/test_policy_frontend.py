@@ -9,10 +9,14 @@ import os
 
 import pytest
 
-from devtools.browser import CHROMIUM, app_page
-from devtools.server import ComfyServer
-from test_frontend import FRONTENDS
-from test_policy_server import POLICY, TOKEN, one_text_prompt, started, write_policy
+from devtools.browser import CHROMIUM, FRONTENDS, app_page
+from devtools.server import ComfyServer, started, write_policy
+from devtools.toyworld_graphs import saved as toyworld_saved
+
+TOKEN = "operator-secret-for-the-panel"
+POLICY = {"version": 2, "name": "panel test policy", "operator_token_sha256": hashlib.sha256(TOKEN.encode()).hexdigest(),
+          "input": {"unsafe_words": ["crimson", "gore"], "action": "rewrite"},
+          "output": {"scores": [{"kind": "toyworld_red", "threshold": 0.03}], "censor": {"mode": "black"}}}
 
 pytestmark = [
     pytest.mark.slow,
@@ -52,7 +56,7 @@ def test_the_policy_tab_shows_the_policy_a_censored_image_and_the_operator_view(
             const r = await window.app.api.fetchApi('/prompt', {method: 'POST',
                 body: JSON.stringify({prompt, client_id: window.app.api.clientId})});
             if (r.status !== 200) throw new Error(await r.text());
-        }""", one_text_prompt("a red circle", "from-browser"))
+        }""", toyworld_saved("a red circle", "from-browser"))
         page.get_by_text("image 1: censored (black)").wait_for(timeout=120_000)
         assert "toyworld_red" in panel.inner_text()
         page.locator("input[type=password]").fill(TOKEN)

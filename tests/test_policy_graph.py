@@ -12,6 +12,7 @@ import pytest
 from comfy_execution.graph_utils import is_link   # ComfyUI's own helper (a plain module: no torch)
 
 from devtools import comfy_env, pure
+from devtools.toyworld_graphs import save_image, sampled
 
 CATALOG = os.path.join(comfy_env.REPO, "tests", "data", "node_catalog.json")
 
@@ -35,18 +36,8 @@ def catalog(graph):
 
 def toy_prompt(save_images=("decode", 0), **extra) -> dict:
     """ToyWorld loader -> KSampler -> VAE Decode, and a Save Image fed `save_images`; `extra` nodes added."""
-    prompt = {
-        "loader": {"class_type": "RSLoadToyWorld", "inputs": {}},
-        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle", "clip": ["loader", 1]}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["loader", 1]}},
-        "latent": {"class_type": "RSToyWorldEmptyLatent", "inputs": {"batch_size": 1}},
-        "sampler": {"class_type": "KSampler", "inputs": {
-            "model": ["loader", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
-            "seed": 1, "steps": 2, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sampler", 0], "vae": ["loader", 2]}},
-        "save": {"class_type": "SaveImage", "inputs": {"images": list(save_images) if isinstance(save_images, tuple)
-                                                       else save_images, "filename_prefix": "x"}},
-    }
+    prompt = sampled("a red circle", seed=1, batch=1, steps=2)
+    prompt["save"] = save_image(list(save_images) if isinstance(save_images, tuple) else save_images, "x")
     prompt.update(extra)
     return prompt
 
@@ -119,21 +110,21 @@ def test_every_kind_of_image_maker_is_a_source(graph, catalog):
     """Decoders, loaders, generators of their own pixels (no IMAGE input) and transforms of anything that is
     not a guarded image (a mask from a loader, a model) are sources; pure transforms of guarded images are not."""
     extra = {
-        "tiled": {"class_type": "VAEDecodeTiled", "inputs": {"samples": ["sampler", 0], "vae": ["loader", 2],
+        "tiled": {"class_type": "VAEDecodeTiled", "inputs": {"samples": ["sampler", 0], "vae": ["load", 2],
                                                              "tile_size": 512, "overlap": 64, "temporal_size": 64,
                                                              "temporal_overlap": 8}},
-        "load": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
+        "file": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
         "empty": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
-        "mask": {"class_type": "MaskToImage", "inputs": {"mask": ["load", 1]}},
+        "mask": {"class_type": "MaskToImage", "inputs": {"mask": ["file", 1]}},
         "grey": {"class_type": "MaskToImage", "inputs": {"mask": ["solid", 0]}},
         "solid": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 64}},
-        "batch": {"class_type": "ImageBatch", "inputs": {"image1": ["decode", 0], "image2": ["load", 0]}},
+        "batch": {"class_type": "ImageBatch", "inputs": {"image1": ["decode", 0], "image2": ["file", 0]}},
         "composite": {"class_type": "ImageCompositeMasked", "inputs": {
             "destination": ["empty", 0], "source": ["decode", 0], "x": 0, "y": 0, "resize_source": False,
-            "mask": ["load", 1]}},
+            "mask": ["file", 1]}},
     }
     found = classify(graph, catalog, toy_prompt(("batch", 0), **extra))
-    assert sorted(found.sources) == sorted([("decode", 0), ("tiled", 0), ("load", 0), ("empty", 0), ("mask", 0),
+    assert sorted(found.sources) == sorted([("decode", 0), ("tiled", 0), ("file", 0), ("empty", 0), ("mask", 0),
                                             ("grey", 0), ("composite", 0)])
 
 
@@ -150,7 +141,7 @@ def test_outputs_the_policy_cannot_inspect_are_refused_unless_allowed(graph, cat
     prompt = toy_prompt()
     prompt.update({
         "m": {"class_type": "ImageToMask", "inputs": {"image": ["decode", 0], "channel": "red"}},
-        "encode": {"class_type": "VAEEncode", "inputs": {"pixels": ["decode", 0], "vae": ["loader", 2]}},
+        "encode": {"class_type": "VAEEncode", "inputs": {"pixels": ["decode", 0], "vae": ["load", 2]}},
         "out": {"class_type": output, "inputs": value}})
     found = classify(graph, catalog, prompt)
     assert len(found.refused) == 1

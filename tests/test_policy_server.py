@@ -6,7 +6,6 @@ whose latent format has a latent-to-RGB previewer (ToyWorld's has none)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
@@ -17,9 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_execution.graph_utils import GraphBuilder
-from devtools.server import ComfyServer
+from devtools.server import ComfyServer, started, write_policy
 from devtools.session import PromptError
+from devtools.toyworld_graphs import save_image, sampled
+from devtools.toyworld_graphs import saved as saved_prompt
 
 pytestmark = pytest.mark.slow
 
@@ -44,52 +44,16 @@ class PreviewingServer(ComfyServer):
         return super().command() + ["--preview-method", "latent2rgb"]
 
 
-@contextlib.contextmanager
-def started(server: ComfyServer, **env):
-    """`server` started with `env` added to its environment (one torch thread: test machines have few cores)."""
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in {"OMP_NUM_THREADS": "1", **env}.items():
-            mp.setenv(key, value)
-        server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def write_policy(base: str, document, name: str = "policy.json") -> str:
-    folder = os.path.join(base, "user", "responsible-steering")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, name)
-    with open(path, "w") as f:
-        f.write(document if isinstance(document, str) else json.dumps(document))
-    return path
-
-
-def toy_decode(g: GraphBuilder, loader, text: str, batch: int = 2, seed: int = 1000):
-    pos = g.node("CLIPTextEncode", text=text, clip=loader.out(1))
-    neg = g.node("CLIPTextEncode", text="", clip=loader.out(1))
-    latent = g.node("RSToyWorldEmptyLatent", batch_size=batch)
-    samples = g.node("KSampler", model=loader.out(0), positive=pos.out(0), negative=neg.out(0),
-                     latent_image=latent.out(0), seed=seed, steps=STEPS, cfg=4.0, sampler_name="euler",
-                     scheduler="normal", denoise=1.0)
-    return g.node("VAEDecode", samples=samples.out(0), vae=loader.out(2))
-
-
 def red_and_green_prompt(prefix: str = "mixed") -> dict:
     """A plain KSampler -> SaveImage graph (no node of the pack after VAE Decode): 2 red, then 2 green."""
-    g = GraphBuilder(prefix="")
-    loader = g.node("RSLoadToyWorld")
-    red, green = toy_decode(g, loader, "a red circle"), toy_decode(g, loader, "a green circle")
-    both = g.node("ImageBatch", image1=red.out(0), image2=green.out(0))
-    g.node("SaveImage", id="save", images=both.out(0), filename_prefix=prefix)
-    return g.finalize()
+    prompt = {**sampled("a red circle", prefix="red-"), **sampled("a green circle", prefix="green-")}
+    prompt["both"] = {"class_type": "ImageBatch", "inputs": {"image1": ["red-decode", 0], "image2": ["green-decode", 0]}}
+    prompt["save"] = save_image(["both", 0], prefix)
+    return prompt
 
 
 def one_text_prompt(text: str, prefix: str) -> dict:
-    g = GraphBuilder(prefix="")
-    g.node("SaveImage", id="save", images=toy_decode(g, g.node("RSLoadToyWorld"), text).out(0), filename_prefix=prefix)
-    return g.finalize()
+    return saved_prompt(text, prefix)
 
 
 def saved(server: ComfyServer, entry: dict, node: str = "save") -> list[Image.Image]:
@@ -237,13 +201,12 @@ def test_the_audit_log_and_the_png_hold_one_record_per_image(guarded):
 def test_a_graph_with_the_packs_safety_nodes_bypassed_is_still_censored(guarded):
     """What the frontend sends when Censor Regions is bypassed: Detect Unsafe still there (its report
     previewed), Save Image fed straight from VAE Decode."""
-    g = GraphBuilder(prefix="")
-    decoded = toy_decode(g, g.node("RSLoadToyWorld"), "a red circle")
-    score = g.node("RSToyWorldRedScore", threshold=0.03, temperature=0.02)
-    detect = g.node("RSDetectUnsafe", images=decoded.out(0), safety_score=score.out(0))
-    g.node("PreviewAny", source=detect.out(3))
-    g.node("SaveImage", id="save", images=decoded.out(0), filename_prefix="bypassed")
-    entry = guarded.run_prompt(g.finalize())
+    prompt = sampled("a red circle")
+    prompt["score"] = {"class_type": "RSToyWorldRedScore", "inputs": {"threshold": 0.03, "temperature": 0.02}}
+    prompt["detect"] = {"class_type": "RSDetectUnsafe", "inputs": {"images": ["decode", 0], "safety_score": ["score", 0]}}
+    prompt["report"] = {"class_type": "PreviewAny", "inputs": {"source": ["detect", 3]}}
+    prompt["save"] = save_image(["decode", 0], "bypassed")
+    entry = guarded.run_prompt(prompt)
     assert [int(p.max()) for p in pixels(saved(guarded, entry))] == [0, 0]
 
 
@@ -293,7 +256,7 @@ def _four_clients(server: ComfyServer, round_: int) -> list[str]:
         ids = []
         for i in range(6):
             prompt = one_text_prompt("a red circle" if i % 2 else "a green circle", f"load-{round_}-{n}-{i}")
-            prompt["4"]["inputs"]["batch_size"] = 1
+            prompt["latent"]["inputs"]["batch_size"] = 1
             ids.append(server.post("/prompt", {"prompt": prompt, "client_id": f"load-{n}"})["prompt_id"])
         return ids
 
@@ -356,6 +319,8 @@ async def _run_watching(server: ComfyServer, prompt: dict, client_id: str, metad
 
 
 def sd1_prompt(checkpoint: str, text: str, seed: int) -> dict:
+    from comfy_execution.graph_utils import GraphBuilder
+
     g = GraphBuilder(prefix="")
     ckpt = g.node("CheckpointLoaderSimple", ckpt_name=checkpoint)
     pos = g.node("CLIPTextEncode", text=text, clip=ckpt.out(1))
@@ -441,20 +406,13 @@ def test_the_policys_steering_is_applied_to_every_sampler(rejecting, plain):
     """The policy's embedding direction equals the same direction applied by hand (Apply Embedding Direction,
     strength 0.5 over the whole schedule) on the server without a policy, bit for bit."""
     entry = rejecting.run_prompt(one_text_prompt("a blue circle", "policy-steered"))
-    g = GraphBuilder(prefix="")
-    loader = g.node("RSLoadToyWorld")
-    pos = g.node("CLIPTextEncode", text="a blue circle", clip=loader.out(1))
-    vector = g.node("RSLoadVector", vector_name=SAFETY_DIRECTION)
-    steered = g.node("RSApplyEmbeddingDirection", conditioning=pos.out(0), vector=vector.out(0), strength=0.5,
-                     start_percent=0.0, end_percent=1.0, chunk_mode="every_chunk")
-    neg = g.node("CLIPTextEncode", text="", clip=loader.out(1))
-    latent = g.node("RSToyWorldEmptyLatent", batch_size=2)
-    samples = g.node("KSampler", model=loader.out(0), positive=steered.out(0), negative=neg.out(0),
-                     latent_image=latent.out(0), seed=1000, steps=STEPS, cfg=4.0, sampler_name="euler",
-                     scheduler="normal", denoise=1.0)
-    g.node("SaveImage", id="save", images=g.node("VAEDecode", samples=samples.out(0), vae=loader.out(2)).out(0),
-           filename_prefix="by-hand")
-    by_hand = plain.run_prompt(g.finalize())
+    by_hand = saved_prompt("a blue circle", "by-hand")
+    by_hand["vector"] = {"class_type": "RSLoadVector", "inputs": {"vector_name": SAFETY_DIRECTION}}
+    by_hand["steered"] = {"class_type": "RSApplyEmbeddingDirection", "inputs": {
+        "conditioning": ["pos", 0], "vector": ["vector", 0], "strength": 0.5, "start_percent": 0.0,
+        "end_percent": 1.0, "chunk_mode": "every_chunk"}}
+    by_hand["sampler"]["inputs"]["positive"] = ["steered", 0]
+    by_hand = plain.run_prompt(by_hand)
     unsteered = plain.run_prompt(one_text_prompt("a blue circle", "unsteered"))
     got, expected = pixels(saved(rejecting, entry)), pixels(saved(plain, by_hand))
     assert all(np.array_equal(a, b) for a, b in zip(got, expected))
@@ -493,7 +451,7 @@ STG_POLICY = {"version": 2, "name": "stg policy",
 
 def stg_prompt(text: str, prefix: str) -> dict:
     prompt = one_text_prompt(text, prefix)
-    prompt["5"]["inputs"]["steps"] = STG_STEPS
+    prompt["sampler"]["inputs"]["steps"] = STG_STEPS
     return prompt
 
 
@@ -509,11 +467,12 @@ def stg_server(tmp_path_factory):
 def test_a_policy_with_stg_steers_red_away_instead_of_censoring_and_leaves_green_alone(stg_server, plain, world):
     import torch
 
-    assert stg_prompt("a red circle", "x")["5"]["class_type"] == "KSampler"
+    assert stg_prompt("a red circle", "x")["sampler"]["class_type"] == "KSampler"
     red = stg_server.run_prompt(stg_prompt("a red circle", "stg-red"))
     records = audit_records(stg_server.audit_path, prompt_id_of(red))
     steering = [r for r in records if r["type"] == "steering"]
-    assert [(r["node"], r["class_type"], r["applied"], r["rho"]) for r in steering] == [("5", "KSampler", True, 2.0)]
+    assert [(r["node"], r["class_type"], r["applied"], r["rho"]) for r in steering] == [
+        ("sampler", "KSampler", True, 2.0)]
     made = [r for r in records if r["type"] == "image"]
     assert [r["flagged"] for r in made] == [False, False]             # nothing left to censor
     got = pixels(saved(stg_server, red))

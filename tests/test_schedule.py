@@ -7,14 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from devtools import pure
 from devtools.sd import encode
 
 STEPS = 50
 
 
-@pytest.fixture(scope="module")
-def schedule(comfy):
-    return comfy.module("steering.schedule")
+schedule = pure.fixture("steering.schedule")
 
 
 def reference_steered_steps(start_step: int, end_step: int = STEPS, steps: int = STEPS) -> list[int]:

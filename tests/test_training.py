@@ -10,45 +10,14 @@ import os
 import pytest
 import torch
 
-from comfy_execution.graph_utils import GraphBuilder
 from devtools.session import PromptError
 from devtools.sd import add_txt2img, load_tiny_objects, render, sd_graph
+from devtools.training_runs import cancelled_training, run_training, train_inputs
 
 METHODS = ("codsma_cvector", "respodiff_ram_sam", "embedding_direction")
 # The tiny random-weight model's prompts barely differ, so the target is close: smaller steps
 # than the papers' rates (which are the node's defaults) show a clean descent in 4 iterations.
 LEARNING_RATES = {"codsma_cvector": 0.02, "respodiff_ram_sam": 0.02, "embedding_direction": 0.1}
-
-
-def train_inputs(**overrides) -> dict:
-    inputs = dict(method="codsma_cvector", direction="toward_target", neutral_prompt="a person",
-                  target_prompt="a woman", iterations=4, batch_size=2, learning_rate=0.0, lambda_sem=0.5, rank=1,
-                  seed=0, resolution=64, rollout_steps=1, scheduler="method_default", target_guidance=0.0,
-                  gradient_checkpointing=False, checkpoint_every=1, resume=False, save_name="trained")
-    inputs.update(overrides)
-    return inputs
-
-
-def train_graph(comfy, **overrides):
-    g = GraphBuilder(prefix="")
-    ckpt = g.node("CheckpointLoaderSimple", id="ckpt", ckpt_name=comfy.checkpoint_name)
-    g.node("RSTrainSteeringVector", id="train", model=ckpt.out(0), clip=ckpt.out(1), **train_inputs(**overrides))
-    return g
-
-
-def run_training(comfy, plot: bool = False, **overrides) -> dict:
-    g = train_graph(comfy, **overrides)
-    if plot:
-        image = g.node("RSPlotSteeringLoss", id="plot", loss=["train", 1], width=320, height=160, log_scale=True)
-        g.node("PreviewImage", images=image.out(0))
-    result = comfy.run(g.finalize())
-    return {"vector": result.output("train", 0), "loss": result.output("train", 1),
-            "filename": result.output("train", 2), "ui": result.ui.get("train", {}),
-            "model": result.output("ckpt", 0), "plot": result.output("plot", 0) if plot else None}
-
-
-def checkpoint_file(comfy, name: str) -> str:
-    return os.path.join(comfy.output_dir, "steering_training", f"{name}.checkpoint.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -144,34 +113,6 @@ def test_trained_vectors_change_the_image(comfy, trained):
 
 
 # ----------------------------------------------------------------------------- cancel and resume
-
-class InterruptAfter:
-    """A progress hook (as the server installs one) that presses Cancel after N iterations."""
-
-    def __init__(self, iterations: int):
-        self.iterations = iterations
-
-    def __call__(self, value, total, preview, node_id=None):
-        import comfy.model_management
-
-        if value >= self.iterations:
-            comfy.model_management.interrupt_current_processing(True)
-
-
-def cancelled_training(comfy, after: int, save_name: str, **settings):
-    """Run training that Cancel interrupts after `after` iterations (the prompt must fail with "interrupted");
-    returns the checkpoint it left. The progress hook and the interrupt flag are reset whatever happens."""
-    from comfy import model_management, utils as comfy_utils
-
-    comfy_utils.set_progress_bar_global_hook(InterruptAfter(after))
-    try:
-        with pytest.raises(PromptError, match="interrupted"):
-            run_training(comfy, save_name=save_name, **settings)
-    finally:
-        comfy_utils.set_progress_bar_global_hook(None)
-        model_management.interrupt_current_processing(False)
-    return comfy.module("training.checkpoint").load_checkpoint(checkpoint_file(comfy, save_name))
-
 
 def test_cancel_leaves_a_named_checkpoint_and_resume_equals_an_uninterrupted_run(comfy):
     settings = dict(method="codsma_cvector", iterations=2, rollout_steps=2, seed=5, learning_rate=0.02)
@@ -300,18 +241,6 @@ def plain_eps(unet, sampling, z, k, context, offset=None):
     x_in = z / torch.sqrt(sigma ** 2 + 1)
     t = torch.full((z.shape[0],), float(k))
     return unet(x_in, t, context=context.expand(z.shape[0], -1, -1), transformer_options=options).float()
-
-
-@pytest.fixture(scope="module")
-def plain_unet(tiny):
-    """A second copy of the tiny UNet loaded OUTSIDE inference mode (normal autograd)."""
-    import comfy.sd
-    from devtools import session as rs_session
-
-    assert not torch.is_inference_mode_enabled()
-    model = comfy.sd.load_checkpoint_guess_config(rs_session.tiny_checkpoint_path(), output_vae=False,
-                                                  output_clip=False)[0]
-    return model.model.diffusion_model.requires_grad_(False)
 
 
 def test_objectives_match_plain_torch_maths(comfy, tiny, plain_unet):

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_training import cancelled_training, plain_unet, run_training  # noqa: F401 (fixture)
+from devtools.training_runs import cancelled_training, run_training
 
 
 def encode(clip, texts):

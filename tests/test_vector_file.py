@@ -11,6 +11,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from devtools import pure
+
+vf = pure.fixture("steering.vector_file")        # the file format needs no ComfyUI
+
 
 def make_vector(vf, method="hspace_cvector", arch="sd1", seed=0, spatial=(8, 8), **info):
     g = torch.Generator().manual_seed(seed)

@@ -5,10 +5,9 @@ import math
 
 import pytest
 
+from devtools import pure
 
-@pytest.fixture(scope="module")
-def window(comfy):
-    return comfy.module("steering.window")
+window = pure.fixture("steering.window")
 
 
 @pytest.mark.parametrize("start,end", [(0.0, 0.0), (0.0, 1.0), (0.3, 0.3), (0.276, 1.0)])
