@@ -105,28 +105,15 @@ def test_both_bottleneck_routes_see_the_same_h(compat):
     assert later_h is h and later_hsp is hsp  # acts once, at the first output block only
 
 
-def test_the_route_follows_the_hook(compat, tiny):
+def test_the_route_follows_the_hook(compat, tiny, monkeypatch):
+    """0.3.75 has no middle-block hook: the output-block fallback; with upstream's hook (a stand-in of it, below)
+    the hook; prefer_hook=False always the fallback."""
     model = tiny[0]
-    kind, _ = compat.bottleneck_patch(model, AddOffset(0.0))
-    assert kind == ("middle_block_after_patch" if compat.has_middle_block_hook(model) else "output_block_patch")
-    assert compat.bottleneck_patch(model, AddOffset(0.0), prefer_hook=False)[0] == "output_block_patch"
-
-
-def test_middle_hook_and_output_block_fallback_give_identical_images(comfy, tiny):
-    """Apply H-Space Vector through both routes. Where this ComfyUI has no middle-block hook (0.3.75) the
-    hook route IS the fallback, so the comparison then shows only that the fallback is what ships."""
-    hs, compat = comfy.module("steering.hspace"), comfy.module("steering.comfy_compat")
-    model = tiny[0]
-    offsets = 4.0 * torch.randn(1, 1280, 4, 4, generator=torch.Generator().manual_seed(3))
-    images = {}
-    for prefer_hook in (True, False):
-        patched = hs.patch_model_with_offsets(model, offsets, 1.0, 0.0, 1.0, prefer_hook=prefer_hook)
-        images[prefer_hook] = sample_with(patched, tiny)
-    plain = sample_with(model, tiny)
-    assert not torch.equal(images[False], plain), "the vector changed nothing: the comparison would be empty"
-    assert torch.equal(images[True], images[False])
-    if not compat.has_middle_block_hook(model):
-        print("this ComfyUI has no set_model_middle_block_after_patch: both runs used the output-block fallback")
+    assert compat.bottleneck_patch(model, AddOffset(0.0))[0] == "output_block_patch"
+    with monkeypatch.context() as mp:
+        upstream_middle_block_hook(mp)
+        assert compat.bottleneck_patch(model, AddOffset(0.0))[0] == "middle_block_after_patch"
+        assert compat.bottleneck_patch(model, AddOffset(0.0), prefer_hook=False)[0] == "output_block_patch"
 
 
 def sample_with(model, tiny) -> torch.Tensor:
@@ -143,3 +130,128 @@ def sample_with(model, tiny) -> torch.Tensor:
         out = sample.sample(model, noise, 3, 5.0, "euler", "normal", positive, negative, latent, seed=7,
                             disable_pbar=True)
         return vae.decode(out).clone()
+
+
+# ---------------------------------------------------------------- upstream 0.38's surface, as stand-ins
+# Where 0.3.75 lacks what upstream has, a stand-in built from upstream's own code (quoted in each docstring)
+# makes the layer take its upstream route here, so these tests fail if that route is wrong.
+
+def upstream_middle_block_hook(monkeypatch):
+    """comfy/model_patcher.py (0.38): ``set_model_middle_block_after_patch(patch)`` registers a
+    "middle_block_after_patch"; comfy/ldm/modules/diffusionmodules/openaimodel.py (0.38) calls each such patch
+    right after the middle block with ``{"h", "x", "emb", "context", "y", "timesteps", "transformer_options"}``
+    and takes its "h". 0.3.75 has neither: the stand-in adds the method and runs the patches after the middle
+    block's forward_timestep_embed."""
+    import comfy.ldm.modules.diffusionmodules.openaimodel as openaimodel
+    import comfy.model_patcher
+
+    def set_model_middle_block_after_patch(self, patch):
+        self.set_model_patch(patch, "middle_block_after_patch")
+
+    original = openaimodel.forward_timestep_embed
+
+    def forward_timestep_embed(ts, x, emb, context=None, transformer_options={}, *args, **kwargs):
+        h = original(ts, x, emb, context, transformer_options, *args, **kwargs)
+        if transformer_options.get("block") == ("middle", 0):
+            for patch in transformer_options.get("patches", {}).get("middle_block_after_patch", []):
+                h = patch({"h": h, "x": None, "emb": emb, "context": context, "y": None, "timesteps": None,
+                           "transformer_options": transformer_options})["h"]
+        return h
+
+    monkeypatch.setattr(comfy.model_patcher.ModelPatcher, "set_model_middle_block_after_patch",
+                        set_model_middle_block_after_patch, raising=False)
+    monkeypatch.setattr(openaimodel, "forward_timestep_embed", forward_timestep_embed)
+
+
+def test_the_upstream_middle_block_hook_and_the_fallback_give_identical_images(comfy, tiny, monkeypatch):
+    hs, compat = comfy.module("steering.hspace"), comfy.module("steering.comfy_compat")
+    model = tiny[0]
+    offsets = 4.0 * torch.randn(1, 1280, 4, 4, generator=torch.Generator().manual_seed(3))
+    fallback = sample_with(hs.patch_model_with_offsets(model, offsets, 1.0, 0.0, 1.0, prefer_hook=False), tiny)
+    with monkeypatch.context() as mp:
+        upstream_middle_block_hook(mp)
+        assert compat.has_middle_block_hook(model)
+        patched = hs.patch_model_with_offsets(model, offsets, 1.0, 0.0, 1.0, prefer_hook=True)
+        assert "middle_block_after_patch" in patched.model_options["transformer_options"]["patches"]
+        via_hook = sample_with(patched, tiny)
+    assert not compat.has_middle_block_hook(model)          # the stand-in is gone
+    assert not torch.equal(fallback, sample_with(model, tiny)), "the vector changed nothing"
+    assert torch.equal(via_hook, fallback)
+
+
+def test_the_training_state_is_set_where_comfyui_has_one(compat, monkeypatch):
+    """comfy/model_management.py (0.38): ``in_training = False`` at module level, set by its trainer around
+    training. With the attribute the gradient pass sets it and puts it back; without (0.3.75) it is left alone."""
+    import comfy.model_management as mm
+
+    monkeypatch.setattr(mm, "in_training", False, raising=False)
+    monkeypatch.setattr(compat, "IN_TRAINING_OVERRIDE", None)
+    assert compat.in_training_supported()
+    with compat.gradient_pass():
+        assert mm.in_training is True
+    assert mm.in_training is False
+    monkeypatch.delattr(mm, "in_training")
+    assert not compat.in_training_supported()
+    with compat.gradient_pass():
+        assert not hasattr(mm, "in_training")
+
+
+def test_preview_events_come_from_protocol_where_it_exists(compat, monkeypatch):
+    """protocol.py (0.38): ``class BinaryEventTypes: PREVIEW_IMAGE = 1; UNENCODED_PREVIEW_IMAGE = 2; TEXT = 3;
+    PREVIEW_IMAGE_WITH_METADATA = 4`` (0.3.75 keeps them in server.py)."""
+    import types
+
+    protocol = types.ModuleType("protocol")
+    protocol.BinaryEventTypes = type("BinaryEventTypes", (), {"PREVIEW_IMAGE": 11, "UNENCODED_PREVIEW_IMAGE": 12,
+                                                              "TEXT": 13, "PREVIEW_IMAGE_WITH_METADATA": 14})
+    monkeypatch.setitem(__import__("sys").modules, "protocol", protocol)
+    assert compat.preview_event_types() == {11: "PREVIEW_IMAGE", 12: "UNENCODED_PREVIEW_IMAGE",
+                                            14: "PREVIEW_IMAGE_WITH_METADATA"}
+    assert compat.text_event_type() == 13
+    monkeypatch.delitem(__import__("sys").modules, "protocol")
+    import server
+
+    assert compat.preview_event_types()[server.BinaryEventTypes.PREVIEW_IMAGE] == "PREVIEW_IMAGE"
+
+
+def test_intermediate_output_nodes_release_results_where_comfyui_has_them(compat, monkeypatch):
+    """execution.py (0.38): ``_is_intermediate_output`` reads ``HAS_INTERMEDIATE_OUTPUT`` off a node class: such a
+    node is not an output node but its results are shown; the policy treats it as releasing them."""
+    import nodes
+
+    class ShowsWhileRunning:
+        HAS_INTERMEDIATE_OUTPUT = True
+        RETURN_TYPES = ("IMAGE",)
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"images": ("IMAGE",), "raw": ("IMAGE", {"rawLink": True})}}
+
+    monkeypatch.setitem(nodes.NODE_CLASS_MAPPINGS, "RSTestShowsWhileRunning", ShowsWhileRunning)
+    facts = compat.node_facts("RSTestShowsWhileRunning")
+    assert (facts.output_node, facts.intermediate_output, facts.outputs) == (False, True, ("IMAGE",))
+    assert facts.inputs == {"images": ("IMAGE", "required", False), "raw": ("IMAGE", "required", True)}
+    assert compat.node_facts("no such node") is None
+
+
+def test_history_filter_follows_task_done_as_upstream_calls_it(compat):
+    """execution.py (0.38): ``PromptQueue.task_done(self, item_id, history_result, status, process_item=None)``;
+    the running item is (number, prompt_id, prompt, extra_data, outputs_to_execute, ...)."""
+    import types
+
+    calls = []
+
+    class UpstreamQueue:
+        def __init__(self):
+            self.currently_running = {7: (0, "p1", {}, {}, [])}
+
+        def task_done(self, item_id, history_result, status, process_item=None):
+            calls.append((item_id, history_result, status, process_item))
+
+    server = types.SimpleNamespace(prompt_queue=UpstreamQueue())
+    seen = []
+    compat.filter_history(server, lambda prompt_id, result, messages: seen.append((prompt_id, result, messages)))
+    status = types.SimpleNamespace(messages=[("execution_start", {})])
+    server.prompt_queue.task_done(7, {"outputs": {}}, status, process_item=str)
+    assert seen == [("p1", {"outputs": {}}, [("execution_start", {})])]
+    assert calls == [(7, {"outputs": {}}, status, str)]
