@@ -220,6 +220,16 @@ def _rows_of(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
     return t if rows is None else t.index_select(0, rows.to(t.device))
 
 
+def _placed(part: torch.Tensor, rows: torch.Tensor | None, batch: int, into: torch.Tensor | None = None):
+    """`part`, the rows `rows` of a batch of `batch`, as a [batch, ...] tensor: `into` (default zeros) with those rows
+    replaced; `part` itself for rows None (the whole batch)."""
+    if rows is None:
+        return part
+    if into is None:
+        into = torch.zeros((batch, *part.shape[1:]), dtype=part.dtype, device=part.device)
+    return into.to(part.dtype).index_copy(0, rows.to(part.device), part)
+
+
 class Guider_STG(comfy.samplers.CFGGuider):
     """CFG guider that applies STG; use with SamplerCustomAdvanced or steering.guidance.sample_with_guider.
 
@@ -522,8 +532,7 @@ class Guider_STG(comfy.samplers.CFGGuider):
                         decoder=self.screen, rows=rows, batch=batch)
                 scores[to_score] = result.score.detach().float().cpu()
                 unsafe[to_score] = result.unsafe.cpu().bool()
-                cond_pred = pred if rows is None else torch.zeros((batch, *pred.shape[1:]), dtype=pred.dtype,
-                                                                   device=pred.device).index_copy_(0, rows.to(pred.device), pred)
+                cond_pred = _placed(pred, rows, batch)
             wanted = expected | unsafe
             if not sub_batches and bool(wanted.any()):
                 wanted = torch.ones(batch, dtype=torch.bool)
@@ -538,13 +547,9 @@ class Guider_STG(comfy.samplers.CFGGuider):
                                        uncond_pred, negative, rows, batch)
                 scores[gradient_rows] = found.result.score.float().cpu()
                 unsafe[gradient_rows] = found.result.unsafe.cpu().bool()
-                place = lambda full, part: part if rows is None else full.index_copy(0, rows.to(full.device), part)  # noqa: E731
-                grads = [place(g, f) for g, f in zip(grads, found.grads)]
-                pooled_grads = [place(g, f) for g, f in zip(pooled_grads, found.pooled_grads)]
-                if cond_pred is None:
-                    cond_pred = found.cond_pred if rows is None else torch.zeros(
-                        (batch, *found.cond_pred.shape[1:]), dtype=found.cond_pred.dtype, device=found.cond_pred.device)
-                cond_pred = place(cond_pred.to(found.cond_pred.dtype), found.cond_pred)
+                grads = [_placed(f, rows, batch, g) for g, f in zip(grads, found.grads)]
+                pooled_grads = [_placed(f, rows, batch, g) for g, f in zip(pooled_grads, found.pooled_grads)]
+                cond_pred = _placed(found.cond_pred, rows, batch, cond_pred)
         state.flagged = unsafe.clone()
         return GuidedStep(scores, unsafe, grads, pooled_grads, cond_pred, uncond_pred, gradient_rows.tolist())
 
@@ -628,7 +633,7 @@ class Guider_STG(comfy.samplers.CFGGuider):
                                            rows, batch)
             fresh = self._predict(positive, _rows_of(grad_input(x), rows), _rows_of(grad_input(timestep), rows),
                                   options)
-        return fresh if rows is None else cond_pred.to(fresh.dtype).index_copy(0, rows.to(fresh.device), fresh)
+        return _placed(fresh, rows, batch, cond_pred)
 
 
 def make_guider(model, positive, negative, cfg: float, decoder, score: SafetyScore,
