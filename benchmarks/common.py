@@ -77,6 +77,45 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
+def random_sd_vae(device, dtype):
+    """A full-size SD VAE (83.6 M parameters) with seeded random weights, as ComfyUI's VAE object."""
+    import comfy.sd
+    import torch
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+                "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in AutoencoderKL(ddconfig=ddconfig, embed_dim=4).state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for key, shape in shapes.items():
+        if len(shape) > 1:
+            fan_in = 1
+            for s in shape[1:]:
+                fan_in *= s
+            sd[key] = torch.randn(shape, generator=g) / fan_in ** 0.5
+        elif key.endswith("weight"):
+            sd[key] = torch.ones(shape)
+        else:
+            sd[key] = torch.zeros(shape)
+    vae = comfy.sd.VAE(sd=sd, device=torch.device(device), dtype=dtype)
+    return vae
+
+
+def random_taesd_decoder(device, dtype):
+    """ComfyUI's TAESD decoder with seeded random weights (what models/vae_approx/taesd_decoder holds)."""
+    import torch
+    from comfy.taesd.taesd import Decoder
+
+    decoder = Decoder()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in decoder.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5 if p.ndim > 1 else torch.zeros(p.shape))
+    return decoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
 def setup_comfy(device: str) -> None:
     """Import ComfyUI (from `make setup`'s cache) for in-process benchmarks; the pack is then reached
     through devtools.pack, loaded as ComfyUI loads it."""

@@ -175,8 +175,28 @@ UNET_CONFIGS = {
 }
 
 
+def comfy_table_config(name: str) -> dict:
+    """ComfyUI's own UNet config of a real-size entry of UNET_CONFIGS ("sd15_full", "sdxl_full"): the entry of
+    comfy/model_detection.py's table of known UNets that ComfyUI picks for a diffusers checkpoint with this
+    layout (found from the shapes of the keys it reads, as it finds a downloaded file's), in the form its model
+    classes take (``convert_config``). Raises ValueError when ComfyUI knows no such UNet."""
+    import comfy.model_detection
+    import comfy.utils
+
+    config = UNET_CONFIGS[name][1]
+    comfy_shapes = _unet_shapes(config)
+    diffusers = {key: torch.empty(comfy_shapes[ours], device="meta")
+                 for key, ours in comfy.utils.unet_to_diffusers(config).items() if ours in comfy_shapes}
+    found = comfy.model_detection.unet_config_from_diffusers_unet(diffusers)
+    if found is None:
+        raise ValueError(f"ComfyUI's table of UNets has no entry with the layout of {name}")
+    found.pop("dtype", None)
+    return found
+
+
 def build_unet_model(name: str = "sdxl_tiny", seed: int = 0, device=None, dtype: torch.dtype = torch.float32):
-    """An in-memory ComfyUI model (ModelPatcher) of one of UNET_CONFIGS with seeded random weights.
+    """An in-memory ComfyUI model (ModelPatcher) of one of UNET_CONFIGS with seeded random weights; the real-size
+    ones ("sd15_full", "sdxl_full") with ComfyUI's own config of that UNet (:func:`comfy_table_config`).
 
     Weights are generated on `device` (default: ComfyUI's torch device) and stored in `dtype`."""
     import comfy.model_management
@@ -184,6 +204,8 @@ def build_unet_model(name: str = "sdxl_tiny", seed: int = 0, device=None, dtype:
     import comfy.supported_models
 
     class_name, config = UNET_CONFIGS[name]
+    if name.endswith("_full"):
+        config = comfy_table_config(name)
     model_config = getattr(comfy.supported_models, class_name)(dict(config))
     model_config.set_inference_dtype(dtype, None)
     load_device = comfy.model_management.get_torch_device() if device is None else torch.device(device)

@@ -46,8 +46,9 @@ def nudenet_download_hint(name: str = NUDENET_MODEL_FILE) -> str:
                 f"folder as {name}.")
     if name != NUDENET_MODEL_FILE:
         return f"Download {download}"
-    return (f"Install the nudenet package (`pip install --no-deps nudenet`), which brings {NUDENET_MODEL_FILE}, "
-            f"or download {download}")
+    return (f"Install the nudenet package, which brings {NUDENET_MODEL_FILE}: the pack's install.py does it (ComfyUI-"
+            f"Manager runs it when it installs the pack; by hand: `python install.py` in the pack's folder, or "
+            f"`pip install --no-deps nudenet==3.4.2`), or download {download}")
 
 
 def register_model_folder(name: str, extensions: set[str], folder: str | None = None) -> None:

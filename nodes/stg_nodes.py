@@ -5,7 +5,7 @@ import comfy.samplers
 from comfy_api.v0_0_2 import io
 
 from ..steering.architectures import architecture_of_model
-from ..steering.decoders import DECODERS, load_taesd_decoder, vae_decoder
+from ..steering.decoders import DECODERS, SCREENS, load_taesd_decoder, vae_decoder
 from ..steering.stg import AUTOCAST_MODES, DEFAULT_END, DEFAULT_START, STGSettings, make_guider
 from .common import CATEGORY, check_window_inputs, ksampler_with_guider, schema, window_inputs
 from .paths import taesd_decoder_path
@@ -42,23 +42,38 @@ def stg_inputs() -> list:
                                  "conditioning."),
         io.Combo.Input("decoder", options=list(DECODERS), default="vae",
                        tooltip="vae: the checkpoint's VAE (exact). taesd: the model's TAESD from "
-                               "models/vae_approx (taesd / taesdxl / taesd3 / taef1 decoder): much cheaper "
-                               "backward pass, approximate."),
+                               "models/vae_approx (taesd / taesdxl / taesd3 / taef1 decoder): approximate, and "
+                               "far cheaper: at SD1.5 size, 512 px, its gradient pass needs a fraction of the "
+                               "VAE's memory (see the node's help)."),
         io.Combo.Input("autocast", options=list(AUTOCAST_MODES), default="none",
-                       tooltip="Run the gradient pass under fp16/bf16 autocast (faster, less memory on GPU)."),
+                       tooltip="Run the scoring and gradient passes under fp16/bf16 autocast (faster, about half "
+                               "the memory)."),
+        io.Boolean.Input("gradient_checkpointing", default=False, optional=True,
+                         tooltip="Recompute the UNet's and the decoder's activations in the backward pass instead "
+                                 "of keeping them: much less memory for the images that are guided, about one "
+                                 "more forward pass of time. Same result."),
+        io.Combo.Input("screen", options=list(SCREENS), default="off", optional=True,
+                       tooltip="off: every image is scored with the decoder above (exact). taesd: every image is "
+                               "scored with TAESD first (models/vae_approx) and only the ones it flags are "
+                               "decoded with the decoder above: an image TAESD finds safe is not guided even "
+                               "if the exact decode would flag it. Makes unflagged images almost as cheap as "
+                               "the plain sampler with decoder vae."),
     ]
 
 
 def build_guider(model, positive, negative, cfg, vae, safety_score, rho, start_percent, end_percent,
-                 update_ratio, prior_weight, rebase, guide_pooled, decoder, autocast):
+                 update_ratio, prior_weight, rebase, guide_pooled, decoder, autocast, gradient_checkpointing=False,
+                 screen="off"):
     settings = STGSettings(rho=rho, start_percent=start_percent, end_percent=end_percent,
                            update_ratio=update_ratio, prior_weight=prior_weight, rebase=rebase,
-                           guide_pooled=guide_pooled, autocast=autocast)
-    if decoder == "taesd":
-        latent_decoder = load_taesd_decoder(taesd_decoder_path(architecture_of_model(model)))
-    else:
-        latent_decoder = vae_decoder(vae)
-    return make_guider(model, positive, negative, cfg, latent_decoder, safety_score, settings)
+                           guide_pooled=guide_pooled, autocast=autocast, gradient_checkpointing=gradient_checkpointing)
+    taesd = None
+    if decoder == "taesd" or screen == "taesd":
+        taesd = load_taesd_decoder(taesd_decoder_path(architecture_of_model(model)))
+    latent_decoder = taesd if decoder == "taesd" else vae_decoder(vae)
+    # a TAESD screen in front of a TAESD decoder would score every image twice the same way
+    screen_decoder = taesd if screen == "taesd" and decoder != "taesd" else None
+    return make_guider(model, positive, negative, cfg, latent_decoder, safety_score, settings, screen_decoder)
 
 
 class STGGuider(io.ComfyNode):
@@ -92,10 +107,11 @@ class STGGuider(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, cfg, vae, safety_score, rho, start_percent, end_percent,
-                update_ratio, prior_weight, rebase, guide_pooled, decoder, autocast) -> io.NodeOutput:
+                update_ratio, prior_weight, rebase, guide_pooled, decoder, autocast, gradient_checkpointing=False,
+                screen="off") -> io.NodeOutput:
         return io.NodeOutput(build_guider(model, positive, negative, cfg, vae, safety_score, rho, start_percent,
                                           end_percent, update_ratio, prior_weight, rebase, guide_pooled, decoder,
-                                          autocast))
+                                          autocast, gradient_checkpointing, screen))
 
 
 class STGKSampler(io.ComfyNode):
@@ -140,9 +156,10 @@ class STGKSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
                 vae, safety_score, rho, start_percent, end_percent, update_ratio, prior_weight, rebase,
-                guide_pooled, decoder, autocast) -> io.NodeOutput:
+                guide_pooled, decoder, autocast, gradient_checkpointing=False, screen="off") -> io.NodeOutput:
         guider = build_guider(model, positive, negative, cfg, vae, safety_score, rho, start_percent, end_percent,
-                              update_ratio, prior_weight, rebase, guide_pooled, decoder, autocast)
+                              update_ratio, prior_weight, rebase, guide_pooled, decoder, autocast,
+                              gradient_checkpointing, screen)
         out = ksampler_with_guider(guider, latent_image, seed, steps, sampler_name, scheduler, denoise)
         return io.NodeOutput(out, guider.report())
 

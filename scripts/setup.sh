@@ -65,8 +65,17 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 "$VENV/bin/python" -m pip install --quiet "${TORCH_PINS[@]}"
 "$VENV/bin/python" -m pip install --quiet -r "$ROOT/scripts/requirements-dev.txt" -r "$ROOT/requirements.txt" "${TORCH_PINS[@]}"
-# NudeNet's wheel only for its 320n.onnx detector (its opencv dependency is not needed): no deps.
-"$VENV/bin/python" -m pip install --quiet --no-deps nudenet==3.4.2
+# NudeNet's wheel only for its 320n.onnx detector (its opencv dependency is not needed): no deps. The wheel is kept in
+# the cache: the pack's install.py (which ComfyUI-Manager runs) installs it the same way, tested offline from there.
+NUDENET_WHEEL="nudenet-3.4.2-py3-none-any.whl"
+NUDENET_SHA256="5937dbd84e5d8e5de038f08ffea5a1bb50a08475776bf2b4795914ce0eaf0331"
+nudenet="$CACHE/downloads/$NUDENET_WHEEL"
+if [[ ! -f "$nudenet" ]] || ! echo "$NUDENET_SHA256  $nudenet" | sha256sum -c --status; then
+  rm -f "$nudenet"
+  "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: nudenet==3.4.2 -d "$CACHE/downloads"
+fi
+echo "$NUDENET_SHA256  $nudenet" | sha256sum -c --status || { echo "setup: sha256 mismatch for $nudenet" >&2; exit 1; }
+"$VENV/bin/python" -m pip install --quiet --no-deps "$nudenet"
 
 # 3. Smoke check: the real ComfyUI imports
 (cd "$COMFY_DIR" && "$VENV/bin/python" - <<'PY'

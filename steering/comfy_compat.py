@@ -175,6 +175,20 @@ def set_bottleneck_patch(patcher, bottleneck: Bottleneck, prefer_hook: bool = Tr
     return kind
 
 
+# ---------------------------------------------------------------- memory
+
+def free_memory(patcher, device) -> int:
+    """Bytes free for a pass of `patcher`'s model on `device`, as ComfyUI's sampler counts them before it batches
+    a model call: upstream comfy/samplers.py ``_calc_cond_batch`` asks the patcher
+    (``ModelPatcher.get_free_memory``, comfy/model_patcher.py, 0.38: with dynamic VRAM, memory held by inactive
+    models counts as free); 0.3.75 asks ``comfy.model_management.get_free_memory(device)`` (on the CPU: the
+    system's available RAM)."""
+    own = getattr(patcher, "get_free_memory", None)
+    if callable(own):
+        return int(own(device))
+    return int(_model_management().get_free_memory(device))
+
+
 # ---------------------------------------------------------------- models
 
 def latent_downscale(base_model) -> int:

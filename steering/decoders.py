@@ -2,7 +2,9 @@
 
 A decoder is any callable ``decoder(x0, base_model) -> NCHW image`` with ``modules()``
 (the torch modules it runs, so the caller can make inference-mode weights
-autograd-safe) and ``patchers()`` (ComfyUI model patchers to load with the model).
+autograd-safe) and ``patchers()`` (ComfyUI model patchers to load with the model);
+optionally ``kind`` ("vae", "taesd": what steering.gradient_memory estimates its
+gradient pass from) and ``dtype`` (its weights' dtype).
 
 Design: the decoders return ``(decoded + 1) / 2`` without clamping, as the STG reference
 (``image / 2 + 0.5``). Each safety score resizes the image to its own input size and
@@ -17,13 +19,22 @@ from __future__ import annotations
 import torch
 
 DECODERS = ("vae", "taesd")
+# STG's scoring pass: "off" scores with the decoder itself, "taesd" screens every image with TAESD first and decodes
+# only the flagged ones with the decoder
+SCREENS = ("off", "taesd")
 
 
 class VAEDecoder:
     """Decode with the checkpoint's VAE first-stage model directly (VAE.decode is not autograd-friendly)."""
 
+    kind = "vae"
+
     def __init__(self, vae):
         self.vae = vae
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vae.vae_dtype
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.vae.first_stage_model]
@@ -42,8 +53,14 @@ class VAEDecoder:
 class TAESDDecoder:
     """TAESD's decoder applied to the model-space latent."""
 
+    kind = "taesd"
+
     def __init__(self, decoder: torch.nn.Module):
         self.decoder = decoder
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.decoder.parameters()).dtype
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.decoder]

@@ -19,6 +19,7 @@ node does (noise, sigmas, sampler object) with any guider, for the pack's KSampl
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -29,6 +30,35 @@ if TYPE_CHECKING:
 # The labels ComfyUI gives the chunks of a batched model call (transformer_options["cond_or_uncond"]):
 # patches that act on one branch only test them.
 COND, UNCOND = 0, 1
+
+# transformer_options key of a model call that holds only some images of the sampler's batch (STG's gradient
+# pass over its flagged images): a BatchRows. Patches that give each image of a batch its own input (fair
+# sampling) pick the rows' inputs with it.
+BATCH_ROWS = "rs_batch_rows"
+
+
+@dataclass(frozen=True)
+class BatchRows:
+    """Which images of the sampler's batch of `batch` images a model call holds, in order (every chunk of the
+    call holds the same images)."""
+    rows: tuple[int, ...]
+    batch: int
+
+
+def with_batch_rows(model_options: dict, rows, batch: int) -> dict:
+    """A copy of `model_options` whose model calls hold the images `rows` of a batch of `batch` (see BATCH_ROWS);
+    the input and its transformer_options are not changed."""
+    options = dict(model_options)
+    options["transformer_options"] = {**options.get("transformer_options", {}),
+                                      BATCH_ROWS: BatchRows(tuple(int(r) for r in rows), int(batch))}
+    return options
+
+
+def batch_rows(transformer_options: dict, images: int) -> BatchRows | None:
+    """The BatchRows of a model call whose chunks hold `images` images, or None when the call holds the
+    sampler's whole batch."""
+    found = transformer_options.get(BATCH_ROWS)
+    return found if isinstance(found, BatchRows) and len(found.rows) == images else None
 
 
 def uncond_or_none(negative, cond_scale: float, model_options: dict):

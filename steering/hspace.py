@@ -12,7 +12,9 @@ and gradients flow into it) and no window (every step).
 
 Batch layout: ComfyUI stacks the chunks listed in ``cond_or_uncond`` (``COND`` = the
 positive prompt, 1 = uncond), each holding the same images in order, so row r of the
-bottleneck is image ``r % images`` of chunk ``r // images``.
+bottleneck is image ``r % images`` of chunk ``r // images``. A call over some images of the
+sampler's batch only (STG's gradient pass over its flagged images) says which
+(steering.guidance.BatchRows), and each of them gets its own vector, as in the whole batch's call.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import torch
 from .architectures import ArchitectureError, architecture_of_model, unet_bottleneck_channels
 from .comfy_compat import set_bottleneck_patch
 from .fair import fair_assignment
+from .guidance import batch_rows
 from .vector_file import SteeringVector, VectorFileError, resize_spatial
 from .window import SigmaWindow
 
@@ -111,7 +114,13 @@ class BottleneckOffsetPatch:
             return h
         chunks: Sequence[int] = transformer_options.get("cond_or_uncond") or [COND]
         images = h.shape[0] // len(chunks)
-        rows = self.offset_rows(images, h)
+        picked = batch_rows(transformer_options, images)  # a call over some images of the batch (STG)
+        if picked is None:
+            rows = self.offset_rows(images, h)
+        else:
+            rows = self.offset_rows(picked.batch, h)
+            if rows.dim() == 4:
+                rows = rows[list(picked.rows)]
         parts = []
         for index, kind in enumerate(chunks):
             part = h[index * images:(index + 1) * images]

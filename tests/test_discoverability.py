@@ -181,7 +181,7 @@ def test_missing_nudenet_model_says_what_to_install_and_where(comfy, tmp_path, m
                                                     detection_threshold=0.01, threshold=0.0)
     message = str(info.value)
     assert message.startswith("NudeNet Safety Score: NudeNet detector 320n.onnx not found")
-    assert "pip install --no-deps nudenet" in message
+    assert "pip install --no-deps nudenet" in message and "install.py" in message
     assert "https://github.com/notAI-tech/NudeNet/releases" in message and "models/nudenet/" in message
     assert str(folder) in message
 

@@ -363,8 +363,8 @@ def test_training_an_embedding_direction_on_flux_lowers_its_loss_and_applies(dit
     before, after = loss(neutral), loss(steered)
     assert after < 0.9 * before, (before, after)
 
-    unet = dit.module("training.unet")
-    assert len(unet.checkpointable_layers(model.model.diffusion_model)) == 2  # one double and one single block
+    checkpointing = dit.module("steering.checkpointing")
+    assert len(checkpointing.checkpointable_layers(model.model.diffusion_model)) == 2  # one double and one single block
     short = {flag: dit.run(train_graph("flux", iterations=8, gradient_checkpointing=flag,
                                        save_name=f"dit_flux_{flag}").finalize()).output("train", 1)["series"]["loss"]
              for flag in (False, True)}

@@ -1,6 +1,8 @@
 """ComfyUI-Manager's own CLI (cm-cli, comfyui-manager 4.x) installs the pack into a fresh ComfyUI from a
 local git URL with the network shut off; that ComfyUI's server then loads every node of the pack and
-runs an example workflow. (cm-cli clones the repository's committed HEAD, as it would from GitHub.)"""
+runs an example workflow. (cm-cli clones the repository's committed HEAD, as it would from GitHub.)
+The pack's install.py, which the Manager runs, brings the NudeNet detector into an environment without it
+(offline, from the wheel `make setup` keeps in its cache, as pip would fetch it from PyPI)."""
 from __future__ import annotations
 
 import os
@@ -41,6 +43,8 @@ def test_manager_installs_the_pack_offline_and_it_runs(comfy, tmp_path):
                           capture_output=True, text=True, timeout=900)
     log = done.stdout + done.stderr
     assert done.returncode == 0 and "Installation was successful" in log, log[-3000:]
+    # the Manager ran the pack's install.py (this environment has the detector already)
+    assert "responsible-steering install: NudeNet detector present" in log, log[-3000:]
     installed = fresh / "custom_nodes" / PACK
     assert (installed / "__init__.py").is_file() and (installed / "nodes").is_dir()
     assert git("rev-parse", "HEAD", cwd=str(installed)) == git("rev-parse", "HEAD", cwd=comfy_env.REPO)
@@ -59,3 +63,43 @@ def test_manager_installs_the_pack_offline_and_it_runs(comfy, tmp_path):
         entry = server.run_prompt(prompt)
     images = [i for out in entry["outputs"].values() for i in out.get("images", [])]
     assert images and all((fresh / "output" / i["subfolder"] / i["filename"]).is_file() for i in images)
+
+
+NUDENET_WHEEL = "nudenet-3.4.2-py3-none-any.whl"
+
+
+def test_install_script_brings_the_nudenet_detector_offline(tmp_path):
+    """install.py in a fresh environment without the nudenet package installs it without its dependencies (no
+    OpenCV, no onnxruntime), hash-checked, so the detector file is there; a second run finds it and installs nothing.
+    A broken index (nothing to install from) fails with the command to run by hand."""
+    import hashlib
+    import importlib.util
+
+    wheels = os.path.join(comfy_env.CACHE, "downloads")
+    assert os.path.isfile(os.path.join(wheels, NUDENET_WHEEL)), f"{NUDENET_WHEEL} not in {wheels}; run `make setup`"
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
+    python = str(venv / "bin" / "python")
+    script = os.path.join(comfy_env.REPO, "install.py")
+    probe = ("import importlib.util, os; s = importlib.util.find_spec('nudenet'); "
+             "print(os.path.join(s.submodule_search_locations[0], '320n.onnx') if s else '')")
+    assert subprocess.run([python, "-c", probe], capture_output=True, text=True).stdout.strip() == ""
+
+    def install(**env):
+        return subprocess.run([python, script], cwd=str(tmp_path), capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "HOME": str(tmp_path), **OFFLINE, **env})
+
+    failed = install(PIP_FIND_LINKS=str(tmp_path / "nowhere"))
+    assert failed.returncode == 1 and f"-m pip install --no-deps nudenet==3.4.2" in failed.stderr, failed.stderr
+
+    done = install(PIP_FIND_LINKS=wheels)
+    assert done.returncode == 0 and "NudeNet detector installed" in done.stdout, done.stdout + done.stderr
+    detector = subprocess.run([python, "-c", probe], capture_output=True, text=True).stdout.strip()
+    ours = os.path.join(importlib.util.find_spec("nudenet").submodule_search_locations[0], "320n.onnx")
+    digest = lambda path: hashlib.sha256(open(path, "rb").read()).hexdigest()  # noqa: E731
+    assert os.path.isfile(detector) and digest(detector) == digest(ours)
+    listed = subprocess.run([python, "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True).stdout
+    assert "nudenet==3.4.2" in listed and "opencv" not in listed and "onnxruntime" not in listed, listed
+
+    again = install()
+    assert again.returncode == 0 and "NudeNet detector present" in again.stdout, again.stdout + again.stderr

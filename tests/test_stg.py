@@ -376,3 +376,181 @@ def test_in_training_handling_changes_no_bit_of_the_gradient(comfy, stg, decoder
     assert seen and True not in seen
     assert float(on[0].norm()) > 0 and all(torch.equal(a, b) for a, b in zip(on, off))
     assert getattr(mm, "in_training", "absent") == before
+
+
+# ---------------------------------------------------------------- only flagged images pay for a gradient pass
+
+def whole_batch_guider(stg):
+    """The reference: the path before flagged-only passes. Every guided step is one gradient pass over the whole
+    batch (scores and gradients of every image), and after an update the whole batch is predicted again."""
+    class WholeBatch(stg.Guider_STG):
+        def guided_step(self, x, timestep, model_options, state):
+            found = self.embedding_gradient(x, timestep, model_options, state.embeds, state.pooled, state.originals)
+            return stg.GuidedStep(found.result.score.float().cpu(), found.result.unsafe.cpu().bool(), found.grads,
+                                  found.pooled_grads, found.cond_pred, found.uncond_pred, list(range(x.shape[0])))
+
+        def updated_prediction(self, cond_pred, updated, state, x, timestep, model_options):
+            if not bool(updated.any()):
+                return cond_pred
+            with torch.inference_mode(False), torch.no_grad():
+                return self._predict(self._positive_with(state.embeds, state.pooled), x.detach().clone(),
+                                     timestep.detach().clone(), model_options)
+    return WholeBatch
+
+
+def recording_score(safety, threshold: float):
+    """Brightness, recording every scoring call: (images, whether they carry a graph)."""
+    class Recording(safety.ColourStatisticScore):
+        def scores(self, images):
+            self.calls.append((images.shape[0], images.requires_grad))
+            return super().scores(images)
+
+    score = Recording("brightness", threshold=threshold)
+    score.calls = []
+    return score
+
+
+def stg_run(stg, decoders, guidance, tiny, guider_class, score, batch: int = 3, steps: int = 2, size: int = SIZE,
+            **settings):
+    model, _clip, vae, positive, negative = tiny
+    options = dict(rho=2.0, start_percent=0.0, end_percent=1.0)
+    options.update(settings)
+    guider = guider_class(model, decoders.VAEDecoder(vae), score, stg.STGSettings(**options))
+    guider.set_conds(positive, negative)
+    guider.set_cfg(5.0)
+    with torch.inference_mode():
+        out = guidance.sample_with_guider(guider, {"samples": torch.zeros(batch, 4, size // 8, size // 8)}, 3, steps,
+                                          "euler", "normal")
+    return out, guider
+
+
+def test_only_flagged_images_pay_for_a_gradient_pass(comfy, stg, decoders, guidance, safety, tiny, monkeypatch):
+    """Nothing flagged: no graph is ever built and no backward runs, and the result is the whole-batch path's bit for
+    bit. Every image flagged: one gradient pass of the batch per guided step, bit for bit the whole-batch path's. A
+    mixed batch: the gradient passes hold the flagged image only, the same images are updated, with the same
+    gradients up to rounding (kernels pick another algorithm for a smaller batch: oneDNN's convolutions at batch 1,
+    GEMV for one row), so not bit for bit."""
+    backward = []
+    grad = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: backward.append(1) or grad(*a, **k))
+    reference = whole_batch_guider(stg)
+    thresholds = {"all": -10.0, "none": 10.0}
+    for name in ("all", "none", "mixed"):
+        backward.clear()
+        score = recording_score(safety, thresholds[name])
+        out, guider = stg_run(stg, decoders, guidance, tiny, stg.Guider_STG, score, batch=2, size=32)
+        backward_passes = len(backward)
+        expected, ref = stg_run(stg, decoders, guidance, tiny, reference, recording_score(safety, thresholds[name]),
+                                batch=2, size=32)
+        if name == "all":  # the cut between the two images' first scores flags the brighter one only
+            first = sorted(ref.records[0].scores)
+            assert first[1] - first[0] > 0.01, first
+            thresholds["mixed"] = (first[0] + first[1]) / 2
+        flagged = [[i for i, u in enumerate(r.updated) if u] for r in ref.records]
+        assert [[i for i, u in enumerate(r.updated) if u] for r in guider.records] == flagged, name
+        # the gradient pass holds the images flagged now and those flagged at the step before (they go straight to
+        # it, and it scores them); a backward runs when one of them is flagged now
+        passes = [sorted(set(f) | set(flagged[k - 1] if k else [])) for k, f in enumerate(flagged)]
+        assert [r.gradient_images for r in guider.records] == passes, name
+        graphs = [n for n, has_graph in score.calls if has_graph]
+        assert graphs == [len(p) for p in passes if p], (name, score.calls)
+        assert backward_passes == sum(bool(f) for f in flagged), name
+        scored = [n for n, has_graph in score.calls if not has_graph]
+        if name == "mixed":
+            assert len(flagged[0]) == 1 and all(f in ([], flagged[0]) for f in flagged), flagged
+            unflagged = 1 - flagged[0][0]
+            # later steps score the unflagged image alone, without a graph
+            assert scored == [2] + [1] * (len(flagged) - 1), score.calls
+            # the unflagged image only ever differs by its prediction's rounding; the flagged one by its gradient's,
+            # which the normalised update and the next steps carry on (4e-4 of the gradient's norm here)
+            torch.testing.assert_close(out[unflagged], expected[unflagged], rtol=0, atol=1e-3)
+            for r, q in zip(guider.records, ref.records):
+                assert r.scores == pytest.approx(q.scores, abs=1e-5)
+                assert r.grad_norms == pytest.approx(q.grad_norms, rel=1e-2)
+        else:
+            assert scored == ([2] if name == "all" else [2] * len(flagged)), score.calls  # all: first step only
+            assert torch.equal(out, expected), name
+            assert all(torch.equal(a, b) for a, b in zip(guider.state.embeds, ref.state.embeds)), name
+            assert [r.scores for r in guider.records] == [r.scores for r in ref.records], name
+
+
+def test_gradient_checkpointing_changes_no_bit_of_the_gradient(comfy, stg, decoders, safety, tiny, monkeypatch):
+    """Checkpointing the UNet's layers and the decoder's blocks in the gradient pass gives the same gradient bit for
+    bit (the recomputation runs the same kernels); both models' layers are checkpointed."""
+    import torch.utils.checkpoint
+
+    model, _clip, vae, positive, negative = tiny
+    checkpointed = []
+    original = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint",
+                        lambda fn, *a, **k: checkpointed.append(1) or original(fn, *a, **k))
+
+    def gradient(**settings) -> list[torch.Tensor]:
+        guider = stg.make_guider(model, positive, negative, 5.0, decoders.VAEDecoder(vae),
+                                 safety.ColourStatisticScore("redness", threshold=-10.0),
+                                 stg.STGSettings(rho=1.0, **settings))
+        found = {}
+
+        def probe(g, x, t, options):
+            found["grads"] = g.embedding_gradient(x, t, options, g.initial_state(x.shape[0]).embeds).grads
+
+        at_first_step(guider, probe)
+        return found["grads"]
+
+    plain = gradient()
+    assert not checkpointed
+    saved = gradient(gradient_checkpointing=True)
+    checkpointing = comfy.module("steering.checkpointing")
+    unet_layers = len(checkpointing.checkpointable_layers(model.model.diffusion_model))
+    # the tiny checkpoint's VAE has TAESD's layout; its decoder's blocks run (its encoder's are wrapped, never run)
+    decoder_blocks = len(checkpointing.checkpointable_layers(vae.first_stage_model.taesd_decoder))
+    assert unet_layers > 0 and decoder_blocks > 0 and len(checkpointed) == unet_layers + decoder_blocks
+    assert float(plain[0].norm()) > 0 and all(torch.equal(a, b) for a, b in zip(plain, saved))
+
+
+def test_memory_check_refuses_a_gradient_pass_that_cannot_fit(comfy, stg, decoders, guidance, safety, tiny,
+                                                              monkeypatch):
+    """Before its first gradient pass STG compares the pass's estimate with ComfyUI's free memory: too little refuses,
+    before anything is guided, naming the need, the free memory and the settings that would fit; images that are
+    never flagged need no gradient pass, and no check."""
+    memory = comfy.module("steering.gradient_memory")
+    model, _clip, vae, _positive, _negative = tiny
+    latent = (1, 4, SIZE // 8, SIZE // 8)
+    facts = dict(latent_shape=latent, downscale=8, usage_factor=model.model.memory_usage_factor,
+                 unet_dtype=model.model.get_dtype(), decoder_dtype=vae.vae_dtype)
+    as_set = memory.PassSettings("vae", False, False)
+    lightest = memory.PassSettings("taesd", True, True)
+    need, light = (memory.pass_bytes(1, settings=s, **facts) for s in (as_set, lightest))
+    assert light < need
+
+    def run(free: int, threshold: float):
+        monkeypatch.setattr(stg, "free_memory", lambda patcher, device: free)
+        return stg_run(stg, decoders, guidance, tiny, stg.Guider_STG, recording_score(safety, threshold), batch=1)
+
+    with pytest.raises(memory.STGMemoryError) as refused:
+        run(light + 1, -10.0)
+    message = str(refused.value)
+    assert f"needs about {need / 2**30:.1f} GiB" in message and f"but {(light + 1) / 2**30:.1f} GiB are free" in message
+    assert "decoder taesd + gradient_checkpointing on + autocast fp16 (bf16 on CPUs)" in message, message
+    with pytest.raises(memory.STGMemoryError, match="No setting of decoder, gradient_checkpointing and autocast fits"):
+        run(light // 2, -10.0)
+    _, guider = run(1, 10.0)  # nothing flagged: no gradient pass to check
+    assert all(r.gradient_images == [] for r in guider.records) and any(r.guided for r in guider.records)
+
+
+def test_a_sub_batch_call_gives_fair_sampling_its_images_vectors(comfy, guidance):
+    """A model call over some images of the batch (STG's gradient pass) tells patches which images it holds: the fair
+    h-space patch then adds image i's own vector, as in the whole batch's call."""
+    hspace = comfy.module("steering.hspace")
+    fair = comfy.module("steering.fair")
+    offsets = torch.randn(3, 1280, 2, 2, generator=torch.Generator().manual_seed(0))
+    patch = hspace.BottleneckOffsetPatch(offsets, 1.0, seed=5)
+    images, picked = 4, [1, 3]
+    assignment = fair.fair_assignment(3, images, 5, "uniform")
+    # a patch that took the call for the first images of the batch would add other vectors
+    assert [assignment[i] for i in picked] != assignment[:len(picked)], assignment
+    h = torch.zeros(2 * len(picked), 1280, 2, 2)  # the cond and the uncond chunk of the two picked images
+    options = guidance.with_batch_rows({"transformer_options": {}}, picked, images)["transformer_options"]
+    shifted = patch.shift(h, {**options, "cond_or_uncond": [0, 1]})
+    expected = torch.cat([offsets[[assignment[i] for i in picked]], torch.zeros(2, 1280, 2, 2)])
+    assert torch.equal(shifted, expected)

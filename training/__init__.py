@@ -1,8 +1,8 @@
 """Training steering vectors inside ComfyUI.
 
 * ``unet``: differentiable eps predictions of a loaded ComfyUI model (zero-copy frozen
-  aliases of inference-tensor weights, bottleneck offsets, text-embedding shifts,
-  optional gradient checkpointing);
+  aliases of inference-tensor weights, bottleneck offsets, text-embedding shifts; gradient
+  checkpointing comes from steering.checkpointing, shared with STG);
 * ``rollout``: batched reverse-process rollouts to z_t (each sample stops at its own t),
   euler (DDIM) or lms steps;
 * ``objectives``: one class per objective (embedding direction, CoDSMa c-vector, RespoDiff

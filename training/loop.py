@@ -29,13 +29,13 @@ import torch
 
 from .checkpoint import CheckpointError, TrainState, load_checkpoint, save_checkpoint
 from ..steering.architectures import get_architecture
+from ..steering.checkpointing import gradient_checkpointing
 from ..steering.comfy_compat import gradient_pass, latent_downscale
 from ..steering.prompts import prompt_lines
 from ..steering.vector_file import SteeringVector
 from .objectives import DIRECTIONS, OBJECTIVES, SCHEDULES, Prompts, get_objective
 from .rollout import SAMPLERS, SCHEDULERS, Stepper, batched_rollout, schedule
-from .unet import (UNetCaller, bottleneck_shape, gradient_checkpointing, gradient_ready,
-                   sampling_run)
+from .unet import UNetCaller, bottleneck_shape, gradient_ready, sampling_run
 
 # Fields a checkpoint must share with the run that resumes it (iterations may grow).
 RESUME_KEYS = ("method", "direction", "batch_size", "learning_rate", "lambda_sem", "sam_lr_scale", "rank", "seed",
@@ -274,7 +274,7 @@ def train(patcher, conditionings: dict[str, list], cfg: TrainConfig, *,
             stack.enter_context(torch.enable_grad())
             stack.enter_context(gradient_pass(patcher))
             stack.enter_context(gradient_ready(base.diffusion_model))
-            stack.enter_context(gradient_checkpointing(base.diffusion_model, cfg.gradient_checkpointing))
+            stack.enter_context(gradient_checkpointing(base.diffusion_model, enabled=cfg.gradient_checkpointing))
             stack.enter_context(sampling_run(patcher))
             return _train_loop(run, patcher, conditionings, cfg, device, compute_dtype, latent_shape,
                                checkpoint_path, resume, on_progress, check_interrupt)

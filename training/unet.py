@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-import torch.utils.checkpoint
 
 from ..steering.architectures import ArchitectureError, architecture_of_model
 from ..steering.autograd_views import autograd_views
@@ -47,54 +46,6 @@ def gradient_ready(module: torch.nn.Module) -> Iterator[int]:
         raise RuntimeError("gradient_ready() must be entered inside torch.inference_mode(False)")
     with autograd_views(module) as swapped:
         yield swapped
-
-
-# The transformer blocks of ComfyUI's DiTs: FLUX (comfy/ldm/flux/model.py) and SD3's MMDiT
-# (comfy/ldm/modules/diffusionmodules/mmdit.py).
-DIT_BLOCK_LISTS = ("double_blocks", "single_blocks", "joint_blocks")
-
-
-def checkpointable_layers(diffusion_model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The layers (ResBlocks, transformers, ...) inside a UNet's input/middle/output blocks, or a DiT's
-    transformer blocks."""
-    layers = []
-    for group in ("input_blocks", "output_blocks"):
-        for block in getattr(diffusion_model, group, []):
-            layers.extend(block)
-    middle = getattr(diffusion_model, "middle_block", None)
-    if middle is not None:
-        layers.extend(middle)
-    for group in DIT_BLOCK_LISTS:
-        layers.extend(getattr(diffusion_model, group, None) or [])
-    return layers
-
-
-@contextlib.contextmanager
-def gradient_checkpointing(diffusion_model: torch.nn.Module, enabled: bool = True):
-    """Recompute each UNet layer's activations in backward instead of storing them."""
-    if not enabled:
-        yield
-        return
-    patched = []
-    try:
-        for layer in checkpointable_layers(diffusion_model):
-            original = layer.forward
-            patched.append((layer, layer.__dict__.get("forward")))
-
-            def checkpointed(*args, _forward=original, **kwargs):
-                if not torch.is_grad_enabled():
-                    return _forward(*args, **kwargs)
-                return torch.utils.checkpoint.checkpoint(
-                    lambda a, k: _forward(*a, **k), args, kwargs, use_reentrant=False)
-
-            layer.forward = checkpointed
-        yield
-    finally:
-        for layer, own_forward in patched:
-            if own_forward is None:
-                layer.__dict__.pop("forward", None)  # back to the class's forward
-            else:
-                layer.forward = own_forward
 
 
 # The model inputs a plain text-to-image model gets besides the text (SDXL/SD3/FLUX: the pooled vector y;
