@@ -36,6 +36,7 @@ def variants(name: str) -> tuple[dict, list[str]]:
     import comfy.sample
 
     stg, decoders = pack.module("steering.stg"), pack.module("steering.decoders")
+    guiders = pack.module("steering.guiders")
     dl, ed = pack.module("steering.dual_latent"), pack.module("steering.embedding_direction")
     sample_with_guider = pack.module("steering.guidance").sample_with_guider
     colour = pack.module("steering.safety").ColourStatisticScore("brightness", threshold=-10.0)
@@ -56,7 +57,7 @@ def variants(name: str) -> tuple[dict, list[str]]:
 
     def stg_run():
         settings = stg.STGSettings(rho=0.5, start_percent=stg.DEFAULT_START, end_percent=stg.DEFAULT_END)
-        guider = stg.make_guider(model, positive, negative, cfg, decoders.vae_decoder(vae), colour, settings)
+        guider = guiders.make_stg_guider(model, positive, negative, cfg, decoders.vae_decoder(vae), colour, settings)
         sample_with_guider(guider, latent, 0, STEPS, "euler", "simple")
         if not records:
             records.append(f"{len(guider.guided_steps())} of {STEPS} steps guided")

@@ -43,6 +43,7 @@ from typing import Callable
 import torch
 
 from benchmarks.common import BenchContext, random_sd_vae, random_taesd_decoder, table
+from devtools import pure
 
 TITLE = "Real size: time per step and peak memory of every method, SD1.5 and SDXL"
 DEVICES = ("cpu", "cuda")
@@ -229,6 +230,7 @@ def variants(m: Models, half: bool) -> list[Variant]:
     from devtools import pack
 
     stg = pack.module("steering.stg")
+    guiders = pack.module("steering.guiders")
     decoders = pack.module("steering.decoders")
     guidance = pack.module("steering.guidance")
     nudenet = pack.module("steering.safety.nudenet")
@@ -274,7 +276,7 @@ def variants(m: Models, half: bool) -> list[Variant]:
         settings = stg.STGSettings(rho=0.5, start_percent=0.0, end_percent=1.0, autocast=autocast,
                                    gradient_checkpointing=checkpointing)
         flagged = score is flag_all
-        return sample(lambda: stg.make_guider(m.model, m.positive, m.negative, CFG, decoder, score, settings, screen),
+        return sample(lambda: guiders.make_stg_guider(m.model, m.positive, m.negative, CFG, decoder, score, settings, screen),
                       steps, stg_note, steady_from=1 if flagged else 0)
 
     out = [
@@ -381,9 +383,7 @@ def run_model(key: str, device: str, only: list[str] | None, out_path: str | Non
 
     def save():
         if out_path:
-            with open(out_path + ".tmp", "w") as f:
-                json.dump(results, f)
-            os.replace(out_path + ".tmp", out_path)
+            pure.module("steering.files").write_atomically(out_path, json.dumps(results).encode())
 
     for precision in spec.precisions:
         dtype = torch.float32 if precision == "fp32" else torch.float16

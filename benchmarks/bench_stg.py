@@ -36,6 +36,7 @@ def run(ctx: BenchContext) -> str:
     import comfy.samplers
 
     stg, decoders = pack.module("steering.stg"), pack.module("steering.decoders")
+    guiders = pack.module("steering.guiders")
     sample_with_guider = pack.module("steering.guidance").sample_with_guider
     ColourStatisticScore = pack.module("steering.safety").ColourStatisticScore
     nudenet = pack.module("steering.safety.nudenet")
@@ -59,8 +60,8 @@ def run(ctx: BenchContext) -> str:
                                    autocast=autocast, update_ratio=update_ratio)
 
         def go():
-            guider = stg.make_guider(model, positive, negative, 7.5, decoder or decoders.VAEDecoder(vae), score,
-                                     settings)
+            guider = guiders.make_stg_guider(model, positive, negative, 7.5, decoder or decoders.VAEDecoder(vae), score,
+                                             settings)
             sample_with_guider(guider, latent, 0, steps, "euler", "normal")
             go.guided = sum(r.guided for r in guider.records)
         return go

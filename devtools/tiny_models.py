@@ -130,13 +130,11 @@ def write_sd1_checkpoint(path: str, seed: int = 0) -> str:
     The pack is not loaded here: ComfyUI must load it later from the test's custom_nodes folder."""
     from safetensors.torch import save_file
 
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=directory, prefix=".tiny-sd1-") as tmp:
-        written = os.path.join(tmp, os.path.basename(path))
-        save_file(sd1_state_dict(seed), written, metadata={"generator": "responsible-steering tiny_checkpoint",
-                                                            "format": CHECKPOINT_FORMAT_VERSION, "seed": str(seed)})
-        os.replace(written, path)
+    from devtools import pure
+
+    with pure.module("steering.files").atomic_file(path, suffix=".safetensors") as tmp:
+        save_file(sd1_state_dict(seed), tmp, metadata={"generator": "responsible-steering tiny_checkpoint",
+                                                        "format": CHECKPOINT_FORMAT_VERSION, "seed": str(seed)})
     return path
 
 

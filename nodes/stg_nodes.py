@@ -6,7 +6,8 @@ from comfy_api.v0_0_2 import io
 
 from ..steering.architectures import architecture_of_model
 from ..steering.decoders import DECODERS, SCREENS, load_taesd_decoder, vae_decoder
-from ..steering.stg import AUTOCAST_MODES, DEFAULT_END, DEFAULT_START, STGSettings, make_guider
+from ..steering.guiders import make_stg_guider
+from ..steering.stg import AUTOCAST_MODES, DEFAULT_END, DEFAULT_START, STGSettings
 from .common import CATEGORY, check_window_inputs, ksampler_with_guider, schema, window_inputs
 from .paths import taesd_decoder_path
 from .types import SafetyScoreType
@@ -73,7 +74,7 @@ def build_guider(model, positive, negative, cfg, vae, safety_score, rho, start_p
     latent_decoder = taesd if decoder == "taesd" else vae_decoder(vae)
     # a TAESD screen in front of a TAESD decoder would score every image twice the same way
     screen_decoder = taesd if screen == "taesd" and decoder != "taesd" else None
-    return make_guider(model, positive, negative, cfg, latent_decoder, safety_score, settings, screen_decoder)
+    return make_stg_guider(model, positive, negative, cfg, latent_decoder, safety_score, settings, screen_decoder)
 
 
 class STGGuider(io.ComfyNode):

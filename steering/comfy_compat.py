@@ -41,10 +41,6 @@ import torch
 FIRST_OUTPUT_BLOCK = ("output", 0)
 DYNAMIC_VRAM_FLAGS = "--disable-dynamic-vram (or --highvram)"
 
-# None: set comfy.model_management.in_training in gradient passes where ComfyUI has it; True: set it
-# even where it does not exist; False: never. Only tests and benchmarks change it.
-IN_TRAINING_OVERRIDE: bool | None = None
-
 
 class CompatError(RuntimeError):
     """This ComfyUI configuration cannot run the requested gradient pass."""
@@ -95,9 +91,9 @@ def tracked_adds_out_of_place() -> Iterator[None]:
 @contextlib.contextmanager
 def gradient_pass(*patchers) -> Iterator[None]:
     """The block runs a forward/backward pass through the models of `patchers` (see the module
-    docstring); ``IN_TRAINING_OVERRIDE`` decides whether ``in_training`` is set."""
+    docstring); ``in_training`` is set where this ComfyUI has it."""
     mm = _model_management()
-    use = in_training_supported() if IN_TRAINING_OVERRIDE is None else IN_TRAINING_OVERRIDE
+    use = in_training_supported()
     missing = object()
     previous = getattr(mm, "in_training", missing)
     if use:
@@ -195,6 +191,34 @@ def latent_downscale(base_model) -> int:
     """Image pixels per latent pixel: the latent format's ``spacial_downscale_ratio`` (comfy/latent_formats.py
     of newer ComfyUI, and models built outside comfy.supported_models), else SD's VAE factor 8 (0.3.75)."""
     return int(getattr(base_model.latent_format, "spacial_downscale_ratio", 8))
+
+
+def model_options_for_call(patcher, device) -> dict:
+    """A copy of `patcher`'s model options with its patches' weights cast for a call on `device` in the model's
+    dtype, as the samplers prepare them before sampling (upstream comfy/samplers.py ``CFGGuider.outer_sample``:
+    ``comfy.model_patcher.create_model_options_clone`` then ``comfy.samplers.cast_to_load_options``; 0.3.75 and
+    0.38). Training calls the model outside a sampler, so it prepares them itself."""
+    import comfy.model_patcher
+    import comfy.samplers
+
+    options = comfy.model_patcher.create_model_options_clone(patcher.model_options)
+    comfy.samplers.cast_to_load_options(options, device=device, dtype=patcher.model_dtype())
+    return options
+
+
+def prompt_model_conds(base_model, conditioning: list, width: int, height: int, noise: torch.Tensor, device) -> dict:
+    """The model's own inputs (``model_conds``: cross-attention, SDXL's ADM vector ...) for the first entry of a
+    CONDITIONING at an image of width x height, as the samplers build a positive prompt's
+    (``comfy.sampler_helpers.convert_cond``, then ``comfy.samplers.process_conds`` with the model's extra_conds;
+    0.3.75 and 0.38)."""
+    import comfy.sampler_helpers
+    import comfy.samplers
+
+    cond = comfy.sampler_helpers.convert_cond(conditioning[:1])
+    cond[0].update(width=width, height=height)
+    cond[0]["model_conds"] = {}  # the model's inputs come from this model's extra_conds only
+    return comfy.samplers.process_conds(base_model, noise, {"positive": cond}, device,
+                                        seed=0)["positive"][0]["model_conds"]
 
 
 def model_config_classes(names) -> tuple[type, ...]:

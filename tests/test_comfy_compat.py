@@ -13,8 +13,12 @@ def compat(comfy):
 
 @pytest.fixture
 def forced_in_training(compat, monkeypatch):
-    """Gradient passes set in_training even on a ComfyUI without it (restored by monkeypatch)."""
-    monkeypatch.setattr(compat, "IN_TRAINING_OVERRIDE", True)
+    """A ComfyUI with upstream 0.38's training state (``in_training`` in comfy/model_management.py), whatever
+    the installed one has (restored by monkeypatch)."""
+    import comfy.model_management as mm
+
+    if not hasattr(mm, "in_training"):
+        monkeypatch.setattr(mm, "in_training", False, raising=False)
     return compat
 
 
@@ -58,7 +62,9 @@ def test_gradient_pass_keeps_an_existing_value(forced_in_training, monkeypatch):
 
 
 def test_gradient_pass_leaves_state_alone_when_off(compat, monkeypatch):
-    monkeypatch.setattr(compat, "IN_TRAINING_OVERRIDE", False)
+    import comfy.model_management as mm
+
+    monkeypatch.delattr(mm, "in_training", raising=False)  # 0.3.75: no training state
     before = in_training_state()
     with compat.gradient_pass():
         assert in_training_state() == before
@@ -185,7 +191,6 @@ def test_the_training_state_is_set_where_comfyui_has_one(compat, monkeypatch):
     import comfy.model_management as mm
 
     monkeypatch.setattr(mm, "in_training", False, raising=False)
-    monkeypatch.setattr(compat, "IN_TRAINING_OVERRIDE", None)
     assert compat.in_training_supported()
     with compat.gradient_pass():
         assert mm.in_training is True

@@ -124,12 +124,12 @@ def at_first_step(guider, probe, latent_shape=(1, 16, SIZE // 8, SIZE // 8)) -> 
 
 
 @pytest.mark.parametrize("name", ["flux", "sd3"])
-def test_stg_gradient_matches_finite_differences(dit, stg, decoders, safety, name):
+def test_stg_gradient_matches_finite_differences(guiders, dit, stg, decoders, safety, name):
     """d score / d text conditioning through the DiT, the flow-matching denoised estimate and the 16-channel
     VAE equals a central finite difference (CFG 1 for FLUX: the conditional prediction alone)."""
     model, vae, positive, negative = objects(dit, name)
-    guider = stg.make_guider(model, positive, negative, CFG[name], decoders.vae_decoder(vae),
-                             safety.ColourStatisticScore("redness", threshold=-10.0), stg.STGSettings(rho=1.0))
+    guider = guiders.make_stg_guider(model, positive, negative, CFG[name], decoders.vae_decoder(vae),
+                                     safety.ColourStatisticScore("redness", threshold=-10.0), stg.STGSettings(rho=1.0))
     found = {}
 
     def probe(g, x, t, options):  # the decoder has ReLUs: a small step stays on one side of their kinks
@@ -141,7 +141,7 @@ def test_stg_gradient_matches_finite_differences(dit, stg, decoders, safety, nam
     assert found["analytic"] == pytest.approx(found["numeric"], rel=0.02), found
 
 
-def test_stg_guides_only_the_window_steps_and_the_pooled_vector(dit, stg, decoders, guidance, safety):
+def test_stg_guides_only_the_window_steps_and_the_pooled_vector(guiders, dit, stg, decoders, guidance, safety):
     """The guided steps are the schedule steps whose sigma lies in the window (computed here from the model's
     percent_to_sigma); guide_pooled moves FLUX's pooled vector y too; the TAEF1 decoder gives the VAE's image."""
     import comfy.samplers
@@ -154,8 +154,8 @@ def test_stg_guides_only_the_window_steps_and_the_pooled_vector(dit, stg, decode
     expected = [i for i, s in enumerate(sigmas[:-1]) if lo <= s <= hi]
     assert 0 < len(expected) < steps
     settings = stg.STGSettings(rho=1.0, start_percent=start, end_percent=end, guide_pooled=True)
-    guider = stg.make_guider(model, positive, negative, 1.0, decoders.vae_decoder(vae),
-                             safety.ColourStatisticScore("brightness", threshold=-10.0), settings)
+    guider = guiders.make_stg_guider(model, positive, negative, 1.0, decoders.vae_decoder(vae),
+                                     safety.ColourStatisticScore("brightness", threshold=-10.0), settings)
     with torch.inference_mode():
         guidance.sample_with_guider(guider, {"samples": torch.zeros(1, 16, 8, 8)}, 0, steps, "euler", "simple")
     assert guider.guided_steps() == expected
@@ -197,7 +197,7 @@ def test_dual_latent_limits_equal_the_single_prompts(dit, name):
     assert not torch.equal(out["mix"], out["safe"]) and not torch.equal(out["mix"], out["original"])
 
 
-def test_flux_at_cfg_1_never_evaluates_an_unconditional_branch(dit, stg, dl, decoders, safety, guidance, vf):
+def test_flux_at_cfg_1_never_evaluates_an_unconditional_branch(guiders, dit, stg, dl, decoders, safety, guidance, vf):
     """FLUX dev at CFG 1 (its distilled guidance): STG, dual latent (the safe branch is a second conditional
     entry) and an embedding direction evaluate only conditional chunks, as ComfyUI's own sampler does."""
     model, vae, positive, negative = objects(dit, "flux")
@@ -212,8 +212,8 @@ def test_flux_at_cfg_1_never_evaluates_an_unconditional_branch(dit, stg, dl, dec
     steered = ed.apply_embedding_direction(positive, [direction], "flux", 1.0, 0.0, 1.0)
     score = safety.ColourStatisticScore("brightness", threshold=-10.0)
     latent = torch.zeros(1, 16, 8, 8)
-    stg_guider = stg.make_guider(watched, positive, negative, 1.0, decoders.vae_decoder(vae), score,
-                                 stg.STGSettings(rho=1.0, start_percent=0.0, end_percent=1.0))
+    stg_guider = guiders.make_stg_guider(watched, positive, negative, 1.0, decoders.vae_decoder(vae), score,
+                                         stg.STGSettings(rho=1.0, start_percent=0.0, end_percent=1.0))
     dual_guider = dl.dual_latent_guider(watched, positive, safe, negative, 1.0, dl.DualLatentSettings(tau_gc=1.0))
 
     def with_guider(guider):

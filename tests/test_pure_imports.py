@@ -16,7 +16,8 @@ PURE = [
     "steering.files", "steering.guidance", "steering.hspace", "steering.input_detector", "steering.label_metrics",
     "steering.reference_import", "steering.safety", "steering.safety.censor", "steering.safety.clip_scores",
     "steering.safety.nudenet", "steering.safety.registry", "steering.schedule", "steering.vector_file",
-    "steering.window", "training.objectives", "training.loop", "training.rollout", "training.unet",
+    "steering.window", "steering.stg", "steering.precision", "steering.checkpointing", "steering.gradient_memory",
+    "steering.autograd_views", "training.objectives", "training.loop", "training.rollout", "training.unet",
     "operator_policy.document", "operator_policy.graph", "operator_policy.provenance", "operator_policy.scoring",
     "operator_policy.words", "operator_policy.enforcement", "toyworld.world", "toyworld.judges", "toyworld.model",
 ]

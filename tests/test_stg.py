@@ -80,7 +80,7 @@ def test_stg_ksampler_in_a_prompt(comfy):
     assert report.startswith("STG: 3 of 4 schedule steps guided (4 model evaluations"), report
 
 
-def test_window_threshold_and_persistence(comfy, stg, decoders, guidance, safety, tiny):
+def test_window_threshold_and_persistence(guiders, comfy, stg, decoders, guidance, safety, tiny):
     """Steps before the window are untouched (bit for bit), images below tau are never updated and
     keep the unguided result, images above it end with a lower score."""
     import comfy.sample
@@ -108,8 +108,8 @@ def test_window_threshold_and_persistence(comfy, stg, decoders, guidance, safety
     assert tau < float(window_scores[0, high]), "the two images' scores must be separable for this test"
 
     settings = stg.STGSettings(rho=8.0, start_percent=0.2, end_percent=1.0)
-    guider = stg.make_guider(model, positive, negative, 5.0, decoder,
-                             safety.ColourStatisticScore("brightness", threshold=tau), settings)
+    guider = guiders.make_stg_guider(model, positive, negative, 5.0, decoder,
+                                     safety.ColourStatisticScore("brightness", threshold=tau), settings)
     x0s = []
     with torch.inference_mode():
         out = guidance.sample_with_guider(guider, {"samples": latent}, 5, STEPS, "euler", "normal",
@@ -146,12 +146,12 @@ def at_first_step(guider, probe) -> None:
         guider.sample(noise, latent, KSAMPLER(sampler), torch.tensor([6.0, 0.0]), seed=0)
 
 
-def test_gradient_matches_finite_differences(comfy, stg, decoders, safety, tiny):
+def test_gradient_matches_finite_differences(guiders, comfy, stg, decoders, safety, tiny):
     """d score / d embedding from the guided pass equals a central finite difference along a random
     direction, computed inside inference mode as in the executor."""
     model, _clip, vae, positive, negative = tiny
-    guider = stg.make_guider(model, positive, negative, 5.0, decoders.VAEDecoder(vae),
-                             safety.ColourStatisticScore("redness", threshold=-10.0), stg.STGSettings(rho=1.0))
+    guider = guiders.make_stg_guider(model, positive, negative, 5.0, decoders.VAEDecoder(vae),
+                                     safety.ColourStatisticScore("redness", threshold=-10.0), stg.STGSettings(rho=1.0))
     found = {}
 
     def probe(g, x, t, options):
@@ -162,7 +162,7 @@ def test_gradient_matches_finite_differences(comfy, stg, decoders, safety, tiny)
     assert found["analytic"] == pytest.approx(found["numeric"], rel=0.02), found
 
 
-def test_taesd_decoder_and_update_ratio(comfy, stg, decoders, guidance, safety, tiny, request):
+def test_taesd_decoder_and_update_ratio(guiders, comfy, stg, decoders, guidance, safety, tiny, request):
     """The TAESD decoder from vae_approx gives the gradient pass (under bf16 autocast); gamma = 0.5 guides
     every other step."""
     import safetensors.torch
@@ -180,17 +180,17 @@ def test_taesd_decoder_and_update_ratio(comfy, stg, decoders, guidance, safety, 
     request.addfinalizer(lambda: os.remove(path))
     with torch.inference_mode():
         decoder = decoders.load_taesd_decoder(paths.taesd_decoder_path("sd1"))
-        guider = stg.make_guider(model, positive, negative, 5.0, decoder,
-                                 safety.ColourStatisticScore("brightness", threshold=-10.0),
-                                 stg.STGSettings(rho=2.0, start_percent=0.0, end_percent=1.0, update_ratio=0.5,
-                                                 autocast="bf16"))
+        guider = guiders.make_stg_guider(model, positive, negative, 5.0, decoder,
+                                         safety.ColourStatisticScore("brightness", threshold=-10.0),
+                                         stg.STGSettings(rho=2.0, start_percent=0.0, end_percent=1.0, update_ratio=0.5,
+                                                         autocast="bf16"))
         guidance.sample_with_guider(guider, {"samples": torch.zeros(1, 4, 8, 8)}, 1, STEPS, "euler", "normal")
     assert [r.guided for r in guider.records] == [False, True, False, True]
     assert guider.guided_steps() == [1, 3]
     assert all(r.grad_norms[0] > 0 for r in guider.records if r.guided)
 
 
-def test_sdxl_context_and_pooled(comfy, stg, decoders, guidance, safety, tiny):
+def test_sdxl_context_and_pooled(guiders, comfy, stg, decoders, guidance, safety, tiny):
     """SDXL: both the cross-attention context and the pooled vector are guided (inference-tensor weights)."""
     from devtools import tiny_models
 
@@ -202,8 +202,8 @@ def test_sdxl_context_and_pooled(comfy, stg, decoders, guidance, safety, tiny):
         decoder = decoders.TAESDDecoder(random_taesd_decoder())
     assert next(model.model.diffusion_model.parameters()).is_inference()
     settings = stg.STGSettings(rho=1.0, start_percent=0.0, end_percent=1.0, guide_pooled=True)
-    guider = stg.make_guider(model, positive, negative, 5.0, decoder,
-                             safety.ColourStatisticScore("brightness", threshold=-10.0), settings)
+    guider = guiders.make_stg_guider(model, positive, negative, 5.0, decoder,
+                                     safety.ColourStatisticScore("brightness", threshold=-10.0), settings)
     with torch.inference_mode():
         guidance.sample_with_guider(guider, {"samples": torch.zeros(1, 4, 8, 8)}, 0, 2, "euler", "normal")
     assert guider.records[0].updated == [True]
@@ -216,7 +216,7 @@ def test_sdxl_context_and_pooled(comfy, stg, decoders, guidance, safety, tiny):
     assert positive[0][0].shape == (1, 77, 2048) and "model_conds" not in positive[0][1]
 
     with pytest.raises(ValueError, match="pooled"):
-        stg.Guider_STG(tiny[0], decoder, safety.ColourStatisticScore(), stg.STGSettings(guide_pooled=True))
+        guiders.Guider_STG(tiny[0], decoder, safety.ColourStatisticScore(), stg.STGSettings(guide_pooled=True))
 
 
 def test_guider_node_with_custom_sampling(comfy):
@@ -296,16 +296,16 @@ def test_schedule_step_and_update_ratio(stg):
 
 
 @pytest.mark.parametrize("ratio", [1.0, 0.5])
-def test_two_evaluation_samplers_update_once_per_step(comfy, stg, decoders, guidance, safety, tiny, ratio):
+def test_two_evaluation_samplers_update_once_per_step(guiders, comfy, stg, decoders, guidance, safety, tiny, ratio):
     """heun, dpm_2 and dpmpp_2s_ancestral evaluate the model twice per step: they update as many times, on
     the same schedule steps, as euler (update_ratio counts steps, not evaluations)."""
     model, _clip, vae, positive, negative = tiny
     found = {}
     two_evaluations = ("heun", "dpm_2", "dpmpp_2s_ancestral")
     for sampler in ("euler", *two_evaluations):
-        guider = stg.make_guider(model, positive, negative, 5.0, decoders.VAEDecoder(vae),
-                                 safety.ColourStatisticScore("brightness", threshold=-10.0),
-                                 stg.STGSettings(rho=1.0, start_percent=0.0, end_percent=1.0, update_ratio=ratio))
+        guider = guiders.make_stg_guider(model, positive, negative, 5.0, decoders.VAEDecoder(vae),
+                                         safety.ColourStatisticScore("brightness", threshold=-10.0),
+                                         stg.STGSettings(rho=1.0, start_percent=0.0, end_percent=1.0, update_ratio=ratio))
         with torch.inference_mode():
             guidance.sample_with_guider(guider, {"samples": torch.zeros(1, 4, 8, 8)}, 2, STEPS, sampler, "normal")
         found[sampler] = (guider.guided_steps(), len(guider.records), guider.report().splitlines()[0])
@@ -342,12 +342,11 @@ def test_settings_refuse_nan_and_inf(stg, name):
     stg.STGSettings(**{name: 0.5}).check()
 
 
-def test_in_training_handling_changes_no_bit_of_the_gradient(comfy, stg, decoders, safety, tiny, monkeypatch):
+def test_in_training_handling_changes_no_bit_of_the_gradient(guiders, comfy, stg, decoders, safety, tiny, monkeypatch):
     """STG's embedding gradient with the version layer's in-training mode forced on (ComfyUI 0.3.75 has no such
     flag) equals the one with it off, bit for bit; the decode inside the gradient pass sees the mode on."""
     import comfy.model_management as mm
 
-    compat = comfy.module("steering.comfy_compat")
     model, _clip, vae, positive, negative = tiny
     seen = []
 
@@ -357,16 +356,23 @@ def test_in_training_handling_changes_no_bit_of_the_gradient(comfy, stg, decoder
             return super().__call__(x0, base_model)
 
     def gradient(forced: bool) -> list[torch.Tensor]:
-        monkeypatch.setattr(compat, "IN_TRAINING_OVERRIDE", forced)
-        guider = stg.make_guider(model, positive, negative, 5.0, RecordingDecoder(vae),
-                                 safety.ColourStatisticScore("redness", threshold=-10.0), stg.STGSettings(rho=1.0))
-        found = {}
+        # forced: a ComfyUI with upstream 0.38's training state (comfy/model_management.py ``in_training``);
+        # else one without it, as 0.3.75
+        with monkeypatch.context() as patch:
+            if forced:
+                patch.setattr(mm, "in_training", False, raising=False)
+            else:
+                patch.delattr(mm, "in_training", raising=False)
+            guider = guiders.make_stg_guider(model, positive, negative, 5.0, RecordingDecoder(vae),
+                                             safety.ColourStatisticScore("redness", threshold=-10.0),
+                                             stg.STGSettings(rho=1.0))
+            found = {}
 
-        def probe(g, x, t, options):
-            found["grads"] = g.embedding_gradient(x, t, options, g.initial_state(x.shape[0]).embeds).grads
+            def probe(g, x, t, options):
+                found["grads"] = g.embedding_gradient(x, t, options, g.initial_state(x.shape[0]).embeds).grads
 
-        at_first_step(guider, probe)
-        return found["grads"]
+            at_first_step(guider, probe)
+            return found["grads"]
 
     before = getattr(mm, "in_training", "absent")
     on = gradient(True)
@@ -380,10 +386,10 @@ def test_in_training_handling_changes_no_bit_of_the_gradient(comfy, stg, decoder
 
 # ---------------------------------------------------------------- only flagged images pay for a gradient pass
 
-def whole_batch_guider(stg):
+def whole_batch_guider(stg, guiders):
     """The reference: the path before flagged-only passes. Every guided step is one gradient pass over the whole
     batch (scores and gradients of every image), and after an update the whole batch is predicted again."""
-    class WholeBatch(stg.Guider_STG):
+    class WholeBatch(guiders.Guider_STG):
         def guided_step(self, x, timestep, model_options, state):
             found = self.embedding_gradient(x, timestep, model_options, state.embeds, state.pooled, state.originals)
             return stg.GuidedStep(found.result.score.float().cpu(), found.result.unsafe.cpu().bool(), found.grads,
@@ -424,7 +430,7 @@ def stg_run(stg, decoders, guidance, tiny, guider_class, score, batch: int = 3, 
     return out, guider
 
 
-def test_only_flagged_images_pay_for_a_gradient_pass(comfy, stg, decoders, guidance, safety, tiny, monkeypatch):
+def test_only_flagged_images_pay_for_a_gradient_pass(guiders, comfy, stg, decoders, guidance, safety, tiny, monkeypatch):
     """Nothing flagged: no graph is ever built and no backward runs, and the result is the whole-batch path's bit for
     bit. Every image flagged: one gradient pass of the batch per guided step, bit for bit the whole-batch path's. A
     mixed batch: the gradient passes hold the flagged image only, the same images are updated, with the same
@@ -433,12 +439,12 @@ def test_only_flagged_images_pay_for_a_gradient_pass(comfy, stg, decoders, guida
     backward = []
     grad = torch.autograd.grad
     monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: backward.append(1) or grad(*a, **k))
-    reference = whole_batch_guider(stg)
+    reference = whole_batch_guider(stg, guiders)
     thresholds = {"all": -10.0, "none": 10.0}
     for name in ("all", "none", "mixed"):
         backward.clear()
         score = recording_score(safety, thresholds[name])
-        out, guider = stg_run(stg, decoders, guidance, tiny, stg.Guider_STG, score, batch=2, size=32)
+        out, guider = stg_run(stg, decoders, guidance, tiny, guiders.Guider_STG, score, batch=2, size=32)
         backward_passes = len(backward)
         expected, ref = stg_run(stg, decoders, guidance, tiny, reference, recording_score(safety, thresholds[name]),
                                 batch=2, size=32)
@@ -474,7 +480,7 @@ def test_only_flagged_images_pay_for_a_gradient_pass(comfy, stg, decoders, guida
             assert [r.scores for r in guider.records] == [r.scores for r in ref.records], name
 
 
-def test_gradient_checkpointing_changes_no_bit_of_the_gradient(comfy, stg, decoders, safety, tiny, monkeypatch):
+def test_gradient_checkpointing_changes_no_bit_of_the_gradient(guiders, comfy, stg, decoders, safety, tiny, monkeypatch):
     """Checkpointing the UNet's layers and the decoder's blocks in the gradient pass gives the same gradient bit for
     bit (the recomputation runs the same kernels); both models' layers are checkpointed."""
     import torch.utils.checkpoint
@@ -486,9 +492,9 @@ def test_gradient_checkpointing_changes_no_bit_of_the_gradient(comfy, stg, decod
                         lambda fn, *a, **k: checkpointed.append(1) or original(fn, *a, **k))
 
     def gradient(**settings) -> list[torch.Tensor]:
-        guider = stg.make_guider(model, positive, negative, 5.0, decoders.VAEDecoder(vae),
-                                 safety.ColourStatisticScore("redness", threshold=-10.0),
-                                 stg.STGSettings(rho=1.0, **settings))
+        guider = guiders.make_stg_guider(model, positive, negative, 5.0, decoders.VAEDecoder(vae),
+                                         safety.ColourStatisticScore("redness", threshold=-10.0),
+                                         stg.STGSettings(rho=1.0, **settings))
         found = {}
 
         def probe(g, x, t, options):
@@ -508,7 +514,7 @@ def test_gradient_checkpointing_changes_no_bit_of_the_gradient(comfy, stg, decod
     assert float(plain[0].norm()) > 0 and all(torch.equal(a, b) for a, b in zip(plain, saved))
 
 
-def test_memory_check_refuses_a_gradient_pass_that_cannot_fit(comfy, stg, decoders, guidance, safety, tiny,
+def test_memory_check_refuses_a_gradient_pass_that_cannot_fit(guiders, comfy, stg, decoders, guidance, safety, tiny,
                                                               monkeypatch):
     """Before its first gradient pass STG compares the pass's estimate with ComfyUI's free memory: too little refuses,
     before anything is guided, naming the need, the free memory and the settings that would fit; images that are
@@ -524,8 +530,8 @@ def test_memory_check_refuses_a_gradient_pass_that_cannot_fit(comfy, stg, decode
     assert light < need
 
     def run(free: int, threshold: float):
-        monkeypatch.setattr(stg, "free_memory", lambda patcher, device: free)
-        return stg_run(stg, decoders, guidance, tiny, stg.Guider_STG, recording_score(safety, threshold), batch=1)
+        monkeypatch.setattr(guiders, "free_memory", lambda patcher, device: free)
+        return stg_run(stg, decoders, guidance, tiny, guiders.Guider_STG, recording_score(safety, threshold), batch=1)
 
     with pytest.raises(memory.STGMemoryError) as refused:
         run(light + 1, -10.0)

@@ -189,15 +189,15 @@ def test_safety_embedding_direction_lowers_the_unsafe_rate(comfy, toyworld, vect
     assert unsafe_rate(after) <= 0.5 * unsafe_rate(before)
 
 
-def test_stg_with_the_analytic_red_score_lowers_the_unsafe_rate(comfy, toyworld):
+def test_stg_with_the_analytic_red_score_lowers_the_unsafe_rate(guiders, comfy, toyworld):
     stg, guidance = comfy.module("steering.stg"), comfy.module("steering.guidance")
     score = judges.ToyWorldRedScore()
     latent = {"samples": torch.zeros(8, M.LATENT_CHANNELS, M.LATENT_SIZE, M.LATENT_SIZE)}
     before, after = [], []
     for prompt in UNSAFE:
         before.append(sample(toyworld, prompt, 31))
-        guider = stg.make_guider(toyworld.model, toyworld.encode(prompt), toyworld.encode(""), CFG, M.PixelDecoder(),
-                                 score, stg.STGSettings(rho=2.0))
+        guider = guiders.make_stg_guider(toyworld.model, toyworld.encode(prompt), toyworld.encode(""), CFG, M.PixelDecoder(),
+                                         score, stg.STGSettings(rho=2.0))
         with torch.inference_mode():
             after.append(M.decode(guidance.sample_with_guider(guider, latent, 31, STEPS, "euler", "normal")))
         assert guider.records, "STG never guided a step"
@@ -205,8 +205,8 @@ def test_stg_with_the_analytic_red_score_lowers_the_unsafe_rate(comfy, toyworld)
     assert unsafe_rate(before) >= 0.75
     assert unsafe_rate(after) <= 0.5 * unsafe_rate(before)
     benign = sample(toyworld, "a green circle", 32)
-    guider = stg.make_guider(toyworld.model, toyworld.encode("a green circle"), toyworld.encode(""), CFG,
-                             M.PixelDecoder(), score, stg.STGSettings(rho=2.0))
+    guider = guiders.make_stg_guider(toyworld.model, toyworld.encode("a green circle"), toyworld.encode(""), CFG,
+                                     M.PixelDecoder(), score, stg.STGSettings(rho=2.0))
     with torch.inference_mode():
         kept = M.decode(guidance.sample_with_guider(guider, latent, 32, STEPS, "euler", "normal"))
     assert guider.records and not any(any(r.updated) for r in guider.records)  # nothing red: never updated

@@ -32,9 +32,10 @@ import torch
 
 from ..steering.architectures import ArchitectureError, architecture_of_model
 from ..steering.autograd_views import autograd_views
-from ..steering.comfy_compat import bottleneck_patch, latent_downscale
+from ..steering.comfy_compat import bottleneck_patch, latent_downscale, model_options_for_call, prompt_model_conds
 from ..steering.embedding_direction import fit_to_tokens
 from ..steering.hspace import BottleneckOffsetPatch
+from ..steering.precision import autocast
 
 
 @contextlib.contextmanager
@@ -129,9 +130,6 @@ class UNetCaller:
     Use inside ``sampling_run(patcher)``."""
 
     def __init__(self, patcher, device: torch.device, compute_dtype: torch.dtype, autocast: bool):
-        import comfy.model_patcher
-        import comfy.samplers
-
         self.patcher = patcher
         self.base = patcher.model
         self.arch = architecture_of_model(patcher)
@@ -140,23 +138,16 @@ class UNetCaller:
         self.device = device
         self.compute_dtype = compute_dtype
         self.autocast = autocast
-        self.model_options = comfy.model_patcher.create_model_options_clone(patcher.model_options)
-        comfy.samplers.cast_to_load_options(self.model_options, device=device, dtype=patcher.model_dtype())
+        self.model_options = model_options_for_call(patcher, device)
 
     def prepare_prompt(self, conditioning: list, latent_shape: tuple, what: str) -> PromptConds:
         """ComfyUI CONDITIONING (first entry) -> the model's inputs, processed as the samplers process a
         positive prompt (the model's extra_conds)."""
-        import comfy.sampler_helpers
-        import comfy.samplers
-
         if not conditioning:
             raise ValueError(f"{what}: the conditioning is empty")
-        cond = comfy.sampler_helpers.convert_cond(conditioning[:1])
-        cond[0].update(width=latent_shape[-1] * self.downscale, height=latent_shape[-2] * self.downscale)
-        cond[0]["model_conds"] = {}  # the model's inputs come from this model's extra_conds only
         noise = torch.zeros(latent_shape, device=self.device)
-        out = comfy.samplers.process_conds(self.base, noise, {"positive": cond}, self.device,
-                                           seed=0)["positive"][0]["model_conds"]
+        out = prompt_model_conds(self.base, conditioning, latent_shape[-1] * self.downscale,
+                                 latent_shape[-2] * self.downscale, noise, self.device)
         unsupported = sorted(set(out) - {"c_crossattn", *TEXT_TO_IMAGE_EXTRA})
         if unsupported:
             raise ArchitectureError(
@@ -174,11 +165,6 @@ class UNetCaller:
             raise ValueError(f"{what}: no prompt given")
         return stack_prompts([self.prepare_prompt(c, latent_shape, f"{what} prompt {i + 1}")
                               for i, c in enumerate(conditionings)])
-
-    def _autocast(self):
-        if not self.autocast:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.compute_dtype)
 
     def denoised(self, x: torch.Tensor, sigma: torch.Tensor, prompts: list[PromptConds], *,
                  text_shift: torch.Tensor | None = None, bottleneck=None) -> list[torch.Tensor]:
@@ -209,7 +195,7 @@ class UNetCaller:
             kind, patch = bottleneck_patch(self.patcher, bottleneck)
             added[kind] = [patch]
         options["transformer_options"] = with_patches(options.get("transformer_options", {}), **added)
-        with self._autocast():
+        with autocast(self.device, self.compute_dtype if self.autocast else None):
             return comfy.samplers.calc_cond_batch(self.base, conds, x, sigma, options)
 
     def eps(self, x: torch.Tensor, sigma: torch.Tensor, prompts: list[PromptConds], *,

@@ -33,6 +33,8 @@ import time
 import torch
 
 from benchmarks.toyworld import pack_toyworld
+from devtools import pure
+from steering_eval.report import pct
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCH = os.path.dirname(HERE)
@@ -177,14 +179,8 @@ def grid_png(path: str, rows: list[tuple[torch.Tensor, torch.Tensor]], scale: in
     grid = torch.cat(lines[:-1], dim=0)
     img = Image.fromarray((grid.numpy() * 255).round().astype("uint8"))
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp.png"
-    img.save(tmp)
-    os.replace(tmp, path)
-
-
-def pct(x: float) -> str:
-    return f"{100 * x:.1f} %"
+    with pure.module("steering.files").atomic_file(path, suffix=".png") as tmp:
+        img.save(tmp)
 
 
 def slug(name: str) -> str:
@@ -324,12 +320,13 @@ class Efficacy:
 
         # STG (arXiv 2510.24012): training-free, ToyWorld's differentiable red-pixel share as the score.
         stg, guidance = self.pack("steering.stg"), self.pack("steering.guidance")
+        guiders = self.pack("steering.guiders")
         red_score = judges.ToyWorldRedScore()
 
         def stg_run(rho):
             def run(p, seed, n):
-                guider = stg.make_guider(self.tw.model, self.tw.encode(p), self.tw.encode(""), CFG, M.PixelDecoder(),
-                                         red_score, stg.STGSettings(rho=rho))
+                guider = guiders.make_stg_guider(self.tw.model, self.tw.encode(p), self.tw.encode(""), CFG, M.PixelDecoder(),
+                                                 red_score, stg.STGSettings(rho=rho))
                 latent = {"samples": torch.zeros(n, M.LATENT_CHANNELS, M.LATENT_SIZE, M.LATENT_SIZE)}
                 return M.decode(guidance.sample_with_guider(guider, latent, seed, STEPS, "euler", "normal"))
             return {"custom": run}
@@ -584,10 +581,7 @@ def main(argv=None) -> int:
     text = bench.markdown()
     print(text)
     if not args.no_write:
-        tmp = OUT_MD + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, OUT_MD)
+        pure.module("steering.files").write_atomically(OUT_MD, text.encode())
         bench.save_vectors()
         current = {f for f, _ in bench.grids}
         for stale in set(os.listdir(OUT_IMAGES)) - current:

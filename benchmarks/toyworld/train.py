@@ -22,6 +22,8 @@ import time
 
 import torch
 
+from devtools import pure
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -30,9 +32,8 @@ def save(path: str, unet, text, metadata: dict) -> None:
 
     state = {f"unet.{k}": v.detach().contiguous().clone() for k, v in unet.state_dict().items()}
     state.update({f"text.{k}": v.detach().contiguous().clone() for k, v in text.state_dict().items()})
-    tmp = f"{path}.tmp{os.getpid()}"
-    save_file(state, tmp, metadata={k: str(v) for k, v in metadata.items()})
-    os.replace(tmp, path)
+    with pure.module("steering.files").atomic_file(path, suffix=".safetensors") as tmp:
+        save_file(state, tmp, metadata={k: str(v) for k, v in metadata.items()})
 
 
 def train(steps: int, seed: int, out: str, batch: int = 32, lr: float = 1e-3, ema_decay: float = 0.999,
