@@ -277,7 +277,7 @@ def preview_costs() -> list[list[str]]:
     scoring = pure.module("operator_policy.scoring")
     document = pure.module("operator_policy.document")
     registry = pure.module("steering.safety.registry")
-    pure.module("toyworld.judges")                       # registers the toyworld_red kind
+    pure.module("toyworld.judges").register_score_kinds()
 
     class PackagedModels:
         @staticmethod

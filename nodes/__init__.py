@@ -4,7 +4,8 @@ Every ``nodes/*_nodes.py`` module exposes ``NODES``, a list of its io.ComfyNode
 classes; they are collected here in file-name order, and every one gets the pack's
 input validation (nodes/validation.py: each input checked against its schema). The
 entry point registers the pack's model folders (nodes/paths.py) and its demo model's
-architecture (toyworld/) before any node module is imported.
+architecture and safety score (toyworld/) before any node module is imported, then reads the operator's policy
+(operator_policy/).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pkgutil
 from comfy_api.v0_0_2 import ComfyExtension, io
 
 from ..operator_policy.install import install as install_policy
+from ..toyworld.judges import register_score_kinds as register_toyworld_scores
 from ..toyworld.model import register_architecture as register_toyworld
 from . import paths
 from .paths import register_model_folders
@@ -37,5 +39,6 @@ class ResponsibleSteeringExtension(ComfyExtension):
 async def comfy_entrypoint() -> ComfyExtension:
     register_model_folders()
     register_toyworld()
+    register_toyworld_scores()
     install_policy(paths)
     return ResponsibleSteeringExtension()

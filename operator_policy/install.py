@@ -22,7 +22,6 @@ def build_scores(policy: Policy, paths) -> list:
     start-up; the scores come from the same registry as the score nodes (steering/safety/registry.py).
     `paths` finds model files and vectors (nodes/paths.py)."""
     from ..steering.safety import registry
-    from ..toyworld import judges  # noqa: F401  (registers ToyWorld's red score)
 
     specs = policy.scores
     built = []

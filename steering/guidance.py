@@ -61,6 +61,12 @@ def batch_rows(transformer_options: dict, images: int) -> BatchRows | None:
     return found if isinstance(found, BatchRows) and len(found.rows) == images else None
 
 
+def cfg_mix(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance's combination ``uncond + scale * (cond - uncond)`` (the training targets and
+    rollouts; at sampling time ComfyUI's own ``cfg_function`` with its hooks: :func:`combine`)."""
+    return uncond + scale * (cond - uncond)
+
+
 def uncond_or_none(negative, cond_scale: float, model_options: dict):
     """The unconditional conditioning, or None where ComfyUI skips it (the CFG-1 shortcut)."""
     if math.isclose(cond_scale, 1.0) and not model_options.get("disable_cfg1_optimization", False):

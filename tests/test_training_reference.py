@@ -269,8 +269,11 @@ def test_respodiff_rollout_and_init_are_the_references(comfy, tiny, plain_unet, 
     ram, sam, loss_ram, loss_sam = expected[rollout]
     assert math.isclose(result.history["ram"][0], loss_ram, rel_tol=1e-3)
     assert math.isclose(result.history["sam"][0], loss_sam, rel_tol=1e-3)
-    # Adam's first step moves every element by about lr * sign(grad): float noise shows only where |grad| is tiny
-    assert torch.allclose(result.params["ram"], ram, rtol=1e-4, atol=0.02 * 0.1)
+    # Adam's first step moves every element by lr * g / (|g| + eps), +-lr = 0.1 unless |g| is near eps: float noise
+    # (it differs between CPUs: up to 0.003 seen on an AMD EPYC) shows only in those few elements; a wrong step (a
+    # sign, a missing term) moves elements by up to 2 lr
+    diff = (result.params["ram"] - ram).abs()
+    assert float(diff.max()) < 0.01 and int((diff > 0.002).sum()) <= diff.numel() // 1000, float(diff.max())
     assert torch.allclose(result.params["sam"], sam, rtol=1e-4, atol=0.02 * 0.001)
     # the two rollouts give measurably different RAM updates, so the comparison above can tell them apart
     other = expected["ram_only" if rollout == "ram_sam" else "ram_sam"]

@@ -76,4 +76,7 @@ def _red_score(threshold: float, options: dict, locate) -> ToyWorldRedScore:
     return ToyWorldRedScore(threshold, options.get("temperature", 0.02))
 
 
-registry.register("toyworld_red", _red_score, {"temperature"})
+def register_score_kinds() -> None:
+    """Teach the safety score registry (steering/safety/registry.py) ToyWorld's red score, ``toyworld_red``, for
+    its node and the operator's policy. The pack does this when it loads."""
+    registry.register("toyworld_red", _red_score, {"temperature"})

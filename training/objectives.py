@@ -30,13 +30,14 @@ Targets (no gradient), with guidance g:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 
+from ..steering import codsma, respodiff
+from ..steering.guidance import cfg_mix
 from .rollout import guided_eps
 from .unet import PromptConds, UNetCaller
 
@@ -53,7 +54,6 @@ RESPODIFF_ROLLOUTS = ("ram_sam", "ram_only")
 # RespoDiff reference's Linear(10 -> 1280*h*w), i.e. U(-1/sqrt(10), 1/sqrt(10)) per element (std 0.18);
 # normal = N(0, init_std^2) (init_std 0.01).
 INITS = ("nn_linear_default", "normal")
-RESPODIFF_CONCEPTS = 10  # in_features of the reference's RAM / SAM Linear layers (its concept_dict size)
 
 
 class ObjectiveError(ValueError):
@@ -115,14 +115,12 @@ def reference_eps(caller: UNetCaller, z: torch.Tensor, sigma: torch.Tensor, prom
 
 
 def target_from(eps: dict[str, torch.Tensor], direction: str, guidance: float, away_base: str) -> torch.Tensor:
+    """The training target: toward the target prompt with CFG (g = 1: its prediction as it is), or away from
+    the concept (negative prompting: the base prompt's prediction pushed away from the concept's)."""
     if direction == "toward_target":
-        return eps["other"] if guidance == 1.0 else eps["uncond"] + guidance * (eps["other"] - eps["uncond"])
+        return eps["other"] if guidance == 1.0 else cfg_mix(eps["other"], eps["uncond"], guidance)
     base = eps["uncond" if away_base == "uncond" else "neutral"]
-    return eps["other"] + guidance * (base - eps["other"])
-
-
-def cfg_eps(cond: torch.Tensor, uncond: torch.Tensor, guidance: float) -> torch.Tensor:
-    return cond if guidance == 1.0 else uncond + guidance * (cond - uncond)
+    return cfg_mix(base, eps["other"], guidance)
 
 
 class Objective:
@@ -208,12 +206,6 @@ def _normal(generator, shape, std):
     return std * torch.randn(*shape, generator=generator)
 
 
-def _nn_linear_default(generator, shape, fan_in):
-    """nn.Linear's default weight init, kaiming_uniform_(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = 1.0 / math.sqrt(fan_in)
-    return (torch.rand(*shape, generator=generator) * 2.0 - 1.0) * bound
-
-
 class EmbeddingDirection(Objective):
     name = "embedding_direction"
     vector_method = "embedding_direction"
@@ -266,7 +258,8 @@ class EmbeddingDirection(Objective):
                       self._loss(caller, x, sigma, prompts, params, target, cfg, keep))
 
         def advance():
-            return cfg_eps(keep["cond"], eps.get("uncond"), cfg.rollout_guidance)
+            guidance = cfg.rollout_guidance
+            return keep["cond"] if guidance == 1.0 else cfg_mix(keep["cond"], eps["uncond"], guidance)
 
         return [phase], advance
 
@@ -278,7 +271,7 @@ class HSpaceObjective(Objective):
 
     def init_params(self, generator, *, text_shape, bottleneck_shape, cfg):
         if cfg.init == "nn_linear_default":
-            return {r: _nn_linear_default(generator, bottleneck_shape, RESPODIFF_CONCEPTS) for r in self.roles}
+            return {r: respodiff.linear_default_init(generator, bottleneck_shape) for r in self.roles}
         return {r: _normal(generator, bottleneck_shape, cfg.init_std) for r in self.roles}
 
 
@@ -306,7 +299,7 @@ class CodsmaCVector(HSpaceObjective):
 
         def loss():
             out = caller.eps(z, sigma, [prompts.neutral], offset=params["c"])[0]
-            return cfg.loss_scale * F.mse_loss(out, target)
+            return codsma.score_matching_loss(out, target, cfg.loss_scale)
 
         return [Phase("loss", ("c",), loss)]
 
@@ -340,7 +333,7 @@ class RespoDiffRamSam(HSpaceObjective):
         """Reference pipeline: RAM + SAM on the conditional half (``ram_sam``); ``ram_only``: RAM alone."""
         if cfg.respodiff_rollout == "ram_only":
             return {"offset": params["ram"]}
-        return {"offset": params["ram"].detach() + params["sam"].detach()}
+        return {"offset": respodiff.offset(params["ram"].detach(), params["sam"].detach())}
 
     def phases(self, caller, z, sigma, prompts, params, cfg):
         names = target_needs(cfg.direction, cfg.target_guidance, cfg.away_base) + ["neutral"]
@@ -350,12 +343,12 @@ class RespoDiffRamSam(HSpaceObjective):
 
         def resp():
             out = caller.eps(z, sigma, [prompts.neutral], offset=params["ram"])[0]
-            return cfg.loss_scale * F.mse_loss(out, target)
+            return respodiff.responsibility_loss(out, target, cfg.loss_scale)
 
         def sem():
-            offset = params["ram"].detach() + params["sam"]
-            out = caller.eps(z, sigma, [prompts.neutral], offset=offset)[0]
-            return cfg.lambda_sem * F.mse_loss(out, neutral)
+            shifted = respodiff.offset(params["ram"].detach(), params["sam"])
+            out = caller.eps(z, sigma, [prompts.neutral], offset=shifted)[0]
+            return respodiff.semantic_loss(out, neutral, cfg.lambda_sem)
 
         return [Phase("ram", ("ram",), resp), Phase("sam", ("sam",), sem)]
 

@@ -17,6 +17,7 @@ import math
 
 import torch
 
+from ..steering.guidance import cfg_mix
 from .unet import PromptConds, UNetCaller
 
 SCHEDULERS = ("ddim_uniform", "normal", "karras", "simple", "sgm_uniform", "exponential", "beta")
@@ -82,7 +83,7 @@ def guided_eps(caller: UNetCaller, x: torch.Tensor, sigma: torch.Tensor, cond: P
     if uncond is None or guidance == 1.0:
         return caller.eps(x, sigma, [cond], **shifts)[0]
     eps_c, eps_u = caller.eps(x, sigma, [cond, uncond], **shifts)
-    return eps_u + guidance * (eps_c - eps_u)
+    return cfg_mix(eps_c, eps_u, guidance)
 
 
 @torch.no_grad()
