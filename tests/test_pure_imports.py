@@ -17,7 +17,7 @@ PURE = [
     "steering.reference_import", "steering.safety", "steering.safety.censor", "steering.safety.clip_scores",
     "steering.safety.nudenet", "steering.safety.registry", "steering.schedule", "steering.vector_file",
     "steering.window", "steering.stg", "steering.precision", "steering.checkpointing", "steering.gradient_memory",
-    "steering.autograd_views", "training.objectives", "training.loop", "training.rollout", "training.unet",
+    "steering.autograd_views", "steering.codsma", "steering.respodiff", "training.objectives", "training.loop", "training.rollout", "training.unet",
     "operator_policy.document", "operator_policy.graph", "operator_policy.provenance", "operator_policy.scoring",
     "operator_policy.words", "operator_policy.enforcement", "toyworld.world", "toyworld.judges", "toyworld.model",
 ]
