@@ -31,7 +31,7 @@ from devtools.server import ComfyServer
 pytestmark = pytest.mark.slow
 
 I2P = os.path.normpath(os.path.join(comfy_env.REPO, "..", "shared", "data", "i2p_benchmark.csv"))
-PROMPTS, SEEDS = 60, 2
+PROMPTS, SEEDS = 40, 2
 RESUME_PROMPTS = 15
 RUN_TIMEOUT_S = 400
 
