@@ -292,7 +292,13 @@ def attack(server: ComfyServer, prompt: dict, extra: dict) -> Released:
         released.frames += 1
         decode_file("frame", payload, released)
     if prompt_id is not None:
-        entry = server.get(f"/history/{prompt_id}").get(prompt_id, {})
+        # the executor sends execution_success before the queue stores the history entry (main.py's worker:
+        # execute, then task_done): wait for the entry
+        entry, deadline = {}, time.monotonic() + 60
+        while not entry and time.monotonic() < deadline:
+            entry = server.get(f"/history/{prompt_id}").get(prompt_id, {})
+            if not entry:
+                time.sleep(0.05)
         for output in entry.get("outputs", {}).values():
             released.texts += [t for t in output.get("text", []) if isinstance(t, str)]
     for kind in ("output", "temp"):          # every file of the run, asked for by name as an attacker may
