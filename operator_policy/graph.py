@@ -291,6 +291,17 @@ def classify(nodes: Mapping[str, Node], allow_uninspected: Iterable[str] = (),
     source_set = set(sources)
 
     sinks, raw_readers, allowed, refused = [], set(), [], []
+
+    def uninspected(node, what: str) -> None:
+        """Data the policy cannot inspect reaching `node`: allowed where the operator allow-listed its class,
+        else refused with the policy field that would allow it."""
+        if node.class_type in allow:
+            allowed.append(what)
+        else:
+            refused.append(f"{what}, which the safety policy cannot inspect; the server does not release it. An "
+                           f"operator may allow it: add \"{node.class_type}\" to output.allow_uninspected in the "
+                           f"policy")
+
     for node in nodes.values():
         if node.class_type in IMAGE_CONTAINERS:
             sinks += [Sink(node.id, name, link, (link.node, link.slot) in source_set)
@@ -305,12 +316,8 @@ def classify(nodes: Mapping[str, Node], allow_uninspected: Iterable[str] = (),
             what = f"node {node.id!r} ({node.class_type}) input {name!r} is given a {spec} value directly"
             if spec == IMAGE:
                 sinks.append(Sink(node.id, name, None, False))
-            elif node.class_type in allow:
-                allowed.append(what)
             else:
-                refused.append(f"{what}, which the safety policy cannot inspect; the server does not release it. An "
-                               f"operator may allow it: add \"{node.class_type}\" to output.allow_uninspected in the "
-                               f"policy")
+                uninspected(node, what)
         for name, link in node.links.items():
             kind = kind_of(link)
             declared = node.info.inputs.get(name)
@@ -319,12 +326,7 @@ def classify(nodes: Mapping[str, Node], allow_uninspected: Iterable[str] = (),
             elif kind == UNINSPECTED:
                 what = (f"node {node.id!r} ({node.class_type}) input {name!r} receives {output_type(link)} data from "
                         f"node {link.node!r} ({nodes[link.node].class_type if link.node in nodes else 'outside'})")
-                if node.class_type in allow:
-                    allowed.append(what)
-                else:
-                    refused.append(f"{what}, which the safety policy cannot inspect; the server does not release it. "
-                                   f"An operator may allow it: add \"{node.class_type}\" to output.allow_uninspected "
-                                   f"in the policy")
+                uninspected(node, what)
     return Classification(kinds, sources, sinks, raw_readers, allowed, refused)
 
 
