@@ -19,6 +19,7 @@ MAX_REASON = 1000
 
 class PolicyOutputGuard(io.ComfyNode):
     POLICY_ROLE = POLICY
+
     @classmethod
     def define_schema(cls):
         return schema(
