@@ -43,7 +43,7 @@ from typing import Callable
 import torch
 
 from benchmarks.common import BenchContext, random_sd_vae, random_taesd_decoder, table
-from devtools import pure
+from devtools import comfy_env, pure
 
 TITLE = "Real size: time per step and peak memory of every method, SD1.5 and SDXL"
 DEVICES = ("cpu", "cuda")
@@ -361,6 +361,41 @@ def calibration(m: Models) -> list[dict]:
     return rows
 
 
+def parameter_counts(m: Models) -> dict[str, int]:
+    """Parameters of the UNet, the VAE and TAESD (their weights on a GPU: 2 bytes each in fp16)."""
+    modules = {"UNet": m.model.model.diffusion_model, "VAE": m.vae.first_stage_model, "TAESD": m.taesd}
+    return {name: sum(p.numel() for p in module.parameters()) for name, module in modules.items()}
+
+
+def parts(m: Models) -> dict[str, float]:
+    """Seconds of one image's decode by each decoder and of one NudeNet score, without a graph (what STG adds to
+    a plain step for an image it does not guide: the decode and the score), each the best of two."""
+    from devtools import pack
+
+    decoders = pack.module("steering.decoders")
+    nudenet = pack.module("steering.safety.nudenet")
+    score = nudenet.NudeNetScore(nudenet.LABELS, detection_threshold=0.0, threshold=1e6)
+    size = m.spec.size // 8
+    x0 = torch.randn(1, 4, size, size, generator=torch.Generator().manual_seed(2)).to(m.device)
+    base = m.model.model
+    found = {}
+    with torch.inference_mode():
+        image = decoders.TAESDDecoder(m.taesd)(x0, base)
+        for name, fn in (("VAE decode", lambda: decoders.VAEDecoder(m.vae)(x0, base)),
+                         ("TAESD decode", lambda: decoders.TAESDDecoder(m.taesd)(x0, base)),
+                         ("NudeNet score", lambda: score.scores(image))):
+            times = []
+            for _ in range(2):
+                start = time.perf_counter()
+                fn()
+                if m.device == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+            found[name] = min(times)
+            print(f"  part {m.spec.label} {name}: {found[name]:.2f} s", flush=True)
+    return found
+
+
 # ---------------------------------------------------------------------------------------------- one model
 
 def run_model(key: str, device: str, only: list[str] | None, out_path: str | None, size: int = 0) -> dict:
@@ -401,6 +436,9 @@ def run_model(key: str, device: str, only: list[str] | None, out_path: str | Non
         warm.set_cfg(CFG)
         with torch.inference_mode():
             sample_with_guider(warm, m.latent(), 0, 1, "euler", "normal")  # warm-up step: kernels, allocator
+        block["parts"] = parts(m)
+        block["parameters"] = parameter_counts(m)
+        save()
         for v in chosen:
             if only and v.name != "plain KSampler" and not any(o.lower() in v.name.lower() for o in only):
                 continue
@@ -491,8 +529,87 @@ def calibration_rows(found: dict) -> list[list]:
     return out
 
 
+# The issue's targets (ratios against the plain sampler in the same run; peaks in GiB).
+RATIO_TARGETS = [
+    ("Apply Embedding Direction", 1.02), ("Apply h-space Vector", 1.02),
+    ("Dual latent, tau_gc 0.5 (f 0.5)", 1.0 + 0.6 * 0.5),
+    ("STG, nothing flagged, VAE", 1.3), ("STG, nothing flagged, VAE, TAESD screen", 1.3),
+    ("STG, nothing flagged, TAESD", 1.1),
+    ("STG, every image flagged, VAE, no checkpointing", 2.5), ("STG, every image flagged, VAE, checkpointing", 2.5),
+    ("STG, every image flagged, TAESD, no checkpointing", 2.5), ("STG, every image flagged, TAESD, checkpointing", 2.5),
+]
+# STG's settings for 8 GB cards (the node's help): TAESD decoder, gradient checkpointing.
+STG_8GB = "STG, every image flagged, TAESD, checkpointing"
+TRAIN_TARGETS = {"embedding_direction": 4.0, "codsma_cvector": 12.0, "respodiff_ram_sam": 12.0}
+TRAIN_REFERENCE_BATCH = 8
+
+
+def _row(block: dict, variant: str) -> dict | None:
+    return next((r for r in block["rows"] if r["variant"] == variant and "refused" not in r), None)
+
+
+def _verdict(value: float, limit: float, unit: str) -> str:
+    if value <= limit:
+        return "met"
+    return f"missed by {value - limit:.2f}{unit} ({value / limit:.2f}x the target)"
+
+
+def target_rows(found: dict) -> list[list]:
+    """[target, measured, verdict, where it goes] for one model's fp32 block: the issue's ratio targets, STG's peak
+    on an 8 GB card and training's at its reference batch, each with what the time or memory goes to."""
+    block = found["precisions"].get("fp32")
+    if not block or not block["rows"]:
+        return []
+    label = f"{found['label']} {found['size']} px"
+    plain = plain_step(block)
+    parts = block.get("parts", {})
+    params = block.get("parameters", {})
+    out = []
+    for variant, limit in RATIO_TARGETS:
+        r = _row(block, variant)
+        if r is None:
+            continue
+        ratio = r["per_unit"] / plain
+        if "nothing flagged" in variant:
+            decode = parts.get("TAESD decode" if variant.endswith(("TAESD", "screen")) else "VAE decode", 0.0)
+            score = parts.get("NudeNet score", 0.0)
+            goes = (f"the plain step ({plain:.1f} s) + one {'TAESD' if 'TAESD' in variant else 'VAE'} decode "
+                    f"({decode:.1f} s) + one NudeNet score ({score:.1f} s) per image: {plain + decode + score:.1f} s")
+        elif "every image flagged" in variant:
+            goes = (f"the gradient pass: the conditional UNet forward with its graph and its backward, the decoder's "
+                    f"forward and backward, on top of the plain step ({plain:.1f} s)")
+        else:
+            goes = "the steering's own work per model call" if ratio > limit else ""
+        out.append([label, f"{variant}: <= {limit:.2f}x", f"{ratio:.2f}x", _verdict(ratio, limit, "x"), goes])
+    r = _row(block, STG_8GB)
+    if r is not None and params:
+        weights = 2 * (params["UNet"] + params["VAE"] + params["TAESD"])
+        total = (r["peak"] + weights) / GIB
+        out.append([label, f"{STG_8GB}, batch 1: peak <= 8 GiB (an 8 GB card)", f"{total:.2f} GiB",
+                    _verdict(total, 8.0, " GiB"),
+                    f"activations {r['peak'] / GIB:.2f} GiB (fp32 here; fp16 keeps at most as much) + fp16 weights "
+                    f"of the UNet, VAE and TAESD {weights / GIB:.2f} GiB; the text encoder is off the card while "
+                    "sampling when memory is short (ComfyUI's model management)"])
+    for method, limit in TRAIN_TARGETS.items():
+        r = _row(block, f"Train Steering Vector, {method}")
+        if r is None or not params:
+            continue
+        weights = 2 * params["UNet"]
+        scale = TRAIN_REFERENCE_BATCH / r["batch"]
+        bound = (r["peak"] * scale + weights) / GIB
+        how = ("measured" if scale == 1 else
+               f"bound: {scale:.0f}x the batch-{r['batch']} peak ({r['peak'] / GIB:.2f} GiB; kept activations grow "
+               f"linearly with the batch, so the peak at batch {TRAIN_REFERENCE_BATCH} is at most that)")
+        verdict = _verdict(bound, limit, " GiB")
+        if bound > limit and scale > 1:
+            verdict = f"not shown: the bound is {bound:.2f} GiB (the batch-{TRAIN_REFERENCE_BATCH} run is the GPU's)"
+        out.append([label, f"Train Steering Vector, {method}, batch {TRAIN_REFERENCE_BATCH}: peak <= {limit:.0f} GiB",
+                    f"{bound:.2f} GiB", verdict, f"{how}; + fp16 UNet weights {weights / GIB:.2f} GiB"])
+    return out
+
+
 def run(ctx: BenchContext) -> str:
-    rows, calib, notes = [], [], []
+    rows, calib, notes, targets = [], [], [], []
     started = time.perf_counter()
     for key, spec in specs(ctx.device).items():
         with tempfile.TemporaryDirectory() as tmp:
@@ -506,8 +623,12 @@ def run(ctx: BenchContext) -> str:
                 found = json.load(f)
         if done.returncode != 0:
             ctx.notes.append(f"{spec.label}: the run stopped early (exit {done.returncode}); the rows before it")
+        keep = os.path.join(comfy_env.REPO, ".cache", "bench_real_size", f"{key}-{ctx.device}.json")
+        os.makedirs(os.path.dirname(keep), exist_ok=True)
+        pure.module("steering.files").write_atomically(keep, json.dumps(found).encode())
         rows += rows_of(found)
         calib += calibration_rows(found)
+        targets += target_rows(found)
         resident_gib = {p: b["resident"] / GIB for p, b in found["precisions"].items()}
         notes.append(f"{spec.label}: {spec.note or 'reference size and batch'}; resident before the runs "
                      + ", ".join(f"{p} {v:.1f} GiB" for p, v in resident_gib.items())
@@ -515,6 +636,9 @@ def run(ctx: BenchContext) -> str:
     ctx.notes.extend(notes)
     ctx.notes.append(f"the whole benchmark took {(time.perf_counter() - started) / 60:.0f} min")
     text = table(["model", "precision", "variant", "time", "vs plain", "peak GiB over resident", "note"], rows)
+    if targets:
+        text += ("\n\nTargets (fp32 here; ratios of the same run; on a GPU peak = activations + fp16 weights):\n\n"
+                 + table(["model", "target", "measured", "verdict", "where it goes"], targets))
     if calib:
         text += ("\n\nCalibration of the memory check (steering/gradient_memory.py): one image, the part's forward "
                  "and backward alone, peak over resident.\n\n"

@@ -7,13 +7,17 @@ from __future__ import annotations
 import os
 import time
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from devtools import demo, workflows
+from devtools import build_workflows, demo, workflows
 from devtools.node_sizes import CHROMIUM, open_frontend
 from devtools.server import ComfyServer
 
 EXAMPLES = workflows.template_paths()
+# the SD1.5 templates (the quick settings of the real-model workflows, on the tiny checkpoint)
+SD15_TEMPLATES = {template for _, template, real in build_workflows.copies() if template and real}
 
 pytestmark = [
     pytest.mark.slow,
@@ -23,13 +27,14 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def ui(comfy):
-    """(page, server): the demo's server (demo.prepare: what `make serve` puts in place) with every model
-    the example workflows name, and the pinned frontend. The pack is loaded in this process first (the
+    """(page, server, its /object_info): the demo's server (demo.prepare: what `make serve` puts in place) with
+    every model the example workflows name, and the pinned frontend. The pack is loaded in this process first (the
     `comfy` session): reference vectors are converted with it, outside playwright's event loop."""
     pytest.importorskip("playwright.sync_api")
     with open_frontend(None, prepare=demo.prepare) as (page, server, _):
-        demo.provide_models(server, server.object_info())
-        yield page, server
+        info = server.object_info()
+        demo.provide_models(server, info)
+        yield page, server, info
 
 
 def history_ids(server: ComfyServer) -> set[str]:
@@ -38,7 +43,7 @@ def history_ids(server: ComfyServer) -> set[str]:
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[os.path.basename(p) for p in EXAMPLES])
 def test_example_workflow_runs_as_opened_by_clicking_run(ui, path):
-    page, server = ui
+    page, server, info = ui
     before = history_ids(server)
     page.evaluate("async (w) => { await app.loadGraphData(w); }", workflows.load_workflow(path))
     page.locator('[data-testid="queue-button"]').first.click()
@@ -57,7 +62,15 @@ def test_example_workflow_runs_as_opened_by_clicking_run(ui, path):
     entry = server.get(f"/history/{prompt_id}")[prompt_id]
     status = entry["status"]
     assert status["status_str"] == "success", status.get("messages")
-    images = [i for out in entry["outputs"].values() for i in out.get("images", []) if i.get("type") == "output"]
-    assert images, f"{os.path.basename(path)} saved no image"
-    for image in images:
-        assert os.path.getsize(os.path.join(server.base_dir, "output", image["subfolder"], image["filename"])) > 0
+    files = demo.saved_images(server, entry)
+    assert files, f"{os.path.basename(path)} saved no image"
+    for f in files:
+        assert os.path.getsize(f) > 0
+    if path in SD15_TEMPLATES:   # one image per latent of the batch, at the quick size, not flat
+        prompt = workflows.ui_to_api(workflows.load_workflow(path), lambda t: info[t]["input"])
+        batch = max(n["inputs"].get("batch_size", 1) for n in prompt.values() if n["class_type"] == "EmptyLatentImage")
+        assert len(files) == batch
+        for f in files:
+            pixels = np.asarray(Image.open(f))
+            assert pixels.shape == (workflows.QUICK_SIZE, workflows.QUICK_SIZE, 3)
+            assert pixels.std() > 1.0, f"{f} is a flat image"

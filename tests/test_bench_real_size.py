@@ -1,0 +1,69 @@
+"""The real-size benchmark's table and target verdicts (pure helpers; the benchmark itself runs with
+`python -m benchmarks.run real_size`)."""
+from __future__ import annotations
+
+from benchmarks.bench_real_size import GIB, rows_of, target_rows
+
+
+def found(rows: list[dict], parts: dict | None = None, parameters: dict | None = None) -> dict:
+    return {"label": "SD1.5", "size": 512, "precisions": {"fp32": {
+        "rows": rows, "resident": 4 * GIB, "parts": parts or {},
+        "parameters": parameters or {"UNet": 859_520_964, "VAE": 83_653_863, "TAESD": 1_222_532}}}}
+
+
+def row(variant: str, per_unit: float, peak_gib: float, unit: str = "step", batch: int = 1) -> dict:
+    return {"variant": variant, "unit": unit, "batch": batch, "per_unit": per_unit, "first": per_unit,
+            "peak": int(peak_gib * GIB), "note": "", "wall": per_unit, "evaluations": [per_unit]}
+
+
+def by_target(rows: list[list]) -> dict[str, list]:
+    return {r[1].split(":")[0].split(", batch")[0]: r for r in rows}
+
+
+def test_ratio_targets_are_against_the_plain_step_of_the_same_run():
+    got = by_target(target_rows(found([
+        row("plain KSampler", 10.0, 2.0),
+        row("Apply h-space Vector", 10.1, 2.0),                       # 1.01x <= 1.02
+        row("Dual latent, tau_gc 0.5 (f 0.5)", 14.0, 2.0),            # 1.40x > 1.30
+        row("STG, nothing flagged, VAE", 25.0, 3.0),                  # 2.50x > 1.3
+        row("STG, nothing flagged, TAESD", 10.5, 2.5),                # 1.05x <= 1.1
+    ], parts={"VAE decode": 9.0, "TAESD decode": 0.2, "NudeNet score": 0.3})))
+    assert got["Apply h-space Vector"][2:4] == ["1.01x", "met"]
+    assert got["Dual latent, tau_gc 0.5 (f 0.5)"][2] == "1.40x"
+    assert got["Dual latent, tau_gc 0.5 (f 0.5)"][3] == f"missed by {1.4 - 1.3:.2f}x ({1.4 / 1.3:.2f}x the target)"
+    vae = got["STG, nothing flagged, VAE"]
+    assert vae[2] == "2.50x" and vae[3].startswith("missed by 1.20x")
+    # where it goes: plain + the VAE decode + the score, summed independently
+    assert "VAE decode (9.0 s)" in vae[4] and "NudeNet score (0.3 s)" in vae[4] and f"{10 + 9 + 0.3:.1f} s" in vae[4]
+    assert got["STG, nothing flagged, TAESD"][2:4] == ["1.05x", "met"]
+    assert "TAESD decode (0.2 s)" in got["STG, nothing flagged, TAESD"][4]
+    assert "Apply Embedding Direction" not in got  # a variant that did not run has no verdict
+
+
+def test_peaks_on_a_gpu_add_the_fp16_weights_and_training_is_bounded_linearly_from_its_batch():
+    params = {"UNet": 1_000_000_000, "VAE": 100_000_000, "TAESD": 0}
+    got = by_target(target_rows(found([
+        row("plain KSampler", 10.0, 2.0),
+        row("STG, every image flagged, TAESD, checkpointing", 20.0, 3.0),
+        row("Train Steering Vector, embedding_direction", 30.0, 0.25, unit="iteration"),
+        row("Train Steering Vector, codsma_cvector", 30.0, 2.0, unit="iteration"),
+    ], parameters=params)))
+    stg = got["STG, every image flagged, TAESD, checkpointing"]
+    assert stg[2] == f"{3.0 + 2 * 1.1e9 / GIB:.2f} GiB" and stg[3] == "met"
+    ed = got["Train Steering Vector, embedding_direction"]
+    assert ed[2] == f"{8 * 0.25 + 2e9 / GIB:.2f} GiB" and ed[3] == "met"       # 3.86 <= 4
+    codsma = got["Train Steering Vector, codsma_cvector"]
+    assert codsma[2] == f"{8 * 2.0 + 2e9 / GIB:.2f} GiB"                    # 17.9 > 12: only a bound
+    assert codsma[3].startswith("not shown")
+
+
+def test_the_table_gives_each_variant_its_ratio_and_refusals_their_reason():
+    data = found([row("plain KSampler", 10.0, 2.0), row("STG, nothing flagged, VAE", 13.0, 3.5),
+                  {"variant": "STG, every image flagged, VAE, no checkpointing", "unit": "step", "batch": 1,
+                   "refused": "needs 30 GiB"},
+                  row("Train Steering Vector, codsma_cvector", 40.0, 5.0, unit="iteration", batch=2)])
+    rows = {r[2]: r for r in rows_of(data)}
+    assert rows["STG, nothing flagged, VAE"][3:6] == ["13.0 s/step", "1.30x", "3.50"]
+    assert rows["STG, every image flagged, VAE, no checkpointing"][6] == "not run: needs 30 GiB"
+    train = rows["Train Steering Vector, codsma_cvector"]
+    assert train[4] == "2.00x" and train[6].startswith("batch 2")   # 40 s per iteration of 2 images vs 10 s each
