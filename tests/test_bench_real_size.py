@@ -67,3 +67,44 @@ def test_the_table_gives_each_variant_its_ratio_and_refusals_their_reason():
     assert rows["STG, every image flagged, VAE, no checkpointing"][6] == "not run: needs 30 GiB"
     train = rows["Train Steering Vector, codsma_cvector"]
     assert train[4] == "2.00x" and train[6].startswith("batch 2")   # 40 s per iteration of 2 images vs 10 s each
+
+
+def test_the_section_is_rendered_from_the_kept_results_of_each_model(tmp_path, monkeypatch):
+    import json
+
+    from benchmarks import bench_real_size
+    from benchmarks.common import BenchContext
+
+    monkeypatch.setattr(bench_real_size, "kept_path", lambda key, device: str(tmp_path / f"{key}-{device}.json"))
+    sd15 = found([row("plain KSampler", 10.0, 2.0), row("STG, nothing flagged, TAESD", 11.0, 2.5)])
+    sd15.update(elapsed_s=600.0, exit=0)
+    (tmp_path / "sd15-cpu.json").write_text(json.dumps(sd15))
+    sdxl = {"label": "SDXL", "precisions": {}, "elapsed_s": 300.0, "exit": 3}   # stopped before its first row
+    (tmp_path / "sdxl-cpu.json").write_text(json.dumps(sdxl))
+    ctx = BenchContext("cpu", False, 1)
+    text = bench_real_size.render(ctx)
+    assert "| SD1.5 512 px | fp32 | STG, nothing flagged, TAESD | 11.0 s/step | 1.10x | 2.50 |" in text
+    assert "| SD1.5 512 px | STG, nothing flagged, TAESD: <= 1.10x | 1.10x | met |" in text
+    assert "SDXL: no result (exit 3)" in ctx.notes
+    assert "the whole benchmark took 15 min" in ctx.notes   # 600 s + 300 s
+
+
+def test_a_ratio_is_against_the_plain_steps_measured_right_before_its_variant():
+    """The machine's speed drifts within a run: a variant's ratio uses the plain steps next to it where there are."""
+    slow = dict(row("STG, nothing flagged, TAESD", 22.0, 2.5), plain_near=20.0)   # the machine at half speed
+    data = found([row("plain KSampler", 10.0, 2.0), slow], parts={"TAESD decode": 1.0, "NudeNet score": 0.5})
+    assert {r[2]: r for r in rows_of(data)}["STG, nothing flagged, TAESD"][4] == "1.10x"     # 22 / 20, not 22 / 10
+    target = by_target(target_rows(data))["STG, nothing flagged, TAESD"]
+    assert target[2:4] == ["1.10x", "met"] and "the plain step (20.0 s)" in target[4]
+
+
+def test_the_flagged_and_training_targets_are_sd15s_and_a_near_miss_shows_its_size():
+    rows = [row("plain KSampler", 10.0, 2.0), row("Dual latent, tau_gc 0.5 (f 0.5)", 13.03, 2.0),
+            row("STG, every image flagged, TAESD, checkpointing", 40.0, 1.0),
+            row("Train Steering Vector, embedding_direction", 30.0, 0.5, unit="iteration")]
+    sdxl = dict(found(rows), model="sdxl")
+    got = by_target(target_rows(sdxl))
+    assert set(got) == {"Dual latent, tau_gc 0.5 (f 0.5)", "STG, every image flagged, TAESD, checkpointing"}
+    assert got["STG, every image flagged, TAESD, checkpointing"][1].endswith("peak <= 8 GiB (an 8 GB card)")
+    assert got["Dual latent, tau_gc 0.5 (f 0.5)"][3] == "missed by 0.003x"    # 1.303 > 1.30
+    assert len(target_rows(dict(found(rows), model="sd15"))) == 4
