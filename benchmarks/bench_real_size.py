@@ -122,6 +122,12 @@ def _status(name: str) -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith(name + ":"))
 
 
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work, so a wall-clock reading covers it (nothing to wait for on a CPU)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
 def resident(device: str) -> int:
     return torch.cuda.memory_allocated() if device == "cuda" else _status("VmRSS")
 
@@ -137,8 +143,7 @@ def measured(fn: Callable[[], object], device: str) -> tuple[float, int, object]
             f.write("5")  # the resident set's high-water mark (VmHWM) starts again from the current resident set
     start = time.perf_counter()
     result = fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     wall = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else _status("VmHWM")
     return wall, max(0, peak - before), result
@@ -163,12 +168,10 @@ class EvaluationTimer:
         inner = guider.predict_noise
 
         def timed(*args, **kwargs):
-            if device == "cuda":
-                torch.cuda.synchronize()
+            synchronize(device)
             start = time.perf_counter()
             out = inner(*args, **kwargs)
-            if device == "cuda":
-                torch.cuda.synchronize()
+            synchronize(device)
             self.seconds.append(time.perf_counter() - start)
             return out
 
@@ -397,8 +400,7 @@ def parts(m: Models) -> dict[str, float]:
             for _ in range(2):
                 start = time.perf_counter()
                 fn()
-                if m.device == "cuda":
-                    torch.cuda.synchronize()
+                synchronize(m.device)
                 times.append(time.perf_counter() - start)
             found[name] = min(times)
             print(f"  part {m.spec.label} {name}: {found[name]:.2f} s", flush=True)
@@ -601,9 +603,10 @@ def target_rows(found: dict) -> list[list]:
         plain = plain_step(block, r)
         ratio = r["per_unit"] / plain
         if "nothing flagged" in variant:
-            decode = parts.get("TAESD decode" if variant.endswith(("TAESD", "screen")) else "VAE decode", 0.0)
+            scored_by = "TAESD" if "TAESD" in variant else "VAE"   # the decoder (or screen) every image is scored with
+            decode = parts.get(f"{scored_by} decode", 0.0)
             score = parts.get("NudeNet score", 0.0)
-            goes = (f"the plain step ({plain:.1f} s) + one {'TAESD' if 'TAESD' in variant else 'VAE'} decode "
+            goes = (f"the plain step ({plain:.1f} s) + one {scored_by} decode "
                     f"({decode:.1f} s) + one NudeNet score ({score:.1f} s) per image: {plain + decode + score:.1f} s")
         elif "every image flagged" in variant:
             goes = (f"the gradient pass: the conditional UNet forward with its graph and its backward, the decoder's "
