@@ -108,3 +108,18 @@ def test_the_flagged_and_training_targets_are_sd15s_and_a_near_miss_shows_its_si
     assert got["STG, every image flagged, TAESD, checkpointing"][1].endswith("peak <= 8 GiB (an 8 GB card)")
     assert got["Dual latent, tau_gc 0.5 (f 0.5)"][3] == "missed by 0.003x"    # 1.303 > 1.30
     assert len(target_rows(dict(found(rows), model="sd15"))) == 4
+
+
+def test_an_unflagged_variant_skipped_for_time_is_estimated_from_its_parts_and_says_so():
+    """SDXL at 1024 px skips STG without a flag and with the VAE (one decode ~90 s here): its verdict is then the
+    plain step + one decode + one score, timed alone, and marked as an estimate; a variant that is merely missing
+    (not skipped) still gets none."""
+    data = dict(found([row("plain KSampler", 100.0, 1.0)], parts={"VAE decode": 90.0, "TAESD decode": 6.0,
+                                                                  "NudeNet score": 0.5}),
+                skip=["STG, nothing flagged, VAE"])
+    got = by_target(target_rows(data))
+    vae = got["STG, nothing flagged, VAE"]
+    assert vae[2] == f"~{(100 + 90 + 0.5) / 100:.2f}x (from its parts; not run)"
+    assert vae[3] == f"estimated: missed by {1.905 - 1.3:.2f}x ({1.905 / 1.3:.2f}x the target)"
+    assert "VAE decode (90.0 s)" in vae[4] and "timed alone" in vae[4]
+    assert "STG, nothing flagged, TAESD" not in got
