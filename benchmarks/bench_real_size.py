@@ -3,6 +3,7 @@ and SDXL size.
 
     .venv/bin/python -m benchmarks.run real_size [--device cuda]                 # the table, into RESULTS.md
     .venv/bin/python -m benchmarks.bench_real_size --model sd15 [--only NAME ...] # one model, printed
+    .venv/bin/python -m benchmarks.bench_real_size --model sdxl --keep          # one model again, kept for --table
     .venv/bin/python -m benchmarks.bench_real_size --table                      # the section again, from the kept results
 
 Models: random-weight UNets of ComfyUI's own configs (devtools.tiny_models.comfy_table_config: SD1.5 860 M, SDXL
@@ -96,13 +97,13 @@ def specs(device: str) -> dict[str, ModelSpec]:
                                 "STG, every image flagged, VAE, checkpointing",
                                 "STG, every image flagged, TAESD, no checkpointing",
                                 "Train Steering Vector, codsma_cvector", "Train Steering Vector, respodiff_ram_sam"),
-                          why="an hour of this CPU: one SDXL step at 1024 px takes ~100 s here, one full VAE decode "
-                              "~90 s (so STG without a flag and with the VAE is given from its parts); the apply "
-                              "nodes and dual latent steer each UNet call as at SD1.5 size, and SD1.5's rows show the "
-                              "other STG and training variants",
+                          why="an hour of this CPU: one SDXL step at 1024 px takes 100-115 s here and one full VAE "
+                              "decode 90-105 s (so STG without a flag and with the VAE is given from its parts); the "
+                              "apply nodes and dual latent steer each UNet call as at SD1.5 size, and SD1.5's rows "
+                              "show the other STG and training variants",
                           note="one step per variant (STG with every image flagged: its first guided step, which "
                                "also decodes and scores the image without a graph before its gradient pass); Train "
-                               "Steering Vector at batch 1 (the memory beside the fp32 UNet's 9.6 GiB)"),
+                               "Steering Vector at batch 1"),
     }
 
 
@@ -497,6 +498,9 @@ def child(argv=None) -> int:
     parser.add_argument("--only", nargs="*", help="variants whose name contains one of these (and the plain sampler); "
                                                   "'calibration' for the calibration rows")
     parser.add_argument("--json", help="write the results here (after every variant)")
+    parser.add_argument("--keep", action="store_true",
+                        help="run --model as the whole benchmark runs it and keep its results for --table (the "
+                             "other model's kept results stay)")
     parser.add_argument("--size", type=int, default=0, help="another image size, to check the benchmark quickly")
     args = parser.parse_args(argv)
     if args.table:
@@ -509,6 +513,9 @@ def child(argv=None) -> int:
         return 0
     if args.model is None:
         parser.error("--model is required (or --table)")
+    if args.keep:
+        run_and_keep(args.model, args.device)
+        return 0
     from benchmarks.common import setup_comfy
 
     setup_comfy(args.device)
@@ -656,32 +663,55 @@ def target_rows(found: dict) -> list[list]:
     return out
 
 
+def plain_spread(found: dict) -> str | None:
+    """How far apart the plain steps of one model's run lie (the plain row's and each variant's neighbour): the
+    uncertainty of a ratio taken from one step."""
+    steps = []
+    for block in found["precisions"].values():
+        for r in block["rows"]:
+            if r["variant"] == "plain KSampler":
+                steps += r["evaluations"]
+            elif r.get("plain_near"):
+                steps.append(r["plain_near"])
+    if len(steps) < 2:
+        return None
+    lo, hi = min(steps), max(steps)
+    return (f"{found['label']}: its {len(steps)} plain steps took {lo:.1f}-{hi:.1f} s, so a ratio of one step is "
+            f"uncertain by about +-{100 * (hi - lo) / (hi + lo):.0f} % on this machine")
+
+
 def kept_path(key: str, device: str) -> str:
     """Where a model's results of the last run are kept (git-ignored), for ``--table``."""
     return os.path.join(comfy_env.REPO, ".cache", "bench_real_size", f"{key}-{device}.json")
 
 
+def run_and_keep(key: str, device: str) -> None:
+    """One model in a process of its own, its results kept (kept_path) with the process's time and exit status."""
+    spec = specs(device)[key]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, f"{key}.json")
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "benchmarks.bench_real_size", "--model", key, "--device",
+                               device, "--json", path])
+        found = {"label": spec.label, "precisions": {}}
+        if os.path.exists(path):
+            with open(path) as f:
+                found = json.load(f)
+    found.update(elapsed_s=time.perf_counter() - start, exit=done.returncode, date=time.strftime("%Y-%m-%d"))
+    os.makedirs(os.path.dirname(kept_path(key, device)), exist_ok=True)
+    pure.module("steering.files").write_atomically(kept_path(key, device), json.dumps(found).encode())
+
+
 def run(ctx: BenchContext) -> str:
-    """Each model in a process of its own; its results are kept (kept_path) and the section is rendered from them."""
-    for key, spec in specs(ctx.device).items():
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, f"{key}.json")
-            start = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "benchmarks.bench_real_size", "--model", key, "--device",
-                                   ctx.device, "--json", path])
-            found = {"label": spec.label, "precisions": {}}
-            if os.path.exists(path):
-                with open(path) as f:
-                    found = json.load(f)
-        found.update(elapsed_s=time.perf_counter() - start, exit=done.returncode, date=time.strftime("%Y-%m-%d"))
-        os.makedirs(os.path.dirname(kept_path(key, ctx.device)), exist_ok=True)
-        pure.module("steering.files").write_atomically(kept_path(key, ctx.device), json.dumps(found).encode())
+    """Each model in a process of its own; its results are kept and the section is rendered from them."""
+    for key in specs(ctx.device):
+        run_and_keep(key, ctx.device)
     return render(ctx)
 
 
 def render(ctx: BenchContext) -> str:
     """The section's body from the kept results of the last run on ctx.device; notes go into ctx.notes."""
-    rows, calib, notes, targets, elapsed = [], [], [], [], 0.0
+    rows, calib, notes, targets, elapsed, per_model = [], [], [], [], 0.0, []
     for key, spec in specs(ctx.device).items():
         if not os.path.exists(kept_path(key, ctx.device)):
             notes.append(f"{spec.label}: not run")
@@ -689,23 +719,28 @@ def render(ctx: BenchContext) -> str:
         with open(kept_path(key, ctx.device)) as f:
             found = json.load(f)
         elapsed += found.get("elapsed_s", 0.0)
+        per_model.append(f"{spec.label} {found.get('elapsed_s', 0.0) / 60:.0f} min, {found.get('date', '?')}")
         if not found["precisions"]:
             notes.append(f"{spec.label}: no result (exit {found.get('exit')})")
             continue
         if found.get("exit"):
             notes.append(f"{spec.label}: the run stopped early (exit {found['exit']}); the rows before it")
         rows += rows_of(found)
+        spread = plain_spread(found)
         calib += calibration_rows(found)
         targets += target_rows(found)
         resident_gib = {p: b["resident"] / GIB for p, b in found["precisions"].items()}
         notes.append(f"{spec.label}: {spec.note or 'reference size and batch'}; resident before the runs "
                      + ", ".join(f"{p} {v:.1f} GiB" for p, v in resident_gib.items())
                      + (f"; not run: {', '.join(spec.skip)}: {spec.why}" if spec.skip else ""))
+        if spread:
+            notes.append(spread)
     ctx.notes.extend(notes)
     if ctx.device == "cpu":
         ctx.notes.append(f"each model's process stops at a resident set of {RSS_CAP / GIB:.0f} GiB "
                          "(RS_BENCH_RSS_CAP_GIB; a variant stopped there is missing from the table)")
-    ctx.notes.append(f"the whole benchmark took {elapsed / 60:.0f} min")
+    ctx.notes.append(f"the whole benchmark took {elapsed / 60:.0f} min ({'; '.join(per_model)}: each model's process "
+                     "as the whole benchmark runs it)")
     text = table(["model", "precision", "variant", "time", "vs plain", "peak GiB over resident", "note"], rows)
     if targets:
         text += ("\n\nTargets (fp32 here; ratios of the same run; on a GPU peak = activations + fp16 weights):\n\n"

@@ -76,17 +76,23 @@ def test_the_section_is_rendered_from_the_kept_results_of_each_model(tmp_path, m
     from benchmarks.common import BenchContext
 
     monkeypatch.setattr(bench_real_size, "kept_path", lambda key, device: str(tmp_path / f"{key}-{device}.json"))
-    sd15 = found([row("plain KSampler", 10.0, 2.0), row("STG, nothing flagged, TAESD", 11.0, 2.5)])
-    sd15.update(elapsed_s=600.0, exit=0)
+    sd15 = found([dict(row("plain KSampler", 10.0, 2.0), evaluations=[10.5, 9.5]),
+                  row("STG, nothing flagged, TAESD", 11.0, 2.5)])
+    sd15.update(elapsed_s=600.0, exit=0, date="2026-12-07")
     (tmp_path / "sd15-cpu.json").write_text(json.dumps(sd15))
-    sdxl = {"label": "SDXL", "precisions": {}, "elapsed_s": 300.0, "exit": 3}   # stopped before its first row
+    sdxl = {"label": "SDXL", "precisions": {}, "elapsed_s": 300.0, "exit": 3, "date": "2026-12-08"}   # stopped early
     (tmp_path / "sdxl-cpu.json").write_text(json.dumps(sdxl))
     ctx = BenchContext("cpu", False, 1)
     text = bench_real_size.render(ctx)
     assert "| SD1.5 512 px | fp32 | STG, nothing flagged, TAESD | 11.0 s/step | 1.10x | 2.50 |" in text
     assert "| SD1.5 512 px | STG, nothing flagged, TAESD: <= 1.10x | 1.10x | met |" in text
     assert "SDXL: no result (exit 3)" in ctx.notes
-    assert "the whole benchmark took 15 min" in ctx.notes   # 600 s + 300 s
+    # the plain steps' spread: (10.5 - 9.5) / (10.5 + 9.5) = 5 %
+    assert "SD1.5: its 2 plain steps took 9.5-10.5 s, so a ratio of one step is uncertain by about +-5 % on this " \
+           "machine" in ctx.notes
+    # 600 s + 300 s; each model's own time and date (one model can be run again alone: --keep)
+    assert any(n.startswith("the whole benchmark took 15 min (SD1.5 10 min, 2026-12-07; SDXL 5 min, 2026-12-08")
+               for n in ctx.notes)
 
 
 def test_a_ratio_is_against_the_plain_steps_measured_right_before_its_variant():
