@@ -97,7 +97,7 @@ def specs(device: str) -> dict[str, ModelSpec]:
                                 "STG, every image flagged, VAE, checkpointing",
                                 "STG, every image flagged, TAESD, no checkpointing",
                                 "Train Steering Vector, codsma_cvector", "Train Steering Vector, respodiff_ram_sam"),
-                          why="an hour of this CPU: one SDXL step at 1024 px takes 100-115 s here and one full VAE "
+                          why="an hour of this CPU: one SDXL step at 1024 px takes 95-115 s here and one full VAE "
                               "decode 90-105 s (so STG without a flag and with the VAE is given from its parts); the "
                               "apply nodes and dual latent steer each UNet call as at SD1.5 size, and SD1.5's rows "
                               "show the other STG and training variants",

@@ -26,7 +26,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "RESULTS.md")
 HEADER = ("# Benchmark results\n\nWritten by `make bench` (benchmarks/run.py). Ratios are medians of per-round "
           "ratios of variants run side by side in one process. CPU figures come from the tiny generated "
-          "checkpoint; GPU figures (when a GPU was lent) from random-weight models of real SD1.5 size.\n")
+          "checkpoint, except the real-size section (random-weight SD1.5 and SDXL models, one run per variant); GPU "
+          "figures (when a GPU was lent) from random-weight models of real SD1.5 size.\n")
 
 
 def bench_names() -> list[str]:
