@@ -597,6 +597,12 @@ def _verdict(value: float, limit: float, unit: str) -> str:
     return f"missed by {by:.2f}{unit} ({value / limit:.2f}x the target)" if by >= 0.01 else f"missed by {by:.3f}{unit}"
 
 
+def _unflagged_cost(plain: float, decoder: str, decode: float, score: float) -> str:
+    """What STG adds to a plain step for an image it does not guide, spelled out."""
+    return (f"the plain step ({plain:.1f} s) + one {decoder} decode ({decode:.1f} s) + one NudeNet score "
+            f"({score:.1f} s) per image")
+
+
 def target_rows(found: dict) -> list[list]:
     """[target, measured, verdict, where it goes] for one model's fp32 block: the issue's ratio targets, STG's peak
     on an 8 GB card and training's at its reference batch, each with what the time or memory goes to."""
@@ -619,8 +625,7 @@ def target_rows(found: dict) -> list[list]:
             estimate = (plain + decode + score) / plain
             out.append([label, f"{variant}: <= {limit:.2f}x", f"~{estimate:.2f}x (from its parts; not run)",
                         "estimated: " + _verdict(estimate, limit, "x"),
-                        f"the plain step ({plain:.1f} s) + one {scored_by} decode ({decode:.1f} s) + one NudeNet "
-                        f"score ({score:.1f} s) per image, each timed alone"])
+                        _unflagged_cost(plain, scored_by, decode, score) + ", each timed alone"])
             continue
         if r is None or ("every image flagged" in variant and not sd15):
             continue
@@ -628,8 +633,7 @@ def target_rows(found: dict) -> list[list]:
         ratio = r["per_unit"] / plain
         if "nothing flagged" in variant:
             decode, score = decode or 0.0, score or 0.0
-            goes = (f"the plain step ({plain:.1f} s) + one {scored_by} decode "
-                    f"({decode:.1f} s) + one NudeNet score ({score:.1f} s) per image: {plain + decode + score:.1f} s")
+            goes = _unflagged_cost(plain, scored_by, decode, score) + f": {plain + decode + score:.1f} s"
         elif "every image flagged" in variant:
             goes = (f"the gradient pass: the conditional UNet forward with its graph and its backward, the decoder's "
                     f"forward and backward, on top of the plain step ({plain:.1f} s)")
@@ -726,14 +730,13 @@ def render(ctx: BenchContext) -> str:
         if found.get("exit"):
             notes.append(f"{spec.label}: the run stopped early (exit {found['exit']}); the rows before it")
         rows += rows_of(found)
-        spread = plain_spread(found)
         calib += calibration_rows(found)
         targets += target_rows(found)
         resident_gib = {p: b["resident"] / GIB for p, b in found["precisions"].items()}
         notes.append(f"{spec.label}: {spec.note or 'reference size and batch'}; resident before the runs "
                      + ", ".join(f"{p} {v:.1f} GiB" for p, v in resident_gib.items())
                      + (f"; not run: {', '.join(spec.skip)}: {spec.why}" if spec.skip else ""))
-        if spread:
+        if spread := plain_spread(found):
             notes.append(spread)
     ctx.notes.extend(notes)
     if ctx.device == "cpu":
