@@ -1,6 +1,6 @@
 """ToyWorld-SD as ComfyUI's own types, built as ToyWorld's (toyworld/comfy_objects.py): MODEL (a ModelPatcher
-around ComfyUI's BaseModel + UNetModel), CLIP (a real ``comfy.sd.CLIP`` over ToyWorld-SD's causal text encoder,
-knowing its 29 words) and VAE (the same exact pixel shuffle as ToyWorld's: both draw 32 x 32)."""
+around ComfyUI's BaseModel + UNetModel), CLIP (a real ``comfy.sd.CLIP`` over ToyWorld-SD's text encoder (per-token
+embeddings, knowing its 29 words)) and VAE (the same exact pixel shuffle as ToyWorld's: both draw 32 x 32)."""
 from __future__ import annotations
 
 from ..toyworld import comfy_objects as toyworld_objects
@@ -17,7 +17,7 @@ class ToyWorldSDTokenizer(toyworld_objects.ToyWorldTokenizer):
 
 
 class ToyWorldSDTextModel(toyworld_objects.ToyWorldTextModel):
-    """ComfyUI's cond_stage_model protocol over ToyWorld-SD's causal text encoder."""
+    """ComfyUI's cond_stage_model protocol over ToyWorld-SD's text encoder."""
 
     encoder_class = M.TextEncoder
 
