@@ -128,12 +128,15 @@ class PixelDecoder:
 
 
 class TextEncoder(torch.nn.Module):
-    """Token ids [B, 10] -> conditioning [B, 10, 768] (learned token + position embeddings)."""
+    """Token ids [B, 10] -> conditioning [B, 10, 768] (learned token + position embeddings, layer-normed). `world`
+    gives the vocabulary and the prompt length, so another demo world's encoder is this class with its world."""
+
+    world = world
 
     def __init__(self):
         super().__init__()
-        self.token_embedding = torch.nn.Embedding(len(world.VOCAB), CONTEXT_DIM)
-        self.position_embedding = torch.nn.Parameter(torch.zeros(world.MAX_TOKENS, CONTEXT_DIM))
+        self.token_embedding = torch.nn.Embedding(len(self.world.VOCAB), CONTEXT_DIM)
+        self.position_embedding = torch.nn.Parameter(torch.zeros(self.world.MAX_TOKENS, CONTEXT_DIM))
         self.norm = torch.nn.LayerNorm(CONTEXT_DIM)
         torch.nn.init.normal_(self.token_embedding.weight, std=1.0)
         torch.nn.init.normal_(self.position_embedding, std=0.1)

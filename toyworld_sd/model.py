@@ -105,20 +105,11 @@ def register_architecture() -> str:
     return ARCH_NAME
 
 
-class TextEncoder(torch.nn.Module):
-    """Token ids [B, 16] -> conditioning [B, 16, 768]: token + position embedding (width 768), layer-normed --
-    ToyWorld's text encoder with ToyWorld-SD's vocabulary and prompt length."""
+class TextEncoder(toyworld_model.TextEncoder):
+    """Token ids [B, 16] -> conditioning [B, 16, 768]: ToyWorld's text encoder with ToyWorld-SD's vocabulary and
+    prompt length."""
 
-    def __init__(self):
-        super().__init__()
-        self.token_embedding = torch.nn.Embedding(len(world.VOCAB), CONTEXT_DIM)
-        self.position_embedding = torch.nn.Parameter(torch.zeros(world.MAX_TOKENS, CONTEXT_DIM))
-        self.norm = torch.nn.LayerNorm(CONTEXT_DIM)
-        torch.nn.init.normal_(self.token_embedding.weight, std=1.0)
-        torch.nn.init.normal_(self.position_embedding, std=0.1)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.token_embedding(tokens) + self.position_embedding)
+    world = world
 
 
 def build_base_model(device="cpu"):

@@ -577,7 +577,8 @@ class Efficacy:
                 f"latent with {', '.join(str(M.UNET_CONFIG['model_channels'] * m) for m in M.CHANNEL_MULT)} channels, "
                 "self- and cross-attention at the upper three levels and in the middle block (as SD1.5), bottleneck "
                 f"(h-space) {list(M.BOTTLENECK_SHAPE)} = 1/{M.DOWNSAMPLING} of the latent side (SD1.5: 1280 x 8 x 8 of "
-                f"64 x 64); conditioning [{self.world.MAX_TOKENS}, {M.CONTEXT_DIM}] from per-token embeddings (ToyWorld's text encoder); "
+                f"64 x 64); conditioning [{self.world.MAX_TOKENS}, {M.CONTEXT_DIM}] from per-token embeddings "
+                "(ToyWorld's text encoder); "
                 f"{len(self.world.VOCAB)} tokens. ")
 
     def markdown(self) -> str:

@@ -44,6 +44,12 @@ def save(path: str, unet, text, metadata: dict, dtype: torch.dtype = torch.float
         save_file(state, tmp, metadata={k: str(v) for k, v in metadata.items()})
 
 
+def v_prediction_pair(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the UNet's input, its v-prediction target) for clean latents `x0` noised by `noise` at `sigma`, scaled as
+    ComfyUI's V_PREDICTION model sampling expects."""
+    return (x0 + sigma * noise) / torch.sqrt(sigma * sigma + 1), (noise - sigma * x0) / torch.sqrt(sigma * sigma + 1)
+
+
 def train(steps: int, seed: int, out: str, batch: int = 32, lr: float = 1e-3, ema_decay: float = 0.999,
           log_every: int = 100, checkpoint_every: int = 250, stop_after: int | None = None, threads: int = 1,
           keep_snapshots: bool = False, world_package: str = "toyworld") -> None:
@@ -102,9 +108,8 @@ def train(steps: int, seed: int, out: str, batch: int = 32, lr: float = 1e-3, em
         t = torch.randint(0, len(sigmas), (batch,))
         sigma = sigmas[t].view(-1, 1, 1, 1)
         noise = torch.randn_like(x0)
-        x_in = (x0 + sigma * noise) / torch.sqrt(sigma * sigma + 1)
+        x_in, target = v_prediction_pair(x0, noise, sigma)
         pred = unet(x_in, t.float(), context=text(tokens))
-        target = (noise - sigma * x0) / torch.sqrt(sigma * sigma + 1)
         loss = torch.nn.functional.mse_loss(pred, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -17,10 +17,11 @@ import random
 import torch
 
 from benchmarks.toyworld import pack_toyworld
+from benchmarks.toyworld.efficacy import PROFILES
+from benchmarks.toyworld.train import v_prediction_pair
 from devtools import comfy_env
 
 TIMESTEPS = (250, 500, 700, 850)  # of ComfyUI's 1000 discrete steps; larger is noisier
-MODEL_CLASSES = {"toyworld": "ToyWorld", "toyworld_sd": "ToyWorldSD"}
 VALUES = {"shape": "SHAPES", "colour": "COLOURS", "size": "SIZES", "background": "BACKGROUNDS"}
 
 
@@ -48,16 +49,14 @@ def word_use(package: str, weights: list[str], attribute: str = "shape", n: int 
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(noise_seed))
     gaps = {}
     for path in weights:
-        model = getattr(M, MODEL_CLASSES[package])(path)
+        model = PROFILES[package].load(path)
         base = model.model.model
         unet, sigmas = base.diffusion_model, base.model_sampling.sigmas
         gaps[path] = {}
         with torch.no_grad():
             context_right, context_wrong = model.text_encoder(right), model.text_encoder(wrong)
             for t in TIMESTEPS:
-                sigma = sigmas[t]
-                x_in = (x0 + sigma * noise) / torch.sqrt(sigma * sigma + 1)
-                target = (noise - sigma * x0) / torch.sqrt(sigma * sigma + 1)
+                x_in, target = v_prediction_pair(x0, noise, sigmas[t])
                 steps = torch.full((n,), float(t))
                 loss_right = float((unet(x_in, steps, context=context_right) - target).square().mean())
                 loss_wrong = float((unet(x_in, steps, context=context_wrong) - target).square().mean())
@@ -67,7 +66,7 @@ def word_use(package: str, weights: list[str], attribute: str = "shape", n: int 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--world", choices=sorted(MODEL_CLASSES), default="toyworld_sd")
+    parser.add_argument("--world", choices=sorted(PROFILES), default="toyworld_sd")
     parser.add_argument("--attribute", choices=sorted(VALUES), default="shape")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("weights", nargs="+")
