@@ -12,6 +12,12 @@ vector is) can do, from the best to the most constrained: B's bottleneck minus A
 the images of each step (one offset per step, the same for every image), then that difference
 averaged over the steps too, added by the pack's own h-space patch at strength 1 (one offset for
 every step and image: the best constant vector these trajectories suggest, not a learned one).
+
+With ``--bottleneck-use``, another table (instead of the swaps) asks whether the decoder reads the
+bottleneck at all, and how much each decoder level passes up: the same prompts sampled with the
+bottleneck scaled (0: removed, 2: doubled), or with a later output block's main input removed, at
+every step and in both CFG branches, against plain samples on the same seeds (the share of images
+whose reading changes, and the mean absolute pixel change on the [0, 1] scale).
 """
 from __future__ import annotations
 
@@ -44,6 +50,12 @@ PAIRS = {
         ("size", "a small pink shape", "a large pink shape", "large"),
     ],
 }
+# prompts of the --bottleneck-use table (seeds 100, 101, ...)
+USE_PROMPTS = {
+    "toyworld": ["a shape", "a blue circle", "a red square", "a green shape on a light background"],
+    "toyworld_sd": ["a shape", "a large blue circle", "a red square", "a small green shape on a light background"],
+}
+USE_SCALES = (0.0, 2.0)
 SWAPS = {"none": "nothing from B", "bottleneck": "B's bottleneck", "bottleneck_and_skips": "B's bottleneck + skips",
          "decoder_context": "B's prompt in the decoder only", "everything": "all from B (control)"}
 OFFSET_SWAPS = {"step_mean_offset": "B - A bottleneck, image mean per step",
@@ -166,12 +178,48 @@ def constant_offset_model(tw, offset: torch.Tensor):
     return pack.module("steering.hspace").patch_model_with_offsets(tw.model, offset[None], 1.0, 0.0, 1.0)
 
 
+def scaled_input_model(model, block: tuple, scale: float, sides: list):
+    """A clone of `model` whose output block `block` gets its main input (the bottleneck for the first output
+    block, else what the block below passes up) multiplied by `scale` at every step, in every row; the input's
+    side is appended to `sides`."""
+    def patch(h, hsp, transformer_options):
+        if tuple(transformer_options["block"]) == tuple(block):
+            sides.append(h.shape[-1])
+            h = h * scale
+        return h, hsp
+
+    patched_model = model.clone()
+    patched_model.set_model_output_block_patch(patch)
+    return patched_model
+
+
+def input_use(tw, world, prompts: list[str], block: tuple, scale: float, images: int, steps: int,
+              cfg: float) -> tuple[dict[str, float], float, int]:
+    """({attribute: share of images whose reading changes}, mean |pixel change|, the input's side) when output
+    block `block`'s main input is scaled by `scale`, against plain samples (prompt i on seed 100 + i)."""
+    sides: list[int] = []
+    model = scaled_input_model(tw.model, block, scale, sides)
+    changed = {k: [] for k in world.ATTRIBUTES}
+    pixel_change = []
+    for i, prompt in enumerate(prompts):
+        with torch.inference_mode():
+            plain = tw.sample(prompt, seed=100 + i, batch=images, steps=steps, cfg=cfg)
+            scaled = tw.sample(prompt, seed=100 + i, batch=images, steps=steps, cfg=cfg, model=model)
+        pixel_change.append(float((plain - scaled).abs().mean()))
+        for a, b in zip(world.classify(plain), world.classify(scaled)):
+            for k in world.ATTRIBUTES:
+                changed[k].append(getattr(a, k) != getattr(b, k))
+    return {k: sum(v) / len(v) for k, v in changed.items()}, sum(pixel_change) / len(pixel_change), sides[0]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=16, help="images per prompt pair and swap")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--world", choices=sorted(PAIRS), default="toyworld", help="which demo world")
     parser.add_argument("--offsets", action="store_true", help="also the constant-offset columns (see above)")
+    parser.add_argument("--bottleneck-use", action="store_true",
+                        help="instead, the table of samples with the bottleneck scaled (see above)")
     args = parser.parse_args(argv)
     from benchmarks.common import setup_comfy
 
@@ -182,6 +230,26 @@ def main(argv=None) -> int:
     profile = E.PROFILES[args.world]
     world = profile.module("world")
     tw = profile.load()
+    if args.bottleneck_use:
+        from devtools import pack
+
+        first = pack.module("steering.comfy_compat").FIRST_OUTPUT_BLOCK
+        blocks = len(tw.model.model.diffusion_model.output_blocks)
+        rows = [(first, scale) for scale in USE_SCALES] + [(("output", i), 0.0) for i in range(1, blocks)]
+        print(f"{profile.label}: one decoder input scaled at every step, both CFG rows (prompts "
+              f"{', '.join(USE_PROMPTS[args.world])}; seeds 100+, {args.images // 2} images each): share of images "
+              "whose reading changes, mean |pixel change| (0-1 scale). The first rows scale the bottleneck; the "
+              "others remove the main input of a later output block (what the blocks below it pass up; its "
+              "skip connection stays).\n")
+        print("| input | side | scale | " + " | ".join(world.ATTRIBUTES) + " | mean pixel change |")
+        print("|---|---|---|" + "---|" * (len(world.ATTRIBUTES) + 1))
+        for block, scale in rows:
+            changed, pixels, side = input_use(tw, world, USE_PROMPTS[args.world], block, scale, args.images // 2,
+                                              E.STEPS, E.CFG)
+            name = "bottleneck" if tuple(block) == tuple(first) else f"output block {block[1]}"
+            print(f"| {name} | {side} | x {scale:g} | " + " | ".join(f"{changed[k]:.2f}" for k in world.ATTRIBUTES)
+                  + f" | {pixels:.4f} |", flush=True)
+        return 0
     columns = {**SWAPS, **(OFFSET_SWAPS if args.offsets else {})}
     print(f"{profile.label}. Sampling: euler / normal, {E.STEPS} steps, CFG {E.CFG}, seed {args.seed}, {args.images} "
           "images per cell. Cells: share of images that take prompt B's value.\n")

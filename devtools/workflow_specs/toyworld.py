@@ -12,14 +12,11 @@ VECTORS = "toyworld/"
 
 
 class ToyScene:
-    """The nodes every ToyWorld workflow shares: the loader, the empty negative prompt, a latent (`loader`: the
-    demo model's loader node; `folder`: where its grids are saved, under output/responsible-steering/)."""
-
-    loader, folder = "RSLoadToyWorld", "toyworld"
+    """The nodes every ToyWorld workflow shares: the loader, the empty negative prompt, a latent."""
 
     def __init__(self, w: WorkflowBuilder, batch: int = BATCH):
         self.w = w
-        self.toy = w.node(self.loader)
+        self.toy = w.node("RSLoadToyWorld")
         self.model, self.clip, self.vae = self.toy.out("MODEL"), self.toy.out("CLIP"), self.toy.out("VAE")
         self.negative = self.encode("")
         self.latent = w.node("RSToyWorldEmptyLatent", batch_size=batch).out(0)
@@ -43,7 +40,7 @@ class ToyScene:
     def save_grid(self, before, after, title: str, prefix: str, after_label: str = "after"):
         grid = self.w.node("RSBeforeAfterGrid", before=before, after=after, caption=title, before_label="before",
                            after_label=after_label, cell_size=96)
-        self.w.node("SaveImage", images=grid.out(0), filename_prefix=f"responsible-steering/{self.folder}/{prefix}")
+        self.w.node("SaveImage", images=grid.out(0), filename_prefix=f"responsible-steering/toyworld/{prefix}")
 
 
 def embedding_direction(w: WorkflowBuilder):
