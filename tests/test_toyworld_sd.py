@@ -207,9 +207,17 @@ def bottleneck_scaled(comfy, model, scale: float):
 
 
 def test_toyworld_sds_decoder_does_not_read_its_bottleneck(comfy, tw, vectors):
-    """What EFFICACY_TOYWORLD_SD.md's h-space finding rests on, for the committed weights: with the bottleneck
-    removed (x 0) at every step the images stay as they were, and the learned anti-red c-vector at 5x leaves red
-    circles red; ToyWorld's decoder, for contrast, does read its bottleneck (its images change)."""
+    """What EFFICACY_TOYWORLD_SD.md's h-space finding rests on, for the committed weights: "a shape on a light
+    background"'s bottleneck does not make "a shape" light, its bottleneck and skips do (activation_patching.py);
+    with the bottleneck removed (x 0) at every step the images stay as they were, and the learned anti-red
+    c-vector at 5x leaves red circles red; ToyWorld's decoder, for contrast, does read its bottleneck."""
+    from benchmarks.toyworld.activation_patching import swapped_model
+
+    def light_share(swap):
+        model = swapped_model(tw.model, tw.embed(["a shape on a light background"]), swap)
+        return sum(r.background == "light" for r in world.classify(sample(tw, "a shape", 7, model=model))) / 8
+
+    assert light_share("bottleneck") <= 0.25 and light_share("bottleneck_and_skips") >= 0.75
     plain = sample(tw, "a red circle", 3)
     without = sample(tw, "a red circle", 3, model=bottleneck_scaled(comfy, tw.model, 0.0))
     assert float((plain - without).abs().mean()) < 0.01
