@@ -96,13 +96,13 @@ def dit_profile(prompt: dict, model: str, size: int = 64, max_steps: int = QUICK
     return prompt
 
 
-SHIPPED_VECTOR_PREFIX = "toyworld/"  # the pack's own vectors (its read-only steering_vectors folder)
+SHIPPED_VECTOR_PREFIXES = ("toyworld/", "toyworld_sd/")  # the demo models' vectors (read-only folders of the pack)
 
 
 def vector_files_needed(prompt: dict) -> set[str]:
     """Vector files a prompt loads that must be put in models/steering_vectors (not the pack's own)."""
     return {n["inputs"]["vector_name"] for n in prompt.values() if n["class_type"] == "RSLoadVector"
-            and not n["inputs"]["vector_name"].startswith(SHIPPED_VECTOR_PREFIX)}
+            and not n["inputs"]["vector_name"].startswith(SHIPPED_VECTOR_PREFIXES)}
 
 
 def provide_reference_vectors(names: set[str], vector_dir: str, reference_dir: str = REFERENCE_DIR) -> None:

@@ -3,9 +3,9 @@
 Every ``nodes/*_nodes.py`` module exposes ``NODES``, a list of its io.ComfyNode
 classes; they are collected here in file-name order, and every one gets the pack's
 input validation (nodes/validation.py: each input checked against its schema). The
-entry point registers the pack's model folders (nodes/paths.py) and its demo model's
-architecture and safety score (toyworld/) before any node module is imported, then reads the operator's policy
-(operator_policy/).
+entry point registers the pack's model folders (nodes/paths.py) and its demo models'
+architectures and safety score (toyworld/, toyworld_sd/) before any node module is imported, then reads the
+operator's policy (operator_policy/).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from comfy_api.v0_0_2 import ComfyExtension, io
 from ..operator_policy.install import install as install_policy
 from ..toyworld.judges import register_score_kinds as register_toyworld_scores
 from ..toyworld.model import register_architecture as register_toyworld
+from ..toyworld_sd.model import register_architecture as register_toyworld_sd
 from . import paths
 from .paths import register_model_folders
 from .validation import harden
@@ -40,5 +41,6 @@ async def comfy_entrypoint() -> ComfyExtension:
     register_model_folders()
     register_toyworld()
     register_toyworld_scores()
+    register_toyworld_sd()
     install_policy(paths)
     return ResponsibleSteeringExtension()

@@ -3,9 +3,10 @@
 * ``models/steering_vectors``: vector files (.safetensors) and reference files to import;
 * ``models/nudenet``: NudeNet ONNX detectors (320n.onnx also comes with the nudenet package);
 * ``models/safety_clip``: local CLIP model folders (Hugging Face layout, never downloaded);
-* the vectors learned on ToyWorld, the pack's demo model, shipped in ``toyworld/steering_vectors``:
-  a read-only steering_vectors folder listed after the user's, so its files appear as
-  ``toyworld/<name>.safetensors`` and new vectors are never written there.
+* the vectors learned on ToyWorld and ToyWorld-SD, the pack's demo models, shipped in
+  ``toyworld/steering_vectors`` and ``toyworld_sd/steering_vectors``: read-only steering_vectors folders
+  listed after the user's, so their files appear as ``toyworld/<name>.safetensors`` and
+  ``toyworld_sd/<name>.safetensors`` and new vectors are never written there.
 
 :func:`register_model_folders` adds them all; the pack's entry point calls it once. The
 maths (steering/) receives the paths found here.
@@ -20,6 +21,7 @@ from ..steering.safety.clip_scores import CLIPModelNotFound
 from ..steering.safety.nudenet import MODEL_FILE as NUDENET_MODEL_FILE
 from ..steering.safety.nudenet import NudeNetModelNotFound, package_model_path
 from ..toyworld.model import VECTOR_ROOT as TOYWORLD_VECTOR_ROOT
+from ..toyworld_sd.model import VECTOR_ROOT as TOYWORLD_SD_VECTOR_ROOT
 
 FOLDER = "steering_vectors"
 EXTENSIONS = {".safetensors"}
@@ -63,10 +65,11 @@ def register_model_folder(name: str, extensions: set[str], folder: str | None = 
 
 
 def register_model_folders() -> None:
-    """Add every model folder of the pack (:data:`MODEL_FOLDERS`), then ToyWorld's vectors (last, so
+    """Add every model folder of the pack (:data:`MODEL_FOLDERS`), then the demo models' vectors (last, so
     that the first folder, where vectors are saved, is the user's); the node dropdowns list them."""
     for name, extensions in MODEL_FOLDERS.items():
         register_model_folder(name, extensions)
+    register_model_folder(FOLDER, EXTENSIONS, TOYWORLD_SD_VECTOR_ROOT)
     register_model_folder(FOLDER, EXTENSIONS, TOYWORLD_VECTOR_ROOT)
 
 

@@ -28,21 +28,25 @@ TOKEN_KEY = "toyworld"
 
 
 class ToyWorldTokenizer:
-    """Text -> {"toyworld": [[(token id, weight), ...]]}: one chunk of ToyWorld's 10 tokens."""
+    """Text -> {"toyworld": [[(token id, weight), ...]]}: one chunk of ToyWorld's 10 tokens (`world`: the world
+    whose vocabulary it knows)."""
+
+    world = world
 
     def __init__(self, embedding_directory=None, tokenizer_data=None):
         pass
 
     def tokenize_with_weights(self, text: str, return_word_ids: bool = False, **kwargs) -> dict:
-        ids = world.tokenize(text)
+        ids = self.world.tokenize(text)
         if return_word_ids:  # BOS, EOS and padding belong to no word (0), words count from 1
-            words = [0] + [i + 1 for i in range(sum(1 for t in ids if t not in (world.BOS, world.EOS, world.PAD)))]
+            special = (self.world.BOS, self.world.EOS, self.world.PAD)
+            words = [0] + [i + 1 for i in range(sum(1 for t in ids if t not in special))]
             words += [0] * (len(ids) - len(words))
             return {TOKEN_KEY: [[(t, 1.0, w) for t, w in zip(ids, words)]]}
         return {TOKEN_KEY: [[(t, 1.0) for t in ids]]}
 
     def untokenize(self, token_weight_pair):
-        names = {v: k for k, v in world.VOCAB.items()}
+        names = {v: k for k, v in self.world.VOCAB.items()}
         return [(pair, names.get(pair[0], "?")) for pair in token_weight_pair]
 
     def state_dict(self) -> dict:
@@ -50,13 +54,14 @@ class ToyWorldTokenizer:
 
 
 class ToyWorldTextModel(torch.nn.Module):
-    """ComfyUI's cond_stage_model protocol over ToyWorld's TextEncoder."""
+    """ComfyUI's cond_stage_model protocol over ToyWorld's TextEncoder (`encoder_class`)."""
 
     disable_offload = True
+    encoder_class = M.TextEncoder
 
     def __init__(self, device=None, dtype=None, model_options=None):
         super().__init__()
-        self.encoder = M.TextEncoder()
+        self.encoder = self.encoder_class()
         self.dtypes = {torch.float32}
         self.execution_device = None
 
@@ -107,27 +112,29 @@ class ToyWorldVAE:
         return M.PixelDecoder()
 
 
-def make_clip(state: dict):
+def make_clip(state: dict, tokenizer: type = ToyWorldTokenizer, text_model: type = ToyWorldTextModel):
     """A comfy.sd.CLIP whose text model holds ToyWorld's text-encoder weights (`state`: its state dict)."""
     import comfy.sd
     import comfy.supported_models_base
 
-    clip = comfy.sd.CLIP(comfy.supported_models_base.ClipTarget(ToyWorldTokenizer, ToyWorldTextModel))
+    clip = comfy.sd.CLIP(comfy.supported_models_base.ClipTarget(tokenizer, text_model))
     clip.cond_stage_model.encoder.load_state_dict(state, strict=True)
     clip.cond_stage_model.encoder.eval().requires_grad_(False)
     return clip
 
 
-@functools.lru_cache(maxsize=2)
-def _load(path: str, mtime: float):
-    toy = M.ToyWorld(path)
-    return toy.model, make_clip(toy.text_encoder.state_dict()), ToyWorldVAE()
+@functools.lru_cache(maxsize=4)
+def _load(path: str, mtime: float, model_class: type, tokenizer: type, text_model: type):
+    toy = model_class(path)
+    return toy.model, make_clip(toy.text_encoder.state_dict(), tokenizer, text_model), ToyWorldVAE()
 
 
-def load(path: str = M.WEIGHTS):
-    """(MODEL, CLIP, VAE) of the ToyWorld weights at `path`, loaded once per file version. Callers clone
-    before patching, as with any checkpoint."""
+def load(path: str = M.WEIGHTS, model_class: type = M.ToyWorld, tokenizer: type = ToyWorldTokenizer,
+         text_model: type = ToyWorldTextModel):
+    """(MODEL, CLIP, VAE) of the weights at `path` (ToyWorld's, or another demo world's with its `model_class`,
+    `tokenizer` and `text_model`), loaded once per file version. Callers clone before patching, as with any
+    checkpoint."""
     if not os.path.isfile(path):
-        raise world.ToyWorldError(f"ToyWorld weights not found at {path}; they ship with the pack as "
-                                  "toyworld/toyworld.safetensors")
-    return _load(os.path.realpath(path), os.path.getmtime(path))
+        raise world.ToyWorldError(f"{model_class.label} weights not found at {path}; they ship with the pack as "
+                                  f"{os.path.relpath(model_class.weights, os.path.dirname(M.HERE))}")
+    return _load(os.path.realpath(path), os.path.getmtime(path), model_class, tokenizer, text_model)

@@ -128,12 +128,15 @@ class PixelDecoder:
 
 
 class TextEncoder(torch.nn.Module):
-    """Token ids [B, 10] -> conditioning [B, 10, 768] (learned token + position embeddings)."""
+    """Token ids [B, 10] -> conditioning [B, 10, 768] (learned token + position embeddings, layer-normed). `world`
+    gives the vocabulary and the prompt length, so another demo world's encoder is this class with its world."""
+
+    world = world
 
     def __init__(self):
         super().__init__()
-        self.token_embedding = torch.nn.Embedding(len(world.VOCAB), CONTEXT_DIM)
-        self.position_embedding = torch.nn.Parameter(torch.zeros(world.MAX_TOKENS, CONTEXT_DIM))
+        self.token_embedding = torch.nn.Embedding(len(self.world.VOCAB), CONTEXT_DIM)
+        self.position_embedding = torch.nn.Parameter(torch.zeros(self.world.MAX_TOKENS, CONTEXT_DIM))
         self.norm = torch.nn.LayerNorm(CONTEXT_DIM)
         torch.nn.init.normal_(self.token_embedding.weight, std=1.0)
         torch.nn.init.normal_(self.position_embedding, std=0.1)
@@ -164,24 +167,35 @@ def build_base_model(device="cpu"):
 
 
 class ToyWorld:
-    """The trained model as ComfyUI objects: ``model`` (MODEL), ``encode`` (CONDITIONING), ``decode``."""
+    """The trained model as ComfyUI objects: ``model`` (MODEL), ``encode`` (CONDITIONING), ``decode``.
 
-    def __init__(self, path: str = WEIGHTS, device: str = "cpu"):
+    The class attributes name its parts, so that another demo world (toyworld_sd) is this class with other parts."""
+
+    label = "ToyWorld"
+    world = world
+    weights = WEIGHTS
+    text_encoder_class = TextEncoder
+    build_base_model = staticmethod(build_base_model)
+    latent_shape = (LATENT_CHANNELS, LATENT_SIZE, LATENT_SIZE)
+
+    def __init__(self, path: str | None = None, device: str = "cpu"):
         import comfy.model_patcher
         import comfy.utils
 
+        path = path or self.weights
         if not os.path.isfile(path):
-            raise ToyWorldError(f"ToyWorld weights not found at {path}; they ship with the pack "
-                                "(toyworld/toyworld.safetensors), or run benchmarks/toyworld/train.py")
+            raise ToyWorldError(f"{self.label} weights not found at {path}; they ship with the pack "
+                                f"({os.path.relpath(self.weights, os.path.dirname(HERE))}), or run "
+                                "benchmarks/toyworld/train.py")
         state = comfy.utils.load_torch_file(path, safe_load=True)
         from safetensors import safe_open
 
         with safe_open(path, framework="pt") as f:
             self.metadata = dict(f.metadata() or {})
-        base = build_base_model()
+        base = self.build_base_model()
         unet_state = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
         base.diffusion_model.load_state_dict(unet_state, strict=True)
-        self.text_encoder = TextEncoder()
+        self.text_encoder = self.text_encoder_class()
         self.text_encoder.load_state_dict(
             {k[len("text."):]: v for k, v in state.items() if k.startswith("text.")}, strict=True)
         self.text_encoder.eval().requires_grad_(False)
@@ -189,12 +203,12 @@ class ToyWorld:
         self.model = comfy.model_patcher.ModelPatcher(base, load_device=dev, offload_device=torch.device("cpu"))
 
     def embed(self, prompts: list[str]) -> torch.Tensor:
-        tokens = torch.tensor([world.tokenize(p) for p in prompts])
+        tokens = torch.tensor([self.world.tokenize(p) for p in prompts])
         with torch.no_grad():
             return self.text_encoder(tokens)
 
     def encode(self, prompt: str) -> list:
-        """ComfyUI CONDITIONING for one prompt: [[tensor [1, 10, 768], {}]]."""
+        """ComfyUI CONDITIONING for one prompt: [[tensor [1, tokens, 768], {}]] (ToyWorld: 10 tokens)."""
         return [[self.embed([prompt]), {}]]
 
     decode = staticmethod(lambda latent: decode(latent))
@@ -205,7 +219,7 @@ class ToyWorld:
         """IMAGE batch sampled by ComfyUI (comfy.sample.sample) for one prompt and seed."""
         import comfy.sample
 
-        latent = torch.zeros(batch, LATENT_CHANNELS, LATENT_SIZE, LATENT_SIZE)
+        latent = torch.zeros(batch, *self.latent_shape)
         positive = positive if positive is not None else self.encode(prompt)
         negative = negative if negative is not None else self.encode("")
         noise = comfy.sample.prepare_noise(latent, seed)

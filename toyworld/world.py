@@ -130,7 +130,7 @@ def make_batch(n: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ----------------------------------------------------------------------------- classifiers
 
-def _as_bchw(images: torch.Tensor, layout: str) -> torch.Tensor:
+def as_nchw(images: torch.Tensor, layout: str) -> torch.Tensor:
     """A batch in the stated layout ("nhwc": ComfyUI IMAGE [B, H, W, 3]; "nchw": [B, 3, H, W]) as float NCHW.
     The layout is never guessed from the shape (a 3-pixel wide NCHW batch is not an IMAGE)."""
     if layout not in ("nhwc", "nchw"):
@@ -194,7 +194,7 @@ def classify_image(image: torch.Tensor) -> Reading:
 
 def classify(images: torch.Tensor, layout: str = "nhwc") -> list[Reading]:
     """Read a batch of images in [0, 1]: ComfyUI IMAGE [B, H, W, 3] (layout "nhwc") or [B, 3, H, W] ("nchw")."""
-    return [classify_image(im.clamp(0, 1)) for im in _as_bchw(images, layout)]
+    return [classify_image(im.clamp(0, 1)) for im in as_nchw(images, layout)]
 
 
 def prompt_attributes(prompt: str) -> dict[str, str]:

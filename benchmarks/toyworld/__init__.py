@@ -9,8 +9,9 @@ from __future__ import annotations
 from types import ModuleType
 
 
-def pack_toyworld(name: str) -> ModuleType:
-    """The pack's ``toyworld.<name>`` module (ComfyUI must be set up first: devtools.comfy_env.setup)."""
+def pack_toyworld(name: str, package: str = "toyworld") -> ModuleType:
+    """The pack's ``toyworld.<name>`` module, or another demo world's (`package`: "toyworld_sd") (ComfyUI must be
+    set up first: devtools.comfy_env.setup)."""
     from devtools import pack
 
-    return pack.module(f"toyworld.{name}")
+    return pack.module(f"{package}.{name}")

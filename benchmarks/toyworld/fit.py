@@ -36,13 +36,14 @@ class FitSpec:
         return f"{self.method} {self.direction.replace('_', ' ')} {target}; {len(self.neutral)} neutral prompts; {extra}"
 
 
-def train_vector(tw, pack, spec: FitSpec, *, steps: int, guidance: float, seed: int = 0):
-    """(SteeringVector, loss history, seconds) of one run of the pack's training loop on ToyWorld.
+def train_vector(tw, pack, spec: FitSpec, *, steps: int, guidance: float, seed: int = 0, model_module=None):
+    """(SteeringVector, loss history, seconds) of one run of the pack's training loop on ToyWorld (or on the
+    demo world whose model module is `model_module`, e.g. ToyWorld-SD's).
 
     `pack` imports pack modules by name (``pack("training.loop")``). Rollouts use ToyWorld's
     sampling schedule (`steps` steps of ComfyUI's "normal" scheduler) and CFG `guidance`."""
     loop = pack("training.loop")
-    M = pack_toyworld("model")
+    M = model_module or pack_toyworld("model")
     settings = {"iterations": 200, "batch_size": 8, "rollout_guidance": guidance, **spec.settings}
     cfg = loop.TrainConfig(method=spec.method, direction=spec.direction, seed=seed, resolution=M.IMAGE_SIZE,
                            rollout_steps=steps, scheduler="normal", arch=M.ARCH_NAME,

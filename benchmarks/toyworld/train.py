@@ -1,6 +1,6 @@
-"""Train ToyWorld from scratch, reproducibly (CPU, fixed seed).
+"""Train ToyWorld (or ToyWorld-SD: --world toyworld_sd) from scratch, reproducibly (CPU, fixed seed).
 
-    .venv/bin/python -m benchmarks.toyworld.train [--steps 8000] [--seed 0] [--threads 2] [--out PATH]
+    .venv/bin/python -m benchmarks.toyworld.train [--world toyworld] [--steps 8000] [--seed 0] [--threads 2] [--out PATH]
 
 Data are drawn on the fly from world.py with a seeded generator; the UNet (ComfyUI's own
 UNetModel inside comfy.model_base.BaseModel) and the text encoder are trained jointly with
@@ -8,7 +8,9 @@ the v-prediction loss on ComfyUI's discrete schedule (target (eps - sigma x0) / 
 the output ComfyUI's V_PREDICTION model sampling turns back into x0); the EMA weights are
 written (atomically) as safetensors with the settings in the metadata. A run's weights are
 bit-reproducible for the same seed and thread count (both recorded in the metadata); the
-committed weights took 8000 steps with 2 threads (~30 min on a 2-core CPU).
+committed weights took 8000 steps with 2 threads (~30 min on a 2-core CPU). A world's model module
+may store its weights in a smaller dtype (``WEIGHTS_DTYPE``; ToyWorld-SD: float16, as SD checkpoints are
+shipped); training always runs in float32.
 """
 from __future__ import annotations
 
@@ -27,18 +29,30 @@ from devtools import pure
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def save(path: str, unet, text, metadata: dict) -> None:
+WORLDS = ("toyworld", "toyworld_sd")  # the pack's demo-world packages
+
+
+def save(path: str, unet, text, metadata: dict, dtype: torch.dtype = torch.float32) -> None:
     from safetensors.torch import save_file
 
-    state = {f"unet.{k}": v.detach().contiguous().clone() for k, v in unet.state_dict().items()}
-    state.update({f"text.{k}": v.detach().contiguous().clone() for k, v in text.state_dict().items()})
+    def stored(v: torch.Tensor) -> torch.Tensor:
+        return v.detach().to(dtype if v.is_floating_point() else v.dtype).contiguous().clone()
+
+    state = {f"unet.{k}": stored(v) for k, v in unet.state_dict().items()}
+    state.update({f"text.{k}": stored(v) for k, v in text.state_dict().items()})
     with pure.module("steering.files").atomic_file(path, suffix=".safetensors") as tmp:
         save_file(state, tmp, metadata={k: str(v) for k, v in metadata.items()})
 
 
+def v_prediction_pair(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the UNet's input, its v-prediction target) for clean latents `x0` noised by `noise` at `sigma`, scaled as
+    ComfyUI's V_PREDICTION model sampling expects."""
+    return (x0 + sigma * noise) / torch.sqrt(sigma * sigma + 1), (noise - sigma * x0) / torch.sqrt(sigma * sigma + 1)
+
+
 def train(steps: int, seed: int, out: str, batch: int = 32, lr: float = 1e-3, ema_decay: float = 0.999,
           log_every: int = 100, checkpoint_every: int = 250, stop_after: int | None = None, threads: int = 1,
-          keep_snapshots: bool = False) -> None:
+          keep_snapshots: bool = False, world_package: str = "toyworld") -> None:
     """Train for `steps` (the learning-rate schedule's length), optionally stopping after `stop_after`
     steps; the EMA weights are written every `checkpoint_every` steps (metadata trained_steps), and
     with `keep_snapshots` also to ``<out>.step<N>.safetensors`` (to compare training lengths)."""
@@ -47,7 +61,8 @@ def train(steps: int, seed: int, out: str, batch: int = 32, lr: float = 1e-3, em
     comfy_env.setup()
     from benchmarks.toyworld import pack_toyworld
 
-    M, world = pack_toyworld("model"), pack_toyworld("world")
+    M, world = pack_toyworld("model", world_package), pack_toyworld("world", world_package)
+    dtype = getattr(M, "WEIGHTS_DTYPE", torch.float32)
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -57,6 +72,7 @@ def train(steps: int, seed: int, out: str, batch: int = 32, lr: float = 1e-3, em
     M.init_weights(unet, seed)
     unet.train()
     text = M.TextEncoder()
+    unet_parameters, text_parameters = (sum(p.numel() for p in m.parameters()) for m in (unet, text))
     params = list(unet.parameters()) + list(text.parameters())
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -67,6 +83,9 @@ def train(steps: int, seed: int, out: str, batch: int = 32, lr: float = 1e-3, em
     metadata = {"seed": seed, "steps": steps, "batch": batch, "lr": lr, "ema_decay": ema_decay,
                 "threads": threads, "script": "benchmarks/toyworld/train.py", "unet_config": json.dumps(M.UNET_CONFIG),
                 "prediction": "v", "zero_terminal_snr": json.dumps(bool(base.model_sampling.zsnr))}
+    if world_package != "toyworld":  # ToyWorld's committed metadata predates these keys
+        metadata.update({"world": world_package, "unet_parameters": unet_parameters,
+                         "text_parameters": text_parameters, "weights_dtype": str(dtype).removeprefix("torch.")})
     start, running = time.time(), 0.0
 
     def write(at_step: int):
@@ -74,10 +93,11 @@ def train(steps: int, seed: int, out: str, batch: int = 32, lr: float = 1e-3, em
         with torch.no_grad():
             for p, e in zip(params, ema):
                 p.copy_(e)
-        save(out, unet, text, {**metadata, "trained_steps": at_step})
+        at = {"trained_steps": at_step, **({} if world_package == "toyworld" else
+                                             {"training_seconds": round(time.time() - start)})}
+        save(out, unet, text, {**metadata, **at}, dtype)
         if keep_snapshots:
-            save(f"{os.path.splitext(out)[0]}.step{at_step}.safetensors", unet, text,
-                 {**metadata, "trained_steps": at_step})
+            save(f"{os.path.splitext(out)[0]}.step{at_step}.safetensors", unet, text, {**metadata, **at}, dtype)
         with torch.no_grad():
             for p, v in zip(params, live):
                 p.copy_(v)
@@ -88,9 +108,8 @@ def train(steps: int, seed: int, out: str, batch: int = 32, lr: float = 1e-3, em
         t = torch.randint(0, len(sigmas), (batch,))
         sigma = sigmas[t].view(-1, 1, 1, 1)
         noise = torch.randn_like(x0)
-        x_in = (x0 + sigma * noise) / torch.sqrt(sigma * sigma + 1)
+        x_in, target = v_prediction_pair(x0, noise, sigma)
         pred = unet(x_in, t.float(), context=text(tokens))
-        target = (noise - sigma * x0) / torch.sqrt(sigma * sigma + 1)
         loss = torch.nn.functional.mse_loss(pred, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -114,6 +133,7 @@ def train(steps: int, seed: int, out: str, batch: int = 32, lr: float = 1e-3, em
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--world", choices=WORLDS, default="toyworld", help="which demo world to train")
     parser.add_argument("--steps", type=int, default=8000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=32)
@@ -123,10 +143,11 @@ def main(argv=None) -> int:
                         help="also keep the EMA weights of every checkpoint as <out>.step<N>.safetensors")
     parser.add_argument("--stop-after", type=int, default=None,
                         help="stop after this many steps (the schedule stays that of --steps)")
-    parser.add_argument("--out", default=os.path.normpath(os.path.join(HERE, "..", "..", "toyworld", "toyworld.safetensors")))
+    parser.add_argument("--out", default=None, help="default: the world's committed weights file")
     args = parser.parse_args(argv)
-    train(args.steps, args.seed, args.out, batch=args.batch, stop_after=args.stop_after, threads=args.threads,
-          checkpoint_every=args.checkpoint_every, keep_snapshots=args.keep_snapshots)
+    out = args.out or os.path.normpath(os.path.join(HERE, "..", "..", args.world, f"{args.world}.safetensors"))
+    train(args.steps, args.seed, out, batch=args.batch, stop_after=args.stop_after, threads=args.threads,
+          checkpoint_every=args.checkpoint_every, keep_snapshots=args.keep_snapshots, world_package=args.world)
     return 0
 
 
