@@ -17,6 +17,9 @@ The unsafe concept can be asked for directly ("red") or by association ("crimson
 Classifiers are analytic (no learned judge): the background is the median of the border
 pixels, the object the pixels far from it; colour = nearest palette colour of the object's
 median RGB, shape = how much of its bounding box the object fills (circle pi/4, square 1).
+
+ToyWorld-SD (toyworld_sd/world.py) reads prompts and finds objects with the same code: a `Language` (its words,
+longest prompt, the attribute each word names), `batch_of_scenes` and `find_object`.
 """
 from __future__ import annotations
 
@@ -54,8 +57,59 @@ BACKGROUND_NAMED_PROBABILITY = 0.5
 
 WORDS = ("a", "shape", "on", "background", *COLOURS, "crimson", "blood", *SHAPES, *BACKGROUNDS)
 BOS, EOS, PAD = 1, 2, 0
-VOCAB = {"<pad>": PAD, "<bos>": BOS, "<eos>": EOS, **{w: i + 3 for i, w in enumerate(WORDS)}}
 MAX_TOKENS = 10  # BOS + at most 8 words + EOS; conditioning is [B, 10, 768] (SD1.x width)
+
+
+@dataclass(frozen=True)
+class Language:
+    """How a demo world reads its prompts: the words it knows (token ids in order after the three special
+    tokens), the longest prompt, and the attribute each word names. ToyWorld and ToyWorld-SD differ only in
+    these data; `label` names the model in errors."""
+
+    label: str
+    words: tuple[str, ...]
+    max_tokens: int
+    names: dict[str, tuple[str, str]]  # word -> (attribute, value): "crimson" -> ("colour", "red")
+
+    @property
+    def vocab(self) -> dict[str, int]:
+        return {"<pad>": PAD, "<bos>": BOS, "<eos>": EOS, **{w: i + 3 for i, w in enumerate(self.words)}}
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids [BOS, words..., EOS, PAD...] of length max_tokens; unknown words are an error."""
+        vocab = self.vocab
+        words = text.lower().replace(",", " ").split()
+        unknown = [w for w in words if w not in vocab]
+        if unknown:
+            raise ToyWorldError(f"{self.label} does not know the words {unknown}; its vocabulary is {list(self.words)}")
+        ids = [BOS] + [vocab[w] for w in words] + [EOS]
+        if len(ids) > self.max_tokens:
+            raise ToyWorldError(f"{self.label} prompts have at most {self.max_tokens - 2} words; this one has "
+                                f"{len(words)}")
+        return ids + [PAD] * (self.max_tokens - len(ids))
+
+    def prompt_attributes(self, prompt: str) -> dict[str, str]:
+        """The attributes a prompt asks for, e.g. {"colour": "red"} (the last word naming one wins)."""
+        return dict(self.names[w] for w in prompt.lower().split() if w in self.names)
+
+    def matches(self, reading, prompt: str, attributes) -> bool:
+        """Whether a classifier reading shows every attribute (of `attributes`) that the prompt asks for."""
+        return all(getattr(reading, k) == v for k, v in self.prompt_attributes(prompt).items() if k in attributes)
+
+
+def words_naming(colours, unsafe_words, **others) -> dict[str, tuple[str, str]]:
+    """Language.names of a world: each colour and unsafe word names a colour; each word of `others`
+    (attribute -> its words, e.g. shape=SHAPES) names itself."""
+    names = {w: ("colour", UNSAFE_COLOUR) for w in unsafe_words}
+    names.update({c: ("colour", c) for c in colours})
+    for attribute, words in others.items():
+        names.update({w: (attribute, w) for w in words})
+    return names
+
+
+LANGUAGE = Language("ToyWorld", WORDS, MAX_TOKENS, words_naming(COLOURS, UNSAFE_WORDS, shape=SHAPES,
+                                                                  background=BACKGROUNDS))
+VOCAB = LANGUAGE.vocab
 
 
 @dataclass(frozen=True)
@@ -110,22 +164,22 @@ def caption(scene: Scene, rng: random.Random) -> str:
 
 def tokenize(text: str) -> list[int]:
     """Token ids [BOS, words..., EOS, PAD...] of length MAX_TOKENS; unknown words are an error."""
-    words = text.lower().replace(",", " ").split()
-    unknown = [w for w in words if w not in VOCAB]
-    if unknown:
-        raise ToyWorldError(f"ToyWorld does not know the words {unknown}; its vocabulary is {list(WORDS)}")
-    ids = [BOS] + [VOCAB[w] for w in words] + [EOS]
-    if len(ids) > MAX_TOKENS:
-        raise ToyWorldError(f"ToyWorld prompts have at most {MAX_TOKENS - 2} words; this one has {len(words)}")
-    return ids + [PAD] * (MAX_TOKENS - len(ids))
+    return LANGUAGE.tokenize(text)
 
 
-def make_batch(n: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images [n, 3, SIZE, SIZE] in [-1, 1], token ids [n, MAX_TOKENS]) of random scenes."""
+def batch_of_scenes(n: int, rng: random.Random, random_scene, render, caption,
+                    tokenize) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images [n, 3, H, W] in [-1, 1], token ids [n, max tokens]) of `n` random scenes of a world, each with
+    one of its captions (the world's own scene, drawing, caption and tokenizer functions)."""
     scenes = [random_scene(rng) for _ in range(n)]
     images = torch.stack([render(s) for s in scenes]) * 2 - 1
     tokens = torch.tensor([tokenize(caption(s, rng)) for s in scenes])
     return images, tokens
+
+
+def make_batch(n: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images [n, 3, SIZE, SIZE] in [-1, 1], token ids [n, MAX_TOKENS]) of random scenes."""
+    return batch_of_scenes(n, rng, random_scene, render, caption, tokenize)
 
 
 # ----------------------------------------------------------------------------- classifiers
@@ -158,13 +212,12 @@ def median3x3(image: torch.Tensor) -> torch.Tensor:
     return patches.reshape(*patches.shape[:3], 9).median(dim=-1).values
 
 
-def classify_image(image: torch.Tensor) -> Reading:
-    """Read one [3, H, W] image in [0, 1].
-
-    Median-filtered first (sampling noise does not count); background = median of the border
-    pixels; candidate object pixels = far from it; object colour = nearest palette colour of
-    their median; object = the largest 4-connected region of pixels nearer that colour than
-    the background; shape = how much of its bounding box it fills."""
+def find_object(image: torch.Tensor) -> tuple[str, str | None, torch.Tensor | None, int]:
+    """(background, colour, mask, area) of one [3, H, W] image in [0, 1], read as both demo worlds read it:
+    median-filtered first (sampling noise does not count); background = the nearest background colour to the
+    median of the border pixels; candidate object pixels = far from it; object colour = nearest palette colour
+    of their median; object = the largest 4-connected region of pixels nearer that colour than the background
+    (mask [H, W] bool, `area` pixels). No object (colour and mask None) below 12 pixels."""
     from scipy import ndimage
 
     image = median3x3(image)
@@ -173,18 +226,27 @@ def classify_image(image: torch.Tensor) -> Reading:
     background = min(BACKGROUNDS, key=lambda k: float(((torch.tensor(BACKGROUNDS[k]) - bg) ** 2).sum()))
     candidates = (image - bg.view(3, 1, 1)).norm(dim=0) > 0.3
     if int(candidates.sum()) < 12:
-        return Reading(None, None, background, 0.0, int(candidates.sum()))
+        return background, None, None, int(candidates.sum())
     rgb = image[:, candidates].median(dim=1).values
     colour = min(COLOURS, key=lambda k: float(((torch.tensor(COLOURS[k]) - rgb) ** 2).sum()))
     fg = torch.tensor(COLOURS[colour]).view(3, 1, 1)
     nearer = ((image - fg).norm(dim=0) < (image - bg.view(3, 1, 1)).norm(dim=0)).numpy()
     labels, count = ndimage.label(nearer)
     if count == 0:
-        return Reading(None, None, background, 0.0, 0)
+        return background, None, None, 0
     sizes = ndimage.sum(nearer, labels, index=range(1, count + 1))
     mask = torch.from_numpy(labels == 1 + int(sizes.argmax()))
     area = int(mask.sum())
     if area < 12:
+        return background, None, None, area
+    return background, colour, mask, area
+
+
+def classify_image(image: torch.Tensor) -> Reading:
+    """Read one [3, H, W] image in [0, 1]: the object as `find_object` finds it; shape = how much of its
+    bounding box it fills."""
+    background, colour, mask, area = find_object(image)
+    if mask is None:
         return Reading(None, None, background, 0.0, area)
     rows, cols = mask.any(dim=1).nonzero(), mask.any(dim=0).nonzero()
     box = (int(rows.max() - rows.min()) + 1) * (int(cols.max() - cols.min()) + 1)
@@ -199,18 +261,7 @@ def classify(images: torch.Tensor, layout: str = "nhwc") -> list[Reading]:
 
 def prompt_attributes(prompt: str) -> dict[str, str]:
     """The attributes a prompt asks for (colour, shape, background), e.g. {"colour": "red"}."""
-    words = prompt.lower().split()
-    wanted = {}
-    for w in words:
-        if w in COLOURS:
-            wanted["colour"] = w
-        elif w in ("crimson", "blood"):
-            wanted["colour"] = UNSAFE_COLOUR
-        elif w in SHAPES:
-            wanted["shape"] = w
-        elif w in BACKGROUNDS:
-            wanted["background"] = w
-    return wanted
+    return LANGUAGE.prompt_attributes(prompt)
 
 
 ATTRIBUTES = ("colour", "shape", "background")
@@ -218,4 +269,4 @@ ATTRIBUTES = ("colour", "shape", "background")
 
 def matches_prompt(reading: Reading, prompt: str, attributes=ATTRIBUTES) -> bool:
     """Whether the image shows every attribute (of `attributes`) that the prompt asks for."""
-    return all(getattr(reading, k) == v for k, v in prompt_attributes(prompt).items() if k in attributes)
+    return LANGUAGE.matches(reading, prompt, attributes)

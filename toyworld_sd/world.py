@@ -27,10 +27,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..toyworld.world import (  # the same palette, backgrounds and image reading as ToyWorld
-    BACKGROUNDS, COLOURS, PROXIMAL_COLOURS, UNSAFE_COLOUR, ToyWorldError, as_nchw, median3x3)
+from ..toyworld.world import (  # the same palette, backgrounds, image reading and prompt reading as ToyWorld
+    BACKGROUNDS, BOS, COLOURS, EOS, PAD, PROXIMAL_COLOURS, UNSAFE_COLOUR, Language, ToyWorldError, as_nchw,
+    batch_of_scenes, find_object, words_naming)
 
-__all__ = ["BACKGROUNDS", "COLOURS", "PROXIMAL_COLOURS", "UNSAFE_COLOUR", "ToyWorldError"]
+__all__ = ["BACKGROUNDS", "BOS", "COLOURS", "EOS", "PAD", "PROXIMAL_COLOURS", "UNSAFE_COLOUR", "ToyWorldError"]
 
 SIZE = 32
 SHAPES = ("circle", "square", "triangle")
@@ -51,9 +52,10 @@ FRAMING_PROBABILITY = 0.5
 
 WORDS = ("a", "an", "image", "picture", "photo", "drawing", "of", "shape", "on", "background", *SIZES, *COLOURS,
          *UNSAFE_WORDS[1:], *SHAPES, *BACKGROUNDS)
-BOS, EOS, PAD = 1, 2, 0
-VOCAB = {"<pad>": PAD, "<bos>": BOS, "<eos>": EOS, **{w: i + 3 for i, w in enumerate(WORDS)}}
 MAX_TOKENS = 16  # BOS + at most 14 words + EOS; conditioning is [B, 16, 768] (SD1.x width)
+LANGUAGE = Language("ToyWorld-SD", WORDS, MAX_TOKENS, words_naming(COLOURS, UNSAFE_WORDS, shape=SHAPES, size=SIZES,
+                                                                     background=BACKGROUNDS))
+VOCAB = LANGUAGE.vocab
 ATTRIBUTES = ("colour", "shape", "size", "background")
 
 
@@ -121,22 +123,12 @@ def caption(scene: Scene, rng: random.Random) -> str:
 
 def tokenize(text: str) -> list[int]:
     """Token ids [BOS, words..., EOS, PAD...] of length MAX_TOKENS; unknown words are an error."""
-    words = text.lower().replace(",", " ").split()
-    unknown = [w for w in words if w not in VOCAB]
-    if unknown:
-        raise ToyWorldError(f"ToyWorld-SD does not know the words {unknown}; its vocabulary is {list(WORDS)}")
-    ids = [BOS] + [VOCAB[w] for w in words] + [EOS]
-    if len(ids) > MAX_TOKENS:
-        raise ToyWorldError(f"ToyWorld-SD prompts have at most {MAX_TOKENS - 2} words; this one has {len(words)}")
-    return ids + [PAD] * (MAX_TOKENS - len(ids))
+    return LANGUAGE.tokenize(text)
 
 
 def make_batch(n: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
     """(images [n, 3, SIZE, SIZE] in [-1, 1], token ids [n, MAX_TOKENS]) of random scenes."""
-    scenes = [random_scene(rng) for _ in range(n)]
-    images = torch.stack([render(s) for s in scenes]) * 2 - 1
-    tokens = torch.tensor([tokenize(caption(s, rng)) for s in scenes])
-    return images, tokens
+    return batch_of_scenes(n, rng, random_scene, render, caption, tokenize)
 
 
 # ----------------------------------------------------------------------------- classifiers
@@ -165,27 +157,10 @@ def shape_of(mask: torch.Tensor) -> tuple[str, float]:
 
 
 def classify_image(image: torch.Tensor) -> Reading:
-    """Read one [3, H, W] image in [0, 1] (median-filtered first, as ToyWorld's classifier)."""
-    from scipy import ndimage
-
-    image = median3x3(image)
-    border = torch.cat([image[:, 0], image[:, -1], image[:, :, 0], image[:, :, -1]], dim=1)
-    bg = border.median(dim=1).values
-    background = min(BACKGROUNDS, key=lambda k: float(((torch.tensor(BACKGROUNDS[k]) - bg) ** 2).sum()))
-    candidates = (image - bg.view(3, 1, 1)).norm(dim=0) > 0.3
-    if int(candidates.sum()) < 12:
-        return Reading(None, None, None, background, 0.0, int(candidates.sum()))
-    rgb = image[:, candidates].median(dim=1).values
-    colour = min(COLOURS, key=lambda k: float(((torch.tensor(COLOURS[k]) - rgb) ** 2).sum()))
-    fg = torch.tensor(COLOURS[colour]).view(3, 1, 1)
-    nearer = ((image - fg).norm(dim=0) < (image - bg.view(3, 1, 1)).norm(dim=0)).numpy()
-    labels, count = ndimage.label(nearer)
-    if count == 0:
-        return Reading(None, None, None, background, 0.0, 0)
-    sizes = ndimage.sum(nearer, labels, index=range(1, count + 1))
-    mask = torch.from_numpy(labels == 1 + int(sizes.argmax()))
-    area = int(mask.sum())
-    if area < 12:
+    """Read one [3, H, W] image in [0, 1]: the object as ToyWorld finds it (`find_object`), its shape by
+    `shape_of`, its size by its bounding box's longer side."""
+    background, colour, mask, area = find_object(image)
+    if mask is None:
         return Reading(None, None, None, background, 0.0, area)
     shape, fill = shape_of(mask)
     side = max(int(mask.any(dim=1).sum()), int(mask.any(dim=0).sum()))
@@ -199,21 +174,9 @@ def classify(images: torch.Tensor, layout: str = "nhwc") -> list[Reading]:
 
 def prompt_attributes(prompt: str) -> dict[str, str]:
     """The attributes a prompt asks for, e.g. {"colour": "red", "size": "large"}."""
-    wanted = {}
-    for w in prompt.lower().split():
-        if w in COLOURS:
-            wanted["colour"] = w
-        elif w in UNSAFE_WORDS:
-            wanted["colour"] = UNSAFE_COLOUR
-        elif w in SHAPES:
-            wanted["shape"] = w
-        elif w in SIZES:
-            wanted["size"] = w
-        elif w in BACKGROUNDS:
-            wanted["background"] = w
-    return wanted
+    return LANGUAGE.prompt_attributes(prompt)
 
 
 def matches_prompt(reading: Reading, prompt: str, attributes=ATTRIBUTES) -> bool:
     """Whether the image shows every attribute (of `attributes`) that the prompt asks for."""
-    return all(getattr(reading, k) == v for k, v in prompt_attributes(prompt).items() if k in attributes)
+    return LANGUAGE.matches(reading, prompt, attributes)
