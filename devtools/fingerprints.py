@@ -8,8 +8,9 @@ ComfyUI's executor with the test profile (tiny checkpoint, 128 px, <= 4 steps), 
 (2) the ToyWorld efficacy benchmark in its smoke mode (every method: embedding
 direction, c-vector, RespoDiff, STG, dual latent, fair sampling, and the training loop
 that learns their vectors). It writes the SHA-256 of every image's pixels and of every
-learned vector's tensors, in the order they were made. `compare` lists every entry that
-differs; it exits 1 if any does.
+learned vector's tensors, in the order they were made, and (3) both demo worlds' own functions
+(captions, tokens, training batches, the exact classifiers on drawn, noisy, dimmed and random
+images, prompt matching). `compare` lists every entry that differs; it exits 1 if any does.
 """
 from __future__ import annotations
 
@@ -88,8 +89,47 @@ def toyworld_smoke() -> dict[str, list[str]]:
     return {"toyworld images": images, "toyworld vectors": vectors}
 
 
+def demo_worlds() -> dict[str, list[str]]:
+    """Each demo world's captions, tokens, attributes, batches, classifier readings and prompt matches."""
+    import random
+
+    out = {}
+    for package in ("toyworld", "toyworld_sd"):
+        W = pure.module(f"{package}.world")
+        rng, lines = random.Random(7), []
+        captions = []
+        for _ in range(400):
+            caption = W.caption(W.random_scene(rng), rng)
+            captions.append(caption)
+            lines.append(f"{caption!r}: {W.tokenize(caption)} {W.prompt_attributes(caption)}")
+        for bad in ("a purple circle", "a " * 20, "A Red, circle", "", "crimson blood scarlet"):
+            try:
+                lines.append(f"{bad!r}: {W.tokenize(bad)}")
+            except W.ToyWorldError as e:
+                lines.append(f"{bad!r}: {e}")
+        for seed in range(3):
+            images, tokens = W.make_batch(16, random.Random(seed))
+            lines.append(f"batch {seed}: {digest(images)} {digest(tokens)}")
+        g = torch.Generator().manual_seed(0)
+        images = []
+        for i in range(200):
+            image = W.render(W.random_scene(rng))
+            if i % 3 == 1:
+                image = (image + 0.15 * torch.randn(image.shape, generator=g)).clamp(0, 1)
+            if i % 5 == 2:
+                image = image * torch.rand(1, generator=g)
+            images.append(image)
+        batch = torch.stack([*images, torch.zeros(3, W.SIZE, W.SIZE), torch.rand(3, W.SIZE, W.SIZE, generator=g)])
+        readings = W.classify(batch, "nchw") + W.classify(batch.permute(0, 2, 3, 1))
+        lines += [repr(r) for r in readings]
+        lines += [f"{c!r} {W.matches_prompt(r, c)} {W.matches_prompt(r, c, ('colour',))}"
+                  for c, r in zip(captions, readings)]
+        out[f"{package} world"] = lines
+    return out
+
+
 def record(path: str) -> None:
-    result = {**tiny_workflows(), **toyworld_smoke()}
+    result = {**demo_worlds(), **tiny_workflows(), **toyworld_smoke()}
     pure.module("steering.files").write_atomically(path, (json.dumps(result, indent=1, sort_keys=True) + "\n").encode())
     print(f"wrote {path}: {sum(len(v) for v in result.values())} fingerprints")
 
