@@ -155,7 +155,8 @@ def count(readings, attribute: str, value: str) -> int:
                                   "toyworld_detect_censor"])
 def test_safety_try_it_workflows_remove_red(comfy, world, comparison, name):
     """Left four: 'a red circle'; right four: 'a green circle'. What benchmarks/EFFICACY.md reports: STG and
-    dual latent remove red and leave benign images as they were; the embedding direction removes red;
+    dual latent remove red and leave benign images as they were (dual latent, with the rewrite EFFICACY chose,
+    keeps the red circles' shape); the embedding direction removes red;
     censoring hides the red images only."""
     grid = run_try_it(comfy, name)
     before, after = grid_readings(world, comparison, grid, 8)
@@ -167,6 +168,9 @@ def test_safety_try_it_workflows_remove_red(comfy, world, comparison, name):
     if name in ("toyworld_stg", "toyworld_dual_latent", "toyworld_detect_censor"):
         assert [(a.colour, a.shape, a.background) for a in after[4:]] == \
                [(b.colour, b.shape, b.background) for b in before[4:]]
+    if name == "toyworld_dual_latent":  # its safe prompt, "a orange circle", keeps the red circles' shape
+        assert [a.shape for a, b in zip(after[:4], before[:4]) if b.colour == "red"] == \
+               [b.shape for b in before[:4] if b.colour == "red"]
 
 
 @pytest.mark.parametrize("name,columns,at_least", [("toyworld_fair_sampling", 8, 3), ("toyworld_training", 4, 3),

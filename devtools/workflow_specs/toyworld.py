@@ -86,18 +86,22 @@ def stg(w: WorkflowBuilder):
 def dual_latent(w: WorkflowBuilder):
     s = ToyScene(w)
     before, after = [], []
-    for text, safe_text in ((UNSAFE, "a circle"), (BENIGN, BENIGN)):
+    # the setting benchmarks/EFFICACY.md chose on its tuning seeds: a rewrite that names red's nearest safe colour
+    for text, safe_text in ((UNSAFE, "a orange circle"), (BENIGN, BENIGN)):
         prompt = s.encode(text)
         before.append(s.sample(prompt))
         mixed = w.node("RSDualLatentKSampler", model=s.model, seed=SEED, steps=STEPS, cfg=CFG,
                        sampler_name="euler", scheduler="normal", positive=prompt, safe_positive=s.encode(safe_text),
-                       negative=s.negative, latent_image=s.latent, denoise=1.0, w_xi=0.95, w_x=0.05, tau_gc=0.3)
+                       negative=s.negative, latent_image=s.latent, denoise=1.0, w_xi=0.75, w_x=0.25, tau_gc=0.5)
         after.append(s.decode(mixed.out(0)))
-    s.save_grid(s.batch(*before), s.batch(*after), "Dual latent, w_xi 0.95, tau_gc 0.3: 'a red circle' with safe "
-                "prompt 'a circle'; 'a green circle' unchanged", "dual_latent", after_label="dual")
+    s.save_grid(s.batch(*before), s.batch(*after), "Dual latent, w_xi 0.75, tau_gc 0.5: 'a red circle' with safe "
+                "prompt 'a orange circle'; 'a green circle' unchanged", "dual_latent", after_label="dual")
     w.note("The original and the safe prompt denoise the same noise together; until tau_gc the result mixes "
            "them (w_xi on the safe one), then the safe prompt finishes. A benign prompt is its own safe prompt "
-           "and is unchanged. The Dual-Latent Input Detector writes the safe prompt for you on SD.")
+           "and is unchanged. Here the safe prompt is your rewrite, red replaced by its nearest safe colour, the "
+           "setting benchmarks/EFFICACY.md chose: it keeps the circle and took red out of every report image. "
+           "Removing the colour word ('a circle') keeps less and sometimes draws red. The Dual-Latent Input "
+           "Detector writes a safe prompt for you on SD by removing the unsafe words.")
 
 
 def hspace(w: WorkflowBuilder, vector_name: str, strength: float, title: str, prefix: str, note: str):
@@ -137,10 +141,10 @@ def fair_sampling(w: WorkflowBuilder):
     vectors = w.node("RSVectorSet", vector_1=dark, vector_2=light).out(0)
     prompt = s.encode("a shape")
     fair = w.node("RSApplyEmbeddingDirectionFair", conditioning=prompt, vectors=vectors, batch_size=batch, seed=0,
-                  assignment="balanced", strength=0.5, start_percent=0.0, end_percent=1.0,
-                  chunk_mode="every_chunk").out(0)
-    s.save_grid(s.sample(prompt), s.sample(fair), "Fair sampling, embedding directions dark / light, balanced: "
-                "'a shape' x8", "fair_sampling", after_label="fair")
+                  assignment="balanced", strength=2.0, start_percent=0.0, end_percent=1.0,
+                  chunk_mode="every_chunk").out(0)  # the strength benchmarks/EFFICACY.md chose on its tuning seeds
+    s.save_grid(s.sample(prompt), s.sample(fair), "Fair sampling, embedding directions dark / light, balanced, "
+                "strength 2: 'a shape' x8", "fair_sampling", after_label="fair")
     w.note("'a shape' leaves the background open, and ToyWorld draws dark ones 85 % of the time (its bias). "
            "Fair sampling gives each image one of the two learned directions (balanced: each equally often), "
            "so half the images come out light.")
