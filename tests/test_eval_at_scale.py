@@ -255,7 +255,8 @@ def test_hung_server_is_requeued_and_a_refused_prompt_is_recorded(cluster, tmp_p
                         500 if i == 3 else 6])
     out = str(tmp_path / "out")
     log = str(tmp_path / "run.log")
-    run = cluster.popen(cluster.command(out, "hang", str(prompts), 8, ("--timeout", "8", "--depth", "2")), log)
+    # --timeout well above a loaded machine's seconds per prompt: at 8 s both servers (one shared core) were judged hung
+    run = cluster.popen(cluster.command(out, "hang", str(prompts), 8, ("--timeout", "20", "--depth", "2")), log)
     wait_rows(out, "hang", 2, run, log)
     hung = cluster.servers[1]
     os.kill(hung.process.pid, signal.SIGSTOP)
