@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -71,7 +72,7 @@ class Language:
     max_tokens: int
     names: dict[str, tuple[str, str]]  # word -> (attribute, value): "crimson" -> ("colour", "red")
 
-    @property
+    @cached_property  # computed once: tokenize reads it for every caption of every training batch
     def vocab(self) -> dict[str, int]:
         return {"<pad>": PAD, "<bos>": BOS, "<eos>": EOS, **{w: i + 3 for i, w in enumerate(self.words)}}
 
