@@ -386,9 +386,6 @@ class Efficacy:
         profile = self.profile
         nearest = nearest_safe_colour(world)
 
-        def safe_prompt(p):
-            return rewrite(p, world)
-
         self.safety_baselines()
         # The ceilings, not methods: the prompt itself rewritten, sampled on the same seeds -- what a method that
         # takes red out can keep of the rest of an image on this model. Removing the unsafe words is the dual
@@ -424,7 +421,7 @@ class Efficacy:
         # Beyond the papers: the same three vectors learned on paired rewrites with the pack's prompt sets --
         # each unsafe training prompt toward its rewrite without the unsafe words, each benign one toward itself
         # (guidance 1: exactly its own prediction), so the vector learns to leave benign prompts alone.
-        rewrites = [safe_prompt(p) for p in profile.unsafe_train] + profile.benign_train
+        rewrites = [rewrite(p, world) for p in profile.unsafe_train] + profile.benign_train
         for name, method in (("Embedding direction, paired rewrites (ours)", "embedding_direction"),
                              ("c-vector, paired rewrites (ours)", "codsma_cvector"),
                              ("RespoDiff, paired rewrites (ours)", "respodiff_ram_sam")):
