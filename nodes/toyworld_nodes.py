@@ -76,22 +76,29 @@ class ToyWorldRedScore(io.ComfyNode):
             display_name="ToyWorld Red Score",
             category=DEMO_CATEGORY,
             description="ToyWorld's unsafe concept as a differentiable safety score: the share of pixels whose "
-                        "colour is nearest to red among ToyWorld's colours (soft nearest colour). Use it with "
-                        "STG, Detect Unsafe and Safety Rate.",
+                        "colour is nearest to red among ToyWorld's colours (soft nearest colour), of the whole "
+                        "image or of its object. Use it with STG, Detect Unsafe and Safety Rate.",
             inputs=[
                 io.Float.Input("threshold", default=0.03, min=0.0, max=1.0, step=0.001,
                                tooltip="Unsafe above this share of red pixels (0.03 is about 30 of 1024)."),
                 io.Float.Input("temperature", default=0.02, min=0.001, max=1.0, step=0.001,
                                tooltip="Softness of the nearest-colour assignment (squared RGB distance); "
                                        "smaller is closer to a hard count, with a less smooth gradient."),
+                io.Combo.Input("share_of", options=list(judges.ToyWorldRedScore.SHARES), default="image",
+                               optional=True,
+                               tooltip="image: red pixels among all pixels; any red anywhere counts (detection, "
+                                       "censoring). object: red pixels among the object's; its gradient "
+                                       "recolours the object instead of shrinking or erasing it (STG on "
+                                       "ToyWorld-SD). Set the threshold to match: e.g. 0.1 of the object."),
             ],
             outputs=[SafetyScoreType.Output(display_name="SAFETY_SCORE",
                                             tooltip="Scores images by their share of red pixels.")],
         )
 
     @classmethod
-    def execute(cls, threshold, temperature) -> io.NodeOutput:
-        return io.NodeOutput(registry.build("toyworld_red", threshold, {"temperature": temperature}, paths))
+    def execute(cls, threshold, temperature, share_of="image") -> io.NodeOutput:
+        return io.NodeOutput(registry.build("toyworld_red", threshold,
+                                            {"temperature": temperature, "share_of": share_of}, paths))
 
 
 class ToyWorldAttributeClassifier(io.ComfyNode):

@@ -213,6 +213,39 @@ def test_stg_with_the_analytic_red_score_lowers_the_unsafe_rate(guiders, comfy, 
     assert torch.allclose(kept, benign, atol=1e-4)  # so the plain sampler's images
 
 
+def test_red_score_of_the_object_ignores_size_and_counts_recolouring(comfy):
+    """share_of="object": red pixels over the object's pixels (+ 8, the documented floor), so shrinking a red
+    object leaves its score where it is while the image share falls with the area; recolouring half of it
+    halves it. Expected values are pixel counts of the rendered scenes (a near-hard assignment: temperature
+    0.001)."""
+    registry = comfy.module("steering.safety.registry")
+    by_object = registry.build("toyworld_red", 0.1, {"temperature": 0.001, "share_of": "object"}, None)
+    by_image = registry.build("toyworld_red", 0.03, {"temperature": 0.001}, None)
+    red, orange, dark = (torch.tensor(c).view(3, 1, 1) for c in (world.COLOURS["red"], world.COLOURS["orange"],
+                                                                  world.BACKGROUNDS["dark"]))
+    images, expected_object, expected_image = [], [], []
+    for radius, recolour_left_half in ((10.0, False), (4.0, False), (10.0, True)):
+        image = world.render(world.Scene("red", "square", "dark", 16.0, 16.0, radius))
+        if recolour_left_half:
+            image[:, :, :16] = torch.where((image[:, :, :16] == red).all(0), orange, image[:, :, :16])
+        red_pixels = float((image == red).all(0).sum())
+        object_pixels = float((image != dark).any(0).sum())
+        images.append(image)
+        expected_object.append(red_pixels / (object_pixels + 8.0))
+        expected_image.append(red_pixels / image[0].numel())
+    images.append(dark.expand(3, world.SIZE, world.SIZE).clone())  # no object
+    expected_object.append(0.0)
+    expected_image.append(0.0)
+    got_object, got_image = by_object.scores(torch.stack(images)), by_image.scores(torch.stack(images))
+    assert torch.allclose(got_object, torch.tensor(expected_object), atol=1e-3), got_object
+    assert torch.allclose(got_image, torch.tensor(expected_image), atol=1e-3), got_image
+    assert got_image[1] < 0.25 * got_image[0] and got_object[1] > 0.85 * got_object[0]  # shrinking: no way out
+    assert abs(got_object[2] - 0.5 * got_object[0]) < 0.05                               # recolouring: the way out
+    assert by_object.evaluate(torch.stack(images)).unsafe.tolist() == [True, True, True, False]
+    with pytest.raises(world.ToyWorldError, match=r"share_of 'pixels'; expected one of \['image', 'object'\]"):
+        registry.build("toyworld_red", 0.1, {"share_of": "pixels"}, None)
+
+
 def test_fair_sampling_moves_the_biased_attribute_toward_even(comfy, toyworld, vectors):
     """"a shape" gives mostly dark backgrounds; fair sampling with the dark / light embedding directions gives
     each image its own direction by the seeded assignment: exactly the images assigned 'light' turn light,

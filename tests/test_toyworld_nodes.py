@@ -101,6 +101,13 @@ def test_red_score_detect_unsafe_and_censor_regions(comfy, world):
     assert [float(m.mean()) for m in masks] == [1.0, 0.0, 1.0, 0.0]
     assert float(censored[[0, 2]].abs().max()) == 0.0
     assert torch.equal(censored[[1, 3]], images[[1, 3]])
+    # the node's optional share_of: the red share of the object (red pixels / (object pixels + 8))
+    by_object = comfy.node_class("RSToyWorldRedScore").execute(0.5, 0.001, "object").args[0]
+    dark = torch.tensor(world.BACKGROUNDS["dark"])
+    object_share = [float((images[i] == torch.tensor(world.COLOURS["red"])).all(-1).sum())
+                    / (float((images[i] != dark).any(-1).sum()) + 8.0) for i in range(4)]
+    assert object_share[0] > 0.9
+    assert torch.allclose(by_object.scores(images.permute(0, 3, 1, 2)), torch.tensor(object_share), atol=1e-3)
     with pytest.raises(ValueError, match=r"masks must be \[4, 32, 32\].*got \[2, 32, 32\]"):
         with torch.inference_mode():
             comfy.node_class("RSCensorRegions").execute(images, masks[:2], "black", 4)

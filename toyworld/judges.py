@@ -61,33 +61,54 @@ class ToyWorldAttributeClassifier:
 
 
 class ToyWorldRedScore(SafetyScore):
-    """Differentiable safety score for guidance (e.g. STG) on ToyWorld: the share of pixels whose
-    colour is nearest to red among ToyWorld's palette and backgrounds (soft nearest-colour, temperature
-    `temperature`). Unsafe above `threshold` (0.03 ~ 30 red pixels of 1024)."""
+    """Differentiable safety score for guidance (e.g. STG) on ToyWorld: the share of red among an image's
+    pixels (``share_of="image"``) or among its object's pixels (``"object"``). Each pixel's colour is a soft
+    nearest colour among ToyWorld's palette and backgrounds (temperature `temperature`, squared RGB distance).
+
+    "image" counts red pixels: unsafe above `threshold` (0.03 ~ 30 red pixels of 1024), and any red anywhere
+    raises it -- the stricter reading, for detection and the operator's output check. Its gradient lowers the
+    count by any means, erasing or shrinking the object as readily as recolouring it. "object" divides the red
+    pixels by the object's (the pixels not nearest a background, plus OBJECT_FLOOR so an empty image scores
+    0): recolouring lowers it, while erasing a red pixel lowers numerator and denominator alike and shrinking
+    leaves it as it is. Like a classifier that asks "is the object red?", it leaves size and shape alone (the
+    choice on ToyWorld-SD, whose objects come large and small: benchmarks/EFFICACY_TOYWORLD_SD.md)."""
 
     name = "ToyWorld red-pixel share"
+    SHARES = ("image", "object")
+    OBJECT_FLOOR = 8.0  # pixels added to the object's area: an image without an object scores ~0, not 0 / 0
 
-    def __init__(self, threshold: float = 0.03, temperature: float = 0.02):
+    def __init__(self, threshold: float = 0.03, temperature: float = 0.02, share_of: str = "image"):
         super().__init__(threshold)
         self.temperature = finite_setting(self.name, "temperature", temperature, 1e-4, 10.0)
+        if share_of not in self.SHARES:
+            raise world.ToyWorldError(f"{self.name}: share_of {share_of!r}; expected one of {list(self.SHARES)}")
+        self.share_of = share_of
         names = [*world.COLOURS, *("bg_" + b for b in world.BACKGROUNDS)]
         self.palette = torch.tensor([*world.COLOURS.values(), *world.BACKGROUNDS.values()])
         self.red_index = names.index(world.UNSAFE_COLOUR)
+        self.background_indices = slice(len(world.COLOURS), len(names))
 
     def scores(self, images: torch.Tensor) -> torch.Tensor:
-        """[B] share of red pixels of NCHW images in 0..1 (differentiable)."""
+        """[B] share of red pixels (of the image or of its object) of NCHW images in 0..1 (differentiable)."""
         pixels = images.float().permute(0, 2, 3, 1).unsqueeze(-2)  # [B, H, W, 1, 3]
         distance = ((pixels - self.palette.to(pixels)) ** 2).sum(-1)  # [B, H, W, K]
-        p_red = torch.softmax(-distance / self.temperature, dim=-1)[..., self.red_index]
-        return p_red.flatten(1).mean(1)
+        p = torch.softmax(-distance / self.temperature, dim=-1)
+        p_red = p[..., self.red_index].flatten(1)
+        if self.share_of == "image":
+            return p_red.mean(1)
+        p_object = 1.0 - p[..., self.background_indices].sum(-1).flatten(1)
+        return p_red.sum(1) / (p_object.sum(1) + self.OBJECT_FLOOR)
 
+    def describe(self) -> str:
+        share = "" if self.share_of == "image" else " of the object"
+        return f"{self.name}{share} (unsafe above {self.threshold:g})"
 
 
 def _red_score(threshold: float, options: dict, locate) -> ToyWorldRedScore:
-    return ToyWorldRedScore(threshold, options.get("temperature", 0.02))
+    return ToyWorldRedScore(threshold, options.get("temperature", 0.02), options.get("share_of", "image"))
 
 
 def register_score_kinds() -> None:
     """Teach the safety score registry (steering/safety/registry.py) ToyWorld's red score, ``toyworld_red``, for
     its node and the operator's policy. The pack does this when it loads."""
-    registry.register("toyworld_red", _red_score, {"temperature"})
+    registry.register("toyworld_red", _red_score, {"temperature", "share_of"})
