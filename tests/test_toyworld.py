@@ -156,7 +156,11 @@ def test_vectors_are_pack_files_learned_by_the_training_loop(vectors):
         expected.update({f"codsma_cvector_{suffix}": "hspace_cvector",
                          f"respodiff_ram_sam_{suffix}": "respodiff_ram_sam",
                          f"embedding_direction_{suffix}": "embedding_direction"})
+    # ours: the fair directions learned toward the prediction for the named background itself (target guidance 1)
+    expected.update({f"embedding_direction_fair_g1_{b}": "embedding_direction" for b in world.BACKGROUNDS})
     assert {k: v.method for k, v in vectors.items()} == expected
+    assert {g: {vectors[f"embedding_direction_fair_{g}{b}"].info["training"]["target_guidance"]
+                for b in world.BACKGROUNDS} for g in ("", "g1_")} == {"": {4.0}, "g1_": {1.0}}
     for name, vector in vectors.items():
         assert vector.arch == M.ARCH_NAME, name
         training = vector.info["training"]

@@ -185,7 +185,11 @@ def test_vectors_are_pack_files_learned_on_toyworld_sd(vectors):
         expected.update({f"codsma_cvector_{suffix}": "hspace_cvector",
                          f"respodiff_ram_sam_{suffix}": "respodiff_ram_sam",
                          f"embedding_direction_{suffix}": "embedding_direction"})
+    # ours: the fair directions learned toward the prediction for the named background itself (target guidance 1)
+    expected.update({f"embedding_direction_fair_g1_{b}": "embedding_direction" for b in world.BACKGROUNDS})
     assert {k: v.method for k, v in vectors.items()} == expected
+    assert {g: {vectors[f"embedding_direction_fair_{g}{b}"].info["training"]["target_guidance"]
+                for b in world.BACKGROUNDS} for g in ("", "g1_")} == {"": {4.0}, "g1_": {1.0}}
     for name, vector in vectors.items():
         assert vector.arch == M.ARCH_NAME and vector.info["training"]["arch"] == M.ARCH_NAME, name
         if vector.kind == "hspace":
@@ -232,3 +236,32 @@ def test_toyworld_sds_decoder_does_not_read_its_bottleneck(comfy, tw, vectors):
     plain = sample(toyworld, "a red circle", 3)
     without = sample(toyworld, "a red circle", 3, model=bottleneck_scaled(comfy, toyworld.model, 0.0))
     assert float((plain - without).abs().mean()) > 0.03
+
+
+def test_stg_with_the_objects_red_share_recolours_where_the_images_erases(comfy, guiders, tw):
+    """benchmarks/EFFICACY_TOYWORLD_SD.md: with the image's red share as its score STG lowers the count of red
+    pixels by erasing or shrinking the object (on dark backgrounds it is darkened into them); with the object's
+    red share only recolouring lowers the score, so the object keeps its shape, size and background."""
+    stg, guidance = comfy.module("steering.stg"), comfy.module("steering.guidance")
+    toy_judges = comfy.module("toyworld.judges")
+    scores = {"image": toy_judges.ToyWorldRedScore(0.03), "object": toy_judges.ToyWorldRedScore(0.1, share_of="object")}
+    kept, red = {k: 0 for k in scores}, {k: 0 for k in scores}
+    red_before = total = 0
+    for prompt, seed in (("a large red circle", 41), ("a red shape on a dark background", 41),
+                         ("a large red circle", 42), ("a red shape on a dark background", 42)):
+        before = world.classify(sample(tw, prompt, seed))
+        red_before += sum(r.colour == "red" for r in before)
+        total += len(before)
+        for share, score in scores.items():
+            guider = guiders.make_stg_guider(tw.model, tw.encode(prompt), tw.encode(""), CFG, M.PixelDecoder(), score,
+                                             stg.STGSettings(rho=2.0))
+            latent = {"samples": torch.zeros(8, M.LATENT_CHANNELS, M.LATENT_SIZE, M.LATENT_SIZE)}
+            with torch.inference_mode():
+                after = world.classify(M.decode(guidance.sample_with_guider(guider, latent, seed, STEPS, "euler",
+                                                                            "normal")))
+            red[share] += sum(r.colour == "red" for r in after)
+            kept[share] += sum(a.colour is not None and (a.shape, a.size, a.background) == (b.shape, b.size, b.background)
+                               for a, b in zip(after, before))
+    assert red_before == total
+    assert kept["object"] >= 0.75 * total and kept["image"] <= 0.4 * total, kept
+    assert red["object"] < red_before and red["image"] <= 0.25 * total, red
