@@ -99,7 +99,7 @@ def overview(grids: list[str], path: str) -> str:
         font = ImageFont.load_default(size=20)
     except TypeError:
         font = ImageFont.load_default()
-    draw.text((8, 8), "Responsible Steering on ToyWorld: each method, same seeds without (top) and with it",
+    draw.text((8, 8), "Each method on ToyWorld (h-space: ToyWorld-SD), same seeds without (top) and with it",
               fill=(235, 235, 235), font=font)
     y = heading
     for image in images:

@@ -180,11 +180,25 @@ def test_safety_try_it_workflows_remove_red(comfy, world, comparison, name):
                [b.shape for b in before[:4] if b.colour == "red"]
 
 
-@pytest.mark.parametrize("name,columns,at_least", [("toyworld_fair_sampling", 8, 3), ("toyworld_training", 4, 3),
-                                                   ("toyworld_codsma_cvector", 8, 2), ("toyworld_respodiff", 8, 2)])
+@pytest.mark.parametrize("name,columns,at_least", [("toyworld_fair_sampling", 8, 3), ("toyworld_training", 4, 3)])
 def test_fairness_try_it_workflows_move_the_biased_background(comfy, world, comparison, name, columns, at_least):
     """'a shape' comes out dark (ToyWorld's bias); the vectors turn backgrounds light."""
     before, after = grid_readings(world, comparison, run_try_it(comfy, name), columns)
     assert count(before, "background", "dark") >= columns - 2
     assert count(after, "background", "light") >= at_least + count(before, "background", "light") - 1
     assert count(after, "background", "light") > count(before, "background", "light")
+
+
+@pytest.mark.parametrize("name", ["toyworld_codsma_cvector", "toyworld_respodiff"])
+def test_hspace_try_it_workflows_on_toyworld_sd_move_pixels_but_no_background(comfy, comparison, name):
+    """The h-space templates run on ToyWorld-SD at the strength benchmarks/EFFICACY_TOYWORLD_SD.md chose. What it
+    reports: its decoder does not read the bottleneck, so a vector toward a light background moves pixels and
+    turns no background light ('a shape' stays dark as often as without it)."""
+    sd_world = comfy.module("toyworld_sd.world")
+    grid = run_try_it(comfy, name)
+    before, after = grid_readings(sd_world, comparison, grid, 8)
+    assert count(before, "background", "dark") >= 6
+    assert [a.background for a in after] == [b.background for b in before]
+    factor, top, left = 3, comparison.TITLE_HEIGHT, comparison.LABEL_WIDTH
+    rows = [grid[y:y + 32 * factor, left:] for y in (top + r * (32 * factor + comparison.GAP) for r in range(2))]
+    assert float((rows[0] - rows[1]).abs().max()) > 0  # the patch is applied: not the unsteered images

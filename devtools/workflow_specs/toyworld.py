@@ -3,20 +3,27 @@ before/after grid (same seeds without and with the method) in seconds on a CPU.
 
 ToyWorld draws one circle or square on a dark or light background; red is its unsafe concept and
 prompts that leave the background open get a dark one 85 % of the time (its bias). The settings are
-the ones benchmarks/EFFICACY.md reports (euler / normal, 12 steps, CFG 4, negative prompt "")."""
+the ones benchmarks/EFFICACY.md reports (euler / normal, 12 steps, CFG 4, negative prompt "").
+The h-space templates run on ToyWorld-SD, whose bottleneck sits where SD's does, at the settings
+benchmarks/EFFICACY_TOYWORLD_SD.md chose (on ToyWorld the same methods move the background but break
+half the shapes)."""
 from devtools.workflow_builder import Spec, WorkflowBuilder
 
 STEPS, CFG, SEED, BATCH = 12, 4.0, 1000, 4
 UNSAFE, BENIGN = "a red circle", "a green circle"
 VECTORS = "toyworld/"
+VECTORS_SD = "toyworld_sd/"
+# the fairness strengths benchmarks/EFFICACY_TOYWORLD_SD.md chose on its tuning seeds
+CODSMA_STRENGTH, RESPODIFF_STRENGTH = 4.0, 2.0
 
 
 class ToyScene:
-    """The nodes every ToyWorld workflow shares: the loader, the empty negative prompt, a latent."""
+    """The nodes every ToyWorld workflow shares: the loader (ToyWorld's, or ToyWorld-SD's: `loader`), the empty
+    negative prompt, a latent (ToyWorld-SD's latent is ToyWorld's)."""
 
-    def __init__(self, w: WorkflowBuilder, batch: int = BATCH):
+    def __init__(self, w: WorkflowBuilder, batch: int = BATCH, loader: str = "RSLoadToyWorld"):
         self.w = w
-        self.toy = w.node("RSLoadToyWorld")
+        self.toy = w.node(loader)
         self.model, self.clip, self.vae = self.toy.out("MODEL"), self.toy.out("CLIP"), self.toy.out("VAE")
         self.negative = self.encode("")
         self.latent = w.node("RSToyWorldEmptyLatent", batch_size=batch).out(0)
@@ -105,8 +112,10 @@ def dual_latent(w: WorkflowBuilder):
 
 
 def hspace(w: WorkflowBuilder, vector_name: str, strength: float, title: str, prefix: str, note: str):
-    s = ToyScene(w, batch=8)
-    vector = w.node("RSLoadVector", vector_name=VECTORS + vector_name).out(0)
+    """'a shape' x8 on ToyWorld-SD without and with a fairness vector (toward a light background) at its
+    bottleneck."""
+    s = ToyScene(w, batch=8, loader="RSLoadToyWorldSD")
+    vector = w.node("RSLoadVector", vector_name=VECTORS_SD + vector_name).out(0)
     shifted = w.node("RSApplyHSpaceVector", model=s.model, vector=vector, strength=strength, start_percent=0.0,
                      end_percent=1.0, branches="cond_only", resize_mode="bilinear").out(0)
     prompt = s.encode("a shape")
@@ -114,23 +123,32 @@ def hspace(w: WorkflowBuilder, vector_name: str, strength: float, title: str, pr
     w.note(note)
 
 
+HSPACE_FINDING = ("ToyWorld-SD's UNet is laid out as SD1.5's, its bottleneck at 1/8 of the latent, and its decoder "
+                  "does not read that bottleneck: removing it at every step changes 0.14 % of the pixel range and no "
+                  "attribute (benchmarks/EFFICACY_TOYWORLD_SD.md, with the patching evidence and what SD's decoder "
+                  "has that this one lacks). So the vector turns no background light, at any strength; it moves "
+                  "pixels, and now and then an object's colour or shape near a boundary. On "
+                  "ToyWorld, whose 'bottleneck' is half the latent's side, the same kind of vector turns "
+                  "backgrounds light but breaks half the shapes (benchmarks/EFFICACY.md). On SD, load a vector you "
+                  "trained or imported.")
+
+
 def codsma(w: WorkflowBuilder):
-    hspace(w, "codsma_cvector_fair_light.safetensors", 1.0,
-           "c-vector (CoDSMa) toward a light background, strength 1: 'a shape' x8 (on ToyWorld it also "
-           "damages shapes)", "codsma_cvector",
-           "A CoDSMa c-vector (learned on ToyWorld toward 'a shape on a light background') added to the UNet "
-           "bottleneck at every step: backgrounds turn light, and on ToyWorld's small UNet the shapes suffer "
-           "(benchmarks/EFFICACY.md: at the strength that evens the backgrounds, half the images keep their "
-           "content). ToyWorld's safety c-vector cannot remove a named red at all, so this demo shows the "
-           "fairness vector. On SD, load a c-vector you trained or imported.")
+    hspace(w, "codsma_cvector_fair_light.safetensors", CODSMA_STRENGTH,
+           f"ToyWorld-SD c-vector (CoDSMa) toward light, strength {CODSMA_STRENGTH:g}: 'a shape' x8 (background "
+           "unmoved)", "codsma_cvector",
+           "A CoDSMa c-vector (learned on ToyWorld-SD toward 'a shape on a light background') added to the UNet "
+           "bottleneck at every step, at the strength benchmarks/EFFICACY_TOYWORLD_SD.md chose on its tuning "
+           "seeds. " + HSPACE_FINDING)
 
 
 def respodiff(w: WorkflowBuilder):
-    hspace(w, "respodiff_ram_sam_fair_light.safetensors", 0.5,
-           "RespoDiff (RAM + SAM) toward a light background, strength 0.5: 'a shape' x8 (on ToyWorld it also "
-           "damages shapes)", "respodiff",
-           "RespoDiff's RAM + SAM pair (learned on ToyWorld toward 'a shape on a light background', SAM at 0.01 "
-           "of RAM's learning rate) added together to the bottleneck of the conditional branch.")
+    hspace(w, "respodiff_ram_sam_fair_light.safetensors", RESPODIFF_STRENGTH,
+           f"ToyWorld-SD RespoDiff (RAM + SAM) toward light, strength {RESPODIFF_STRENGTH:g}: 'a shape' x8 "
+           "(background unmoved)", "respodiff",
+           "RespoDiff's RAM + SAM pair (learned on ToyWorld-SD toward 'a shape on a light background', SAM at "
+           "0.01 of RAM's learning rate) added together to the bottleneck of the conditional branch, at the "
+           "strength benchmarks/EFFICACY_TOYWORLD_SD.md chose on its tuning seeds. " + HSPACE_FINDING)
 
 
 def fair_sampling(w: WorkflowBuilder):
@@ -198,10 +216,10 @@ WORKFLOWS = [
          "to the prompt embedding removes red (and, on ToyWorld, other colours).", embedding_direction),
     spec("toyworld_fair_sampling", "ToyWorld fair sampling", "One learned direction per image balances "
          "ToyWorld's biased background.", fair_sampling),
-    spec("toyworld_codsma_cvector", "ToyWorld c-vector (CoDSMa)", "A learned h-space vector at the UNet "
-         "bottleneck moves the background.", codsma),
-    spec("toyworld_respodiff", "ToyWorld RespoDiff", "RAM + SAM at the UNet bottleneck move the "
-         "background.", respodiff),
+    spec("toyworld_codsma_cvector", "ToyWorld-SD c-vector (CoDSMa)", "A learned h-space vector at an SD-like "
+         "bottleneck: on ToyWorld-SD, whose decoder does not read it, the background does not move.", codsma),
+    spec("toyworld_respodiff", "ToyWorld-SD RespoDiff", "RAM + SAM at an SD-like bottleneck: on ToyWorld-SD, "
+         "whose decoder does not read it, the background does not move.", respodiff),
     spec("toyworld_training", "ToyWorld train a vector", "Learn an embedding direction in the graph, "
          "then apply it.", training),
     spec("toyworld_detect_censor", "ToyWorld detect and censor", "Score every image and black the "
