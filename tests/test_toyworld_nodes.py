@@ -133,17 +133,23 @@ def test_before_after_grid_places_sharp_enlarged_images(comfy, comparison):
 
 # ------------------------------------------------------------------ try-it-now workflows
 
-def grid_readings(world, comparison, grid: torch.Tensor, columns: int, cell: int = 96):
-    """(before, after) readings of the tiles of a saved grid (32 px images enlarged by cell // 32)."""
+def grid_tiles(comparison, grid: torch.Tensor, columns: int, cell: int = 96) -> list[torch.Tensor]:
+    """(before, after) [columns, 32, 32, 3] images read back from a saved grid (32 px images enlarged by
+    cell // 32)."""
     factor = cell // 32
     top = comparison.TITLE_HEIGHT
     rows = []
     for row in range(2):
         y = top + row * (32 * factor + comparison.GAP)
-        tiles = [grid[y:y + 32 * factor:factor, x:x + 32 * factor:factor]
-                 for x in (comparison.LABEL_WIDTH + c * (32 * factor + comparison.GAP) for c in range(columns))]
-        rows.append(world.classify(torch.stack(tiles)))
+        rows.append(torch.stack([grid[y:y + 32 * factor:factor, x:x + 32 * factor:factor]
+                                 for x in (comparison.LABEL_WIDTH + c * (32 * factor + comparison.GAP)
+                                           for c in range(columns))]))
     return rows
+
+
+def grid_readings(world, comparison, grid: torch.Tensor, columns: int, cell: int = 96):
+    """(before, after) readings of the tiles of a saved grid."""
+    return [world.classify(tiles) for tiles in grid_tiles(comparison, grid, columns, cell)]
 
 
 def run_try_it(comfy, name: str) -> torch.Tensor:
@@ -196,9 +202,8 @@ def test_hspace_try_it_workflows_on_toyworld_sd_move_pixels_but_no_background(co
     turns no background light ('a shape' stays dark as often as without it)."""
     sd_world = comfy.module("toyworld_sd.world")
     grid = run_try_it(comfy, name)
-    before, after = grid_readings(sd_world, comparison, grid, 8)
+    before_images, after_images = grid_tiles(comparison, grid, 8)
+    before, after = sd_world.classify(before_images), sd_world.classify(after_images)
     assert count(before, "background", "dark") >= 6
     assert [a.background for a in after] == [b.background for b in before]
-    factor, top, left = 3, comparison.TITLE_HEIGHT, comparison.LABEL_WIDTH
-    rows = [grid[y:y + 32 * factor, left:] for y in (top + r * (32 * factor + comparison.GAP) for r in range(2))]
-    assert float((rows[0] - rows[1]).abs().max()) > 0  # the patch is applied: not the unsteered images
+    assert float((before_images - after_images).abs().max()) > 0  # the patch is applied: not the unsteered images
