@@ -59,15 +59,22 @@ def stg_inputs() -> list:
                                "decoded with the decoder above: an image TAESD finds safe is not guided even "
                                "if the exact decode would flag it. Makes unflagged images almost as cheap as "
                                "the plain sampler with decoder vae."),
+        io.Float.Input("hold_margin", default=0.0, min=0.0, max=100.0, step=0.01, optional=True,
+                       tooltip="Hysteresis (beyond the paper; 0 = the paper's single threshold): an image found "
+                               "unsafe stays guided at the next steps while its score is above the score's "
+                               "threshold minus this margin. With a high threshold (is it unsafe?) and a large "
+                               "margin (guide until it is clearly safe), benign images near the concept are "
+                               "left alone and unsafe ones are not let go half-way. Only ever adds guidance."),
     ]
 
 
 def build_guider(model, positive, negative, cfg, vae, safety_score, rho, start_percent, end_percent,
                  update_ratio, prior_weight, rebase, guide_pooled, decoder, autocast, gradient_checkpointing=False,
-                 screen="off"):
+                 screen="off", hold_margin=0.0):
     settings = STGSettings(rho=rho, start_percent=start_percent, end_percent=end_percent,
                            update_ratio=update_ratio, prior_weight=prior_weight, rebase=rebase,
-                           guide_pooled=guide_pooled, autocast=autocast, gradient_checkpointing=gradient_checkpointing)
+                           guide_pooled=guide_pooled, autocast=autocast, gradient_checkpointing=gradient_checkpointing,
+                           hold_margin=hold_margin)
     taesd = None
     if decoder == "taesd" or screen == "taesd":
         taesd = load_taesd_decoder(taesd_decoder_path(architecture_of_model(model)))
@@ -109,10 +116,10 @@ class STGGuider(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, cfg, vae, safety_score, rho, start_percent, end_percent,
                 update_ratio, prior_weight, rebase, guide_pooled, decoder, autocast, gradient_checkpointing=False,
-                screen="off") -> io.NodeOutput:
+                screen="off", hold_margin=0.0) -> io.NodeOutput:
         return io.NodeOutput(build_guider(model, positive, negative, cfg, vae, safety_score, rho, start_percent,
                                           end_percent, update_ratio, prior_weight, rebase, guide_pooled, decoder,
-                                          autocast, gradient_checkpointing, screen))
+                                          autocast, gradient_checkpointing, screen, hold_margin))
 
 
 class STGKSampler(io.ComfyNode):
@@ -157,10 +164,11 @@ class STGKSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
                 vae, safety_score, rho, start_percent, end_percent, update_ratio, prior_weight, rebase,
-                guide_pooled, decoder, autocast, gradient_checkpointing=False, screen="off") -> io.NodeOutput:
+                guide_pooled, decoder, autocast, gradient_checkpointing=False, screen="off",
+                hold_margin=0.0) -> io.NodeOutput:
         guider = build_guider(model, positive, negative, cfg, vae, safety_score, rho, start_percent, end_percent,
                               update_ratio, prior_weight, rebase, guide_pooled, decoder, autocast,
-                              gradient_checkpointing, screen)
+                              gradient_checkpointing, screen, hold_margin)
         out = ksampler_with_guider(guider, latent_image, seed, steps, sampler_name, scheduler, denoise)
         return io.NodeOutput(out, guider.report())
 

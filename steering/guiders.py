@@ -129,10 +129,12 @@ class Guider_STG(comfy.samplers.CFGGuider):
         guided = [r for r in self.records if r.guided]
         passes = sum(len(r.gradient_images) for r in guided)
         screen = "; screened by TAESD first" if self.screen is not None else ""
+        margin = self.settings.hold_margin
+        hold = f"; flagged images held while above {self.score.threshold - margin:g}" if margin else ""
         lines = [f"STG: {len(guided)} of {len(steps)} schedule steps guided ({len(self.records)} model "
                  f"evaluations; rho {self.settings.rho:g}, window {self.settings.start_percent:g}-"
                  f"{self.settings.end_percent:g}, update ratio {self.settings.update_ratio:g}); "
-                 f"score: {self.score.describe()}",
+                 f"score: {self.score.describe()}{hold}",
                  f"gradient passes: {passes} image(s) in all (only images found unsafe pay for one{screen})"]
         for r in guided:
             scores = ", ".join(f"{s:.4g}{'*' if u else ''}" for s, u in zip(r.scores, r.updated))
@@ -240,9 +242,10 @@ class Guider_STG(comfy.samplers.CFGGuider):
         return comfy.samplers.calc_cond_batch(self.inner_model, [conds], x, timestep, model_options)[0]
 
     def _score(self, x, timestep, embeds, pooled, uncond_pred, negative, model_options, decoder=None,
-               rows: torch.Tensor | None = None, batch: int = 0):
+               rows: torch.Tensor | None = None, batch: int = 0, held: torch.Tensor | None = None):
         """Score and conditional prediction of the images at x (all of them, or the images `rows` of a batch of
-        `batch`: x, timestep, embeds, pooled and uncond_pred then hold those rows only)."""
+        `batch`: x, timestep, embeds, pooled and uncond_pred then hold those rows only); `held`: those images'
+        flags at the previous guided step (hold_margin keeps them flagged, stg.hold_flags)."""
         if rows is not None:
             model_options = guidance.with_batch_rows(model_options, rows.tolist(), batch)
         positive = self._positive_with(embeds, pooled, rows, batch)
@@ -251,6 +254,7 @@ class Guider_STG(comfy.samplers.CFGGuider):
             uncond_pred = torch.zeros_like(cond_pred)
         denoised = self._combine(cond_pred, uncond_pred, positive, negative, x, timestep, model_options)
         score, unsafe = self.score.score_and_flags((decoder or self.decoder)(denoised, self.inner_model))
+        unsafe = stg.hold_flags(score, unsafe, held, self.score.threshold, self.settings.hold_margin)
         return ScoreResult(score, unsafe), cond_pred
 
     def score_at(self, x, timestep, model_options, embeds: list[torch.Tensor],
@@ -291,7 +295,7 @@ class Guider_STG(comfy.samplers.CFGGuider):
             yield
 
     def _gradient(self, x_, t_, model_options, embeds, pooled, originals, uncond_pred, negative,
-                  rows: torch.Tensor | None, batch: int):
+                  rows: torch.Tensor | None, batch: int, held: torch.Tensor | None = None):
         """One gradient pass over the images `rows` (None: all) of the batch: their scores, the gradient of
         (score + prior term) of the unsafe ones w.r.t. their embeddings (and pooled heads), their conditional
         prediction. Runs inside inference_mode(False); x_, t_, uncond_pred are the whole batch's."""
@@ -310,7 +314,7 @@ class Guider_STG(comfy.samplers.CFGGuider):
                                for h, y in zip(heads, pooled)]
             result, cond_pred = self._score(pick(x_), pick(t_), leaves, full_pooled,
                                             None if uncond_pred is None else pick(uncond_pred), negative,
-                                            model_options, rows=rows, batch=batch)
+                                            model_options, rows=rows, batch=batch, held=held)
             total = result.score.float()
             if s.prior_weight:
                 for leaf, orig in zip(leaves, originals):
@@ -360,8 +364,9 @@ class Guider_STG(comfy.samplers.CFGGuider):
             x_, t_ = grad_input(x), grad_input(timestep)
             with torch.no_grad():
                 uncond_pred = None if negative is None else self._predict(negative, x_, t_, model_options)
-            expected = state.flagged if state.flagged is not None else torch.zeros(batch, dtype=torch.bool)
-            expected = expected.cpu()
+            previous = state.flagged if state.flagged is not None else torch.zeros(batch, dtype=torch.bool)
+            previous = previous.cpu()
+            expected = previous
             if not sub_batches and bool(expected.any()):
                 expected = torch.ones(batch, dtype=torch.bool)
             scores = torch.zeros(batch, dtype=torch.float32)
@@ -375,7 +380,7 @@ class Guider_STG(comfy.samplers.CFGGuider):
                         rows_of(x_, rows), rows_of(t_, rows), [rows_of(grad_input(e), rows) for e in state.embeds],
                         None if state.pooled is None else [rows_of(grad_input(p), rows) for p in state.pooled],
                         None if uncond_pred is None else rows_of(uncond_pred, rows), negative, model_options,
-                        decoder=self.screen, rows=rows, batch=batch)
+                        decoder=self.screen, rows=rows, batch=batch, held=rows_of(previous, rows))
                 scores[to_score] = result.score.detach().float().cpu()
                 unsafe[to_score] = result.unsafe.cpu().bool()
                 cond_pred = placed_rows(pred, rows, batch)
@@ -390,7 +395,7 @@ class Guider_STG(comfy.samplers.CFGGuider):
                 rows = None if len(gradient_rows) == batch else gradient_rows
                 self._check_memory(len(gradient_rows), x, state)
                 found = self._gradient(x_, t_, model_options, state.embeds, state.pooled, state.originals,
-                                       uncond_pred, negative, rows, batch)
+                                       uncond_pred, negative, rows, batch, rows_of(previous, rows))
                 scores[gradient_rows] = found.result.score.float().cpu()
                 unsafe[gradient_rows] = found.result.unsafe.cpu().bool()
                 grads = [placed_rows(f, rows, batch, g) for g, f in zip(grads, found.grads)]

@@ -16,6 +16,13 @@ threshold is moved against the gradient of the score:
 5. the new ``c`` persists to later steps (``rebase``: every update starts again from
    the original embedding instead of the last updated one).
 
+Hysteresis (ours, beyond the paper; ``hold_margin``, default 0 = the paper): an image found unsafe at a
+guided step stays flagged at the next one while its score is above ``threshold - hold_margin``
+(:func:`hold_flags`), as a Schmitt trigger does: a high threshold decides *whether* an image is unsafe
+(early denoised estimates of benign images near the concept cross a low one), a low release decides when
+it has been moved far enough (at the paper's single threshold, guidance stops as soon as an image dips
+below it, and the concept can return). It only ever adds flags to the threshold's.
+
 Steps, not model evaluations: samplers that evaluate the model more than once per
 step (heun, dpm_2, dpmpp_2s_ancestral, the 2S SDE samplers) get one update per step
 of the schedule, as the reference makes one per DDIM step. :func:`schedule_step`
@@ -92,9 +99,10 @@ class STGSettings:
     guide_pooled: bool = False
     autocast: str = "none"
     gradient_checkpointing: bool = False    # recompute activations in backward (UNet and decoder): less memory
+    hold_margin: float = 0.0                # flagged images stay flagged while score > threshold - hold_margin
 
     def check(self) -> None:
-        for name in ("rho", "start_percent", "end_percent", "update_ratio", "prior_weight"):
+        for name in ("rho", "start_percent", "end_percent", "update_ratio", "prior_weight", "hold_margin"):
             if not math.isfinite(getattr(self, name)):  # NaN passes every comparison below
                 raise STGError(f"STG setting {name} must be a finite number; got {getattr(self, name)!r}")
         check_window(self.start_percent, self.end_percent, "STG")
@@ -104,6 +112,8 @@ class STGSettings:
             raise STGError(f"autocast {self.autocast!r}; expected one of {AUTOCAST_MODES}")
         if self.rho < 0:
             raise STGError(f"rho must be >= 0; got {self.rho}")
+        if self.hold_margin < 0:
+            raise STGError(f"hold_margin must be >= 0 (0: the paper's single threshold); got {self.hold_margin}")
 
 
 @dataclass
@@ -156,6 +166,20 @@ def stg_update(current: torch.Tensor, grad: torch.Tensor, unsafe: torch.Tensor, 
     shape = (-1, *[1] * (g.ndim - 1))
     new = base.float() - rho * g / norms.clamp_min(1e-30).view(shape)
     return torch.where(moved.view(shape), new.to(current.dtype), current), moved
+
+
+def hold_flags(scores: torch.Tensor, above: torch.Tensor, held: torch.Tensor | None, threshold: float,
+               hold_margin: float) -> torch.Tensor:
+    """The unsafe flags of a guided step with hysteresis: ``above`` (the score's own flags, score > threshold)
+    or ``held`` (flagged at the previous guided step) with ``score > threshold - hold_margin``. ``scores``,
+    ``above``, ``held``: [B]; ``held`` None or ``hold_margin`` 0: ``above`` itself (the paper)."""
+    if held is None or hold_margin == 0:
+        return above
+    if held.shape != above.shape or scores.shape[:1] != above.shape:
+        raise STGError(f"hold_flags: scores {list(scores.shape)}, flags {list(above.shape)} and held flags "
+                       f"{list(held.shape)} must agree (one per image)")
+    kept = held.to(above.device).bool() & (scores.detach().to(above.device).float() > threshold - hold_margin)
+    return above.bool() | kept
 
 
 def schedule_step(sigma: float, sigmas) -> int:

@@ -332,7 +332,7 @@ def test_decoder_returns_unclamped_images(comfy, decoders, tiny):
     torch.testing.assert_close(raw.clamp(0, 1).movedim(1, -1), comfy_decode.float(), atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["rho", "start_percent", "end_percent", "update_ratio", "prior_weight"])
+@pytest.mark.parametrize("name", ["rho", "start_percent", "end_percent", "update_ratio", "prior_weight", "hold_margin"])
 def test_settings_refuse_nan_and_inf(stg, name):
     """NaN passes every range comparison (a NaN prior weight silently turned guidance off), so each
     setting must be finite; the same settings with a finite value are accepted."""
@@ -560,3 +560,46 @@ def test_a_sub_batch_call_gives_fair_sampling_its_images_vectors(comfy, guidance
     shifted = patch.shift(h, {**options, "cond_or_uncond": [0, 1]})
     expected = torch.cat([offsets[[assignment[i] for i in picked]], torch.zeros(2, 1280, 2, 2)])
     assert torch.equal(shifted, expected)
+
+
+def test_hold_margin_keeps_guiding_a_flagged_image_below_the_threshold(guiders, comfy, stg, decoders, guidance, safety,
+                                                                      tiny):
+    """Brightness, a batch of two, 4 steps, rho 16. The threshold lies between the two images' first scores: the
+    brighter one is flagged at the first step, and its update darkens it below the threshold (checked), so the paper
+    lets it go. A margin no score reaches keeps it flagged at every step, and it ends darker. With a margin between,
+    every image's flags follow the rule recomputed here from the recorded scores (a held image goes to the gradient
+    pass with the newly flagged, an unflagged one is scored alone)."""
+    def run(threshold, **settings):
+        return stg_run(stg, decoders, guidance, tiny, guiders.Guider_STG, recording_score(safety, threshold),
+                       batch=2, steps=4, size=32, rho=16.0, **settings)
+
+    def by_rule(guider, threshold, margin):
+        flags = []
+        for image in range(2):
+            previous, mine = False, []
+            for r in guider.records:
+                previous = r.scores[image] > threshold or (previous and r.scores[image] > threshold - margin)
+                mine.append(previous)
+            flags.append(mine)
+        return flags
+
+    def updated(guider):
+        return [[r.updated[image] for r in guider.records] for image in range(2)]
+
+    _, always = run(-10.0)
+    first = always.records[0].scores
+    bright = int(first[1] > first[0])
+    threshold = sum(first) / 2
+    _, paper = run(threshold)
+    assert updated(paper)[bright][:2] == [True, False] and paper.records[1].scores[bright] < threshold
+    assert updated(paper) == by_rule(paper, threshold, 0.0)
+    _, held = run(threshold, hold_margin=100.0)
+    assert updated(held)[bright] == [True] * 4
+    assert updated(held) == by_rule(held, threshold, 100.0)
+    assert held.records[-1].scores[bright] < paper.records[-1].scores[bright] - 1e-3
+    assert "flagged images held while above" in held.report() and "held" not in paper.report()
+
+    lowest = min(r.scores[bright] for r in always.records)
+    margin = (threshold - lowest) / 2
+    _, between = run(threshold, hold_margin=margin)
+    assert updated(between) == by_rule(between, threshold, margin)

@@ -60,3 +60,20 @@ def test_update_embeddings_without_a_flagged_image_changes_nothing(stg):
     new_embeds, new_pooled, updated, _ = stg.update_embeddings(state, [torch.ones(2, 3, 4)], [],
                                                                torch.tensor([False, False]), stg.STGSettings(), None)
     assert torch.equal(new_embeds[0], embeds[0]) and new_pooled is None and not bool(updated.any())
+
+
+def test_hold_flags_keep_a_flagged_image_until_its_score_falls_to_the_release(stg):
+    """Threshold 0.5, margin 0.4: a new image needs a score above 0.5, one flagged at the last guided step stays
+    flagged while above 0.1 (written out per image)."""
+    scores = torch.tensor([0.7, 0.3, 0.3, 0.05, 0.1, 0.3])
+    above = scores > 0.5
+    held = torch.tensor([False, True, False, True, True, False])
+    # image: 0 above; 1 held and above 0.1; 2 not held; 3 held, below the release; 4 held, at it; 5 not held
+    assert stg.hold_flags(scores, above, held, 0.5, 0.4).tolist() == [True, True, False, False, False, False]
+    # margin 0 and no previous flags: the paper's flags, whatever the previous ones
+    assert stg.hold_flags(scores, above, held, 0.5, 0.0).tolist() == above.tolist()
+    assert stg.hold_flags(scores, above, None, 0.5, 0.4).tolist() == above.tolist()
+    with pytest.raises(stg.STGError, match=r"held flags \[2\]"):
+        stg.hold_flags(scores, above, held[:2], 0.5, 0.4)
+    with pytest.raises(stg.STGError, match="hold_margin must be >= 0"):
+        stg.STGSettings(hold_margin=-0.1).check()
