@@ -40,6 +40,11 @@ REFUSAL_NODE = "RSPolicyRefusal"
 POLICY_NODES = {GUARD_NODE, STEER_NODE, SCORE_NODE}
 STG_SAMPLERS = {"KSampler": "RSSTGKSampler", "RSSTGKSampler": "RSSTGKSampler"}
 """Samplers the policy's STG replaces by the STG KSampler (the same inputs, plus STG's)."""
+SAMPLER_INPUTS = ("model", "seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative",
+                  "latent_image", "denoise")
+"""The inputs of a sampler the policy's STG keeps from the submitted graph: KSampler's. Every STG input is the
+policy's: a submitted STG KSampler's own (a TAESD screen that lets images it misreads pass unguided, any input a
+later version adds) never reaches the node."""
 DECODERS = ("VAEDecode", "VAEDecodeTiled")
 RECORD_KEY = provenance.RECORD_KEY
 RECENT_RECORDS = 200
@@ -380,11 +385,14 @@ def insert_stg(prompt: dict, nodes: dict, plan: PromptPlan, policy: Policy) -> l
                 "_meta": {"title": "Responsible Steering policy score"}}
             plan.types[score_node] = ("SAFETY_SCORE",)
             plan.kinds[(score_node, 0)] = graph.CLEAN
+        submitted = prompt[node.id]["inputs"]
         prompt[node.id]["class_type"] = STG_SAMPLERS[node.class_type]
+        prompt[node.id]["inputs"] = {key: submitted[key] for key in SAMPLER_INPUTS if key in submitted}
         prompt[node.id]["inputs"].update(
             vae=[vae.node, vae.slot], safety_score=[score_node, 0], rho=settings.rho,
             start_percent=settings.start_percent, end_percent=settings.end_percent, update_ratio=settings.update_ratio,
-            prior_weight=0.0, rebase=False, guide_pooled=False, decoder=settings.decoder, autocast=settings.autocast)
+            prior_weight=0.0, rebase=False, guide_pooled=False, decoder=settings.decoder, autocast=settings.autocast,
+            gradient_checkpointing=False, screen="off", hold_margin=0.0)
         plan.types[node.id] = ("LATENT", "STRING")
         plan.kinds[(node.id, 1)] = graph.UNINSPECTED
         entries.append({**entry, "applied": True, "score": STATE.scores[settings.score][0], "rho": settings.rho})

@@ -506,6 +506,11 @@ def test_stg_goes_on_every_ksampler_and_other_samplers_are_recorded_as_not_steer
     assert out["10"]["inputs"]["rho"] == 2.0 and out[out["10"]["inputs"]["safety_score"][0]]["class_type"] == \
         "RSPolicySafetyScore"
     assert out["11"]["class_type"] == "KSampler" and out["12"]["class_type"] == "KSamplerAdvanced"
+    expected_inputs = {**common, "denoise": 1.0, "vae": ["1", 2], "safety_score": out["10"]["inputs"]["safety_score"],
+                       "rho": 2.0, "start_percent": 0.1, "end_percent": 0.9, "update_ratio": 1.0, "prior_weight": 0.0,
+                       "rebase": False, "guide_pooled": False, "decoder": "vae", "autocast": "none",
+                       "gradient_checkpointing": False, "screen": "off", "hold_margin": 0.0}
+    assert out["10"]["inputs"] == expected_inputs
     steering = {r["node"]: r for r in active.recent if r.get("type") == "steering"
                 and r["prompt_id"] == data["prompt_id"]}
     assert (steering["10"]["applied"], steering["11"]["applied"], steering["12"]["applied"]) == (True, False, False)
@@ -513,3 +518,27 @@ def test_stg_goes_on_every_ksampler_and_other_samplers_are_recorded_as_not_steer
     with pytest.raises(document.PolicyError, match="steering.stg.score: is 1, but output.scores has 1 score"):
         document.read_policy(write(tmp_path, {"version": 2, "output": GOOD["output"], "steering": {"stg": {"score": 1}}},
                                    "bad-stg.json"))
+
+
+def test_stg_keeps_no_stg_input_of_a_submitted_stg_ksampler(active, enforcement, document, paths, tmp_path):
+    """A graph that brings its own STG KSampler cannot weaken the policy's STG through any of its inputs: a TAESD
+    screen (images it misreads go unguided), its own score, a prior that pins the embedding, rebase, an input
+    the node does not have."""
+    active.activate(document.read_policy(write(tmp_path, {"version": 2, "output": GOOD["output"], "steering": {
+        "stg": {"rho": 1.5}}}, "stg.json")), paths)
+    prompt = plain_prompt()
+    common = {"model": ["1", 0], "positive": ["2", 0], "negative": ["4", 0], "latent_image": ["9", 0], "seed": 7,
+              "steps": 3, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 0.8}
+    hostile = {"vae": ["1", 2], "safety_score": ["2", 0], "rho": 0.0, "start_percent": 0.99, "end_percent": 1.0,
+               "update_ratio": 0.0, "prior_weight": 1000.0, "rebase": True, "guide_pooled": True, "decoder": "taesd",
+               "autocast": "fp16", "gradient_checkpointing": True, "screen": "taesd", "hold_margin": 100.0,
+               "not_an_input": "x"}
+    prompt["10"] = {"class_type": "RSSTGKSampler", "inputs": {**common, **hostile}}
+    prompt["5"]["inputs"]["samples"] = ["10", 0]
+    out = enforcement.on_prompt({"prompt": prompt})["prompt"]
+    score = out["10"]["inputs"]["safety_score"]
+    assert out[score[0]]["class_type"] == "RSPolicySafetyScore" and score != ["2", 0]
+    assert out["10"]["inputs"] == {**common, "vae": ["1", 2], "safety_score": score, "rho": 1.5, "start_percent": 0.1,
+                                   "end_percent": 0.9, "update_ratio": 1.0, "prior_weight": 0.0, "rebase": False,
+                                   "guide_pooled": False, "decoder": "vae", "autocast": "none",
+                                   "gradient_checkpointing": False, "screen": "off", "hold_margin": 0.0}
