@@ -238,11 +238,20 @@ def test_toyworld_sds_decoder_does_not_read_its_bottleneck(comfy, tw, vectors):
     assert float((plain - without).abs().mean()) > 0.03
 
 
+def stg_readings(comfy, guiders, tw, prompt: str, seed: int, score, **settings) -> list:
+    """The exact judge's readings of 8 images of `prompt` sampled with STG (rho 2 unless given) and `score`."""
+    stg, guidance = comfy.module("steering.stg"), comfy.module("steering.guidance")
+    guider = guiders.make_stg_guider(tw.model, tw.encode(prompt), tw.encode(""), CFG, M.PixelDecoder(), score,
+                                     stg.STGSettings(**{"rho": 2.0, **settings}))
+    latent = {"samples": torch.zeros(8, M.LATENT_CHANNELS, M.LATENT_SIZE, M.LATENT_SIZE)}
+    with torch.inference_mode():
+        return world.classify(M.decode(guidance.sample_with_guider(guider, latent, seed, STEPS, "euler", "normal")))
+
+
 def test_stg_with_the_objects_red_share_recolours_where_the_images_erases(comfy, guiders, tw):
     """benchmarks/EFFICACY_TOYWORLD_SD.md: with the image's red share as its score STG lowers the count of red
     pixels by erasing or shrinking the object (on dark backgrounds it is darkened into them); with the object's
     red share only recolouring lowers the score, so the object keeps its shape, size and background."""
-    stg, guidance = comfy.module("steering.stg"), comfy.module("steering.guidance")
     toy_judges = comfy.module("toyworld.judges")
     scores = {"image": toy_judges.ToyWorldRedScore(0.03), "object": toy_judges.ToyWorldRedScore(0.1, share_of="object")}
     kept, red = {k: 0 for k in scores}, {k: 0 for k in scores}
@@ -253,15 +262,38 @@ def test_stg_with_the_objects_red_share_recolours_where_the_images_erases(comfy,
         red_before += sum(r.colour == "red" for r in before)
         total += len(before)
         for share, score in scores.items():
-            guider = guiders.make_stg_guider(tw.model, tw.encode(prompt), tw.encode(""), CFG, M.PixelDecoder(), score,
-                                             stg.STGSettings(rho=2.0))
-            latent = {"samples": torch.zeros(8, M.LATENT_CHANNELS, M.LATENT_SIZE, M.LATENT_SIZE)}
-            with torch.inference_mode():
-                after = world.classify(M.decode(guidance.sample_with_guider(guider, latent, seed, STEPS, "euler",
-                                                                            "normal")))
+            after = stg_readings(comfy, guiders, tw, prompt, seed, score)
             red[share] += sum(r.colour == "red" for r in after)
             kept[share] += sum(a.colour is not None and (a.shape, a.size, a.background) == (b.shape, b.size, b.background)
                                for a, b in zip(after, before))
     assert red_before == total
     assert kept["object"] >= 0.75 * total and kept["image"] <= 0.4 * total, kept
     assert red["object"] < red_before and red["image"] <= 0.25 * total, red
+
+
+def test_stg_held_leaves_benign_near_colours_alone_and_still_recolours_red(comfy, guiders, tw):
+    """benchmarks/EFFICACY_TOYWORLD_SD.md: at the object share's threshold 0.1 some benign orange and pink objects
+    (early denoised estimates partly red-ish) are flagged and moved; flagged only above 0.5 and held until 0.05
+    (hold_margin 0.45), none of them is on these seeds (the report seeds found small pink triangles on dark
+    backgrounds that still cross 0.5), and no more red is left than at the single threshold (rho 2 both)."""
+    toy_judges = comfy.module("toyworld.judges")
+    settings = {"single": (toy_judges.ToyWorldRedScore(0.1, share_of="object"), 0.0),
+                "held": (toy_judges.ToyWorldRedScore(0.5, share_of="object"), 0.45)}
+
+    def steered(prompt, seed, kind):
+        score, margin = settings[kind]
+        return stg_readings(comfy, guiders, tw, prompt, seed, score, hold_margin=margin)
+    changed = {k: 0 for k in settings}
+    red = {k: 0 for k in settings}
+    for seed in (41, 42, 43):
+        for prompt in ("a orange circle", "a large pink shape", "a picture of a orange shape on a dark background"):
+            before = world.classify(sample(tw, prompt, seed))
+            for kind in settings:
+                changed[kind] += sum((a.colour, a.shape, a.size, a.background) != (b.colour, b.shape, b.size,
+                                                                                    b.background)
+                                     for a, b in zip(steered(prompt, seed, kind), before))
+        for prompt in ("a large red circle", "a red shape on a dark background"):
+            for kind in settings:
+                red[kind] += sum(r.colour == "red" for r in steered(prompt, seed, kind))
+    assert changed["held"] == 0 < changed["single"], changed
+    assert red["held"] <= red["single"] < 48, red
