@@ -364,6 +364,7 @@ class Guider_STG(comfy.samplers.CFGGuider):
             x_, t_ = grad_input(x), grad_input(timestep)
             with torch.no_grad():
                 uncond_pred = None if negative is None else self._predict(negative, x_, t_, model_options)
+            # flagged at the previous guided step: straight to the gradient pass, which holds them (hold_margin)
             previous = state.flagged if state.flagged is not None else torch.zeros(batch, dtype=torch.bool)
             previous = previous.cpu()
             expected = previous
@@ -380,7 +381,7 @@ class Guider_STG(comfy.samplers.CFGGuider):
                         rows_of(x_, rows), rows_of(t_, rows), [rows_of(grad_input(e), rows) for e in state.embeds],
                         None if state.pooled is None else [rows_of(grad_input(p), rows) for p in state.pooled],
                         None if uncond_pred is None else rows_of(uncond_pred, rows), negative, model_options,
-                        decoder=self.screen, rows=rows, batch=batch, held=rows_of(previous, rows))
+                        decoder=self.screen, rows=rows, batch=batch)
                 scores[to_score] = result.score.detach().float().cpu()
                 unsafe[to_score] = result.unsafe.cpu().bool()
                 cond_pred = placed_rows(pred, rows, batch)

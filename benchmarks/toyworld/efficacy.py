@@ -463,7 +463,7 @@ class Efficacy:
         def stg_label(rho, kind):
             score, margin = red_scores[kind]
             held = f", flagged ones held while above {score.threshold - margin:g}" if margin else ""
-            return (f"rho {rho:g}, steps 10-90 %; score: red share of the {kind.split(',')[0]} "
+            return (f"rho {rho:g}, steps 10-90 %; score: red share of the {score.share_of} "
                     f"(unsafe above {score.threshold:g}{held})")
 
         self.evaluate_safety("STG", [(stg_label(r, kind), stg_run(r, kind))
