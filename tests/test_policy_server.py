@@ -484,3 +484,32 @@ def test_a_policy_with_stg_steers_red_away_instead_of_censoring_and_leaves_green
     green = pixels(saved(stg_server, stg_server.run_prompt(stg_prompt("a green circle", "stg-green"))))
     plain_green = pixels(saved(plain, plain.run_prompt(stg_prompt("a green circle", "plain-green"))))
     assert all(np.array_equal(a, b) for a, b in zip(green, plain_green))
+
+
+def test_a_submitted_stg_ksampler_cannot_switch_the_policys_stg_off(stg_server, plain, world):
+    """The graph brings its own STG KSampler with STG effectively off: rho 0, a window at the very end, its own
+    score that flags nothing, no updates (update_ratio 0), a TAESD screen, a prior that pins the embedding. On a
+    server without a policy it draws red (the attack is real); under the policy the node runs with the policy's
+    STG only: the same pixels as the policy's STG on a plain KSampler, and no red."""
+    import torch
+
+    def hostile(prefix: str) -> dict:
+        prompt = stg_prompt("a red circle", prefix)
+        prompt[f"{prefix}own-score"] = {"class_type": "RSToyWorldRedScore",
+                                              "inputs": {"threshold": 1.0, "temperature": 0.02}}
+        sampler = prompt["sampler"]
+        sampler["class_type"] = "RSSTGKSampler"
+        sampler["inputs"].update(vae=["load", 2], safety_score=[f"{prefix}own-score", 0], rho=0.0, start_percent=0.99,
+                                 end_percent=1.0, update_ratio=0.0, prior_weight=1000.0, rebase=True,
+                                 guide_pooled=False, decoder="vae", autocast="none")
+        return prompt
+
+    got_plain = pixels(saved(plain, plain.run_prompt(hostile("plain-hostile"))))
+    assert [r.colour for r in world.classify(torch.from_numpy(np.stack(got_plain)).float() / 255)] == ["red", "red"]
+    attack = hostile("stg-hostile")
+    attack["sampler"]["inputs"].update(screen="taesd", hold_margin=0.0, not_an_input="x")
+    got = pixels(saved(stg_server, stg_server.run_prompt(attack)))
+    steered = pixels(saved(stg_server, stg_server.run_prompt(stg_prompt("a red circle", "stg-red-again"))))
+    assert all(np.array_equal(a, b) for a, b in zip(got, steered))
+    readings = world.classify(torch.from_numpy(np.stack(got)).float() / 255)
+    assert all(r.colour not in (None, "red") for r in readings)
